@@ -1,6 +1,29 @@
-"""Data: the bundled real datasets, splits and tf.data pipelines."""
+"""Data: the bundled real datasets, splits and tf.data pipelines.
 
-from tfft.data.datasets import TEXT_DATASETS, LabeledData, load_bbc_news
-from tfft.data.splits import stratified_split
+Importing this package registers the offline datasets with TFDS
+(`tfds.load("bbc_news")`, see `tfft.data.tfds_builders`).
+"""
 
-__all__ = ["TEXT_DATASETS", "LabeledData", "load_bbc_news", "stratified_split"]
+from tfft.data import tfds_builders
+from tfft.data.datasets import (
+    IMAGE_DATASETS,
+    TEXT_DATASETS,
+    LabeledData,
+    load_bbc_news,
+    load_digits,
+    load_fashion_mnist,
+    load_lfw_subset,
+    load_mnist_5k,
+    load_rotten_tomatoes,
+    select_classes,
+)
+from tfft.data.labels import LabelEncoder, class_weights, multi_hot
+from tfft.data.splits import split_data, stratified_split
+from tfft.data.tfds_builders import OFFLINE_DATASETS
+
+__all__ = sorted([
+    "IMAGE_DATASETS", "LabelEncoder", "LabeledData", "OFFLINE_DATASETS", "TEXT_DATASETS",
+    "class_weights", "load_bbc_news", "load_digits", "load_fashion_mnist", "load_lfw_subset",
+    "load_mnist_5k", "load_rotten_tomatoes", "multi_hot", "select_classes", "split_data",
+    "stratified_split", "tfds_builders",
+])

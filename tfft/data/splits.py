@@ -17,8 +17,17 @@ def stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0):
 
     Returns:
         `(train_idx, val_idx, test_idx)`, sorted int arrays.
+
+    Raises:
+        ValueError: a fraction is out of range, or a class would have no
+            example in one of the non-empty splits (the message names it).
     """
     labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(
+            "stratified_split expects a non-empty 1D array of labels. Received: "
+            f"shape={labels.shape}"
+        )
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
@@ -31,15 +40,59 @@ def stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0):
     held = val_fraction + test_fraction
     if held == 0:
         return idx, idx[:0], idx[:0]
-    train_idx, rest_idx = train_test_split(
-        idx, test_size=held, stratify=labels, random_state=seed
+    classes, counts = np.unique(labels, return_counts=True)
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if counts.min() < needed:
+        few = classes[counts < needed].tolist()
+        raise ValueError(
+            f"Classes {few} have fewer than {needed} examples, so some split would have "
+            f"none of them: each class needs one example per split. Class counts: "
+            f"{dict(zip(classes.tolist(), counts.tolist()))}."
+        )
+    try:
+        train_idx, rest_idx = train_test_split(
+            idx, test_size=held, stratify=labels, random_state=seed
+        )
+        if test_fraction == 0:
+            splits = np.sort(train_idx), np.sort(rest_idx), idx[:0]
+        elif val_fraction == 0:
+            splits = np.sort(train_idx), idx[:0], np.sort(rest_idx)
+        else:
+            val_idx, test_idx = train_test_split(
+                rest_idx, test_size=test_fraction / held, stratify=labels[rest_idx],
+                random_state=seed,
+            )
+            splits = np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot split {len(labels)} examples of {len(classes)} classes with "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction} so that every "
+            f"split holds every class: {error}"
+        ) from None
+    for name, split in zip(("train", "validation", "test"), splits):
+        if len(split):
+            missing = np.setdiff1d(classes, labels[split])
+            if len(missing):
+                raise ValueError(
+                    f"Classes {missing.tolist()} have no examples in the {name} split "
+                    f"({len(split)} examples). Use larger fractions or more data."
+                )
+    return splits
+
+
+def split_data(data, val_fraction=0.15, test_fraction=0.15, seed=0):
+    """Splits a `LabeledData` into stratified `(train, validation, test)` parts.
+
+    Args:
+        data: LabeledData. Examples with 1D integer labels.
+        val_fraction: float. Share of examples for validation. Defaults to 0.15.
+        test_fraction: float. Share of examples for test. Defaults to 0.15.
+        seed: int. Random seed. Defaults to 0.
+
+    Returns:
+        Three `LabeledData`; the same data and seed always give the same parts.
+    """
+    train_idx, val_idx, test_idx = stratified_split(
+        data.y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
-    if test_fraction == 0:
-        return np.sort(train_idx), np.sort(rest_idx), idx[:0]
-    if val_fraction == 0:
-        return np.sort(train_idx), idx[:0], np.sort(rest_idx)
-    val_idx, test_idx = train_test_split(
-        rest_idx, test_size=test_fraction / held, stratify=labels[rest_idx],
-        random_state=seed,
-    )
-    return np.sort(train_idx), np.sort(val_idx), np.sort(test_idx)
+    return data.take(train_idx), data.take(val_idx), data.take(test_idx)
