@@ -93,13 +93,26 @@ def _wrap_model(model, modality=None, preprocessor=None, block_names=None, **_):
     shape = getattr(model, "input_shape", None)
     if modality is None:
         modality = "image" if isinstance(shape, tuple) and len(shape) == 4 else "text"
-    out_shape = getattr(model, "output_shape", None)
-    feature_dim = out_shape[-1] if isinstance(out_shape, tuple) and out_shape[-1] else 0
+    output_key = mask_key = None
+    outputs = getattr(model, "output", None)
+    if isinstance(outputs, dict):
+        # KerasHub text backbones: per-token features plus a padding mask input.
+        output_key = "sequence_output" if "sequence_output" in outputs else sorted(outputs)[0]
+        outputs = outputs[output_key]
+    if isinstance(getattr(model, "input", None), dict) and "padding_mask" in model.input:
+        mask_key = "padding_mask"
+    feature_dim = outputs.shape[-1] if outputs is not None and outputs.shape[-1] else 0
+    if block_names is None:
+        block_names = [
+            layer.name for layer in getattr(model, "layers", [])
+            if layer.name.startswith("transformer_layer_")
+        ]
     info = BackboneInfo(
         name=model.name, source="model", modality=modality,
         family="cnn" if modality == "image" else "transformer", spec=f"model:{model.name}",
         params=model.count_params(), feature_dim=int(feature_dim),
         input_size=tuple(shape[1:3]) if modality == "image" and shape else None,
+        output_key=output_key, mask_key=mask_key,
         description=f"user model {model.name}",
     )
     return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)

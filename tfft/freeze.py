@@ -1,0 +1,253 @@
+"""Freeze policies on the trainable flags.
+
+Every policy has a string form (`"feature_extraction"`, `"full"`, `"top_k:2"`,
+`"regex:PATTERN"`, ...) usable from Python and the CLI, and an object form
+with the same options. `apply_freeze(model, policy)` sets the flags on a model
+built by `tfft.build_model` (its backbone is the layer named `"backbone"`).
+
+Keras compiles the train step with the trainable variables of the moment:
+after changing flags, recompile (`tfft.compile_model`) before `fit`. tfft's
+training entry points do that for you.
+"""
+
+import dataclasses
+import re
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezePolicy:
+    """Base class: a policy sets trainable flags on a built model."""
+
+    name = "base"
+
+    def apply(self, model):
+        raise NotImplementedError
+
+    def to_dict(self):
+        return {"policy": self.name, **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtraction(FreezePolicy):
+    """Backbone frozen and called in inference mode; only the head trains."""
+
+    name = "feature_extraction"
+
+    def apply(self, model):
+        backbone = find_backbone_layer(model)
+        backbone.trainable = False
+        _set_head_trainable(model, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Full(FreezePolicy):
+    """Everything trains."""
+
+    name = "full"
+
+    def apply(self, model):
+        model.trainable = True
+        for layer in model.layers:
+            layer.trainable = True
+        backbone = find_backbone_layer(model)
+        backbone.trainable = True
+        _set_all(backbone.backbone, True)
+        _freeze_unused(backbone)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopK(FreezePolicy):
+    """Only the top `k` blocks of the backbone (and what sits above them) train.
+
+    A block follows the backbone's own structure: transformer layers for
+    KerasHub text models, stages for CNNs, layers for TF Hub models.
+    """
+
+    k: int = 2
+    name = "top_k"
+
+    def __post_init__(self):
+        if not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"top_k needs a non-negative int k. Received: k={self.k!r}")
+
+    def apply(self, model):
+        backbone = find_backbone_layer(model)
+        blocks = backbone.block_names
+        if not blocks:
+            raise ValueError(
+                f"The backbone {backbone.backbone.name!r} declares no blocks, so top_k "
+                "cannot choose layers; use freeze='regex:PATTERN' instead."
+            )
+        if self.k > len(blocks):
+            raise ValueError(
+                f"top_k asks for {self.k} blocks but the backbone "
+                f"{backbone.backbone.name!r} has {len(blocks)}: use k <= {len(blocks)}, "
+                "or freeze='full'."
+            )
+        inner = backbone.backbone
+        backbone.trainable = True
+        inner.trainable = True
+        names = [layer.name for layer in inner.layers]
+        if self.k == 0:
+            first = len(names)
+        else:
+            top = blocks[len(blocks) - self.k:]
+            top_names = [n for b in top for n in ([b] if isinstance(b, str) else b)]
+            first = min(names.index(n) for n in top_names if n in names)
+        for index, layer in enumerate(inner.layers):
+            _set_all(layer, index >= first)
+        _freeze_unused(backbone)
+        _set_head_trainable(model, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regex(FreezePolicy):
+    """Backbone weights whose path matches `pattern` train; others are frozen."""
+
+    pattern: str = ".*"
+    name = "regex"
+
+    def __post_init__(self):
+        try:
+            re.compile(self.pattern)
+        except re.error as error:
+            raise ValueError(
+                f"Invalid regex for the freeze policy: {error}. Received: "
+                f"pattern={self.pattern!r}"
+            ) from None
+
+    def apply(self, model):
+        backbone = find_backbone_layer(model)
+        backbone.trainable = True
+        inner = backbone.backbone
+        inner.trainable = True
+        regex = re.compile(self.pattern)
+        matched = 0
+        for layer in _leaf_layers(inner):
+            train = any(regex.search(w.path) for w in layer.weights)
+            layer.trainable = train
+            matched += train
+        if not matched:
+            raise ValueError(
+                f"The freeze regex {self.pattern!r} matches no backbone weight. Weight paths "
+                f"look like {[w.path for w in inner.weights[:3]]}."
+            )
+        _set_head_trainable(model, True)
+
+
+FREEZE_POLICIES = {
+    "feature_extraction": FeatureExtraction,
+    "full": Full,
+    "top_k": TopK,
+    "regex": Regex,
+}
+STRING_FORMS = "'feature_extraction', 'full', 'top_k:K', 'regex:PATTERN'"
+
+
+def register_policy(name, cls):
+    """Adds a policy class under `name` (used for gradual and LoRA)."""
+    FREEZE_POLICIES[name] = cls
+
+
+def parse_freeze(policy):
+    """Turns a string form or a policy object into a `FreezePolicy`.
+
+    Example:
+
+    >>> parse_freeze("top_k:2")
+    TopK(k=2)
+    """
+    if isinstance(policy, FreezePolicy):
+        return policy
+    if not isinstance(policy, str):
+        raise TypeError(
+            f"A freeze policy must be a string ({STRING_FORMS}) or a FreezePolicy. "
+            f"Received: {type(policy).__name__}"
+        )
+    name, _, arg = policy.strip().partition(":")
+    if name not in FREEZE_POLICIES:
+        raise ValueError(
+            f"Unknown freeze policy. Expected one of {sorted(FREEZE_POLICIES)} "
+            f"(string forms {STRING_FORMS}). Received: freeze={policy!r}"
+        )
+    cls = FREEZE_POLICIES[name]
+    fields = [f for f in dataclasses.fields(cls)]
+    if not arg:
+        return cls()
+    if not fields:
+        raise ValueError(f"The freeze policy {name!r} takes no argument. Received: {policy!r}")
+    field = fields[0]
+    if field.type in (int, "int"):
+        try:
+            value = int(arg)
+        except ValueError:
+            raise ValueError(
+                f"The freeze policy {name!r} needs an integer after ':'. "
+                f"Received: freeze={policy!r}"
+            ) from None
+    else:
+        value = arg
+    return cls(**{field.name: value})
+
+
+def apply_freeze(model, policy):
+    """Applies a freeze policy to a model built by `tfft.build_model`.
+
+    Returns:
+        The `FreezePolicy` applied.
+    """
+    policy = parse_freeze(policy)
+    policy.apply(model)
+    return policy
+
+
+def trainable_summary(model):
+    """Counts trainable and frozen parameters: `{"trainable": n, "frozen": m}`."""
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    frozen = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
+    return {"trainable": trainable, "frozen": frozen}
+
+
+def find_backbone_layer(model):
+    """Returns the `BackboneLayer` named "backbone" inside a tfft model."""
+    from tfft.heads import BackboneLayer
+
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, BackboneLayer):
+            return layer
+    raise ValueError(
+        f"The model {getattr(model, 'name', model)!r} has no tfft backbone layer; "
+        "build it with tfft.build_model(...)."
+    )
+
+
+def _set_head_trainable(model, value):
+    model.trainable = True
+    for layer in model.layers:
+        if layer.name != "backbone":
+            layer.trainable = value
+
+
+def _freeze_unused(backbone_layer):
+    unused = backbone_layer.unused_layer_names()
+    for layer in backbone_layer.backbone.layers:
+        if layer.name in unused:
+            layer.trainable = False
+
+
+def _set_all(layer, value):
+    layer.trainable = value
+    for sub in getattr(layer, "layers", []) or []:
+        _set_all(sub, value)
+
+
+def _leaf_layers(layer):
+    children = getattr(layer, "layers", None) or list(getattr(layer, "_layers", []))
+    if not children:
+        return [layer]
+    out = []
+    for child in children:
+        out.extend(_leaf_layers(child))
+    return out
