@@ -1,0 +1,728 @@
+"""Evaluation reports: scikit-learn metrics on a model's predictions.
+
+Every number comes from `sklearn.metrics`; this module only shapes the
+inputs (probabilities to labels, one-hot to ids), checks them and lays the
+results out as a report that prints, saves to JSON and plots.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+from sklearn import metrics as skm
+
+TASKS = ("binary", "multiclass", "multilabel", "regression")
+CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
+_AVERAGES = ("macro", "micro", "weighted")
+
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """Metrics of one model on one labelled set.
+
+    Args:
+        metrics: dict. Metric name to value. Classification: `accuracy`,
+            `macro_precision`, `macro_recall`, `macro_f1`, the same with
+            `micro_` and `weighted_`, `roc_auc` (None where it does not apply),
+            `confusion_matrix` (list of lists, rows are true classes),
+            `per_class` ({name: {precision, recall, f1, support}}) and
+            `num_examples`. Multilabel adds `subset_accuracy`, `hamming_loss`
+            and `samples_*`, and gives one 2x2 matrix per label in
+            `multilabel_confusion_matrix` instead of `confusion_matrix`.
+            Regression: `mae`, `mse`, `rmse`, `r2`, `num_examples`.
+        task: str. One of `"binary"`, `"multiclass"`, `"multilabel"`,
+            `"regression"`.
+        class_names: list of str, or None for regression.
+        y_true: np.ndarray or None. Labels the metrics came from; kept for
+            plots, left out of `to_dict()`.
+        y_pred: np.ndarray or None. Predicted labels (or values), likewise.
+    """
+
+    metrics: dict
+    task: str
+    class_names: list = None
+    y_true: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
+    y_pred: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(
+                f"Unknown task. Expected one of {list(TASKS)}. Received: task={self.task!r}"
+            )
+
+    def __getitem__(self, key):
+        return self.metrics[key]
+
+    def to_dict(self):
+        """Returns a JSON-ready dict: `task`, `class_names` and `metrics`."""
+        return {
+            "task": self.task,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "metrics": _jsonable(self.metrics),
+        }
+
+    @classmethod
+    def from_dict(cls, config):
+        """Rebuilds a report written by `to_dict()` (without stored predictions)."""
+        return cls(
+            metrics=dict(config["metrics"]),
+            task=config["task"],
+            class_names=config.get("class_names"),
+        )
+
+    def save_json(self, path):
+        """Writes `to_dict()` to `path` atomically and returns the path.
+
+        The JSON goes to a temporary file in the same folder that then replaces
+        `path`, so a reader never sees a half-written report.
+        """
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp_path = tempfile.mkstemp(prefix=".report-", suffix=".json.tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2, allow_nan=False)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except BaseException:
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+            raise
+        return path
+
+    @classmethod
+    def load_json(cls, path):
+        """Reads a report written by `save_json`."""
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def save_plots(self, directory):
+        """Draws the report's figures into `directory` and returns their paths.
+
+        Classification: `confusion_matrix.png` (one panel per label for
+        multilabel) and `per_class_f1.png`. Regression: `predicted_vs_true.png`
+        when the report holds its predictions.
+        """
+        from tfft.evaluation import plots
+
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        if self.task in CLASSIFICATION_TASKS:
+            paths.append(
+                plots.plot_confusion_matrix(self, os.path.join(directory, "confusion_matrix.png"))
+            )
+            paths.append(
+                plots.plot_per_class_f1(self, os.path.join(directory, "per_class_f1.png"))
+            )
+        elif self.y_true is not None and self.y_pred is not None:
+            paths.append(
+                plots.plot_predicted_vs_true(
+                    self, os.path.join(directory, "predicted_vs_true.png")
+                )
+            )
+        return paths
+
+    def table(self):
+        """Returns the report as a plain-text table."""
+        m = self.metrics
+        lines = [f"Evaluation report: task={self.task}, examples={m['num_examples']}", ""]
+        if self.task == "regression":
+            for key in ("mae", "mse", "rmse", "r2"):
+                lines.append(f"  {key:<8}{_fmt(m.get(key))}")
+            return "\n".join(lines)
+
+        lines.append(f"  {'accuracy':<18}{_fmt(m['accuracy'])}")
+        if self.task == "multilabel":
+            lines.append(f"  {'hamming_loss':<18}{_fmt(m['hamming_loss'])}")
+        lines.append(f"  {'roc_auc':<18}{_fmt(m.get('roc_auc'))}")
+        if self.task == "binary":
+            positive = self.class_names[1]
+            for key in ("precision", "recall", "f1"):
+                lines.append(f"  {key + ' (' + positive + ')':<18}{_fmt(m[key])}")
+        lines.append("")
+        averages = list(_AVERAGES) + (["samples"] if self.task == "multilabel" else [])
+        lines.append(f"  {'average':<10}{'precision':>10}{'recall':>10}{'f1':>10}")
+        for avg in averages:
+            lines.append(
+                f"  {avg:<10}{_fmt(m[f'{avg}_precision']):>10}"
+                f"{_fmt(m[f'{avg}_recall']):>10}{_fmt(m[f'{avg}_f1']):>10}"
+            )
+        lines.append("")
+        width = max([len("class")] + [len(str(n)) for n in m["per_class"]]) + 2
+        lines.append(
+            f"  {'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"
+        )
+        for name, row in m["per_class"].items():
+            lines.append(
+                f"  {name:<{width}}{_fmt(row['precision']):>10}{_fmt(row['recall']):>10}"
+                f"{_fmt(row['f1']):>10}{row['support']:>9}"
+            )
+        if "confusion_matrix" in m:
+            lines.append("")
+            lines.append("  confusion matrix (rows: true, columns: predicted)")
+            names = [str(n) for n in self.class_names]
+            cell = max([len(n) for n in names] + [len(str(v)) for r in m["confusion_matrix"]
+                                                   for v in r]) + 2
+            lines.append("  " + " " * width + "".join(f"{n:>{cell}}" for n in names))
+            for name, row in zip(names, m["confusion_matrix"]):
+                lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.table()
+
+
+def report_from_predictions(y_true, y_pred_or_prob, task="multiclass", class_names=None,
+                            threshold=0.5):
+    """Builds an `EvaluationReport` from labels and predictions.
+
+    Args:
+        y_true: array. Integer class ids of shape `(n,)` (or one-hot `(n, k)`)
+            for binary and multiclass, a 0/1 matrix `(n, k)` for multilabel,
+            numbers `(n,)` or `(n, d)` for regression.
+        y_pred_or_prob: array. Predicted class ids, or scores: `(n, k)`
+            probabilities for multiclass; `(n,)`, `(n, 1)` or `(n, 2)`
+            probabilities for binary; `(n, k)` probabilities or 0/1 for
+            multilabel; predicted values for regression. Integer arrays are
+            read as labels, float arrays as probabilities.
+        task: str. `"binary"`, `"multiclass"`, `"multilabel"` or
+            `"regression"`. Defaults to `"multiclass"`.
+        class_names: list of str. One name per class (per label for
+            multilabel; negative then positive for binary). Defaults to the
+            class ids as strings.
+        threshold: float. Probability at or above which a binary or
+            multilabel prediction is positive. Defaults to 0.5.
+
+    Returns:
+        An `EvaluationReport`.
+
+    Example:
+
+    >>> report = report_from_predictions([0, 1, 2, 2], [0, 2, 2, 2], class_names=["a", "b", "c"])
+    >>> report.metrics["accuracy"]
+    0.75
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task. Expected one of {list(TASKS)}. Received: task={task!r}")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1). Received: threshold={threshold!r}")
+    y_true = _as_array(y_true, "y_true")
+    y_pred = _as_array(y_pred_or_prob, "y_pred_or_prob")
+    if len(y_true) != len(y_pred):
+        raise ValueError(
+            "Labels and predictions differ in length: "
+            f"len(y_true)={len(y_true)}, len(y_pred_or_prob)={len(y_pred)}."
+        )
+    if len(y_true) == 0:
+        raise ValueError("Cannot evaluate on an empty set: y_true has no examples.")
+    if task == "regression":
+        return _regression_report(y_true, y_pred)
+    if task == "multilabel":
+        return _multilabel_report(y_true, y_pred, class_names, threshold)
+    return _single_label_report(y_true, y_pred, task, class_names, threshold)
+
+
+def infer_task(y_true, y_score):
+    """Guesses the task from labels and model outputs.
+
+    One-hot or integer labels with `k > 1` output columns: multiclass; 0/1
+    label matrices with several positives per row: multilabel; 0/1 labels with
+    one output column: binary; non-integer labels: regression.
+    """
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score)
+    width = 1 if y_score.ndim == 1 else y_score.shape[-1]
+    integral = y_true.dtype.kind in "biu" or (
+        y_true.dtype.kind == "f"
+        and np.all(np.isfinite(y_true))
+        and np.all(y_true == np.round(y_true))
+    )
+    if not integral:
+        return "regression"
+    if y_true.ndim == 2 and y_true.shape[1] > 1:
+        if not np.isin(y_true, (0, 1)).all():
+            return "regression"
+        return "multiclass" if np.all(y_true.sum(axis=1) == 1) else "multilabel"
+    if width > 1:
+        return "multiclass"
+    if np.isin(y_true, (0, 1)).all():
+        return "binary"
+    return "regression"
+
+
+def _as_array(values, name):
+    if hasattr(values, "numpy") and not isinstance(values, np.ndarray):
+        values = values.numpy()
+    array = np.asarray(values)
+    if array.ndim == 0:
+        raise ValueError(f"{name} must be an array of one entry per example. Received a scalar.")
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold numbers (class ids, probabilities or values). "
+            f"Received dtype {array.dtype}."
+        )
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return array
+
+
+def _class_ids(array, name):
+    """Returns `array` as int ids, or raises if it holds non-integers."""
+    if array.dtype.kind in "biu":
+        return array.astype(np.int64)
+    if np.all(array == np.round(array)):
+        return array.astype(np.int64)
+    raise ValueError(
+        f"{name} must hold integer class ids. Received non-integer values such as "
+        f"{array[array != np.round(array)][:3].tolist()}."
+    )
+
+
+def _check_class_names(class_names, num_classes, source):
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    class_names = [str(n) for n in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"class_names has {len(class_names)} names but {source} has {num_classes} "
+            f"classes. Received: class_names={class_names}"
+        )
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"class_names must be unique. Received: class_names={class_names}")
+    return class_names
+
+
+def _check_range(ids, num_classes, name):
+    bad = ids[(ids < 0) | (ids >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            f"{name} holds class ids outside [0, {num_classes}): "
+            f"{sorted(set(bad.tolist()))[:10]}."
+        )
+
+
+def _single_label_report(y_true, y_pred, task, class_names, threshold):
+    if y_true.ndim == 2 and y_true.shape[1] > 1:
+        if not (np.isin(y_true, (0, 1)).all() and np.all(y_true.sum(axis=1) == 1)):
+            raise ValueError(
+                f"A 2-D y_true for {task} must be one-hot (one 1 per row). Use "
+                "task='multilabel' for several labels per example."
+            )
+        y_true = y_true.argmax(axis=1)
+    elif y_true.ndim == 2 and y_true.shape[1] == 1:
+        y_true = y_true[:, 0]
+    if y_true.ndim != 1:
+        raise ValueError(f"y_true must be 1-D class ids. Received shape {y_true.shape}.")
+    y_true = _class_ids(y_true, "y_true")
+
+    scores = None
+    if y_pred.ndim == 2 and y_pred.shape[1] == 1:
+        y_pred = y_pred[:, 0]
+    if y_pred.ndim == 2:
+        num_classes = y_pred.shape[1]
+        if task == "binary" and num_classes != 2:
+            raise ValueError(
+                "Binary scores must have shape (n,), (n, 1) or (n, 2). "
+                f"Received shape {y_pred.shape}; use task='multiclass' for more classes."
+            )
+        source = f"the predictions (shape {y_pred.shape})"
+        class_names = _check_class_names(class_names, num_classes, source)
+        if y_pred.dtype.kind == "f":
+            scores = y_pred
+        pred_ids = y_pred.argmax(axis=1)
+    elif y_pred.ndim == 1:
+        if task == "binary" and y_pred.dtype.kind == "f" and not np.all(
+            y_pred == np.round(y_pred)
+        ):
+            if y_pred.min() < 0.0 or y_pred.max() > 1.0:
+                raise ValueError(
+                    "Binary scores must be probabilities in [0, 1] (apply a sigmoid to "
+                    "logits) or 0/1 labels. Received values in "
+                    f"[{y_pred.min():.4g}, {y_pred.max():.4g}]."
+                )
+            scores = y_pred
+            pred_ids = (y_pred >= threshold).astype(np.int64)
+        else:
+            pred_ids = _class_ids(y_pred, "y_pred_or_prob")
+        if task == "binary":
+            num_classes = 2
+            class_names = _check_class_names(class_names, 2, "a binary task")
+        elif class_names is not None:
+            num_classes = len(class_names)
+            class_names = _check_class_names(class_names, num_classes, "")
+        else:
+            num_classes = int(max(y_true.max(), pred_ids.max())) + 1
+            class_names = _check_class_names(None, num_classes, "")
+    else:
+        raise ValueError(
+            f"y_pred_or_prob must be 1-D labels or 2-D scores. Received shape {y_pred.shape}."
+        )
+    _check_range(y_true, num_classes, "y_true")
+    _check_range(pred_ids, num_classes, "y_pred_or_prob")
+
+    labels = list(range(num_classes))
+    metrics = {"accuracy": float(skm.accuracy_score(y_true, pred_ids))}
+    for avg in _AVERAGES:
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, pred_ids, labels=labels, average=avg, zero_division=0
+        )
+        metrics[f"{avg}_precision"] = float(p)
+        metrics[f"{avg}_recall"] = float(r)
+        metrics[f"{avg}_f1"] = float(f)
+    if task == "binary":
+        # The usual binary figures: precision/recall/F1 of the positive class.
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, pred_ids, labels=labels, average="binary", pos_label=1, zero_division=0
+        )
+        metrics.update(precision=float(p), recall=float(r), f1=float(f))
+    metrics["roc_auc"] = _roc_auc(y_true, scores, task, num_classes)
+    metrics["confusion_matrix"] = skm.confusion_matrix(y_true, pred_ids, labels=labels).tolist()
+    metrics["per_class"] = _per_class(y_true, pred_ids, labels, class_names)
+    metrics["num_examples"] = int(len(y_true))
+    return EvaluationReport(metrics, task, class_names, y_true=y_true, y_pred=pred_ids)
+
+
+def _roc_auc(y_true, scores, task, num_classes):
+    """ROC AUC where it is defined: probabilities given and every class present."""
+    if scores is None or len(np.unique(y_true)) < num_classes:
+        return None
+    if task == "binary":
+        positive = scores[:, 1] if scores.ndim == 2 else scores
+        return float(skm.roc_auc_score(y_true, positive))
+    # One-vs-rest AUC needs rows that are probabilities; logits have no AUC here.
+    if scores.min() < 0.0 or not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+        return None
+    normalised = scores / scores.sum(axis=1, keepdims=True)
+    return float(
+        skm.roc_auc_score(y_true, normalised, multi_class="ovr", labels=list(range(num_classes)))
+    )
+
+
+def _per_class(y_true, y_pred, labels, class_names):
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average=None, zero_division=0
+    )
+    return {
+        name: {
+            "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+
+
+def _multilabel_report(y_true, y_pred, class_names, threshold):
+    if y_true.ndim != 2:
+        raise ValueError(
+            f"Multilabel y_true must be a 0/1 matrix (n, labels). Received shape {y_true.shape}."
+        )
+    if y_pred.shape != y_true.shape:
+        raise ValueError(
+            "Multilabel predictions must have the labels' shape. Received: "
+            f"y_true {y_true.shape}, y_pred_or_prob {y_pred.shape}."
+        )
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError("Multilabel y_true must hold only 0 and 1.")
+    y_true = y_true.astype(np.int64)
+    num_labels = y_true.shape[1]
+    class_names = _check_class_names(
+        class_names, num_labels, f"the predictions (shape {y_pred.shape})"
+    )
+    scores = None
+    if y_pred.dtype.kind == "f" and not np.isin(y_pred, (0.0, 1.0)).all():
+        if y_pred.min() < 0.0 or y_pred.max() > 1.0:
+            raise ValueError(
+                "Multilabel scores must be probabilities in [0, 1] (apply a sigmoid to "
+                f"logits). Received values in [{y_pred.min():.4g}, {y_pred.max():.4g}]."
+            )
+        scores = y_pred
+        pred = (y_pred >= threshold).astype(np.int64)
+    else:
+        pred = y_pred.astype(np.int64)
+        if not np.isin(pred, (0, 1)).all():
+            raise ValueError("Multilabel predicted labels must hold only 0 and 1.")
+
+    subset = float(skm.accuracy_score(y_true, pred))
+    metrics = {
+        "accuracy": subset,
+        "subset_accuracy": subset,
+        "hamming_loss": float(skm.hamming_loss(y_true, pred)),
+    }
+    for avg in _AVERAGES + ("samples",):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, pred, average=avg, zero_division=0
+        )
+        metrics[f"{avg}_precision"] = float(p)
+        metrics[f"{avg}_recall"] = float(r)
+        metrics[f"{avg}_f1"] = float(f)
+    # Macro AUC over labels needs both outcomes of every label in y_true.
+    both_present = np.all((y_true.min(axis=0) == 0) & (y_true.max(axis=0) == 1))
+    metrics["roc_auc"] = (
+        float(skm.roc_auc_score(y_true, scores, average="macro"))
+        if scores is not None and both_present else None
+    )
+    metrics["multilabel_confusion_matrix"] = skm.multilabel_confusion_matrix(
+        y_true, pred
+    ).tolist()
+    metrics["per_class"] = _per_class(y_true, pred, list(range(num_labels)), class_names)
+    metrics["num_examples"] = int(len(y_true))
+    return EvaluationReport(metrics, "multilabel", class_names, y_true=y_true, y_pred=pred)
+
+
+def _regression_report(y_true, y_pred):
+    if y_true.ndim == 2 and y_true.shape[1] == 1:
+        y_true = y_true[:, 0]
+    if y_pred.ndim == 2 and y_pred.shape[1] == 1:
+        y_pred = y_pred[:, 0]
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            "Regression predictions must have the targets' shape. Received: "
+            f"y_true {y_true.shape}, y_pred_or_prob {y_pred.shape}."
+        )
+    y_true = y_true.astype(np.float64)
+    y_pred = y_pred.astype(np.float64)
+    mse = float(skm.mean_squared_error(y_true, y_pred))
+    metrics = {
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        # R^2 is undefined for a single example; sklearn warns and returns NaN.
+        "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
+        "num_examples": int(len(y_true)),
+    }
+    return EvaluationReport(metrics, "regression", None, y_true=y_true, y_pred=y_pred)
+
+
+def _fmt(value):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:.4f}"
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate(model, data, task=None, class_names=None, batch_size=32, preprocess=None,
+             threshold=0.5):
+    """Runs `model` over labelled `data` and returns an `EvaluationReport`.
+
+    Args:
+        model: a Keras model, or a SavedModel reloaded with
+            `tf.saved_model.load` whose `serving_default` signature takes the
+            raw inputs and returns a dict holding `probabilities` (or a single
+            output).
+        data: a `tf.data.Dataset` of `(x, y)` batches (unbatched datasets with
+            scalar labels are batched here), a tuple `(x, y)` of arrays, or a
+            `tfft.data.LabeledData`.
+        task: str or None. `"binary"`, `"multiclass"`, `"multilabel"` or
+            `"regression"`; None guesses it from the labels and outputs.
+            Defaults to None.
+        class_names: list of str or None. Defaults to `data.class_names` for a
+            `LabeledData`, else class ids.
+        batch_size: int. Batch size for array inputs. Defaults to 32.
+        preprocess: callable or None. Maps a batch of raw inputs to model
+            inputs inside a `tf.data` map, e.g. a tokenizer. Defaults to None.
+        threshold: float. Decision threshold for binary and multilabel
+            probabilities. Defaults to 0.5.
+
+    Returns:
+        An `EvaluationReport`.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    >>> x, y = np.random.rand(10, 4).astype("float32"), np.arange(10) % 3
+    >>> evaluate(model, (x, y)).metrics["num_examples"]
+    10
+    """
+    import tensorflow as tf
+
+    from tfft.data import LabeledData
+
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(f"preprocess must be callable or None. Received: {type(preprocess)}")
+    if isinstance(data, LabeledData):
+        if class_names is None:
+            class_names = list(data.class_names)
+        data = (data.x, data.y)
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise ValueError(
+                f"data as a tuple must be (x, y). Received a {type(data).__name__} "
+                f"of {len(data)} items."
+            )
+        x, y = data
+        n_x = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        if n_x != len(y):
+            raise ValueError(
+                f"Inputs and labels differ in length: {n_x} inputs, {len(y)} labels."
+            )
+        if n_x == 0:
+            raise ValueError("Cannot evaluate on an empty set: data has no examples.")
+        dataset = tf.data.Dataset.from_tensor_slices((_tensorable(x), np.asarray(y)))
+        dataset = dataset.batch(int(batch_size))
+    elif isinstance(data, tf.data.Dataset):
+        dataset = data
+        spec = dataset.element_spec
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
+            raise ValueError(
+                "A dataset for evaluate() must yield (x, y) or (x, y, sample_weight). "
+                f"Received element_spec={spec}"
+            )
+        if len(spec) == 3:
+            dataset = dataset.map(lambda x, y, w: (x, y))
+        label_spec = dataset.element_spec[1]
+        if getattr(label_spec, "shape", None) is not None and label_spec.shape.rank == 0:
+            dataset = dataset.batch(int(batch_size))
+    else:
+        raise TypeError(
+            "data must be a tf.data.Dataset of (x, y) batches, a tuple (x, y) or a "
+            f"tfft.data.LabeledData. Received: {type(data).__name__}"
+        )
+    if preprocess is not None:
+        dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+    predict = _predict_fn(model)
+    outputs, labels = [], []
+    for x_batch, y_batch in dataset:
+        outputs.append(np.asarray(predict(x_batch)))
+        labels.append(np.asarray(y_batch))
+    if not labels:
+        raise ValueError("Cannot evaluate on an empty set: the dataset yielded no batches.")
+    y_score = np.concatenate(outputs, axis=0)
+    y_true = np.concatenate(labels, axis=0)
+    if task is None:
+        task = infer_task(y_true, y_score)
+    if task in ("multiclass", "binary") and y_score.ndim == 2 and y_score.shape[1] > 1:
+        # Named now so the message speaks of the model's outputs, not "predictions".
+        if class_names is not None and len(class_names) != y_score.shape[1]:
+            raise ValueError(
+                f"class_names has {len(class_names)} names but the model outputs "
+                f"{y_score.shape[1]} classes. Received: class_names={list(class_names)}"
+            )
+    if y_score.dtype.kind == "f" and y_score.dtype != np.float64:
+        y_score = y_score.astype(np.float64)
+    return report_from_predictions(y_true, y_score, task=task, class_names=class_names,
+                                   threshold=threshold)
+
+
+def _tensorable(x):
+    if isinstance(x, dict):
+        return {k: _tensorable(v) for k, v in x.items()}
+    x = np.asarray(x)
+    if x.dtype.kind in "OU":
+        # tf.data takes text as bytes/str objects, not numpy's fixed-width unicode.
+        x = x.astype(object)
+    return x
+
+
+def _predict_fn(model):
+    """Returns `batch -> np.ndarray` for a Keras model or a reloaded SavedModel."""
+    import keras
+    import tensorflow as tf
+
+    signatures = getattr(model, "signatures", None)
+    if signatures is not None and not isinstance(model, keras.Model):
+        if "serving_default" not in signatures:
+            raise ValueError(
+                "The SavedModel has no 'serving_default' signature. Available "
+                f"signatures: {sorted(signatures.keys())}"
+            )
+        signature = signatures["serving_default"]
+        _, input_specs = signature.structured_input_signature
+        output_keys = sorted(signature.structured_outputs.keys())
+        if "probabilities" in output_keys:
+            output_key = "probabilities"
+        elif len(output_keys) == 1:
+            output_key = output_keys[0]
+        else:
+            raise ValueError(
+                "The serving signature returns several outputs and none is named "
+                f"'probabilities'. Outputs: {output_keys}"
+            )
+
+        def predict(x):
+            if isinstance(x, dict):
+                missing = sorted(set(input_specs) - set(x))
+                if missing:
+                    raise ValueError(
+                        f"The serving signature needs inputs {sorted(input_specs)}; the "
+                        f"batch lacks {missing}."
+                    )
+                feed = {k: _fit_spec(x[k], input_specs[k]) for k in input_specs}
+            else:
+                if len(input_specs) != 1:
+                    raise ValueError(
+                        "The serving signature takes several inputs "
+                        f"{sorted(input_specs)}; give x as a dict with those keys."
+                    )
+                (name, spec), = input_specs.items()
+                feed = {name: _fit_spec(x, spec)}
+            return signature(**feed)[output_key].numpy()
+
+        return predict
+
+    if isinstance(model, keras.Model) or hasattr(model, "predict_on_batch"):
+        def predict(x):
+            out = model.predict_on_batch(x)
+            if isinstance(out, dict):
+                if "probabilities" in out:
+                    out = out["probabilities"]
+                elif len(out) == 1:
+                    out = next(iter(out.values()))
+                else:
+                    raise ValueError(
+                        "The model returns several outputs and none is named "
+                        f"'probabilities'. Outputs: {sorted(out)}"
+                    )
+            return tf.convert_to_tensor(out).numpy()
+
+        return predict
+    raise TypeError(
+        "model must be a Keras model or a SavedModel loaded with tf.saved_model.load "
+        f"(with a 'serving_default' signature). Received: {type(model).__name__}"
+    )
+
+
+def _fit_spec(x, spec):
+    """Casts and reshapes one input batch to the signature's TensorSpec."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    if (x.dtype == tf.string) != (spec.dtype == tf.string):
+        raise TypeError(
+            f"The serving signature's input {spec.name!r} takes {spec.dtype.name} but the "
+            f"data holds {x.dtype.name}. Pass raw inputs of the kind the export expects."
+        )
+    if x.dtype != spec.dtype:
+        x = tf.cast(x, spec.dtype)
+    rank = spec.shape.rank
+    if rank is not None:
+        if rank == x.shape.rank + 1 and spec.shape[-1] == 1:
+            x = tf.expand_dims(x, -1)
+        elif rank == x.shape.rank - 1 and x.shape[-1] == 1:
+            x = tf.squeeze(x, -1)
+    return x
