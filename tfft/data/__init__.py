@@ -18,10 +18,20 @@ from tfft.data.datasets import (
     select_classes,
 )
 from tfft.data.labels import LabelEncoder, class_weights, multi_hot
+from tfft.data.pipeline import (
+    AUTOTUNE,
+    bucket_by_length,
+    default_bucket_boundaries,
+    make_dataset,
+    make_text_dataset,
+)
+from tfft.data.sources import DatasetUnavailableError, load
 from tfft.data.splits import split_data, stratified_split
 from tfft.data.tfds_builders import OFFLINE_DATASETS
 
 __all__ = sorted([
+    "AUTOTUNE", "DatasetUnavailableError", "bucket_by_length", "default_bucket_boundaries",
+    "load", "make_dataset", "make_text_dataset",
     "IMAGE_DATASETS", "LabelEncoder", "LabeledData", "OFFLINE_DATASETS", "TEXT_DATASETS",
     "class_weights", "load_bbc_news", "load_digits", "load_fashion_mnist", "load_lfw_subset",
     "load_mnist_5k", "load_rotten_tomatoes", "multi_hot", "select_classes", "split_data",

@@ -1,0 +1,366 @@
+"""tf.data pipelines matched to a backbone: batching, preprocessing, bucketing, caching.
+
+Text: the backbone's KerasHub preprocessor (strings -> token ids, segment ids,
+padding mask) runs inside tf.data on whole batches (batch first, then a
+parallel map: tokenising a batch is much faster than one string at a time).
+With `bucketing=True` examples of similar length are batched together and
+each batch is padded only to its own longest sequence.
+
+Images: raw 0-255 images are resized to the backbone's input size, grayscale
+is repeated to 3 channels when the backbone takes RGB, optional augmentation
+layers run on training datasets only, then the backbone's preprocessor
+normalises them.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfft.data.datasets import LabeledData
+
+AUTOTUNE = tf.data.AUTOTUNE
+_BOUNDARY_STEPS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _as_arrays(data):
+    if isinstance(data, LabeledData):
+        return data.x, data.y
+    if isinstance(data, tuple) and len(data) == 2:
+        return np.asarray(data[0]), np.asarray(data[1])
+    raise TypeError(
+        "make_dataset expects a tfft.data.LabeledData or an (x, y) tuple. "
+        f"Received: {type(data).__name__}"
+    )
+
+
+def _resolve_backbone(backbone):
+    if isinstance(backbone, str):
+        from tfft.backbones import load_backbone
+
+        return load_backbone(backbone)
+    return backbone
+
+
+def _tensor_inputs(x):
+    if x.dtype == object or x.dtype.kind in "US":
+        return tf.constant([str(v) for v in x], dtype=tf.string), "text"
+    return tf.constant(x), "image"
+
+
+def _model_channels(backbone):
+    inputs = getattr(backbone.model, "inputs", None)
+    if not inputs or isinstance(inputs, dict) or len(inputs) != 1:
+        return None
+    shape = inputs[0].shape
+    return shape[-1] if len(shape) == 4 else None
+
+
+def _image_prepare(backbone, image_size):
+    """Returns a batch function: uint8 images -> float32 (resized, channel-matched)."""
+    size = image_size
+    if size is None and backbone is not None:
+        input_size = backbone.info.input_size
+        if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
+            size = tuple(int(s) for s in input_size)
+    channels = _model_channels(backbone) if backbone is not None else None
+
+    def prepare(images):
+        images = tf.cast(images, tf.float32)
+        if images.shape.rank == 3:
+            images = images[..., None]
+        if size is not None and tuple(images.shape[1:3]) != tuple(size):
+            images = tf.image.resize(images, size)
+        if channels == 3 and images.shape[-1] == 1:
+            images = tf.repeat(images, 3, axis=-1)
+        return images
+
+    return prepare
+
+
+def _augmenter(augment):
+    layers = augment if isinstance(augment, (list, tuple)) else [augment]
+    for layer in layers:
+        if not callable(layer):
+            raise TypeError(
+                "augment must be a Keras layer, a callable or a list of them. "
+                f"Received: {type(layer).__name__}"
+            )
+
+    def apply(images):
+        for layer in layers:
+            try:
+                images = layer(images, training=True)
+            except TypeError:
+                images = layer(images)
+        return images
+
+    return apply
+
+
+def make_dataset(
+    data,
+    backbone=None,
+    preprocess=None,
+    batch_size=32,
+    shuffle=False,
+    seed=0,
+    cache=False,
+    prefetch=True,
+    deterministic=True,
+    augment=None,
+    num_parallel_calls=AUTOTUNE,
+    training=None,
+    image_size=None,
+    drop_remainder=False,
+):
+    """A batched `tf.data.Dataset` of `(inputs, labels)` ready for `model.fit`.
+
+    Args:
+        data: LabeledData or `(x, y)` arrays. Raw strings or 0-255 images.
+        backbone: tfft.Backbone or spec str. Its `preprocessor` maps raw
+            batches to model inputs; for images its `info.input_size` sets the
+            resize and its model's input channels the grayscale-to-RGB repeat.
+        preprocess: callable. Maps a batch of raw inputs to model inputs;
+            replaces the backbone's preprocessor when given.
+        batch_size: int. Examples per batch. Defaults to 32.
+        shuffle: bool. Reshuffle every epoch (seeded). Defaults to False.
+        seed: int. Shuffle seed. Defaults to 0.
+        cache: bool. Cache preprocessed examples in memory after the first
+            epoch (before shuffling and augmentation). Defaults to False.
+        prefetch: bool. `prefetch(AUTOTUNE)` at the end. Defaults to True.
+        deterministic: bool. Keep a reproducible order through the parallel
+            maps. Defaults to True.
+        augment: keras layer, callable or list of them (e.g.
+            `keras.layers.RandomFlip("horizontal")`), run on 0-255 image
+            batches before the preprocessor, only when `training`.
+        num_parallel_calls: int. Parallelism of the maps. Defaults to AUTOTUNE.
+        training: bool. Whether this is a training dataset (augmentation
+            runs). Defaults to `shuffle`.
+        image_size: tuple. Resize images to `(height, width)`; defaults to the
+            backbone's input size, else no resize.
+        drop_remainder: bool. Drop the last partial batch. Defaults to False.
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)` batches.
+
+    Example:
+
+    >>> backbone = tfft.load_backbone("minilm")
+    >>> train = tfft.data.load("bbc_news", split="train")
+    >>> ds = tfft.data.make_dataset(train, backbone, shuffle=True)
+    """
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    x, y = _as_arrays(data)
+    if len(x) == 0:
+        raise ValueError("Cannot make a dataset from 0 examples.")
+    backbone = _resolve_backbone(backbone)
+    training = shuffle if training is None else training
+    inputs, modality = _tensor_inputs(x)
+    preprocessor = preprocess or (backbone.preprocessor if backbone is not None else None)
+
+    before_augment = _image_prepare(backbone, image_size) if modality == "image" else None
+    augmenter = _augmenter(augment) if augment is not None and training else None
+    if modality == "text" and augmenter is not None:
+        raise ValueError("augment applies to image data only; this dataset holds text.")
+
+    def stage_one(batch_x, batch_y):
+        if before_augment is not None:
+            batch_x = before_augment(batch_x)
+        if augmenter is None and preprocessor is not None:
+            batch_x = preprocessor(batch_x)
+        return batch_x, batch_y
+
+    def stage_two(batch_x, batch_y):
+        batch_x = augmenter(batch_x)
+        if preprocessor is not None:
+            batch_x = preprocessor(batch_x)
+        return batch_x, batch_y
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).with_options(options)
+    if cache:
+        dataset = dataset.batch(batch_size).map(
+            stage_one, num_parallel_calls=num_parallel_calls, deterministic=True
+        )
+        dataset = dataset.unbatch().cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    else:
+        if shuffle:
+            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).map(
+            stage_one, num_parallel_calls=num_parallel_calls, deterministic=deterministic
+        )
+    if augmenter is not None:
+        dataset = dataset.map(
+            stage_two, num_parallel_calls=num_parallel_calls, deterministic=deterministic
+        )
+    if prefetch:
+        dataset = dataset.prefetch(AUTOTUNE)
+    return dataset
+
+
+def default_bucket_boundaries(sequence_length):
+    """Bucket edges below `sequence_length`: 8, 16, 24, 32, 48, 64, 96, ..."""
+    return [b for b in _BOUNDARY_STEPS if b < sequence_length]
+
+
+def _padding_values(element_spec, pad_token_id):
+    features, label = element_spec
+
+    def value(key, spec):
+        if spec.dtype == tf.bool:
+            return tf.constant(False)
+        if key == "token_ids":
+            return tf.constant(pad_token_id, dtype=spec.dtype)
+        return tf.constant(0, dtype=spec.dtype)
+
+    if isinstance(features, dict):
+        pads = {k: value(k, s) for k, s in features.items()}
+    else:
+        pads = value("token_ids", features)
+    return pads, tf.constant(0, dtype=label.dtype)
+
+
+def bucket_by_length(
+    dataset, batch_size=32, bucket_boundaries=None, length_key="padding_mask",
+    pad_token_id=0, drop_remainder=False,
+):
+    """Batches unbatched `(features, label)` examples by length, padding per batch.
+
+    Args:
+        dataset: tf.data.Dataset of `(dict, label)` with variable-length 1D
+            features (e.g. token_ids, segment_ids, padding_mask).
+        batch_size: int. Examples per batch in every bucket. Defaults to 32.
+        bucket_boundaries: list of int. Length edges of the buckets.
+            Defaults to `default_bucket_boundaries(512)`.
+        length_key: str. Feature whose length is the example's length.
+            Defaults to `"padding_mask"`.
+        pad_token_id: int. Padding value of `token_ids`. Defaults to 0.
+        drop_remainder: bool. Drop each bucket's last partial batch.
+
+    Returns:
+        A dataset of batches, each padded to its longest sequence. The order
+        differs from the input order: labels travel with their examples.
+    """
+    boundaries = list(bucket_boundaries or default_bucket_boundaries(512))
+    if boundaries != sorted(set(boundaries)) or boundaries[0] < 1:
+        raise ValueError(
+            "bucket_boundaries must be strictly increasing positive ints. "
+            f"Received: {boundaries}"
+        )
+
+    def length(features, label):
+        value = features[length_key] if isinstance(features, dict) else features
+        return tf.shape(value)[0]
+
+    return dataset.bucket_by_sequence_length(
+        length,
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        padding_values=_padding_values(dataset.element_spec, pad_token_id),
+        drop_remainder=drop_remainder,
+    )
+
+
+def _trim(features, label):
+    """Cuts one tokenised example's features to its unpadded length."""
+    length = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32))
+    return {k: v[:length] for k, v in features.items()}, label
+
+
+def make_text_dataset(
+    data,
+    backbone=None,
+    preprocessor=None,
+    batch_size=32,
+    bucketing=False,
+    bucket_boundaries=None,
+    shuffle=False,
+    seed=0,
+    cache=False,
+    prefetch=True,
+    deterministic=True,
+    num_parallel_calls=AUTOTUNE,
+    drop_remainder=False,
+):
+    """A text dataset, optionally length-bucketed with per-batch padding.
+
+    Without bucketing this is `make_dataset`. With `bucketing=True` each
+    batch of strings is tokenised (to the preprocessor's sequence length),
+    every example is cut back to its own length, examples are grouped into
+    length buckets (`tf.data.Dataset.bucket_by_sequence_length`) and each
+    batch is padded to its longest sequence. BERT-style models that honour
+    the padding mask give the same outputs as with fixed-length padding, for
+    less compute on short texts. Bucketing reorders examples (labels travel
+    with them).
+
+    Args:
+        data: LabeledData or `(texts, labels)`.
+        backbone: tfft.Backbone or spec. Supplies the preprocessor.
+        preprocessor: KerasHub text preprocessor returning a dict with
+            `padding_mask`; replaces the backbone's when given.
+        batch_size: int. Defaults to 32.
+        bucketing: bool. Group by length and pad per batch. Defaults to False.
+        bucket_boundaries: list of int. Defaults to
+            `default_bucket_boundaries(sequence_length)`.
+        shuffle, seed, cache, prefetch, deterministic, num_parallel_calls,
+        drop_remainder: as in `make_dataset`.
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs, labels)` batches.
+    """
+    backbone = _resolve_backbone(backbone)
+    preprocessor = preprocessor or (backbone.preprocessor if backbone is not None else None)
+    if preprocessor is None:
+        raise ValueError(
+            "make_text_dataset needs a text preprocessor: pass backbone=... or "
+            "preprocessor=... (e.g. tfft.load_backbone('minilm'))."
+        )
+    if not bucketing:
+        return make_dataset(
+            data, preprocess=preprocessor, batch_size=batch_size, shuffle=shuffle, seed=seed,
+            cache=cache, prefetch=prefetch, deterministic=deterministic,
+            num_parallel_calls=num_parallel_calls, drop_remainder=drop_remainder,
+        )
+    x, y = _as_arrays(data)
+    inputs, modality = _tensor_inputs(x)
+    if modality != "text":
+        raise ValueError("Length bucketing applies to text; this dataset holds images.")
+    sequence_length = getattr(preprocessor, "sequence_length", None) or 512
+    boundaries = bucket_boundaries or default_bucket_boundaries(sequence_length)
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    pad_token_id = getattr(tokenizer, "pad_token_id", None) or 0
+
+    def tokenize(batch_x, batch_y):
+        features = preprocessor(batch_x)
+        if not isinstance(features, dict) or "padding_mask" not in features:
+            raise ValueError(
+                "Length bucketing needs a preprocessor that returns a dict with "
+                f"'padding_mask'. Received: {type(features).__name__}"
+            )
+        return features, batch_y
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).with_options(options)
+    if shuffle and not cache:
+        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(256).map(
+        tokenize, num_parallel_calls=num_parallel_calls, deterministic=deterministic
+    )
+    dataset = dataset.unbatch().map(_trim, num_parallel_calls=num_parallel_calls,
+                                    deterministic=deterministic)
+    if cache:
+        dataset = dataset.cache()
+        if shuffle:
+            dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    dataset = bucket_by_length(
+        dataset, batch_size, boundaries, pad_token_id=pad_token_id,
+        drop_remainder=drop_remainder,
+    )
+    if prefetch:
+        dataset = dataset.prefetch(AUTOTUNE)
+    return dataset
