@@ -30,7 +30,8 @@ def add_parser(subparsers):
     parser.add_argument("--model", required=True,
                         help="SavedModel folder, e.g. saved_models/NAME/VERSION.")
     parser.add_argument("--data", default=None,
-                        help="A dataset name (e.g. bbc_news) or a CSV path. Defaults to the "
+                        help="A bundled dataset name (bbc_news, rotten_tomatoes, digits, ...; "
+                             "images are fed as PNG bytes) or a CSV path. Defaults to the "
                              "dataset named in tfft_metadata.json.")
     parser.add_argument("--split", default="test", choices=SPLITS,
                         help="Which split to score; 'all' uses every row. Defaults to test.")
@@ -84,13 +85,14 @@ def load_eval_data(data, class_names=None, text_column="text", label_column="lab
     CSV labels may be class names (mapped through `class_names`, or sorted
     when none are known) or integer ids.
     """
-    from tfft.data import TEXT_DATASETS
+    from tfft.data import IMAGE_DATASETS, TEXT_DATASETS
 
-    if data in TEXT_DATASETS:
-        return TEXT_DATASETS[data]()
+    named = {**TEXT_DATASETS, **IMAGE_DATASETS}
+    if data in named:
+        return named[data]()
     if not (data.lower().endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv")) or os.path.isfile(data)):
         raise ValueError(
-            f"Unknown dataset. Expected one of {sorted(TEXT_DATASETS)} or a CSV path. "
+            f"Unknown dataset. Expected one of {sorted(named)} or a CSV path. "
             f"Received: --data {data!r}"
         )
     if not os.path.isfile(data):

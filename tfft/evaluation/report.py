@@ -712,6 +712,11 @@ def _fit_spec(x, spec):
     import tensorflow as tf
 
     x = tf.convert_to_tensor(x)
+    if spec.dtype == tf.string and x.dtype == tf.uint8 and x.shape.rank in (3, 4):
+        # Image exports take encoded bytes; PNG keeps the pixels exact.
+        if x.shape.rank == 3:
+            x = x[..., tf.newaxis]
+        x = tf.map_fn(tf.io.encode_png, x, fn_output_signature=tf.string)
     if (x.dtype == tf.string) != (spec.dtype == tf.string):
         raise TypeError(
             f"The serving signature's input {spec.name!r} takes {spec.dtype.name} but the "

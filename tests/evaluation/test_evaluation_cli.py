@@ -1,0 +1,191 @@
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn import metrics as skm
+
+import tfft  # noqa: F401  (sets the Keras backend first)
+from tfft.data import load_bbc_news, stratified_split
+from tfft.evaluation import cli
+
+TOPICS = {
+    "animals": "cat|dog|horse|bird",
+    "food": "bread|soup|cheese|apple",
+    "sport": "match|goal|team|race",
+}
+BBC_TOPICS = {
+    "business": "market|shares|company|economy|bank|profit",
+    "entertainment": "film|music|star|award|show|actor",
+    "politics": "election|minister|government|party|labour|tory",
+    "sports": "match|cup|player|game|champion|coach",
+    "tech": "technology|computer|software|users|mobile|net",
+}
+
+
+def _keyword_model(path, topics, metadata):
+    """Exports a SavedModel whose serving_default scores raw texts by keyword counts."""
+    patterns = list(topics.values())
+
+    class Keywords(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def serve(self, inputs):
+            words = tf.strings.split(tf.strings.lower(inputs))
+            counts = [
+                tf.reduce_sum(tf.cast(tf.strings.regex_full_match(words, p), tf.float32),
+                              axis=-1)
+                for p in patterns
+            ]
+            probs = tf.nn.softmax(2.0 * tf.stack(counts, axis=-1))
+            return {"probabilities": probs, "class_ids": tf.argmax(probs, axis=-1)}
+
+    module = Keywords()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    if metadata is not None:
+        with open(os.path.join(path, cli.METADATA_FILE), "w") as f:
+            json.dump(metadata, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def topic_model(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("saved_models") / "topics" / "1")
+    return _keyword_model(path, TOPICS, {"class_names": list(TOPICS), "task": "multiclass"})
+
+
+@pytest.fixture(scope="module")
+def topic_csv(tmp_path_factory):
+    rows = [
+        ("the cat chased a bird", "animals"), ("my dog and my horse", "animals"),
+        ("a bird sang", "animals"), ("hot soup with bread", "food"),
+        ("cheese and apple", "food"), ("the team won the match", "sport"),
+        ("a late goal in the race", "sport"), ("the dog ate the cheese", "food"),
+        ("team soup", "sport"), ("nothing here", "animals"),
+    ]
+    path = tmp_path_factory.mktemp("csv") / "topics.csv"
+    import pandas as pd
+
+    pd.DataFrame(rows, columns=["sentence", "topic"]).to_csv(path, index=False)
+    return str(path), [r[0] for r in rows], [list(TOPICS).index(r[1]) for r in rows]
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="tfft")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", *argv])
+    return args.func(args)
+
+
+def test_csv_report_matches_sklearn(topic_model, topic_csv, tmp_path, capsys):
+    csv_path, texts, labels = topic_csv
+    out = tmp_path / "eval"
+    code = _run(["--model", topic_model, "--data", csv_path, "--split", "all",
+                 "--text-column", "sentence", "--label-column", "topic", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    probs = tf.saved_model.load(topic_model).signatures["serving_default"](
+        inputs=tf.constant(texts))["probabilities"].numpy()
+    pred = probs.argmax(axis=1)
+    with open(out / "report.json") as f:
+        report = json.load(f)
+    assert report["class_names"] == list(TOPICS)
+    assert report["metrics"]["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
+    assert report["metrics"]["macro_f1"] == pytest.approx(
+        skm.f1_score(labels, pred, average="macro"))
+    assert report["metrics"]["confusion_matrix"] == skm.confusion_matrix(labels, pred).tolist()
+    assert sorted(os.listdir(out)) == ["confusion_matrix.png", "per_class_f1.png", "report.json"]
+    assert "confusion matrix" in printed and "animals" in printed
+    assert str(out / "report.json") in printed
+
+
+def test_bbc_news_test_split_from_metadata(tmp_path, capsys):
+    split = {"seed": 3, "val_fraction": 0.1, "test_fraction": 0.2}
+    model = _keyword_model(
+        str(tmp_path / "bbc" / "2"), BBC_TOPICS,
+        {"class_names": list(BBC_TOPICS), "task": "multiclass", "dataset": "bbc_news",
+         "split": split},
+    )
+    out = tmp_path / "eval"
+    assert _run(["--model", model, "--out", str(out), "--no-plots"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    data = load_bbc_news()
+    _, _, test_idx = stratified_split(data.y, 0.1, 0.2, 3)
+    assert report["metrics"]["num_examples"] == len(test_idx)
+    supports = [report["metrics"]["per_class"][n]["support"] for n in BBC_TOPICS]
+    assert supports == np.bincount(data.y[test_idx], minlength=5).tolist()
+    # Keyword counting is a weak but real classifier on BBC News.
+    assert report["metrics"]["accuracy"] > 0.5
+    assert f"test split of bbc_news: {len(test_idx)} examples" in capsys.readouterr().out
+
+
+def test_exit_2_with_clear_messages(topic_model, topic_csv, tmp_path, capsys):
+    csv_path, _, _ = topic_csv
+    csv_args = ["--text-column", "sentence", "--label-column", "topic"]
+    cases = [
+        (["--model", str(tmp_path / "missing"), "--data", csv_path], "no such folder"),
+        (["--model", os.path.dirname(topic_model), "--data", csv_path],
+         "has no saved_model.pb. It holds versions \\['1'\\]"),
+        (["--model", topic_model, "--data", "imdb"], "Unknown dataset.*bbc_news"),
+        (["--model", topic_model, "--data", csv_path, "--split", "all"],
+         "has no column 'text' \\(set --text-column\\)"),
+        (["--model", topic_model, "--data", csv_path, *csv_args, "--val-fraction", "0.3",
+          "--test-fraction", "0"],
+         "The test split is empty"),
+    ]
+    for argv, message in cases:
+        assert _run([*argv, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tfft evaluate: error:")
+        assert __import__("re").search(message, err), (message, err)
+
+
+def test_metadata_class_names_must_match_model(tmp_path, topic_csv, capsys):
+    csv_path, _, _ = topic_csv
+    model = _keyword_model(str(tmp_path / "m" / "1"), TOPICS,
+                           {"class_names": ["animals", "food"], "task": "multiclass"})
+    code = _run(["--model", model, "--data", csv_path, "--split", "all", "--text-column",
+                 "sentence", "--label-column", "topic", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "labels ['sport'] are not among the model's classes ['animals', 'food']" in err
+    # Integer labels get past the CSV check and meet the model's 3 outputs.
+    int_csv = tmp_path / "ints.csv"
+    int_csv.write_text("text,label\ncat,0\nsoup,1\n")
+    code = _run(["--model", model, "--data", str(int_csv), "--split", "all",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "class_names has 2 names but the model outputs 3 classes" in capsys.readouterr().err
+
+
+def test_image_export_from_tfft_export(tmp_path, capsys):
+    """An image export by tfft.export is scored on PNG-encoded digits through the CLI."""
+    import keras
+
+    from tfft.data import load_digits
+    from tfft.export import export
+
+    data = load_digits()
+    _, _, test_idx = stratified_split(data.y, 0.15, 0.15, 0)
+    images = np.repeat(data.x[..., None], 3, axis=-1).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Flatten(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    model.fit(images, data.y, epochs=2, batch_size=128, verbose=0)
+    path = export(model, str(tmp_path / "digits"), class_names=data.class_names,
+                  modality="image", image_size=(8, 8), verify=False,
+                  metadata={"dataset": "digits",
+                            "split": {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}})
+    out = tmp_path / "eval"
+    assert _run(["--model", path, "--out", str(out)]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "report.json").read_text())
+    pred = model.predict(images[test_idx], verbose=0).argmax(axis=1)
+    assert report["metrics"]["num_examples"] == len(test_idx)
+    assert report["metrics"]["confusion_matrix"] == skm.confusion_matrix(
+        data.y[test_idx], pred).tolist()
+    assert report["metrics"]["accuracy"] > 0.8
