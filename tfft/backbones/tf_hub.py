@@ -355,14 +355,17 @@ class HubLayer(keras.layers.Layer):
 
     def _track_saved_model_variables(self, loaded):
         variables, trainable_ids = self._saved_model_variables(loaded)
-        for v in variables:
-            # Sharing storage: optimizer updates change the SavedModel's own
-            # variables, which its restored functions read.
-            wrapped = keras.Variable(
-                initializer=v, shape=v.shape, dtype=v.dtype.name,
-                trainable=id(v) in trainable_ids, name=_clean_name(v.name),
-            )
-            self._track_variable(wrapped)
+        # The layer name prefixes the paths (`hub_layer/dense_kernel`), which
+        # path-based freezing and per-layer learning rates match on.
+        with keras.name_scope(self.name, caller=self):
+            for v in variables:
+                # Sharing storage: optimizer updates change the SavedModel's own
+                # variables, which its restored functions read.
+                wrapped = keras.Variable(
+                    initializer=v, shape=v.shape, dtype=v.dtype.name,
+                    trainable=id(v) in trainable_ids, name=_clean_name(v.name),
+                )
+                self._track_variable(wrapped)
 
     # -- trainable ------------------------------------------------------------
 
@@ -600,6 +603,9 @@ def load(
     """
     handle = _BY_NAME[name].spec.partition(":")[2] if name in _BY_NAME else name
     catalog = _BY_HANDLE.get(handle)
+    if preprocessor == "auto":
+        # Before the encoder download: a missing tensorflow-text fails fast.
+        preprocessor = _auto_preprocessor(catalog)
     layer = HubLayer(
         handle, trainable=trainable, signature=signature, output_key=output_key, **kwargs
     )
@@ -623,8 +629,6 @@ def load(
         input_size = tuple(first.shape[1:3]) if all(first.shape[1:3]) else None
     elif isinstance(first, tf.TensorSpec) and first.shape.rank == 2 and first.shape[1]:
         input_size = int(first.shape[1])
-    if preprocessor == "auto":
-        preprocessor = _auto_preprocessor(catalog)
     display = catalog.name if catalog else os.path.basename(os.path.normpath(handle))
     info = BackboneInfo(
         name=display, source="tfhub", modality=modality,
