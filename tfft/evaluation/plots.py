@@ -69,8 +69,10 @@ def plot_confusion_matrix(report, path, normalize=False):
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
     colours = shares if normalize else matrix
     image = ax.imshow(colours, cmap="Blues", vmin=0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
-                 label="share of true class" if normalize else "examples")
+    bar = fig.colorbar(image, ax=ax, shrink=0.8,
+                       label="share of true class" if normalize else "examples")
+    if not normalize:
+        bar.ax.yaxis.get_major_locator().set_params(integer=True)
     threshold = colours.max() / 2.0 if colours.max() > 0 else 1
     if k <= 30:
         for i in range(k):

@@ -138,14 +138,15 @@ class EvaluationReport:
                 lines.append(f"  {key:<8}{_fmt(m.get(key))}")
             return "\n".join(lines)
 
-        lines.append(f"  {'accuracy':<18}{_fmt(m['accuracy'])}")
+        summary = [("accuracy", m["accuracy"])]
         if self.task == "multilabel":
-            lines.append(f"  {'hamming_loss':<18}{_fmt(m['hamming_loss'])}")
-        lines.append(f"  {'roc_auc':<18}{_fmt(m.get('roc_auc'))}")
+            summary.append(("hamming_loss", m["hamming_loss"]))
+        summary.append(("roc_auc", m.get("roc_auc")))
         if self.task == "binary":
             positive = self.class_names[1]
-            for key in ("precision", "recall", "f1"):
-                lines.append(f"  {key + ' (' + positive + ')':<18}{_fmt(m[key])}")
+            summary += [(f"{key} ({positive})", m[key]) for key in ("precision", "recall", "f1")]
+        label_width = max(len(label) for label, _ in summary) + 2
+        lines += [f"  {label:<{label_width}}{_fmt(value)}" for label, value in summary]
         lines.append("")
         averages = list(_AVERAGES) + (["samples"] if self.task == "multilabel" else [])
         lines.append(f"  {'average':<10}{'precision':>10}{'recall':>10}{'f1':>10}")
