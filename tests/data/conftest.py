@@ -21,6 +21,11 @@ def tfds_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vocab():
+    return list(VOCAB)
+
+
+@pytest.fixture(scope="session")
 def tiny_preprocessor():
     import keras_hub
 

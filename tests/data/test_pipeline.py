@@ -1,0 +1,158 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfft  # noqa: F401
+import tfft.data as td
+from tfft.backbones.base import Backbone, BackboneInfo
+
+
+def _labels_of(dataset):
+    return np.concatenate([y.numpy() for _, y in dataset])
+
+
+def test_text_dataset_tokenises_batches(tiny_preprocessor, texts):
+    data = td.LabeledData(texts, np.arange(len(texts)) % 2, ["a", "b"])
+    dataset = td.make_dataset(data, preprocess=tiny_preprocessor, batch_size=4)
+    x, y = next(iter(dataset))
+    assert set(x) == {"token_ids", "segment_ids", "padding_mask"}
+    assert x["token_ids"].shape == (4, 24)
+    # [CLS] the movie was good [SEP]
+    assert int(tf.reduce_sum(tf.cast(x["padding_mask"][0], tf.int32))) == 6
+    assert y.numpy().tolist() == [0, 1, 0, 1]
+    assert sum(int(b[1].shape[0]) for b in dataset) == len(texts)
+
+
+def test_text_dataset_through_a_backbone(tiny_preprocessor, texts):
+    model = keras.Sequential([keras.layers.Dense(1)])
+    info = BackboneInfo(name="tiny", source="model", modality="text", input_size=24)
+    backbone = Backbone(model, info, preprocessor=tiny_preprocessor)
+    dataset = td.make_dataset((texts, np.zeros(len(texts), int)), backbone, batch_size=5)
+    x, _ = next(iter(dataset))
+    assert x["token_ids"].shape == (5, 24)
+
+
+def test_shuffle_is_seeded_and_reshuffles_each_epoch():
+    data = (np.arange(50, dtype=np.float32)[:, None, None], np.arange(50))
+    first = td.make_dataset(data, batch_size=8, shuffle=True, seed=1)
+    again = td.make_dataset(data, batch_size=8, shuffle=True, seed=1)
+    epoch1, epoch2 = _labels_of(first), _labels_of(first)
+    np.testing.assert_array_equal(epoch1, _labels_of(again))
+    assert sorted(epoch1.tolist()) == list(range(50))
+    assert not np.array_equal(epoch1, np.arange(50))
+    assert not np.array_equal(epoch1, epoch2)
+    ordered = td.make_dataset(data, batch_size=8)
+    np.testing.assert_array_equal(_labels_of(ordered), np.arange(50))
+
+
+def test_cache_preprocesses_once_and_keeps_shuffling():
+    calls = []
+
+    def preprocess(images):
+        tf.py_function(lambda: calls.append(1) or 0, [], tf.int32)
+        return images / 255.0
+
+    data = (np.full((20, 2, 2), 255, np.uint8), np.arange(20))
+    dataset = td.make_dataset(data, preprocess=preprocess, batch_size=5, cache=True,
+                              shuffle=True, seed=0)
+    epochs = [_labels_of(dataset) for _ in range(3)]
+    assert len(calls) == 4  # 4 batches preprocessed in the first epoch only
+    assert not np.array_equal(epochs[1], epochs[2])
+    x, _ = next(iter(dataset))
+    np.testing.assert_allclose(x.numpy(), 1.0)
+
+
+def test_images_resized_to_backbone_and_gray_to_rgb():
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    info = BackboneInfo(name="cnn", source="model", modality="image", input_size=(6, 6))
+    backbone = Backbone(model, info, preprocessor=lambda x: x / 127.5 - 1.0)
+    images = np.full((3, 4, 4), 255, np.uint8)
+    dataset = td.make_dataset((images, np.array([0, 1, 0])), backbone, batch_size=3)
+    x, _ = next(iter(dataset))
+    assert x.shape == (3, 6, 6, 3)
+    np.testing.assert_allclose(x.numpy(), 1.0, atol=1e-6)
+    assert model.predict(dataset, verbose=0).shape == (3, 3)
+
+
+def test_augmentation_only_on_training_datasets():
+    images = np.tile(np.arange(4, dtype=np.uint8)[None, None, :, None], (16, 4, 1, 1))
+    flip = keras.layers.RandomFlip("horizontal", seed=0)
+    data = (images, np.zeros(16, int))
+    train = td.make_dataset(data, batch_size=16, shuffle=True, augment=flip)
+    flipped = next(iter(train))[0].numpy()[..., 0, :, 0]
+    assert (flipped[:, 0] == 3).any() and (flipped[:, 0] == 0).any()
+    evaluation = td.make_dataset(data, batch_size=16, augment=flip)
+    np.testing.assert_array_equal(next(iter(evaluation))[0].numpy()[..., 0, :, 0],
+                                  np.tile(np.arange(4), (16, 1)))
+    with pytest.raises(ValueError, match="image data only"):
+        td.make_dataset((np.array(["a"], dtype=object), [0]), augment=flip, training=True)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        td.make_dataset((np.zeros((2, 2)), [0, 1]), batch_size=0)
+    with pytest.raises(TypeError, match="LabeledData or an \\(x, y\\) tuple"):
+        td.make_dataset([1, 2, 3])
+    with pytest.raises(ValueError, match="needs a text preprocessor"):
+        td.make_text_dataset((np.array(["a"], dtype=object), [0]), bucketing=True)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        td.bucket_by_length(tf.data.Dataset.range(3).map(lambda i: (tf.fill([i], i), i)),
+                            bucket_boundaries=[8, 4])
+
+
+def test_bucketing_pads_each_batch_to_its_longest(tiny_preprocessor, texts):
+    data = td.LabeledData(texts, np.arange(len(texts)), [])
+    dataset = td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                                   bucketing=True, bucket_boundaries=[4, 8])
+    seen = []
+    for x, y in dataset:
+        lengths = tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1).numpy()
+        assert x["token_ids"].shape[1] == lengths.max() < 24
+        assert x["segment_ids"].shape == x["token_ids"].shape
+        seen.extend(y.numpy().tolist())
+    assert sorted(seen) == list(range(len(texts)))
+
+
+class MaskedMean(keras.layers.Layer):
+    def call(self, sequence, mask):
+        mask = keras.ops.cast(mask, sequence.dtype)[..., None]
+        return keras.ops.sum(sequence * mask, axis=1) / keras.ops.sum(mask, axis=1)
+
+
+def test_bucketing_predictions_equal_fixed_length(tiny_preprocessor, texts, vocab):
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    bert = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocab), num_layers=2, num_heads=2, hidden_dim=8,
+        intermediate_dim=16, max_sequence_length=24,
+    )
+    inputs = {
+        "token_ids": keras.Input((None,), dtype="int32", name="token_ids"),
+        "segment_ids": keras.Input((None,), dtype="int32", name="segment_ids"),
+        "padding_mask": keras.Input((None,), dtype="bool", name="padding_mask"),
+    }
+    pooled = MaskedMean()(bert(inputs)["sequence_output"], inputs["padding_mask"])
+    model = keras.Model(inputs, keras.layers.Dense(3)(pooled))
+
+    # Labels are example indices, so predictions can be matched after reordering.
+    data = td.LabeledData(texts, np.arange(len(texts)), [])
+
+    def predictions(dataset):
+        out = np.zeros((len(texts), 3), np.float32)
+        widths = set()
+        for x, index in dataset:
+            widths.add(int(x["token_ids"].shape[1]))
+            out[index.numpy()] = model(x, training=False).numpy()
+        return out, widths
+
+    fixed, fixed_widths = predictions(
+        td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4))
+    bucketed, bucket_widths = predictions(
+        td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                             bucketing=True, bucket_boundaries=[4, 8], shuffle=True))
+    assert fixed_widths == {24} and max(bucket_widths) < 24 and len(bucket_widths) > 1
+    np.testing.assert_allclose(bucketed, fixed, atol=1e-5)
+    assert np.abs(fixed).max() > 1e-3  # the comparison is not between zeros
