@@ -8,6 +8,7 @@ continuation of the prompt (no free generation). Works with any KerasHub
 
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -68,7 +69,9 @@ def load_causal_lm(spec, sequence_length=512, **kwargs):
     """
     import keras_hub
 
-    if isinstance(spec, keras_hub.models.CausalLM):
+    if isinstance(spec, keras.Model):
+        # A KerasHub CausalLM, or any model mapping {"token_ids", "padding_mask"}
+        # to next-token logits (e.g. `build_soft_prompt_causal_lm`).
         return spec
     if not isinstance(spec, str):
         raise TypeError(
@@ -120,7 +123,7 @@ def _tokenizer_of(causal_lm, tokenizer=None):
 
 
 def _max_length_of(causal_lm):
-    backbone = causal_lm.backbone
+    backbone = getattr(causal_lm, "backbone", None)
     for attr in ("max_sequence_length",):
         value = getattr(backbone, attr, None)
         if value:
@@ -147,8 +150,10 @@ class CausalLMScorer:
         self.causal_lm = causal_lm
         self.batch_size = int(batch_size)
         self.bucket = int(bucket)
-        backbone = causal_lm.backbone
+        backbone = getattr(causal_lm, "backbone", None)
         embedding = getattr(backbone, "token_embedding", None)
+        # Computing logits only at the scored positions saves a (batch, seq,
+        # vocab) tensor; models with extra logit processing use their own call.
         self._use_reverse_embedding = embedding is not None and not hasattr(
             causal_lm, "final_logit_soft_cap"
         )
