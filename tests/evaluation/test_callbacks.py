@@ -1,0 +1,148 @@
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tfft  # noqa: F401  (sets the Keras backend first)
+from tfft.evaluation.callbacks import MonitorCheck, default_callbacks
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def opposed_data():
+    """Validation labels are the training labels flipped: every training epoch hurts
+    validation loss, so the best epoch is the first one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype("float32")
+    return x, y, 1.0 - y
+
+
+def _names(callbacks):
+    return [type(c).__name__ for c in callbacks]
+
+
+def test_fit_writes_tensorboard_and_best_checkpoint(tmp_path, opposed_data):
+    x, y, y_val = opposed_data
+    model = _model()
+    history = model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=16, verbose=0,
+                        callbacks=default_callbacks(tmp_path))
+    assert len(history.epoch) == 2
+    events = glob.glob(str(tmp_path / "logs" / "**" / "events.out.tfevents.*"), recursive=True)
+    assert {os.path.basename(os.path.dirname(e)) for e in events} == {"train", "validation"}
+    best = tmp_path / "checkpoints" / "best.weights.h5"
+    assert best.is_file()
+    fresh = _model(seed=1)
+    before = fresh.evaluate(x, y, verbose=0)[0]
+    fresh.load_weights(str(best))
+    after = fresh.evaluate(x, y, verbose=0)[0]
+    assert after == pytest.approx(min(history.history["val_loss"]), rel=1e-5)
+    assert after != pytest.approx(before)
+    # A finished run leaves no backup state behind.
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "logs"]
+
+
+def test_early_stopping_restores_best_weights(tmp_path, opposed_data):
+    x, y, y_val = opposed_data
+    model = _model()
+    history = model.fit(x, y, validation_data=(x, y_val), epochs=10, batch_size=16, verbose=0,
+                        callbacks=default_callbacks(tmp_path, patience=1, tensorboard=False))
+    val_losses = history.history["val_loss"]
+    assert len(val_losses) == 2  # best at epoch 1, one epoch of patience, then stop
+    assert val_losses[1] > val_losses[0]
+    restored = model.evaluate(x, y_val, verbose=0)[0]
+    assert restored == pytest.approx(val_losses[0], rel=1e-5)
+    checkpoint = _model(seed=3)
+    checkpoint.load_weights(str(tmp_path / "checkpoints" / "best.weights.h5"))
+    assert checkpoint.evaluate(x, y_val, verbose=0)[0] == pytest.approx(val_losses[0], rel=1e-5)
+
+
+def test_max_mode_monitor(tmp_path, opposed_data):
+    x, y, _ = opposed_data
+    callbacks = default_callbacks(tmp_path, monitor="val_accuracy", mode="max",
+                                  tensorboard=False, backup=False)
+    early = callbacks[-1]
+    assert isinstance(early, keras.callbacks.EarlyStopping)
+    assert early.monitor == "val_accuracy" and early.restore_best_weights
+    _model().fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=callbacks)
+    assert (tmp_path / "checkpoints" / "best.weights.h5").is_file()
+
+
+def test_backup_resumes_an_interrupted_fit(tmp_path, opposed_data):
+    x, y, _ = opposed_data
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    model = _model()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                  callbacks=default_callbacks(tmp_path, tensorboard=False) + [Interrupt()])
+    resumed = _model(seed=5).fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
+                                 callbacks=default_callbacks(tmp_path, tensorboard=False))
+    # Epochs 0 and 1 finished (the backup callback runs before the crash), so the
+    # second fit runs only epochs 2 and 3.
+    assert resumed.epoch == [2, 3]
+
+
+@pytest.mark.parametrize("switch, name", [
+    ("tensorboard", "TensorBoard"), ("checkpoint", "ModelCheckpoint"),
+    ("early_stopping", "EarlyStopping"), ("backup", "BackupAndRestore"),
+    ("terminate_on_nan", "TerminateOnNaN"), ("check_monitor", "MonitorCheck"),
+])
+def test_each_callback_switches_off(tmp_path, switch, name):
+    everything = _names(default_callbacks(tmp_path))
+    assert name in everything
+    without = _names(default_callbacks(tmp_path, **{switch: False}))
+    assert name not in without
+    assert sorted(without + [name]) == sorted(everything)
+
+
+def test_everything_off_and_paths(tmp_path):
+    assert default_callbacks(tmp_path, tensorboard=False, checkpoint=False, early_stopping=False,
+                             backup=False, terminate_on_nan=False) == []
+    by_name = {type(c).__name__: c for c in default_callbacks(tmp_path / "run")}
+    assert by_name["TensorBoard"].log_dir == str(tmp_path / "run" / "logs")
+    assert by_name["ModelCheckpoint"].filepath == str(
+        tmp_path / "run" / "checkpoints" / "best.weights.h5")
+    assert by_name["ModelCheckpoint"].save_best_only
+    assert by_name["BackupAndRestore"].backup_dir == str(tmp_path / "run" / "backup")
+    # Without checkpointing or early stopping nothing needs the monitor.
+    names = _names(default_callbacks(tmp_path, checkpoint=False, early_stopping=False))
+    assert "MonitorCheck" not in names
+
+
+def test_missing_monitor_fails_fast(tmp_path, opposed_data):
+    x, y, _ = opposed_data
+    with pytest.raises(ValueError, match="'val_loss' is not in the epoch logs.*validation_data"):
+        _model().fit(x, y, epochs=3, verbose=0,
+                     callbacks=default_callbacks(tmp_path, tensorboard=False, backup=False))
+    with pytest.raises(ValueError, match="'val_acc' is not in.*'val_accuracy'"):
+        _model().fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
+                     callbacks=[MonitorCheck("val_acc")])
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="Unknown monitor mode.*'auto', 'min', 'max'.*'best'"):
+        default_callbacks(tmp_path, mode="best")
+    with pytest.raises(ValueError, match="patience must be an int >= 0"):
+        default_callbacks(tmp_path, patience=-1)
+    with pytest.raises(ValueError, match="patience"):
+        default_callbacks(tmp_path, patience=2.5)
+    with pytest.raises(ValueError, match="monitor must be a non-empty str"):
+        default_callbacks(tmp_path, monitor="")
+    with pytest.raises(TypeError, match="run_dir must be a non-empty path"):
+        default_callbacks(None)
+    with pytest.raises(TypeError, match="tensorboard must be True or False"):
+        default_callbacks(tmp_path, tensorboard="yes")
