@@ -1,11 +1,75 @@
-"""tfft: fine-tune pretrained models with Keras 3 on TensorFlow."""
+"""tfft: fine-tune pretrained models with Keras 3 on TensorFlow.
+
+The classic Keras recipe, one library: load a pretrained backbone, add a task
+head, freeze, compile, fit, evaluate, export.
+
+Example:
+
+>>> import tfft
+>>> model = tfft.build_model("minilm", task="multiclass", num_classes=5)
+>>> report = tfft.finetune(max_examples=300)   # the main job, end to end
+"""
 
 from tfft._backend import ensure_tensorflow_backend
 
 ensure_tensorflow_backend()
 
-from tfft.backbones import Backbone, BackboneInfo, list_backbones, load_backbone  # noqa: E402
+# The backend must be chosen before anything below imports Keras.
+from tfft.backbones import (  # noqa: E402
+    Backbone,
+    BackboneInfo,
+    list_backbones,
+    load_backbone,
+)
+from tfft.builders import build_model  # noqa: E402
+from tfft.export import export  # noqa: E402
+from tfft.finetune import FinetuneConfig, finetune  # noqa: E402
+from tfft.freeze import (  # noqa: E402
+    FeatureExtraction,
+    FreezePolicy,
+    Full,
+    Regex,
+    TopK,
+    apply_freeze,
+    parse_freeze,
+    trainable_summary,
+)
+from tfft.heads import BackboneLayer, Pooling, TaskHead  # noqa: E402
+from tfft.presets import compile_model, get_preset, list_presets, set_mixed_precision  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = sorted(["Backbone", "BackboneInfo", "list_backbones", "load_backbone"])
+
+def evaluate(model, data, **kwargs):
+    """Evaluates a model on labelled data; see `tfft.evaluation.evaluate`."""
+    from tfft.evaluation import evaluate as _evaluate
+
+    return _evaluate(model, data, **kwargs)
+
+
+__all__ = sorted([
+    "Backbone",
+    "BackboneInfo",
+    "BackboneLayer",
+    "FeatureExtraction",
+    "FinetuneConfig",
+    "FreezePolicy",
+    "Full",
+    "Pooling",
+    "Regex",
+    "TaskHead",
+    "TopK",
+    "apply_freeze",
+    "build_model",
+    "compile_model",
+    "evaluate",
+    "export",
+    "finetune",
+    "get_preset",
+    "list_backbones",
+    "list_presets",
+    "load_backbone",
+    "parse_freeze",
+    "set_mixed_precision",
+    "trainable_summary",
+])

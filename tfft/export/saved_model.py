@@ -191,7 +191,10 @@ path, inputs_file, out_file = sys.argv[1:4]
 loaded = tf.saved_model.load(path)
 inputs = np.load(inputs_file, allow_pickle=False)
 outputs = loaded.signatures["serving_default"](tf.constant(inputs))
-np.savez(out_file, **{k: v.numpy() for k, v in outputs.items()})
+def plain(value):
+    value = value.numpy()
+    return value.astype(str) if value.dtype == object else value
+np.savez(out_file, **{k: plain(v) for k, v in outputs.items()})
 """
 
 
@@ -220,6 +223,8 @@ def verify_in_fresh_process(path, sample_inputs, expected, atol=1e-5):
     got = load_serving_outputs_in_fresh_process(path, sample_inputs)
     for key, value in expected.items():
         value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        if value.dtype == object:
+            value = np.char.decode(value.astype(bytes), "utf-8")
         if key not in got:
             raise ExportError(f"The reloaded SavedModel lacks the output {key!r}.")
         if value.dtype.kind in "fc":

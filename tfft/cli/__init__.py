@@ -1,0 +1,1 @@
+"""The `tfft` command line."""
