@@ -275,7 +275,11 @@ def test_trainable_layer_fine_tunes(models, optimizer):
     assert not np.allclose(layer(x, training=True), layer(x, training=False))
     model = keras.Sequential([keras.Input((4,)), layer, keras.layers.Dense(2)])
     opt = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}[optimizer]
-    model.compile(opt(0.05), "sparse_categorical_crossentropy")
+    # AdamW also runs under XLA: plain numeric SavedModels compile.
+    model.compile(
+        opt(0.05), "sparse_categorical_crossentropy", jit_compile=optimizer == "adamw"
+    )
+    assert layer.supports_jit and model.jit_compile == (optimizer == "adamw")
     kernel = layer._loaded.module.kernel  # the SavedModel's own variable
     moving_mean = layer._loaded.module.moving_mean
     before_kernel, before_mean = kernel.numpy().copy(), moving_mean.numpy().copy()
@@ -408,7 +412,10 @@ def test_string_inputs_with_lookup_table(models, tmp_path):
     text = tf.constant(["good fine", "awful", "bad great", "unknown words"])
     inputs = keras.Input((), dtype="string")
     model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
-    model.compile(keras.optimizers.AdamW(0.1), "sparse_categorical_crossentropy")
+    with pytest.warns(UserWarning, match="jit_compile"):
+        model.compile(
+            keras.optimizers.AdamW(0.1), "sparse_categorical_crossentropy", jit_compile=True
+        )
     assert model.jit_compile is False
     before = layer.weights[0].numpy().copy()
     model.fit(text, np.array([1, 0, 0, 1]), epochs=2, verbose=0)

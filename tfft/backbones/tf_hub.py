@@ -25,7 +25,7 @@ from tfft.backbones.network import require_network
 
 URL_PREFIXES = ("https://", "http://", "gs://")
 # Ops that XLA cannot compile: a model using them runs with jit_compile off.
-_NON_XLA_OP_MARKERS = ("HashTable", "LookupTable", "StringToHashBucket", "Regex", "Unicode")
+_NON_XLA_OP_MARKERS = ("HashTable", "LookupTable", "String", "Regex", "Unicode", "Substr")
 _LOCAL_HINT = (
     "tfhub:/path/to/saved_model_dir (download the model once, e.g. from "
     "https://www.kaggle.com/models, and untar it; the folder holds saved_model.pb)."
@@ -97,17 +97,22 @@ def _read_saved_model_proto(path):
     return proto
 
 
-def _inspect_saved_model(path):
-    """Returns (is_tf1, uses_non_xla_ops) from the SavedModel proto."""
+def _is_tf1_saved_model(path):
+    """True for a TF1 SavedModel (no object graph: signatures only, no __call__)."""
     proto = _read_saved_model_proto(path)
-    is_tf1 = all(len(mg.object_graph_def.nodes) == 0 for mg in proto.meta_graphs)
-    ops = set()
-    for mg in proto.meta_graphs:
-        ops.update(node.op for node in mg.graph_def.node)
-        for fn in mg.graph_def.library.function:
+    return all(len(mg.object_graph_def.nodes) == 0 for mg in proto.meta_graphs)
+
+
+def _uses_non_xla_ops(concrete_functions):
+    """True if the functions (with the functions they call) use ops XLA cannot compile."""
+    for concrete in concrete_functions:
+        graph_def = concrete.graph.as_graph_def()
+        ops = {node.op for node in graph_def.node}
+        for fn in graph_def.library.function:
             ops.update(node.op for node in fn.node_def)
-    non_xla = any(marker in op for op in ops for marker in _NON_XLA_OP_MARKERS)
-    return is_tf1, non_xla
+        if any(marker in op for op in ops for marker in _NON_XLA_OP_MARKERS):
+            return True
+    return False
 
 
 def _clean_name(name):
@@ -224,15 +229,14 @@ class HubLayer(keras.layers.Layer):
 
         path = resolve_handle(self.handle)
         self.resolved_path = path
-        is_tf1, non_xla = _inspect_saved_model(path)
-        self.is_tf1 = is_tf1
+        self.is_tf1 = _is_tf1_saved_model(path)
         loaded = tf.saved_model.load(path, tags=self.tags)
         # Tracked attribute: tf.saved_model.save of a model holding this layer
         # then also saves the SavedModel's tables and assets.
         self._loaded = loaded
         self._setup_callable(loaded)
         self._input_spec_structure = self._find_input_spec()
-        if non_xla or any(
+        if _uses_non_xla_ops(self._concrete_functions()) or any(
             s.dtype == tf.string for s in tf.nest.flatten(self._input_spec_structure)
             if isinstance(s, tf.TensorSpec)
         ):
