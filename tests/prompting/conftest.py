@@ -91,7 +91,7 @@ def tiny_gpt2():
     tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=merges)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=len(vocabulary), num_layers=2, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=64, dropout=0.0,
+        intermediate_dim=16, max_sequence_length=128, dropout=0.0,
     )
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=16)
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)

@@ -146,8 +146,9 @@ class CausalLMScorer:
             bounds the number of compiled shapes. Defaults to 32.
     """
 
-    def __init__(self, causal_lm, batch_size=8, bucket=32):
+    def __init__(self, causal_lm, batch_size=8, bucket=32, max_length=None):
         self.causal_lm = causal_lm
+        self.max_length = max_length
         self.batch_size = int(batch_size)
         self.bucket = int(bucket)
         backbone = getattr(causal_lm, "backbone", None)
@@ -221,6 +222,8 @@ class CausalLMScorer:
             batch_rows = order[b:b + self.batch_size]
             longest = max(len(inputs[r]) for r in batch_rows)
             width = -(-longest // self.bucket) * self.bucket
+            if self.max_length:
+                width = max(longest, min(width, self.max_length))
             token_ids = np.zeros((len(batch_rows), width), np.int32)
             mask = np.zeros((len(batch_rows), width), bool)
             gather_rows, gather_pos, gather_tok, spans = [], [], [], []
@@ -316,7 +319,8 @@ class CausalLMClassifier:
             (in-context examples too). Defaults to None (no truncation).
         max_length: int. Longest prompt + label the model may see; longer ones
             raise ValueError before any scoring. Defaults to the backbone's
-            `max_sequence_length`, else the preprocessor's `sequence_length`.
+            `max_sequence_length` (also the cap), else the preprocessor's
+            `sequence_length`.
         example_separator: str. Between in-context examples. Defaults to `"\\n\\n"`.
         temperature: float. Softmax temperature for `predict_proba`. Defaults to 1.
         batch_size: int. Defaults to 8.
@@ -355,7 +359,12 @@ class CausalLMClassifier:
             )
         self.seed = seed
         self.max_input_tokens = max_input_tokens
-        self.max_length = int(max_length) if max_length else _max_length_of(self.causal_lm)
+        limit = _max_length_of(self.causal_lm)
+        self.max_length = int(max_length) if max_length else limit
+        if limit and getattr(getattr(self.causal_lm, "backbone", None), "max_sequence_length",
+                             None):
+            # Learnt position embeddings end at the backbone's limit.
+            self.max_length = min(self.max_length, limit)
         self.example_separator = example_separator
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0. Received: temperature={temperature!r}")
@@ -365,7 +374,9 @@ class CausalLMClassifier:
             _select_examples(examples, self.class_names, self.k_shot, seed)
             if self.k_shot else []
         )
-        self.scorer = CausalLMScorer(self.causal_lm, batch_size=batch_size)
+        self.scorer = CausalLMScorer(
+            self.causal_lm, batch_size=batch_size, max_length=self.max_length
+        )
         self._cache = {}
 
     def _tokenize(self, text):
