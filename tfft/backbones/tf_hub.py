@@ -171,7 +171,9 @@ class HubLayer(keras.layers.Layer):
 
     Example:
 
-    >>> layer = tfft.HubLayer("/path/to/saved_model", trainable=True)
+    >>> layer = tfft.HubLayer(
+    ...     "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5",
+    ...     trainable=True)  # or a local SavedModel directory
     >>> model = keras.Sequential([keras.Input((224, 224, 3)), layer,
     ...                           keras.layers.Dense(5)])
     >>> model.compile("adamw", "sparse_categorical_crossentropy")
