@@ -100,8 +100,9 @@ def test_csv_report_matches_sklearn(topic_model, topic_csv, tmp_path, capsys):
     assert str(out / "report.json") in printed
 
 
-def test_bbc_news_test_split_from_metadata(tmp_path, capsys):
-    split = {"seed": 3, "val_fraction": 0.1, "test_fraction": 0.2}
+@pytest.mark.parametrize("max_examples", [None, 300])
+def test_bbc_news_test_split_from_metadata(tmp_path, capsys, max_examples):
+    split = {"seed": 3, "val_fraction": 0.1, "test_fraction": 0.2, "max_examples": max_examples}
     model = _keyword_model(
         str(tmp_path / "bbc" / "2"), BBC_TOPICS,
         {"class_names": list(BBC_TOPICS), "task": "multiclass", "dataset": "bbc_news",
@@ -110,11 +111,19 @@ def test_bbc_news_test_split_from_metadata(tmp_path, capsys):
     out = tmp_path / "eval"
     assert _run(["--model", model, "--out", str(out), "--no-plots"]) == 0
     report = json.loads((out / "report.json").read_text())
+    # The test split as `tfft finetune` makes it: optional stratified subset, then split.
     data = load_bbc_news()
+    if max_examples:
+        keep, _, _ = stratified_split(data.y, 0.0, 1.0 - max_examples / len(data), 3)
+        data = data.take(keep)
     _, _, test_idx = stratified_split(data.y, 0.1, 0.2, 3)
     assert report["metrics"]["num_examples"] == len(test_idx)
     supports = [report["metrics"]["per_class"][n]["support"] for n in BBC_TOPICS]
     assert supports == np.bincount(data.y[test_idx], minlength=5).tolist()
+    probs = tf.saved_model.load(model).signatures["serving_default"](
+        inputs=tf.constant(data.x[test_idx].astype(str)))["probabilities"].numpy()
+    assert report["metrics"]["confusion_matrix"] == skm.confusion_matrix(
+        data.y[test_idx], probs.argmax(axis=1)).tolist()
     # Keyword counting is a weak but real classifier on BBC News.
     assert report["metrics"]["accuracy"] > 0.5
     assert f"test split of bbc_news: {len(test_idx)} examples" in capsys.readouterr().out
@@ -189,3 +198,17 @@ def test_image_export_from_tfft_export(tmp_path, capsys):
     assert report["metrics"]["confusion_matrix"] == skm.confusion_matrix(
         data.y[test_idx], pred).tolist()
     assert report["metrics"]["accuracy"] > 0.8
+
+
+def test_registered_in_the_tfft_command(topic_model, topic_csv, tmp_path, capsys):
+    from tfft.cli.main import main
+
+    csv_path, _, _ = topic_csv
+    code = main(["evaluate", "--model", topic_model, "--data", csv_path, "--split", "all",
+                 "--text-column", "sentence", "--label-column", "topic", "--no-plots",
+                 "--out", str(tmp_path)])
+    assert code == 0 and (tmp_path / "report.json").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--data", csv_path])
+    assert exit_info.value.code == 2
+    assert "--model" in capsys.readouterr().err

@@ -48,6 +48,9 @@ def add_parser(subparsers):
                         help="Split seed; defaults to the metadata's.")
     parser.add_argument("--val-fraction", type=float, default=None)
     parser.add_argument("--test-fraction", type=float, default=None)
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="The stratified subset size used in training; defaults to the "
+                             "metadata's split.max_examples.")
     parser.add_argument("--limit", type=int, default=None,
                         help="Score only the first N examples of the split (quick checks).")
     parser.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
@@ -142,9 +145,11 @@ def _split_settings(args, metadata):
     meta_split = metadata.get("split") or {}
     if not isinstance(meta_split, dict):
         raise ValueError(f"{METADATA_FILE}: 'split' must be an object. Received: {meta_split!r}")
-    split.update({k: meta_split[k] for k in DEFAULT_SPLIT if k in meta_split})
+    split.update({k: meta_split[k] for k in (*DEFAULT_SPLIT, "max_examples")
+                  if k in meta_split})
     for key, value in (("seed", args.seed), ("val_fraction", args.val_fraction),
-                       ("test_fraction", args.test_fraction)):
+                       ("test_fraction", args.test_fraction),
+                       ("max_examples", args.max_examples)):
         if value is not None:
             split[key] = value
     return split
@@ -188,6 +193,14 @@ def _run(args):
 
     if args.split != "all":
         split = _split_settings(args, metadata)
+        max_examples = split.get("max_examples")
+        if max_examples and max_examples < len(data):
+            # `tfft finetune --max-examples` first keeps a stratified subset, then
+            # splits it; the same two steps give back its exact test split.
+            keep, _, _ = stratified_split(
+                data.y, 0.0, 1.0 - max_examples / len(data), split["seed"]
+            )
+            data = data.take(keep)
         train_idx, val_idx, test_idx = stratified_split(
             data.y, split["val_fraction"], split["test_fraction"], split["seed"]
         )
