@@ -93,6 +93,20 @@ def test_saved_model_signature_on_raw_inputs(digits_model, digits_saved_model):
     assert as_int.metrics["accuracy"] == report.metrics["accuracy"]
 
 
+def test_plain_callable_and_tfsm_layer(digits_model, tmp_path):
+    model, x, y, _ = digits_model
+    reference = evaluate(model, (x, y))
+    from_fn = evaluate(lambda batch: {"probabilities": model(batch)}, (x, y))
+    assert from_fn.metrics["confusion_matrix"] == reference.metrics["confusion_matrix"]
+    model.export(str(tmp_path / "export"), verbose=False)
+    layer = keras.layers.TFSMLayer(str(tmp_path / "export"), call_endpoint="serve")
+    from_layer = evaluate(layer, (x, y))
+    assert from_layer.metrics["confusion_matrix"] == reference.metrics["confusion_matrix"]
+    # The same export reloaded with tf.saved_model.load goes through serving_default.
+    from_signature = evaluate(tf.saved_model.load(str(tmp_path / "export")), (x, y))
+    assert from_signature.metrics["confusion_matrix"] == reference.metrics["confusion_matrix"]
+
+
 def test_binary_keras_model_with_sigmoid_output():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 3)).astype("float32")
@@ -143,6 +157,8 @@ def test_bad_arguments(digits_model, digits_saved_model):
         evaluate(model, (x, y), batch_size=0)
     with pytest.raises(TypeError, match="model must be a Keras model"):
         evaluate(object(), (x, y))
+    with pytest.raises(ValueError, match="several outputs.*\\['a', 'b'\\]"):
+        evaluate(lambda batch: {"a": batch, "b": batch}, (x, y))
     with pytest.raises(TypeError, match="takes float32 but the data holds string"):
         evaluate(digits_saved_model, (np.array(["a"] * 3, dtype=object), y[:3]))
 

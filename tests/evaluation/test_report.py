@@ -93,6 +93,14 @@ def test_binary_equals_sklearn(shape):
     assert set(m["per_class"]) == {"neg", "pos"}
 
 
+def test_two_class_softmax_as_multiclass():
+    y = np.array([0, 1, 1, 1, 0])
+    prob = np.array([[.8, .2], [.3, .7], [.6, .4], [.1, .9], [.45, .55]])
+    report = report_from_predictions(y, prob, class_names=["ham", "spam"])
+    assert report.metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(y, prob[:, 1]))
+    assert report.metrics["accuracy"] == pytest.approx(0.6)
+
+
 def test_binary_threshold_moves_predictions():
     y = np.array([0, 0, 1, 1])
     score = np.array([0.1, 0.4, 0.45, 0.9])

@@ -401,6 +401,9 @@ def _roc_auc(y_true, scores, task, num_classes):
     if scores.min() < 0.0 or not np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
         return None
     normalised = scores / scores.sum(axis=1, keepdims=True)
+    if num_classes == 2:
+        # sklearn takes the positive column for two classes (one-vs-rest equals it).
+        return float(skm.roc_auc_score(y_true, normalised[:, 1]))
     return float(
         skm.roc_auc_score(y_true, normalised, multi_class="ovr", labels=list(range(num_classes)))
     )
@@ -528,10 +531,11 @@ def evaluate(model, data, task=None, class_names=None, batch_size=32, preprocess
     """Runs `model` over labelled `data` and returns an `EvaluationReport`.
 
     Args:
-        model: a Keras model, or a SavedModel reloaded with
+        model: a Keras model; a SavedModel reloaded with
             `tf.saved_model.load` whose `serving_default` signature takes the
             raw inputs and returns a dict holding `probabilities` (or a single
-            output).
+            output); or any callable (e.g. `keras.layers.TFSMLayer`) mapping a
+            batch to scores or such a dict.
         data: a `tf.data.Dataset` of `(x, y)` batches (unbatched datasets with
             scalar labels are batched here), a tuple `(x, y)` of arrays, or a
             `tfft.data.LabeledData`.
@@ -687,25 +691,32 @@ def _predict_fn(model):
         return predict
 
     if isinstance(model, keras.Model) or hasattr(model, "predict_on_batch"):
-        def predict(x):
-            out = model.predict_on_batch(x)
-            if isinstance(out, dict):
-                if "probabilities" in out:
-                    out = out["probabilities"]
-                elif len(out) == 1:
-                    out = next(iter(out.values()))
-                else:
-                    raise ValueError(
-                        "The model returns several outputs and none is named "
-                        f"'probabilities'. Outputs: {sorted(out)}"
-                    )
-            return tf.convert_to_tensor(out).numpy()
+        call = model.predict_on_batch
+    elif callable(model):
+        # Layers such as keras.layers.TFSMLayer, tf.Modules and plain functions.
+        call = model
+    else:
+        raise TypeError(
+            "model must be a Keras model, a SavedModel loaded with tf.saved_model.load "
+            "(with a 'serving_default' signature) or a callable returning scores. "
+            f"Received: {type(model).__name__}"
+        )
 
-        return predict
-    raise TypeError(
-        "model must be a Keras model or a SavedModel loaded with tf.saved_model.load "
-        f"(with a 'serving_default' signature). Received: {type(model).__name__}"
-    )
+    def predict(x):
+        out = call(x)
+        if isinstance(out, dict):
+            if "probabilities" in out:
+                out = out["probabilities"]
+            elif len(out) == 1:
+                out = next(iter(out.values()))
+            else:
+                raise ValueError(
+                    "The model returns several outputs and none is named "
+                    f"'probabilities'. Outputs: {sorted(out)}"
+                )
+        return tf.convert_to_tensor(out).numpy()
+
+    return predict
 
 
 def _fit_spec(x, spec):
