@@ -171,3 +171,25 @@ def test_saved_model_without_serving_default(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path))
     with pytest.raises(ValueError, match="no 'serving_default' signature.*\\['other'\\]"):
         evaluate(loaded, (np.eye(2, dtype="float32"), np.array([0, 1])))
+
+
+def test_task_inferred_for_multilabel_and_regression():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 3)).astype("float32")
+    multi_hot = (x[:, :2] > 0).astype("int64")
+    tagger = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="sigmoid")])
+    tagger.layers[0].set_weights([np.array([[3, 0], [0, 3], [0, 0]], "float32"),
+                                  np.zeros(2, "float32")])
+    report = evaluate(tagger, (x, multi_hot), class_names=["first", "second"])
+    pred = (tagger.predict(x, verbose=0) >= 0.5).astype(int)
+    assert report.task == "multilabel"
+    assert report.metrics["hamming_loss"] == pytest.approx(skm.hamming_loss(multi_hot, pred))
+    target = (x @ np.array([1.0, -2.0, 0.5])).astype("float32")
+    regressor = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    regressor.layers[0].set_weights([np.array([[1.0], [-2.0], [0.0]], "float32"),
+                                     np.zeros(1, "float32")])
+    report = evaluate(regressor, (x, target))
+    pred = regressor.predict(x, verbose=0)[:, 0]
+    assert report.task == "regression"
+    assert report.metrics["mae"] == pytest.approx(skm.mean_absolute_error(target, pred), rel=1e-5)
+    assert report.metrics["r2"] == pytest.approx(skm.r2_score(target, pred), rel=1e-5)
