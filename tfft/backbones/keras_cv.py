@@ -140,9 +140,9 @@ def load(name, input_size=224, pooling="avg", include_rescaling=True, **kwargs):
     presets = _presets(bases)
     common = {"input_shape": (height, width, 3), "include_rescaling": include_rescaling}
     local_hint = (
-        f"a local KerasCV preset directory (keras_cv:/path/to/preset, saved with "
-        f"keras_cv.utils.preset_utils.save_to_preset), or an explicit config such as "
-        f"keras_cv:MobileNetV3Backbone with its stackwise_* keyword arguments."
+        "a local KerasCV preset directory (keras_cv:/path/to/preset, saved with "
+        "keras_cv.utils.preset_utils.save_to_preset), or an explicit config such as "
+        "keras_cv:MobileNetV3Backbone with its stackwise_* keyword arguments."
     )
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
