@@ -533,6 +533,7 @@ def test_frozen_efficientnet_lite0_features_separate_lfw_faces(lite0_backbone):
     labels = np.array([1] * 100 + [0] * 100)
     images = (faces * 255.0).astype("float32")[..., None]  # grayscale; the preprocessor makes RGB
     backbone = lite0_backbone
+    assert backbone.info.feature_dim == 1280 and len(backbone.blocks()) == 16  # 16 MBConv blocks
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(50).map(backbone.preprocessor)
     features = backbone.model.predict(dataset, verbose=0)
     assert features.shape == (200, 1280)

@@ -20,6 +20,7 @@ KerasCV backbones built with `include_rescaling=True` (the default here) take
 """
 
 import inspect
+import json
 import os
 
 import keras
@@ -100,6 +101,20 @@ def _presets(bases):
     return found
 
 
+def _accepts(cls, argument):
+    """Whether a backbone (or alias) class takes `argument`."""
+    method = cls.__new__ if "aliases" in cls.__module__ else cls.__init__
+    return argument in inspect.signature(method).parameters
+
+
+def _saved_config_has(directory, key):
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            return key in json.load(f).get("config", {})
+    except (OSError, ValueError):
+        return False
+
+
 def _download_url(handle):
     # KerasCV hosts some presets on Kaggle and some on Google Cloud Storage.
     if handle.startswith("gs://"):
@@ -146,12 +161,13 @@ def load(name, input_size=224, pooling="avg", include_rescaling=True, **kwargs):
     )
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
+        if not _saved_config_has(expanded, "include_rescaling"):
+            common.pop("include_rescaling")
         model = keras_cv.models.Backbone.from_preset(expanded, **common, **kwargs)
         offline = True
     elif name in bases:
         cls = bases[name]
-        accepted = inspect.signature(cls.__init__).parameters
-        if "include_rescaling" not in accepted:
+        if not _accepts(cls, "include_rescaling"):
             common.pop("include_rescaling")
         try:
             model = cls(**common, **kwargs)
@@ -163,12 +179,16 @@ def load(name, input_size=224, pooling="avg", include_rescaling=True, **kwargs):
             ) from None
         offline = True
     elif name in aliases or name in presets:
-        handle = presets[name][1] if name in presets else ""
+        cls = aliases[name] if name in aliases else presets[name][0]
+        handles = [entry.get("kaggle_handle", "") for entry in cls.presets.values()]
+        handle = presets[name][1] if name in presets else (handles or [""])[0]
         require_network("keras_cv", spec, local_hint, url=_download_url(handle))
+        if not _accepts(cls, "include_rescaling"):
+            common.pop("include_rescaling")
         if name in aliases:
-            model = aliases[name](**common, **kwargs)
+            model = cls(**common, **kwargs)
         else:
-            model = presets[name][0].from_preset(name, **common, **kwargs)
+            model = cls.from_preset(name, **common, **kwargs)
         offline = False
     elif os.sep in name or name.startswith("."):
         raise ValueError(
