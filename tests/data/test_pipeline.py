@@ -156,3 +156,18 @@ def test_bucketing_predictions_equal_fixed_length(tiny_preprocessor, texts, voca
     assert fixed_widths == {24} and max(bucket_widths) < 24 and len(bucket_widths) > 1
     np.testing.assert_allclose(bucketed, fixed, atol=1e-5)
     assert np.abs(fixed).max() > 1e-3  # the comparison is not between zeros
+
+
+@pytest.mark.slow
+def test_real_vision_backbone_pipeline_on_lfw():
+    backbone = tfft.load_backbone("offline:efficientnet_lite0")
+    faces = td.load_lfw_subset().take(np.r_[0:4, 100:104])
+    flip = keras.layers.RandomFlip("horizontal", seed=0)
+    train = td.make_dataset(faces, backbone, batch_size=8, shuffle=True, augment=flip)
+    x, y = next(iter(train))
+    # 25x25 grayscale -> the backbone's 224x224 RGB, normalised by its preprocessor (mean=std=0.5).
+    assert x.shape == (8, 224, 224, 3)
+    assert -1.01 <= float(tf.reduce_min(x)) < 0 < float(tf.reduce_max(x)) <= 1.01
+    assert sorted(y.numpy().tolist()) == [0] * 4 + [1] * 4
+    features = backbone.model.predict(td.make_dataset(faces, backbone, batch_size=8), verbose=0)
+    assert features.shape == (8, backbone.info.feature_dim)

@@ -29,11 +29,29 @@ from tfft.data.sources import DatasetUnavailableError, load
 from tfft.data.splits import split_data, stratified_split
 from tfft.data.tfds_builders import OFFLINE_DATASETS
 
-__all__ = sorted([
-    "AUTOTUNE", "DatasetUnavailableError", "bucket_by_length", "default_bucket_boundaries",
-    "load", "make_dataset", "make_text_dataset",
-    "IMAGE_DATASETS", "LabelEncoder", "LabeledData", "OFFLINE_DATASETS", "TEXT_DATASETS",
-    "class_weights", "load_bbc_news", "load_digits", "load_fashion_mnist", "load_lfw_subset",
-    "load_mnist_5k", "load_rotten_tomatoes", "multi_hot", "select_classes", "split_data",
-    "stratified_split", "tfds_builders",
-])
+__all__ = [
+    "AUTOTUNE",
+    "DatasetUnavailableError",
+    "IMAGE_DATASETS",
+    "LabelEncoder",
+    "LabeledData",
+    "OFFLINE_DATASETS",
+    "TEXT_DATASETS",
+    "bucket_by_length",
+    "class_weights",
+    "default_bucket_boundaries",
+    "load",
+    "load_bbc_news",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_lfw_subset",
+    "load_mnist_5k",
+    "load_rotten_tomatoes",
+    "make_dataset",
+    "make_text_dataset",
+    "multi_hot",
+    "select_classes",
+    "split_data",
+    "stratified_split",
+    "tfds_builders",
+]
