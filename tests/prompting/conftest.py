@@ -110,7 +110,7 @@ def tiny_bert():
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=8)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(BERT_VOCAB), num_layers=2, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=8,
+        intermediate_dim=16, max_sequence_length=8, dropout=0.0,
     )
     return backbone, preprocessor
 

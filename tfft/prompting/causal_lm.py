@@ -155,8 +155,12 @@ class CausalLMScorer:
         embedding = getattr(backbone, "token_embedding", None)
         # Computing logits only at the scored positions saves a (batch, seq,
         # vocab) tensor; models with extra logit processing use their own call.
-        self._use_reverse_embedding = embedding is not None and not hasattr(
-            causal_lm, "final_logit_soft_cap"
+        import keras_hub
+
+        self._use_reverse_embedding = (
+            isinstance(causal_lm, keras_hub.models.CausalLM)
+            and embedding is not None
+            and not hasattr(causal_lm, "final_logit_soft_cap")
         )
 
         @tf.function(reduce_retracing=True)

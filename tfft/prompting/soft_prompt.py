@@ -159,6 +159,106 @@ class StripPrompt(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SoftPromptModel(keras.Model):
+    """A functional model whose backbone layers stay frozen after a `.keras` reload.
+
+    Keras restores `trainable=False` on a reloaded layer but not on the
+    variables of sublayers it builds during deserialisation (a KerasHub
+    `TransformerEncoder`'s dense layers, say), so the frozen layer names are
+    part of the config and re-frozen on load.
+
+    Args:
+        frozen_layers: list of str. Names of the layers to keep frozen.
+    """
+
+    def __init__(self, *args, frozen_layers=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frozen_layers = list(frozen_layers)
+        for name in self.frozen_layers:
+            layer = self.get_layer(name)
+            layer.trainable = False
+            # Sublayers built during deserialisation are not always in the
+            # layer's tracked sublayers, so freeze the variables themselves.
+            for variable in layer.weights:
+                variable.trainable = False
+
+    def get_config(self):
+        config = super().get_config()
+        config["frozen_layers"] = list(self.frozen_layers)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SoftPromptDecoder(keras.Model):
+    """A frozen Llama-family decoder behind a trainable soft prompt.
+
+    A subclassed model holding the whole backbone (KerasHub's
+    `LlamaTransformerDecoder.get_config` is broken in keras-hub 0.32, so its
+    layers cannot be serialised one by one; the backbone's own config is fine).
+
+    Args:
+        backbone: a KerasHub `LlamaBackbone`/`Llama3Backbone` (or config dict).
+        num_tokens: int. Prompt vectors.
+        num_classes: int or None. None: return next-token logits for the real
+            positions, `(batch, seq, vocab)`; else `(batch, num_classes)` logits
+            from a dense head over the pooled sequence.
+        pooling: str. Pooling for the classifier: `"mean"`, `"first"`,
+            `"prompt_mean"`. Defaults to `"mean"`.
+    """
+
+    def __init__(self, backbone, num_tokens, num_classes=None, pooling="mean", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        self.backbone = backbone
+        self.num_tokens = int(num_tokens)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.pooling = pooling
+        self.soft_prompt = SoftPrompt(self.num_tokens, name="soft_prompt")
+        self.prompt_padding_mask = PromptPaddingMask(self.num_tokens, name="prompt_padding_mask")
+        if self.num_classes is None:
+            self.strip_prompt = StripPrompt(self.num_tokens, name="strip_prompt")
+        else:
+            self.pool = SoftPromptPooling(self.num_tokens, pooling, name="soft_prompt_pooling")
+            self.head = keras.layers.Dense(self.num_classes, name="head", dtype="float32")
+        self.backbone.trainable = False
+        self.call({"token_ids": ops.zeros((1, 1), "int32"),
+                   "padding_mask": ops.ones((1, 1), "int32")})
+        for variable in self.backbone.weights:
+            variable.trainable = False
+
+    def call(self, inputs, training=None):
+        backbone = self.backbone
+        x = self.soft_prompt(backbone.token_embedding(inputs["token_ids"]))
+        mask = self.prompt_padding_mask(inputs["padding_mask"])
+        for layer in backbone.transformer_layers:
+            x = layer(x, decoder_padding_mask=mask, training=training)
+        x = backbone.layer_norm(x)
+        if self.num_classes is None:
+            return backbone.token_embedding(self.strip_prompt(x), reverse=True)
+        return self.head(self.pool([x, inputs["padding_mask"]]))
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_tokens": self.num_tokens,
+            "num_classes": self.num_classes,
+            "pooling": self.pooling,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _frozen_names(model, inputs, outputs):
+    used = {layer.name for layer in keras.Model(inputs, outputs).layers}
+    return [layer.name for layer in model.layers if layer.name in used
+            and not isinstance(layer, keras.layers.InputLayer)]
+
+
 def _family(model):
     names = ("token_embedding", "transformer_layers")
     if not all(hasattr(model, n) for n in names):
@@ -207,25 +307,20 @@ def _init_from_vocabulary(soft_prompt, token_embedding, seed):
     soft_prompt.prompt.assign(table[rows].astype(soft_prompt.prompt.dtype))
 
 
-def _prompted_sequence(model, family, num_tokens, soft_prompt, inputs):
-    """Runs the frozen backbone with prompts; returns (sequence, extended mask)."""
+def _prompted_sequence(model, num_tokens, soft_prompt, inputs):
+    """Runs a frozen BERT-family backbone with prompts; returns (sequence, mask)."""
     padding_mask = inputs["padding_mask"]
     mask = PromptPaddingMask(num_tokens, name="prompt_padding_mask")(padding_mask)
-    if family == "bert":
-        tokens = model.token_embedding(inputs["token_ids"])
-        positions = model.position_embedding(tokens)
-        segments = model.segment_embedding(inputs["segment_ids"])
-        x = model.embeddings_add((tokens, positions, segments))
-        x = soft_prompt(x)
-        x = model.embeddings_layer_norm(x)
-        x = model.embeddings_dropout(x)
-        for layer in model.transformer_layers:
-            x = layer(x, padding_mask=mask)
-        return x, mask
-    x = soft_prompt(model.token_embedding(inputs["token_ids"]))
+    tokens = model.token_embedding(inputs["token_ids"])
+    positions = model.position_embedding(tokens)
+    segments = model.segment_embedding(inputs["segment_ids"])
+    x = model.embeddings_add((tokens, positions, segments))
+    x = soft_prompt(x)
+    x = model.embeddings_layer_norm(x)
+    x = model.embeddings_dropout(x)
     for layer in model.transformer_layers:
-        x = layer(x, decoder_padding_mask=mask)
-    return model.layer_norm(x), mask
+        x = layer(x, padding_mask=mask)
+    return x, mask
 
 
 def _inputs(family):
@@ -268,17 +363,30 @@ def build_soft_prompt_classifier(backbone, num_classes, num_tokens=20, pooling="
     if init not in ("vocab", "random"):
         raise ValueError(f"Unknown init. Expected 'vocab' or 'random'. Received: init={init!r}")
     model, family = _backbone_model(backbone)
+    if family == "llama":
+        if dropout:
+            raise ValueError("dropout before the head is not supported for decoder backbones.")
+        classifier = SoftPromptDecoder(model, num_tokens, num_classes, pooling,
+                                       name="soft_prompt_classifier")
+        if init == "vocab":
+            _init_from_vocabulary(classifier.soft_prompt, model.token_embedding, seed)
+        if verbose:
+            _report(classifier, "Soft prompt classifier")
+        return classifier
     model.trainable = False
     soft_prompt = SoftPrompt(num_tokens, name="soft_prompt")
     inputs = _inputs(family)
-    sequence, _ = _prompted_sequence(model, family, num_tokens, soft_prompt, inputs)
+    sequence, _ = _prompted_sequence(model, num_tokens, soft_prompt, inputs)
     pooled = SoftPromptPooling(num_tokens, pooling, name="soft_prompt_pooling")(
         [sequence, inputs["padding_mask"]]
     )
     if dropout:
         pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
     logits = keras.layers.Dense(num_classes, name="head", dtype="float32")(pooled)
-    classifier = keras.Model(inputs, logits, name="soft_prompt_classifier")
+    classifier = SoftPromptModel(
+        inputs, logits, frozen_layers=_frozen_names(model, inputs, logits),
+        name="soft_prompt_classifier",
+    )
     if init == "vocab":
         _init_from_vocabulary(soft_prompt, model.token_embedding, seed)
     if verbose:
@@ -311,15 +419,9 @@ def build_soft_prompt_causal_lm(backbone, num_tokens=20, init="vocab", seed=0, v
             "build_soft_prompt_causal_lm needs a Llama-family decoder backbone. "
             f"Received: {type(model).__name__} (use build_soft_prompt_classifier for encoders)"
         )
-    model.trainable = False
-    soft_prompt = SoftPrompt(num_tokens, name="soft_prompt")
-    inputs = _inputs(family)
-    sequence, _ = _prompted_sequence(model, family, num_tokens, soft_prompt, inputs)
-    sequence = StripPrompt(num_tokens, name="strip_prompt")(sequence)
-    logits = model.token_embedding(sequence, reverse=True)
-    lm = keras.Model(inputs, logits, name="soft_prompt_causal_lm")
+    lm = SoftPromptDecoder(model, num_tokens, name="soft_prompt_causal_lm")
     if init == "vocab":
-        _init_from_vocabulary(soft_prompt, model.token_embedding, seed)
+        _init_from_vocabulary(lm.soft_prompt, model.token_embedding, seed)
     if verbose:
         _report(lm, "Soft prompt causal LM")
     return lm
