@@ -171,3 +171,22 @@ def test_real_vision_backbone_pipeline_on_lfw():
     assert sorted(y.numpy().tolist()) == [0] * 4 + [1] * 4
     features = backbone.model.predict(td.make_dataset(faces, backbone, batch_size=8), verbose=0)
     assert features.shape == (8, backbone.info.feature_dim)
+
+
+def test_bucketing_with_cache_and_shuffle_covers_every_example(tiny_preprocessor, texts):
+    data = td.LabeledData(texts, np.arange(len(texts)), [])
+    dataset = td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                                   bucketing=True, cache=True, shuffle=True, seed=2)
+    epochs = [_labels_of(dataset) for _ in range(2)]
+    for labels in epochs:
+        assert sorted(labels.tolist()) == list(range(len(texts)))
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_multi_hot_labels_and_nondeterministic_order():
+    targets, names = td.multi_hot([["a"], ["a", "b"], ["b"], []])
+    data = td.LabeledData(np.arange(4, dtype=np.float32)[:, None, None], targets, names)
+    dataset = td.make_dataset(data, batch_size=2, deterministic=False)
+    y = np.concatenate([b.numpy() for _, b in dataset])
+    assert y.dtype == np.float32 and y.shape == (4, 2)
+    assert sorted(map(tuple, y.tolist())) == sorted(map(tuple, targets.tolist()))

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -77,3 +79,29 @@ def test_load_bbc_news_train_split(tfds_dir):
 def test_fashion_mnist_missing_package_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         datasets.load_fashion_mnist("train", root=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_rotten_tomatoes_and_mnist_5k_splits(tfds_dir):
+    reviews = td.load("rotten_tomatoes", split="validation", data_dir=tfds_dir)
+    assert reviews.class_names == ["fresh", "plot", "rotten"]
+    assert len(reviews) == round(13891 * 0.15)
+    assert np.bincount(reviews.y).min() > 100  # "plot" (8% of rows) present too
+    digits = td.load("mnist_5k", split="test", data_dir=tfds_dir)
+    assert digits.x.shape == (750, 28, 28, 1)
+    assert np.bincount(digits.y).tolist() == [75] * 10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(datasets.FASHION_MNIST_DIR),
+    reason="needs the Debian package dataset-fashion-mnist",
+)
+def test_fashion_mnist_local_official_test_split(tfds_dir):
+    info = tfds.builder("fashion_mnist_local", data_dir=tfds_dir).info
+    assert info.features["label"].names[0] == "t-shirt/top"
+    test = td.load("fashion_mnist_local", split="test[:2000]", data_dir=tfds_dir)
+    assert test.x.shape == (2000, 28, 28, 1)
+    splits = tfds.builder("fashion_mnist_local", data_dir=tfds_dir).info.splits
+    assert [splits[s].num_examples for s in ("train", "validation", "test")] == [
+        50000, 10000, 10000]
