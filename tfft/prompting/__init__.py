@@ -1,0 +1,59 @@
+"""Prompt learning: templates, zero/few-shot classifiers and soft prompt tuning.
+
+- `PromptTemplate`, `LabelTemplate`, `Verbalizer`, `TemplateEnsemble`: prompts as
+  validated objects.
+- `ZeroShotEncoderClassifier`: sentence-embedding similarity (MiniLM by default).
+- `CausalLMClassifier`: label-word log-likelihood under any KerasHub causal LM,
+  zero- or few-shot; `load_smollm2()` / `load_causal_lm("offline:smollm2")` give
+  the offline SmolLM2-135M-Instruct.
+- `ZeroShotImageClassifier`: CLIP image-text zero-shot.
+- `SoftPrompt`, `build_soft_prompt_classifier`, `build_soft_prompt_causal_lm`:
+  prompt tuning of a frozen BERT- or Llama-family backbone.
+"""
+
+from tfft.prompting.causal_lm import (
+    CausalLMClassifier,
+    CausalLMScorer,
+    load_causal_lm,
+    load_smollm2,
+)
+from tfft.prompting.clip import ZeroShotImageClassifier
+from tfft.prompting.encoder import SentenceEmbedder, ZeroShotEncoderClassifier
+from tfft.prompting.gguf_llama import convert_gguf_to_hf, smollm2_preset_dir
+from tfft.prompting.soft_prompt import (
+    PromptPaddingMask,
+    SoftPrompt,
+    SoftPromptDecoder,
+    SoftPromptModel,
+    SoftPromptPooling,
+    StripPrompt,
+    build_soft_prompt_causal_lm,
+    build_soft_prompt_classifier,
+    count_trainable_params,
+)
+from tfft.prompting.templates import LabelTemplate, PromptTemplate, TemplateEnsemble, Verbalizer
+
+__all__ = [
+    "CausalLMClassifier",
+    "CausalLMScorer",
+    "LabelTemplate",
+    "PromptPaddingMask",
+    "PromptTemplate",
+    "SentenceEmbedder",
+    "SoftPrompt",
+    "SoftPromptDecoder",
+    "SoftPromptModel",
+    "SoftPromptPooling",
+    "StripPrompt",
+    "TemplateEnsemble",
+    "Verbalizer",
+    "ZeroShotEncoderClassifier",
+    "ZeroShotImageClassifier",
+    "build_soft_prompt_causal_lm",
+    "build_soft_prompt_classifier",
+    "convert_gguf_to_hf",
+    "count_trainable_params",
+    "load_causal_lm",
+    "load_smollm2",
+    "smollm2_preset_dir",
+]
