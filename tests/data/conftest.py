@@ -10,10 +10,6 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
 )
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: uses real offline assets (still runs in CI)")
-
-
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
     """One TFDS data_dir per session, so each real dataset is prepared once."""

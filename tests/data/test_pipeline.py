@@ -58,6 +58,7 @@ def test_cache_preprocesses_once_and_keeps_shuffling():
                               shuffle=True, seed=0)
     epochs = [_labels_of(dataset) for _ in range(3)]
     assert len(calls) == 4  # 4 batches preprocessed in the first epoch only
+    assert len(dataset) == 4
     assert not np.array_equal(epochs[1], epochs[2])
     x, _ = next(iter(dataset))
     np.testing.assert_allclose(x.numpy(), 1.0)
@@ -113,6 +114,13 @@ def test_bucketing_pads_each_batch_to_its_longest(tiny_preprocessor, texts):
         assert x["segment_ids"].shape == x["token_ids"].shape
         seen.extend(y.numpy().tolist())
     assert sorted(seen) == list(range(len(texts)))
+    # The batch count is known up front (Keras shows progress, no "ran out of data").
+    batches = sum(1 for _ in dataset)
+    assert len(dataset) == batches
+    dropped = td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                                   bucketing=True, bucket_boundaries=[4, 8],
+                                   drop_remainder=True)
+    assert len(dropped) == sum(1 for _ in dropped) < batches
 
 
 class MaskedMean(keras.layers.Layer):
