@@ -1,0 +1,77 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfft.cli.main import main
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backbone", "does-not-exist"], "Unknown or malformed backbone spec"),
+        (["--dataset", "nope"], "Unknown dataset"),
+        (["--epochs", "-1"], "expected a non-negative integer"),
+        (["--head-epochs", "0"], "expected a positive integer"),
+        (["--batch-size", "x"], "expected a positive integer"),
+    ],
+)
+def test_finetune_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, capsys):
+    run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+    argv = ["finetune", *args, "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert not run_dir.exists() and not export_dir.exists()
+
+
+def test_unwritable_export_dir_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["finetune", "--export-dir", str(blocker / "m"), "--run-dir",
+                 str(tmp_path / "run")])
+    assert code == 2
+    assert "export directory" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_with_unknown_key_exits_2(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 1\nbatchsize: 8\n")
+    assert main(["finetune", "--config", str(config)]) == 2
+    assert "batchsize" in capsys.readouterr().err
+
+
+def test_help_documents_the_options():
+    proc = subprocess.run([sys.executable, "-m", "tfft.cli.main", "finetune", "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0
+    for flag in ("--backbone", "--dataset", "--epochs", "--sequence-length", "--batch-size",
+                 "--export-dir", "--run-dir"):
+        assert flag in proc.stdout
+    top = subprocess.run([sys.executable, "-m", "tfft.cli.main", "--help"],
+                         capture_output=True, text=True, timeout=300)
+    assert "finetune" in top.stdout and "predict" in top.stdout
+
+
+@pytest.mark.slow
+def test_predict_classifies_raw_text_with_the_export(finetune_run, capsys):
+    path = finetune_run["export_path"]
+    code = main(["predict", "--model", path, "Shares fell as the bank reported lower profit.",
+                 "The striker scored twice in the cup final."])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["class_names"] for r in rows] == ["business", "sports"]
+    assert all(abs(sum(r["probabilities"]) - 1) < 1e-4 for r in rows)
+
+
+def test_predict_rejects_a_non_savedmodel(tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path), "text"]) == 2
+    assert "saved_model.pb" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

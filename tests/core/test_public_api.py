@@ -1,0 +1,24 @@
+import tfft
+
+EXPECTED = [
+    "Backbone", "BackboneInfo", "BackboneLayer", "FeatureExtraction", "FinetuneConfig",
+    "FreezePolicy", "Full", "Pooling", "Regex", "TaskHead", "TopK", "apply_freeze",
+    "build_model", "compile_model", "evaluate", "export", "finetune", "get_preset",
+    "list_backbones", "list_presets", "load_backbone", "parse_freeze",
+    "set_mixed_precision", "trainable_summary",
+]
+
+
+def test_public_api_is_pinned_and_sorted():
+    assert tfft.__all__ == sorted(tfft.__all__)
+    missing = sorted(set(EXPECTED) - set(tfft.__all__))
+    assert not missing, f"public names dropped: {missing}"
+    for name in tfft.__all__:
+        assert hasattr(tfft, name), name
+
+
+def test_keras_runs_on_tensorflow():
+    import keras
+
+    assert keras.backend.backend() == "tensorflow"
+    assert int(keras.__version__.split(".")[0]) == 3
