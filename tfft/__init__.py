@@ -21,7 +21,16 @@ from tfft.backbones import (  # noqa: E402
     list_backbones,
     load_backbone,
 )
+from tfft.backbones.applications import ImagePreprocessor  # noqa: E402
+from tfft.backbones.offline_vision import load_imagenet_classifier  # noqa: E402
+from tfft.backbones.tf_hub import HubLayer  # noqa: E402
 from tfft.builders import build_model  # noqa: E402
+from tfft.evaluation import (  # noqa: E402
+    EvaluationReport,
+    default_callbacks,
+    evaluate,  # noqa: E402
+    report_from_predictions,
+)
 from tfft.export import export  # noqa: E402
 from tfft.finetune import FinetuneConfig, finetune  # noqa: E402
 from tfft.freeze import (  # noqa: E402
@@ -40,21 +49,17 @@ from tfft.presets import compile_model, get_preset, list_presets, set_mixed_prec
 __version__ = "0.1.0"
 
 
-def evaluate(model, data, **kwargs):
-    """Evaluates a model on labelled data; see `tfft.evaluation.evaluate`."""
-    from tfft.evaluation import evaluate as _evaluate
-
-    return _evaluate(model, data, **kwargs)
-
-
-__all__ = sorted([
+__all__ = [
     "Backbone",
     "BackboneInfo",
     "BackboneLayer",
+    "EvaluationReport",
     "FeatureExtraction",
     "FinetuneConfig",
     "FreezePolicy",
     "Full",
+    "HubLayer",
+    "ImagePreprocessor",
     "Pooling",
     "Regex",
     "TaskHead",
@@ -62,6 +67,7 @@ __all__ = sorted([
     "apply_freeze",
     "build_model",
     "compile_model",
+    "default_callbacks",
     "evaluate",
     "export",
     "finetune",
@@ -69,7 +75,9 @@ __all__ = sorted([
     "list_backbones",
     "list_presets",
     "load_backbone",
+    "load_imagenet_classifier",
     "parse_freeze",
+    "report_from_predictions",
     "set_mixed_precision",
     "trainable_summary",
-])
+]
