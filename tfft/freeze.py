@@ -143,7 +143,10 @@ FREEZE_POLICIES = {
     "top_k": TopK,
     "regex": Regex,
 }
-STRING_FORMS = "'feature_extraction', 'full', 'top_k:K', 'regex:PATTERN'"
+STRING_FORMS = (
+    "'feature_extraction', 'full', 'top_k:K', 'regex:PATTERN', 'gradual', 'gradual:EVERY_EPOCHS', "
+    "'lora:RANK'"
+)
 
 
 def register_policy(name, cls):
@@ -200,6 +203,7 @@ def apply_freeze(model, policy):
     """
     policy = parse_freeze(policy)
     policy.apply(model)
+    model.tfft_freeze_policy = policy
     return policy
 
 
@@ -251,3 +255,15 @@ def _leaf_layers(layer):
     for child in children:
         out.extend(_leaf_layers(child))
     return out
+
+
+def _register_builtin_policies():
+    # Imported here, not at the top: these modules import this one.
+    from tfft.gradual import Gradual
+    from tfft.lora import LoRA
+
+    register_policy("gradual", Gradual)
+    register_policy("lora", LoRA)
+
+
+_register_builtin_policies()

@@ -1,0 +1,304 @@
+"""Discriminative (layer-wise) learning rates for Keras 3 optimizers.
+
+Keras has no per-layer learning rates (keras-team/keras#11934). fastai's
+`slice(lo, hi)` and ELECTRA-style layer-wise decay train the head at the full
+rate and each backbone block below it at `decay` times the rate of the block
+above. `LayerwiseOptimizer` wraps any Keras optimizer: it groups the variables
+by multiplier and gives each group its own copy of the optimizer with a scaled
+learning rate (a scaled schedule when the rate is a schedule).
+
+Scaling the *update* (the learning rate) is what makes this right for every
+optimizer. Scaling gradients is not: Adam divides by the gradient's running
+RMS, so a scaled gradient gives the same step.
+
+Each group keeps its own iteration count, so Adam's bias correction starts
+when a group first trains (as in PyTorch's per-parameter state), which also
+suits gradual unfreezing.
+
+Example:
+
+>>> model = tfft.build_model(backbone, num_classes=5, freeze="full", compile=False)
+>>> optimizer = tfft.layerwise_lr(model, 5e-5, decay=0.8, optimizer="adamw")
+>>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+"""
+
+import json
+
+import keras
+
+from tfft.freeze import find_backbone_layer
+
+
+def layerwise_multipliers(model, decay=0.8):
+    """Learning-rate multipliers per variable: head 1.0, then `decay**depth` down the backbone.
+
+    The top block has depth 1, the block below depth 2, and so on; layers
+    below the first block (embeddings, stem) get depth `len(blocks) + 1`;
+    backbone layers above the top block (e.g. a final norm) belong to the top
+    block. Everything outside the backbone (pooling, head) gets 1.0.
+
+    Args:
+        model: keras.Model. Built by `tfft.build_model`; its backbone must
+            declare blocks.
+        decay: float in (0, 1]. Factor per block. Defaults to 0.8.
+
+    Returns:
+        dict `{variable.path: multiplier}` over all of `model.weights`.
+    """
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        raise ValueError(f"decay must be a number in (0, 1]. Received: decay={decay!r}")
+    backbone = find_backbone_layer(model)
+    blocks = backbone.block_names
+    inner = backbone.backbone
+    if not blocks:
+        raise ValueError(
+            f"The backbone {inner.name!r} declares no blocks, so layer-wise learning rates "
+            "have no depth to follow. Pass block_names when loading it "
+            "(tfft.load_backbone(model, block_names=[...]))."
+        )
+    names = [layer.name for layer in inner.layers]
+    block_of = {}
+    for index, entry in enumerate(blocks):
+        for name in [entry] if isinstance(entry, str) else entry:
+            block_of[name] = index
+    # First position of each block among the backbone's layers.
+    starts = sorted(
+        (min(names.index(n) for n in ([e] if isinstance(e, str) else e) if n in names), i)
+        for i, e in enumerate(blocks)
+        if any(n in names for n in ([e] if isinstance(e, str) else e))
+    )
+    multipliers = {w.path: 1.0 for w in model.weights}
+    for position, layer in enumerate(inner.layers):
+        if layer.name in block_of:
+            block = block_of[layer.name]
+        else:
+            below = [i for start, i in starts if start <= position]
+            block = below[-1] if below else -1
+        depth = len(blocks) - block
+        for w in layer.weights:
+            multipliers[w.path] = float(decay) ** depth
+    return multipliers
+
+
+def layerwise_lr(model, base_lr, decay=0.8, optimizer="adam", **optimizer_kwargs):
+    """An optimizer with layer-wise learning rates for a tfft model.
+
+    Args:
+        model: keras.Model. Built by `tfft.build_model`.
+        base_lr: float or `LearningRateSchedule`. The head's learning rate.
+        decay: float in (0, 1]. Factor per backbone block. Defaults to 0.8.
+        optimizer: str. A Keras optimizer name (`"adam"`, `"adamw"`, `"sgd"`
+            ...). Defaults to `"adam"`.
+        **optimizer_kwargs: passed to the optimizer (`weight_decay`,
+            `momentum`, `clipnorm` ...).
+
+    Returns:
+        A `LayerwiseOptimizer` for `model.compile(optimizer=...)`.
+
+    Example:
+
+    >>> opt = tfft.layerwise_lr(model, 1e-3, decay=0.5, optimizer="sgd")
+    >>> model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    """
+    if not isinstance(optimizer, str):
+        raise TypeError(
+            "layerwise_lr takes an optimizer name such as 'adam', 'adamw' or 'sgd'; to wrap "
+            "an optimizer object use LayerwiseOptimizer(optimizer, multipliers). "
+            f"Received: optimizer={type(optimizer).__name__}"
+        )
+    try:
+        inner = keras.optimizers.get(
+            {"class_name": optimizer, "config": {"learning_rate": base_lr, **optimizer_kwargs}}
+        )
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"Could not make the optimizer {optimizer!r} with learning_rate={base_lr!r} and "
+            f"{optimizer_kwargs}: {error}"
+        ) from None
+    return LayerwiseOptimizer(inner, layerwise_multipliers(model, decay))
+
+
+@keras.saving.register_keras_serializable(package="tfft")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule times a constant factor."""
+
+    def __init__(self, schedule, factor):
+        self.schedule = schedule
+        self.factor = factor
+
+    def __call__(self, step):
+        return self.schedule(step) * self.factor
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "factor": self.factor,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
+class _Groups:
+    """Plain holder for the per-group optimizers.
+
+    Keras' saver walks an optimizer's attributes and would save lists of
+    optimizers a second time; their variables are tracked by the wrapper.
+    """
+
+    def __init__(self):
+        self.optimizers = []
+        self.index = {}
+
+
+@keras.saving.register_keras_serializable(package="tfft")
+class LayerwiseOptimizer(keras.optimizers.Optimizer):
+    """Wraps a Keras optimizer so that each variable trains at its own rate.
+
+    Variables are grouped by multiplier; each group gets a copy of
+    `optimizer` (same class and options) whose learning rate is the base rate
+    times the group's multiplier. Works with `model.compile`, `fit`,
+    `.keras` save and reload (with or without the optimizer state), and the
+    TensorFlow backend's train step.
+
+    Args:
+        optimizer: keras.optimizers.Optimizer, str or dict. The template; its
+            learning rate (float or schedule) is the base rate. Must not be
+            built yet.
+        multipliers: dict. `{variable.path: multiplier}`, e.g. from
+            `layerwise_multipliers(model, decay)`.
+        default_multiplier: float. For variables not in `multipliers`.
+            Defaults to 1.0.
+        name: str. Defaults to `"layerwise"`.
+
+    `learning_rate` reads the base rate; setting it (e.g. from
+    `ReduceLROnPlateau`) sets every group's rate to the new value times its
+    multiplier. Gradient clipping (`clipnorm`, `global_clipnorm`) applies
+    within each group.
+    """
+
+    def __init__(self, optimizer, multipliers=None, default_multiplier=1.0,
+                 name="layerwise", **kwargs):
+        template = keras.optimizers.get(optimizer)
+        if isinstance(template, LayerwiseOptimizer):
+            raise TypeError("LayerwiseOptimizer cannot wrap another LayerwiseOptimizer.")
+        if template.built:
+            raise ValueError(
+                "LayerwiseOptimizer needs an optimizer that is not built yet (it makes one "
+                f"copy per group). Received a built {type(template).__name__}."
+            )
+        multipliers = dict(multipliers or {})
+        for path, value in list(multipliers.items()) + [("default", default_multiplier)]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(
+                    "Learning-rate multipliers must be non-negative numbers. "
+                    f"Received: {path!r}: {value!r}"
+                )
+        if kwargs:
+            raise TypeError(
+                "LayerwiseOptimizer takes its options from the wrapped optimizer (pass "
+                f"clipnorm, weight_decay ... there). Received: {sorted(kwargs)}"
+            )
+        serialized = keras.optimizers.serialize(template)
+        rate = serialized["config"]["learning_rate"]
+        rate = (keras.optimizers.schedules.deserialize(rate) if isinstance(rate, dict)
+                else float(rate))
+        super().__init__(learning_rate=rate, name=name)
+        # A JSON string: TF wraps dict attributes, which then cannot be copied in a graph.
+        self._template = json.dumps(serialized)
+        self.multipliers = {str(k): float(v) for k, v in multipliers.items()}
+        self.default_multiplier = float(default_multiplier)
+        self._groups = _Groups()
+
+    def multiplier(self, variable):
+        """The learning-rate multiplier of `variable`."""
+        return self.multipliers.get(variable.path, self.default_multiplier)
+
+    @property
+    def group_optimizers(self):
+        """`[(multiplier, optimizer), ...]` once built."""
+        return list(self._groups.optimizers)
+
+    def _make_group(self, index, factor):
+        config = json.loads(self._template)
+        inner = config["config"]
+        rate = inner["learning_rate"]
+        if isinstance(rate, dict):
+            schedule = keras.optimizers.schedules.deserialize(rate)
+            inner["learning_rate"] = keras.optimizers.schedules.serialize(
+                ScaledSchedule(schedule, factor)
+            )
+        else:
+            inner["learning_rate"] = float(rate) * factor
+        inner["name"] = f"{self.name}_group{index}"
+        return keras.optimizers.deserialize(config)
+
+    def build(self, variables):
+        if self.built:
+            return
+        by_factor = {}
+        for variable in variables:
+            by_factor.setdefault(self.multiplier(variable), []).append(variable)
+        groups = _Groups()
+        for index, (factor, members) in enumerate(by_factor.items()):
+            optimizer = self._make_group(index, factor)
+            optimizer.build(members)
+            for v in optimizer.variables:
+                self._track_variable(v)
+            groups.optimizers.append((factor, optimizer))
+            for v in members:
+                groups.index[self._var_key(v)] = index
+        self._groups = groups
+        super().build(variables)
+
+    def apply(self, grads, trainable_variables=None):
+        if trainable_variables is None:
+            if not self.built:
+                raise ValueError(
+                    "LayerwiseOptimizer.apply needs trainable_variables before it is built."
+                )
+            trainable_variables = self._trainable_variables
+        trainable_variables = list(trainable_variables)
+        grads = list(grads)
+        if not grads:
+            return
+        if not self.built:
+            self.build(trainable_variables)
+        self._check_variables_are_known(trainable_variables)
+        per_group = [([], []) for _ in self._groups.optimizers]
+        for grad, variable in zip(grads, trainable_variables):
+            index = self._groups.index[self._var_key(variable)]
+            per_group[index][0].append(grad)
+            per_group[index][1].append(variable)
+        for (_, optimizer), (group_grads, group_vars) in zip(self._groups.optimizers, per_group):
+            if group_vars:
+                optimizer.apply(group_grads, group_vars)
+        self._iterations.assign_add(1)
+
+    @property
+    def learning_rate(self):
+        return self._get_current_learning_rate()
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        keras.optimizers.Optimizer.learning_rate.fset(self, value)
+        for factor, optimizer in getattr(self, "_groups", _Groups()).optimizers:
+            if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
+                optimizer.learning_rate = ScaledSchedule(value, factor)
+            else:
+                optimizer.learning_rate = keras.ops.convert_to_numpy(value) * factor
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "optimizer": json.loads(self._template),
+            "multipliers": dict(self.multipliers),
+            "default_multiplier": self.default_multiplier,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
