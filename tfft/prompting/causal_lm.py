@@ -7,6 +7,7 @@ continuation of the prompt (no free generation). Works with any KerasHub
 """
 
 import os
+import weakref
 
 import keras
 import numpy as np
@@ -133,6 +134,33 @@ def _max_length_of(causal_lm):
     return int(value) if value else None
 
 
+_FORWARD_CACHE = weakref.WeakKeyDictionary()
+_SIGNATURE = [
+    tf.TensorSpec((None, None), tf.int32, name="token_ids"),
+    tf.TensorSpec((None, None), tf.bool, name="padding_mask"),
+]
+
+
+def _compiled_forward(causal_lm):
+    """One traced forward per model (any batch and length), shared by all scorers."""
+    if causal_lm not in _FORWARD_CACHE:
+        backbone = getattr(causal_lm, "backbone", None)
+
+        @tf.function(input_signature=_SIGNATURE)
+        def hidden(token_ids, padding_mask):
+            out = backbone({"token_ids": token_ids, "padding_mask": padding_mask},
+                           training=False)
+            return out["sequence_output"] if isinstance(out, dict) else out
+
+        @tf.function(input_signature=_SIGNATURE)
+        def logits(token_ids, padding_mask):
+            return causal_lm({"token_ids": token_ids, "padding_mask": padding_mask},
+                             training=False)
+
+        _FORWARD_CACHE[causal_lm] = (hidden, logits)
+    return _FORWARD_CACHE[causal_lm]
+
+
 class CausalLMScorer:
     """Log-likelihood of continuations given prompts, batched, for a KerasHub CausalLM.
 
@@ -142,11 +170,12 @@ class CausalLMScorer:
     Args:
         causal_lm: `keras_hub.models.CausalLM`.
         batch_size: int. Rows per forward pass. Defaults to 8.
-        bucket: int. Row lengths are padded up to a multiple of this, which
-            bounds the number of compiled shapes. Defaults to 32.
+        bucket: int. Row lengths are padded up to a multiple of this, so
+            fewer distinct shapes reach the runtime. Defaults to 16.
+        max_length: int. Padded rows never exceed this. Defaults to None.
     """
 
-    def __init__(self, causal_lm, batch_size=8, bucket=32, max_length=None):
+    def __init__(self, causal_lm, batch_size=8, bucket=16, max_length=None):
         self.causal_lm = causal_lm
         self.max_length = max_length
         self.batch_size = int(batch_size)
@@ -163,20 +192,7 @@ class CausalLMScorer:
             and not hasattr(causal_lm, "final_logit_soft_cap")
         )
 
-        @tf.function(reduce_retracing=True)
-        def _hidden(token_ids, padding_mask):
-            return backbone(
-                {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
-            )
-
-        @tf.function(reduce_retracing=True)
-        def _logits(token_ids, padding_mask):
-            return causal_lm(
-                {"token_ids": token_ids, "padding_mask": padding_mask}, training=False
-            )
-
-        self._hidden_fn = _hidden
-        self._logits_fn = _logits
+        self._hidden_fn, self._logits_fn = _compiled_forward(causal_lm)
 
     def _log_probs_at(self, token_ids, padding_mask, rows, positions, targets):
         """Returns log p(targets | prefix) at (rows, positions) of one padded batch."""
@@ -185,8 +201,6 @@ class CausalLMScorer:
         index = tf.constant(np.stack([rows, positions], axis=1), tf.int32)
         if self._use_reverse_embedding:
             hidden = self._hidden_fn(token_ids, padding_mask)
-            if isinstance(hidden, dict):
-                hidden = hidden["sequence_output"]
             picked = tf.gather_nd(hidden, index)
             logits = self.causal_lm.backbone.token_embedding(picked, reverse=True)
         else:
