@@ -1,0 +1,160 @@
+"""`tfft recommend` and `tfft select`: model selection from the command line.
+
+    tfft recommend --task multiclass --modality text --num-examples 2000 --compute cpu
+    tfft select --dataset bbc_news --candidates minilm:feature_extraction,tfidf_logreg \\
+        --budget-seconds 600 --max-examples 600 --out runs/select
+"""
+
+import json
+import sys
+
+EXIT_USAGE = 2
+
+
+def add_parser(subparsers):
+    """Registers the `recommend` and `select` subcommands."""
+    rec = subparsers.add_parser(
+        "recommend", help="Suggest backbones and fine-tuning strategies for a task.",
+        description=(
+            "Rank the catalog's backbones (tfft.list_backbones) for a task with the rules "
+            "in tfft.selection.rules: zero-shot without labels, feature extraction under "
+            "1,000 examples, top-2 blocks up to 20,000, full fine-tuning beyond; smaller "
+            "backbones on CPU or under a latency budget. Each line cites its rules."
+        ),
+    )
+    rec.add_argument("--task", required=True, help="multiclass, binary, multilabel, ...")
+    rec.add_argument("--modality", required=True, help="text or image")
+    rec.add_argument("--num-examples", type=int, required=True,
+                     help="labelled training examples (0 for none)")
+    rec.add_argument("--compute", default="cpu",
+                     help="cpu, gpu, tpu, or a training budget in seconds (default cpu)")
+    rec.add_argument("--latency-ms", type=float, default=None,
+                     help="per-example inference budget in milliseconds")
+    rec.add_argument("--no-labels", action="store_true",
+                     help="no labels available: zero-shot prompts")
+    rec.add_argument("--limit", type=int, default=5, help="suggestions shown (default 5)")
+    rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rec.set_defaults(func=run, selection_command="recommend")
+
+    sel = subparsers.add_parser(
+        "select", help="Bake off candidate backbones/strategies on a dataset within a budget.",
+        description=(
+            "Run candidates (TF-IDF baseline, zero-shot prompts, linear probes on cached "
+            "features, short top-k fine-tunes) on a stratified train/validation split "
+            "within a time budget; print the leaderboard and write leaderboard.csv, "
+            ".json and .png."
+        ),
+    )
+    sel.add_argument("--dataset", required=True,
+                     help="a bundled dataset (bbc_news, rotten_tomatoes, lfw_subset, ...)")
+    sel.add_argument("--candidates", required=True,
+                     help="comma-separated, e.g. minilm:feature_extraction,minilm:top_k:2,"
+                          "minilm:zero_shot,tfidf_logreg")
+    sel.add_argument("--budget-seconds", type=float, default=600.0,
+                     help="wall-clock budget of the whole run (default 600)")
+    sel.add_argument("--metric", default="macro_f1", help="macro_f1 (default), accuracy, ...")
+    sel.add_argument("--classes", default=None,
+                     help="keep only these classes, comma-separated (e.g. fresh,rotten)")
+    sel.add_argument("--max-examples", type=int, default=None,
+                     help="use a stratified subset of this many examples")
+    sel.add_argument("--val-fraction", type=float, default=0.3,
+                     help="validation share of the split (default 0.3)")
+    sel.add_argument("--finalists", type=int, default=1,
+                     help="probed backbones that also get a top_k:2 fine-tune (default 1)")
+    sel.add_argument("--fine-tune-seconds", type=float, default=None,
+                     help="cap on each fine-tune's training time")
+    sel.add_argument("--sequence-length", type=int, default=128,
+                     help="tokens per text (default 128)")
+    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--out", default=None, help="folder for the leaderboard files")
+    sel.set_defaults(func=run, selection_command="select")
+    return rec, sel
+
+
+def run(args):
+    """Runs `tfft recommend` or `tfft select`; returns the exit status."""
+    command = args.selection_command
+    try:
+        if command == "recommend":
+            return _recommend(args)
+        return _select(args)
+    except (ValueError, TypeError) as error:
+        print(f"tfft {command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _compute(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _recommend(args):
+    from tfft.selection import recommend
+
+    recs = recommend(args.task, args.modality, args.num_examples, compute=_compute(args.compute),
+                     latency_ms=args.latency_ms, labels_available=not args.no_labels,
+                     limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in recs], indent=2))
+        return 0
+    for i, rec in enumerate(recs, 1):
+        print(f"{i}. {rec.backbone_spec}  strategy={rec.strategy}  score={rec.score:.2f}  "
+              f"~{rec.estimated_seconds:.0f} s")
+        print(f"   {rec.reason}")
+    return 0
+
+
+def _load_dataset(name, classes):
+    from tfft.data import IMAGE_DATASETS, TEXT_DATASETS, select_classes
+
+    loaders = {**TEXT_DATASETS, **IMAGE_DATASETS}
+    if name not in loaders:
+        raise ValueError(
+            f"Unknown dataset. Expected one of {sorted(loaders)}. Received: --dataset {name!r}"
+        )
+    data = loaders[name]()
+    if classes:
+        data = select_classes(data, [c.strip() for c in classes.split(",") if c.strip()])
+    return data
+
+
+def split_for_selection(data, max_examples=None, val_fraction=0.3, seed=0):
+    """A stratified (subset and) train/validation split of `data`."""
+    from tfft.data import stratified_split
+
+    if max_examples is not None:
+        if max_examples < 10:
+            raise ValueError(f"--max-examples must be >= 10. Received: {max_examples}")
+        if max_examples < len(data):
+            keep, _, _ = stratified_split(data.y, 0.0, 1.0 - max_examples / len(data),
+                                          seed=seed)
+            data = data.take(keep)
+    train_idx, val_idx, _ = stratified_split(data.y, val_fraction, 0.0, seed=seed)
+    return data.take(train_idx), data.take(val_idx)
+
+
+def _select(args):
+    from tfft.selection import select
+    from tfft.selection.candidates import parse_candidates
+
+    candidates = parse_candidates(args.candidates)
+    data = _load_dataset(args.dataset, args.classes)
+    train, val = split_for_selection(data, args.max_examples, args.val_fraction, args.seed)
+    print(f"tfft select: {args.dataset} ({len(data.class_names)} classes), train/val = "
+          f"{len(train)}/{len(val)}, budget {args.budget_seconds:g} s, "
+          f"{len(candidates)} candidates")
+    board = select(candidates, train, val, budget_seconds=args.budget_seconds,
+                   metric=args.metric, finalists=args.finalists,
+                   fine_tune_seconds=args.fine_tune_seconds, out_dir=args.out,
+                   sequence_length=args.sequence_length, seed=args.seed)
+    winner = board.winner
+    print(json.dumps({
+        "winner": winner.candidate if winner else None,
+        "backbone_spec": winner.backbone_spec if winner else None,
+        "freeze": winner.freeze if winner else None,
+        args.metric: winner.value if winner else None,
+        "out": args.out,
+    }))
+    return 0
