@@ -6,7 +6,6 @@ import pytest
 import tfft  # noqa: F401  (sets the TensorFlow backend first)
 
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs a real offline asset end to end")
 

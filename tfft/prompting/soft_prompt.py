@@ -303,7 +303,8 @@ def _init_from_vocabulary(soft_prompt, token_embedding, seed):
     """Initialises prompts from randomly chosen token embeddings (Lester et al.)."""
     table = np.asarray(ops.convert_to_numpy(token_embedding.embeddings))
     rng = np.random.default_rng(seed)
-    rows = rng.choice(table.shape[0], soft_prompt.num_tokens, replace=table.shape[0] < soft_prompt.num_tokens)
+    n = soft_prompt.num_tokens
+    rows = rng.choice(table.shape[0], n, replace=table.shape[0] < n)
     soft_prompt.prompt.assign(table[rows].astype(soft_prompt.prompt.dtype))
 
 
