@@ -11,7 +11,7 @@ from tfft.presets import compile_model
 
 def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extraction",
                 preset="auto", pooling="mean", dropout=0.1, hidden_units=None,
-                compile=True, total_steps=None, **backbone_kwargs):
+                compile=True, total_steps=None, strategy=None, **backbone_kwargs):
     """Builds a trainable model for a task from any backbone, in one call.
 
     Returns `keras.Sequential([backbone, pooling, head])` when the backbone
@@ -33,6 +33,10 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
         hidden_units: int. Optional hidden layer in the head.
         compile: bool. Compile with the preset. Defaults to True.
         total_steps: int. Training steps, for warmup/decay schedules.
+        strategy: tf.distribute.Strategy. Build and compile under
+            `strategy.scope()` so `fit` trains on every replica (see
+            `tfft.get_strategy`). A spec string is then loaded in the scope
+            too; a backbone object must have been built in it.
         **backbone_kwargs: passed to `tfft.load_backbone` for spec strings.
 
     Example:
@@ -40,6 +44,19 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
     >>> model = tfft.build_model("minilm", task="multiclass", num_classes=5)
     >>> model.fit(train_ds, epochs=3)
     """
+    if strategy is not None:
+        from tfft.strategy import check_built_in_scope, prepare_model
+
+        if not isinstance(backbone, str):
+            check_built_in_scope(getattr(backbone, "model", backbone), strategy)
+        with strategy.scope():
+            model = build_model(
+                backbone, task=task, num_classes=num_classes, freeze=freeze, preset=preset,
+                pooling=pooling, dropout=dropout, hidden_units=hidden_units, compile=compile,
+                total_steps=total_steps, **backbone_kwargs,
+            )
+        check_built_in_scope(model, strategy)
+        return prepare_model(model, strategy)
     if task not in TASKS:
         raise ValueError(f"Unknown task. Expected one of {list(TASKS)}. Received: task={task!r}")
     policy = parse_freeze(freeze)
