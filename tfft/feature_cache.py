@@ -1,7 +1,7 @@
 """Frozen-feature caching: feature extraction at the cost of one backbone pass.
 
 With a frozen backbone called in inference mode, its pooled features never
-change, yet a plain `fit` recomputes them every epoch. `fit_head_cached`
+change, yet a plain `fit` recomputes them every epoch. `fit_cached`
 computes them once (kept on disk as `.npy` files, memory-mapped when read)
 and trains the head on them; the head layer is shared with the full model, so
 the result is the ordinary model and predicts on raw inputs as before.
@@ -32,7 +32,12 @@ class CacheRefusedError(ValueError):
 
 
 def cache_root(directory=None):
-    return directory or assets.cache_dir("features")
+    """`directory`, else $TFFT_FEATURE_CACHE_DIR, else `$TFFT_CACHE_DIR/features`."""
+    directory = directory or os.environ.get("TFFT_FEATURE_CACHE_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        return directory
+    return assets.cache_dir("features")
 
 
 def feature_model(model):
@@ -86,12 +91,20 @@ def data_fingerprint(x):
 
 
 def cache_key(model, x, preprocessing=None):
-    """The key of `model`'s features on raw inputs `x`."""
+    """The key of `model`'s features on raw inputs `x`.
+
+    Returns:
+        `(key, parts)`: a 32-character hex key and the dict it hashes
+        (backbone name, class and weights, output key, dtype policy, pooling,
+        preprocessing settings, data fingerprint).
+    """
     backbone = find_backbone_layer(model)
     parts = {
         "backbone": backbone.backbone.name,
         "backbone_class": type(backbone.backbone).__name__,
         "weights": weights_fingerprint(backbone),
+        "output_key": getattr(backbone, "output_key", None),
+        "dtype_policy": backbone.dtype_policy.name,
         "pooling": model.get_layer("pooling").get_config().get("mode"),
         "preprocessing": preprocessing,
         "data": data_fingerprint(x),
@@ -106,8 +119,11 @@ def compute_features(model, dataset, verbose="auto"):
 
 
 def cached_features(model, x, make_dataset, preprocessing=None, directory=None,
-                    verbose="auto"):
+                    verbose="auto", augment=None):
     """Features of raw inputs `x`, from the cache or computed once and stored.
+
+    Refuses (`CacheRefusedError`) when the backbone has trainable weights or
+    `augment` is given: cached features would then be wrong.
 
     Args:
         model: keras.Model built by `tfft.build_model`, backbone frozen.
@@ -116,11 +132,14 @@ def cached_features(model, x, make_dataset, preprocessing=None, directory=None,
         preprocessing: JSON-able description of preprocessing settings, part
             of the key.
         directory: str. Cache root. Defaults to `$TFFT_CACHE_DIR/features`.
+        verbose: Keras verbosity of the backbone pass.
+        augment: a random augmentation the caller would apply, or None.
 
     Returns:
-        `(features, hit)`: a float array `(len(x), dim)` and whether it came
-        from the cache.
+        `(features, hit)`: a float array `(len(x), dim)` (memory-mapped from
+        disk on a hit) and whether it came from the cache.
     """
+    check_cacheable(model, augment)
     key, parts = cache_key(model, x, preprocessing)
     root = cache_root(directory)
     entry = os.path.join(root, key)
@@ -157,13 +176,19 @@ def list_cached(directory=None):
     return entries
 
 
-def clear_cache(directory=None):
-    """Deletes every cache entry; returns how many were removed."""
+def clear_cache(directory=None, key=None):
+    """Deletes every cache entry (or only `key`); returns how many were removed."""
     root = cache_root(directory)
+    if key is not None:
+        path = os.path.join(root, key)
+        if key.startswith(".") or os.sep in key or not os.path.isdir(path):
+            return 0
+        shutil.rmtree(path)
+        return 1
     removed = 0
-    for key in os.listdir(root):
-        shutil.rmtree(os.path.join(root, key), ignore_errors=True)
-        removed += not key.startswith(".")
+    for name in os.listdir(root):
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed += not name.startswith(".")
     return removed
 
 
@@ -172,3 +197,125 @@ def head_model(model):
     head = model.get_layer("head")
     dim = model.get_layer("pooling").output.shape[-1]
     return keras.Sequential([keras.Input((dim,)), head], name="cached_head")
+
+
+def features_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0):
+    """A batched `tf.data.Dataset` reading rows of a (memory-mapped) feature array.
+
+    Rows are read batch by batch, so features larger than memory (an `np.load(...,
+    mmap_mode="r")` array from the cache) are never loaded whole.
+
+    Args:
+        features: array `(n, dim)`, e.g. from `cached_features`.
+        labels: array of `n` targets, or None.
+        batch_size: int. Rows per batch. Defaults to 32.
+        shuffle: bool. Reshuffle the row order every epoch. Defaults to False.
+        seed: int. Shuffle seed.
+    """
+    import tensorflow as tf
+
+    n = len(features)
+    dim = features.shape[1:]
+    labels = None if labels is None else np.asarray(labels)
+    order = tf.data.Dataset.range(n)
+    if shuffle:
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    order = order.batch(batch_size)
+
+    def rows(indices):
+        # Sorted reads are sequential on disk; the batch keeps the shuffled order.
+        sort = np.argsort(indices)
+        batch = np.empty((len(indices),) + dim, dtype="float32")
+        batch[sort] = features[indices[sort]]
+        return batch
+
+    def read(indices):
+        x = tf.numpy_function(rows, [indices], tf.float32)
+        x.set_shape((None,) + dim)
+        if labels is None:
+            return x
+        y = tf.gather(tf.constant(labels), indices)
+        return x, y
+
+    return order.map(read).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None, epochs=1,
+               batch_size=32, optimizer=None, loss=None, metrics=None, preprocessing=None,
+               callbacks=None, shuffle=True, seed=0, in_memory=True, directory=None,
+               augment=None, verbose="auto"):
+    """Trains `model`'s head on cached backbone features, in one call.
+
+    The backbone runs once per example (or not at all on a cache hit); the
+    head trains on the features for `epochs`. The head layer is shared, so
+    `model` itself is trained and predicts on raw inputs afterwards.
+
+    Args:
+        model: keras.Model from `tfft.build_model`, backbone frozen.
+        x_train: raw training inputs (strings, images, or dict of arrays).
+        y_train: training targets.
+        validation_data: `(x_val, y_val)` raw inputs and targets, or None.
+        make_dataset: callable `x -> tf.data.Dataset` of preprocessed,
+            batched inputs (no labels), used for the one backbone pass.
+        epochs: int. Head epochs.
+        batch_size: int. Head batch size.
+        optimizer: Keras optimizer. Defaults to Adam(1e-3).
+        loss, metrics: default to the task preset of the model's head.
+        preprocessing: JSON-able preprocessing settings, part of the key.
+        callbacks: Keras callbacks for the head's `fit`.
+        shuffle: bool. Shuffle rows each epoch. Defaults to True.
+        seed: int. Shuffle seed for the disk-backed path.
+        in_memory: bool. Load features into memory (default) or stream them
+            from the memory-mapped cache files.
+        directory: str. Cache root.
+        augment: refused when not None (see `cached_features`).
+        verbose: Keras verbosity.
+
+    Returns:
+        The head's `keras.callbacks.History`, with `cache_hits` (train,
+        validation) and `feature_seconds` attributes.
+
+    Example:
+
+    >>> history = fit_cached(model, train.x, train.y, (val.x, val.y),
+    ...                      make_dataset=lambda x: text_dataset(x, None, pre, 32),
+    ...                      epochs=10)
+    """
+    from tfft.presets import TASK_PRESETS, task_metrics
+
+    if make_dataset is None or not callable(make_dataset):
+        raise TypeError(
+            "fit_cached needs make_dataset: a callable mapping raw inputs to a batched "
+            f"tf.data.Dataset of model inputs. Received: make_dataset={make_dataset!r}"
+        )
+    check_cacheable(model, augment)
+    started = time.time()
+    train_f, hit_train = cached_features(model, x_train, make_dataset, preprocessing,
+                                         directory=directory, verbose=verbose)
+    val_f = hit_val = None
+    if validation_data is not None:
+        x_val, y_val = validation_data
+        val_f, hit_val = cached_features(model, x_val, make_dataset, preprocessing,
+                                         directory=directory, verbose=verbose)
+    feature_seconds = time.time() - started
+    head_layer = model.get_layer("head")
+    task = getattr(head_layer, "task", "multiclass")
+    head = head_model(model)
+    head.compile(
+        optimizer=optimizer or keras.optimizers.Adam(1e-3),
+        loss=loss or TASK_PRESETS[task]["loss"],
+        metrics=metrics if metrics is not None else task_metrics(
+            task, getattr(head_layer, "num_classes", None)),
+    )
+    if in_memory:
+        train_arg = dict(x=np.asarray(train_f), y=np.asarray(y_train), batch_size=batch_size,
+                         shuffle=shuffle)
+        val_arg = None if val_f is None else (np.asarray(val_f), np.asarray(y_val))
+    else:
+        train_arg = dict(x=features_dataset(train_f, y_train, batch_size, shuffle, seed))
+        val_arg = None if val_f is None else features_dataset(val_f, y_val, batch_size)
+    history = head.fit(**train_arg, validation_data=val_arg, epochs=epochs,
+                       callbacks=callbacks, verbose=verbose)
+    history.cache_hits = (hit_train, hit_val)
+    history.feature_seconds = feature_seconds
+    return history

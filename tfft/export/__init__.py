@@ -1,19 +1,32 @@
-"""Export for serving: versioned SavedModels with preprocessing inside."""
+"""Export for serving: versioned SavedModels with preprocessing inside, LiteRT files."""
 
 from tfft.export.saved_model import (
+    ARRAY_SIGNATURE,
     METADATA_FILE,
     ExportError,
+    encode_image,
     export,
+    list_versions,
     load_serving_outputs_in_fresh_process,
     next_version,
+    output_names,
+    read_metadata,
     verify_in_fresh_process,
 )
+from tfft.export.tflite import run_tflite, to_tflite
 
 __all__ = [
+    "ARRAY_SIGNATURE",
     "METADATA_FILE",
     "ExportError",
+    "encode_image",
     "export",
+    "list_versions",
     "load_serving_outputs_in_fresh_process",
     "next_version",
+    "output_names",
+    "read_metadata",
+    "run_tflite",
+    "to_tflite",
     "verify_in_fresh_process",
 ]

@@ -1,12 +1,36 @@
 """SavedModel export for serving, with preprocessing inside the graph.
 
 `export(model, "saved_models/NAME")` writes TF Serving's layout
-`saved_models/NAME/<version>/` whose `serving_default` signature takes raw
-inputs (`tf.string` texts, tokenised in the graph; or encoded image bytes) and
-returns class probabilities, class ids and class names (or the regression
-value). Writes are atomic: the version is built and verified in a temporary
+`saved_models/NAME/<version>/` (versions 1, 2, ...) whose signatures take raw
+inputs and return predictions:
+
+- text (`modality="text"`): `serving_default(inputs: tf.string [None])`,
+  tokenised in the graph by the backbone's preprocessor;
+- images (`modality="image"`): `serving_default(inputs: tf.string [None])` of
+  encoded JPEG/PNG/GIF/BMP bytes, and `serving_arrays(images: tf.uint8
+  [None, None, None, 3])` of raw pixel arrays; both resize and normalise with
+  the backbone's `ImagePreprocessor` in the graph.
+
+Outputs by task:
+
+- `multiclass`: `probabilities` float32 `[None, C]`, `class_ids` int64
+  `[None]`, `class_names` string `[None]`;
+- `binary`: the same with `C = 2` (`[1 - p, p]`);
+- `multilabel`: `probabilities` float32 `[None, C]`, `predictions` int32
+  multi-hot `[None, C]` (p >= 0.5);
+- `regression`: `value` float32 `[None, outputs]`.
+
+Signature inputs are typed: calling `serving_default` with numbers instead of
+strings (or `serving_arrays` with floats instead of uint8) fails with a
+TypeError/ValueError from TensorFlow that names the expected dtype; TF
+Serving answers such requests with an INVALID_ARGUMENT error.
+
+Writes are atomic: the version is written and verified (reloaded in a fresh
+Python process and compared with the in-memory model) in a hidden temporary
 directory beside it, then renamed into place, so a failure leaves existing
-versions untouched and nothing half-written.
+versions untouched and nothing half-written. `tfft_metadata.json` in each
+version records class names, task, the backbone, the preprocessing settings,
+tfft/TensorFlow/Keras versions and the evaluation report when given.
 """
 
 import datetime
@@ -23,147 +47,352 @@ import tensorflow as tf
 
 METADATA_FILE = "tfft_metadata.json"
 TEXT_INPUT = "inputs"
+ARRAY_INPUT = "images"
+ARRAY_SIGNATURE = "serving_arrays"
 OUTPUT_KEYS = ("probabilities", "class_ids", "class_names")
+EXPORT_TASKS = ("binary", "multiclass", "multilabel", "regression")
+MODALITIES = ("text", "image")
+MULTILABEL_THRESHOLD = 0.5
 
 
 class ExportError(RuntimeError):
     """An export failed verification or could not be written."""
 
 
+def list_versions(directory):
+    """The integer versions under `directory`, ascending (empty when none)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(d) for d in os.listdir(directory)
+                  if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
 def next_version(directory):
     """The next integer version under `directory` (1 when there is none)."""
-    if not os.path.isdir(directory):
-        return 1
-    versions = [int(d) for d in os.listdir(directory) if d.isdigit()]
-    return max(versions, default=0) + 1
+    return max(list_versions(directory), default=0) + 1
 
 
-def _serving_fn(model, preprocessor, modality, task, class_names, image_size=None):
+def output_names(task, class_names=None):
+    """The output keys of `serving_default` for `task`."""
+    if task == "regression":
+        return ["value"]
+    if task == "multilabel":
+        return ["probabilities", "predictions"]
+    return list(OUTPUT_KEYS if class_names else OUTPUT_KEYS[:2])
+
+
+def _model_output_units(model):
+    shape = model.output_shape
+    if isinstance(shape, list) or isinstance(shape, dict):
+        raise ValueError(
+            "export() serves models with a single output tensor. Received a model with "
+            f"outputs shaped {shape}."
+        )
+    return shape[-1]
+
+
+def _check_arguments(model, task, modality, class_names):
+    if task not in EXPORT_TASKS:
+        raise ValueError(
+            f"Unknown export task. Expected one of {list(EXPORT_TASKS)}. Received: task={task!r}"
+        )
+    if modality not in MODALITIES:
+        raise ValueError(
+            f"Unknown modality. Expected one of {list(MODALITIES)}. "
+            f"Received: modality={modality!r}"
+        )
+    if isinstance(class_names, str):
+        raise TypeError(
+            "class_names must be a list of strings, one per class. Received the string "
+            f"{class_names!r}; pass class_names={class_names.split(',')!r} instead."
+        )
+    if task in ("binary", "multiclass") and not class_names:
+        raise ValueError(
+            f"A {task} export needs class_names so the server can return them. "
+            "Pass class_names=[...] (one per model output; two for binary). "
+            f"Received: class_names={class_names!r}"
+        )
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        units = _model_output_units(model)
+        expected = 2 if task == "binary" else units
+        if task != "regression" and units is not None and len(class_names) != expected:
+            raise ValueError(
+                f"class_names must have one name per class: the model's {task} output "
+                f"gives {expected} classes. Received {len(class_names)} names: "
+                f"{class_names[:10]}"
+            )
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(f"class_names must be unique. Received: {class_names}")
+    return class_names
+
+
+def _head_task(model):
+    try:
+        return getattr(model.get_layer("head"), "task", None) or "multiclass"
+    except ValueError:
+        return "multiclass"
+
+
+def _ensure_built(preprocessor, modality):
+    """Keras export needs built layers; KerasHub preprocessors build on first call."""
+    if preprocessor is None or not isinstance(preprocessor, keras.layers.Layer):
+        return
+    if preprocessor.built:
+        return
+    if modality == "text":
+        preprocessor(tf.constant(["tfft"]))
+    else:
+        preprocessor(tf.zeros((1, 8, 8, 3), tf.uint8))
+
+
+def _serving_fns(model, preprocessor, modality, task, class_names, image_size=None):
+    """Returns `{signature_name: (fn, input_signature)}`."""
     names = tf.constant(list(class_names or []), dtype=tf.string)
 
     def outputs_from(scores):
         scores = tf.cast(scores, tf.float32)
         if task == "regression":
             return {"value": scores}
+        if task == "multilabel":
+            predictions = tf.cast(scores >= MULTILABEL_THRESHOLD, tf.int32)
+            return {"probabilities": scores, "predictions": predictions}
         if task == "binary":
             scores = tf.concat([1.0 - scores, scores], axis=-1)
-        if task == "multilabel":
-            return {"probabilities": scores}
         ids = tf.argmax(scores, axis=-1)
         result = {"probabilities": scores, "class_ids": ids}
         if class_names:
             result["class_names"] = tf.gather(names, ids)
         return result
 
+    def predict(features):
+        return outputs_from(model(features, training=False))
+
     if modality == "text":
         def serve(inputs):
             features = preprocessor(inputs) if preprocessor is not None else inputs
-            return outputs_from(model(features, training=False))
+            return predict(features)
 
-        return serve, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)]
+        return {"serving_default": (serve, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)])}
+
+    # Images: without a preprocessor the model gets float 0-255 pixels at
+    # `image_size`; with one, the preprocessor resizes and normalises.
+    def prepare(images):
+        if preprocessor is not None:
+            return preprocessor(images)
+        return tf.image.resize(tf.cast(images, tf.float32), image_size)
 
     def decode(image_bytes):
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        return tf.image.resize(tf.cast(image, tf.float32), image_size)
+        image.set_shape([None, None, 3])
+        # Each image is prepared alone so a batch may mix sizes.
+        return prepare(image[tf.newaxis])[0]
 
-    def serve_images(inputs):
+    def serve_bytes(inputs):
         images = tf.map_fn(decode, inputs, fn_output_signature=tf.float32)
-        features = preprocessor(images) if preprocessor is not None else images
-        return outputs_from(model(features, training=False))
+        return predict(images)
 
-    return serve_images, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)]
+    def serve_arrays(images):
+        return predict(prepare(images))
+
+    return {
+        "serving_default": (serve_bytes, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)]),
+        ARRAY_SIGNATURE: (
+            serve_arrays, [tf.TensorSpec([None, None, None, 3], tf.uint8, name=ARRAY_INPUT)]
+        ),
+    }
 
 
-def export(model, directory, preprocessor=None, class_names=None, task="multiclass",
+def _default_sample_inputs(modality):
+    if modality == "text":
+        return np.array(["tfft export check", "a second, longer example sentence"])
+    rng = np.random.default_rng(0)
+    return np.array([
+        encode_image(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((40, 30), (24, 36))
+    ], dtype=object)
+
+
+def encode_image(array, format="png"):
+    """Encodes a uint8 `(H, W, 3)` array as PNG or JPEG bytes."""
+    array = np.asarray(array, dtype=np.uint8)
+    if format == "png":
+        return tf.io.encode_png(array).numpy()
+    if format == "jpeg":
+        return tf.io.encode_jpeg(array, quality=95).numpy()
+    raise ValueError(f"Unknown image format. Expected 'png' or 'jpeg'. Received: {format!r}")
+
+
+def _describe(obj):
+    if obj is None:
+        return None
+    info = {"class": f"{type(obj).__module__}.{type(obj).__name__}"}
+    if hasattr(obj, "get_config"):
+        try:
+            info["config"] = json.loads(json.dumps(obj.get_config(), default=str))
+        except (TypeError, ValueError, NotImplementedError):
+            info["config"] = None
+    if hasattr(obj, "describe"):
+        info["description"] = obj.describe()
+    sequence_length = getattr(obj, "sequence_length", None)
+    if sequence_length is not None:
+        info["sequence_length"] = int(sequence_length)
+    return info
+
+
+def _backbone_metadata(model):
+    backbone = getattr(model, "tfft_backbone", None)
+    if backbone is None:
+        return None
+    return backbone.info.to_dict()
+
+
+def export(model, directory, preprocessor=None, class_names=None, task=None,
            modality="text", version=None, overwrite=False, metadata=None,
-           sample_inputs=None, verify=True, image_size=(224, 224)):
+           sample_inputs=None, verify=True, image_size=(224, 224), evaluation=None,
+           atol=1e-5):
     """Exports `model` with its preprocessing as a versioned SavedModel.
 
     Args:
         model: keras.Model. The trained model.
         directory: str. Model directory, e.g. `"saved_models/bbc_news"`; the
             version goes below it.
-        preprocessor: keras.Layer. Raw inputs -> model inputs (e.g. a KerasHub
-            text preprocessor); defaults to `model.tfft_backbone.preprocessor`.
-        class_names: list of str. Required for classification exports.
+        preprocessor: keras.Layer. Raw inputs -> model inputs (a KerasHub
+            text preprocessor, or an `ImagePreprocessor`); defaults to
+            `model.tfft_backbone.preprocessor`.
+        class_names: list of str. Required for binary (2 names) and
+            multiclass (one per output) exports; optional for multilabel.
         task: str. `"binary"`, `"multiclass"`, `"multilabel"` or `"regression"`.
+            Defaults to the task of the model's `"head"` layer (tfft models),
+            else `"multiclass"`.
         modality: str. `"text"` (input: `tf.string` texts) or `"image"`
-            (input: encoded JPEG/PNG bytes, resized to `image_size`).
+            (inputs: encoded image bytes, or uint8 arrays via
+            `serving_arrays`).
         version: int. Version number; defaults to the next free one.
         overwrite: bool. Replace an existing version. Defaults to False.
-        metadata: dict. Extra JSON metadata (backbone spec, evaluation report).
-        sample_inputs: list. Raw inputs used to verify the export in a fresh
-            process against the in-memory model.
+        metadata: dict. Extra JSON metadata (backbone spec, dataset ...).
+        sample_inputs: list. Raw inputs (texts, or encoded image bytes) used to
+            verify the export in a fresh process against the in-memory model;
+            defaults to two built-in examples.
         verify: bool. Reload in a fresh process and compare. Defaults to True.
+        image_size: tuple. Resize target for images when there is no
+            preprocessor. Defaults to `(224, 224)`.
+        evaluation: dict or report with `to_dict()`. Stored in the metadata
+            under `"evaluation"`.
+        atol: float. Largest allowed difference in the verification.
 
     Returns:
         The version directory written.
+
+    Example:
+
+    >>> path = tfft.export(model, "saved_models/bbc_news", class_names=names)
+    >>> serve = tf.saved_model.load(path).signatures["serving_default"]
+    >>> serve(tf.constant(["Shares rose after the profit report"]))["class_names"]
     """
-    if task in ("binary", "multiclass") and not class_names:
-        raise ValueError(
-            f"A {task} export needs class_names so the server can return them. "
-            "Pass class_names=[...] (one per model output)."
-        )
-    if version is not None and (not isinstance(version, int) or version < 1):
+    task = task or _head_task(model)
+    class_names = _check_arguments(model, task, modality, class_names)
+    if version is not None and (
+        not isinstance(version, int) or isinstance(version, bool) or version < 1
+    ):
         raise ValueError(f"version must be a positive int. Received: version={version!r}")
     if preprocessor is None and getattr(model, "tfft_backbone", None) is not None:
         preprocessor = model.tfft_backbone.preprocessor
+    _ensure_built(preprocessor, modality)
     directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"The export directory {directory!r} is a file, not a directory.")
     version = version or next_version(directory)
     target = os.path.join(directory, str(version))
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(
             f"The export version {target!r} already exists. Pass overwrite=True "
-            "(--overwrite) to replace it, or leave version unset to write the next one."
+            "(--overwrite) to replace it, or leave version unset to write the next one "
+            f"({next_version(directory)})."
         )
+    if evaluation is not None and hasattr(evaluation, "to_dict"):
+        evaluation = evaluation.to_dict()
     os.makedirs(directory, exist_ok=True)
     staging = tempfile.mkdtemp(dir=directory, prefix=f".tmp-{version}-")
     try:
-        fn, signature = _serving_fn(model, preprocessor, modality, task, class_names,
-                                    image_size)
+        fns = _serving_fns(model, preprocessor, modality, task, class_names, image_size)
         archive = keras.export.ExportArchive()
         archive.track(model)
-        if preprocessor is not None:
+        if isinstance(preprocessor, keras.layers.Layer):
             archive.track(preprocessor)
-        archive.add_endpoint("serving_default", fn, input_signature=signature)
+        for name, (fn, signature) in fns.items():
+            archive.add_endpoint(name, fn, input_signature=signature)
         archive.write_out(staging, verbose=False)
+        signatures = {
+            name: {"input": signature[0].name, "dtype": signature[0].dtype.name,
+                   "shape": signature[0].shape.as_list()}
+            for name, (_, signature) in fns.items()
+        }
         info = {
             "class_names": list(class_names or []),
             "task": task,
             "modality": modality,
             "signature": {"name": "serving_default", "input": TEXT_INPUT,
-                          "outputs": _output_names(task, class_names)},
+                          "outputs": output_names(task, class_names)},
+            "signatures": signatures,
+            "backbone": _backbone_metadata(model),
             "preprocessor": type(preprocessor).__name__ if preprocessor is not None else None,
+            "preprocessing": _describe(preprocessor),
+            "version": version,
             "tfft_version": _tfft_version(),
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            **(metadata or {}),
         }
+        if evaluation is not None:
+            info["evaluation"] = evaluation
+        info.update(metadata or {})
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
             json.dump(info, f, indent=2, default=_json_default)
-        if verify and sample_inputs is not None:
-            expected = fn(tf.constant(sample_inputs))
-            verify_in_fresh_process(staging, sample_inputs, expected)
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(dir=directory, prefix=f".old-{version}-")
-            os.rename(target, os.path.join(old, "v"))
-            os.rename(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
+        if verify:
+            if sample_inputs is None:
+                sample_inputs = _default_sample_inputs(modality)
+            serve = fns["serving_default"][0]
+            expected = serve(tf.constant(_as_input_array(sample_inputs)))
+            verify_in_fresh_process(staging, sample_inputs, expected, atol=atol)
+        _move_into_place(staging, target, directory, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
 
 
-def _output_names(task, class_names):
-    if task == "regression":
-        return ["value"]
-    if task == "multilabel":
-        return ["probabilities"]
-    return list(OUTPUT_KEYS if class_names else OUTPUT_KEYS[:2])
+def _move_into_place(staging, target, directory, version):
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(dir=directory, prefix=f".old-{version}-")
+        os.rename(target, os.path.join(old, "v"))
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(os.path.join(old, "v"), target)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, target)
+
+
+def read_metadata(path):
+    """Reads `tfft_metadata.json` of an exported version directory."""
+    meta_path = os.path.join(path, METADATA_FILE)
+    if not os.path.exists(meta_path):
+        raise ValueError(
+            f"{path!r} has no {METADATA_FILE}: expected a version directory written by "
+            "tfft.export (e.g. saved_models/NAME/1)."
+        )
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+def _as_input_array(sample_inputs):
+    array = np.asarray(sample_inputs, dtype=object)
+    return np.array([s if isinstance(s, bytes) else str(s).encode("utf-8") for s in array],
+                    dtype=object)
 
 
 def _tfft_version():
@@ -187,10 +416,15 @@ try:
 except ImportError:
     pass
 import tensorflow as tf
-path, inputs_file, out_file = sys.argv[1:4]
+path, inputs_file, out_file, signature = sys.argv[1:5]
 loaded = tf.saved_model.load(path)
-inputs = np.load(inputs_file, allow_pickle=False)
-outputs = loaded.signatures["serving_default"](tf.constant(inputs))
+with np.load(inputs_file, allow_pickle=False) as data:
+    inputs = data["inputs"]
+if inputs.dtype.kind == "S" and signature == "serving_default":
+    # np.bytes_ strips trailing NULs; lengths restore the exact bytes.
+    lengths = np.load(inputs_file)["lengths"]
+    inputs = np.array([bytes(v).ljust(n, b"\0") for v, n in zip(inputs, lengths)], object)
+outputs = loaded.signatures[signature](tf.constant(inputs))
 def plain(value):
     value = value.numpy()
     return value.astype(str) if value.dtype == object else value
@@ -198,15 +432,32 @@ np.savez(out_file, **{k: plain(v) for k, v in outputs.items()})
 """
 
 
-def load_serving_outputs_in_fresh_process(path, sample_inputs, timeout=600):
-    """Loads the SavedModel at `path` in a new Python process and runs it."""
+def load_serving_outputs_in_fresh_process(path, sample_inputs, timeout=600,
+                                          signature="serving_default"):
+    """Loads the SavedModel at `path` in a new Python process and runs it.
+
+    Args:
+        path: str. A version directory.
+        sample_inputs: texts, encoded image bytes, or (for `serving_arrays`) a
+            uint8 array of images.
+        timeout: float. Seconds before the process is killed.
+        signature: str. The signature to call.
+
+    Returns:
+        `{output name: numpy array}` (strings decoded to `str`).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        inputs_file = os.path.join(tmp, "inputs.npy")
+        inputs_file = os.path.join(tmp, "inputs.npz")
         out_file = os.path.join(tmp, "outputs.npz")
-        np.save(inputs_file, np.asarray(sample_inputs))
+        if signature == "serving_default":
+            raw = _as_input_array(sample_inputs)
+            np.savez(inputs_file, inputs=raw.astype(bytes),
+                     lengths=np.array([len(v) for v in raw]))
+        else:
+            np.savez(inputs_file, inputs=np.asarray(sample_inputs))
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         proc = subprocess.run(
-            [sys.executable, "-c", _VERIFY_SCRIPT, path, inputs_file, out_file],
+            [sys.executable, "-c", _VERIFY_SCRIPT, path, inputs_file, out_file, signature],
             capture_output=True, text=True, timeout=timeout, env=env,
         )
         if proc.returncode != 0:
@@ -218,9 +469,10 @@ def load_serving_outputs_in_fresh_process(path, sample_inputs, timeout=600):
             return {k: data[k] for k in data.files}
 
 
-def verify_in_fresh_process(path, sample_inputs, expected, atol=1e-5):
+def verify_in_fresh_process(path, sample_inputs, expected, atol=1e-5,
+                            signature="serving_default"):
     """Checks the reloaded SavedModel reproduces `expected` on `sample_inputs`."""
-    got = load_serving_outputs_in_fresh_process(path, sample_inputs)
+    got = load_serving_outputs_in_fresh_process(path, sample_inputs, signature=signature)
     for key, value in expected.items():
         value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
         if value.dtype == object:
@@ -229,7 +481,7 @@ def verify_in_fresh_process(path, sample_inputs, expected, atol=1e-5):
             raise ExportError(f"The reloaded SavedModel lacks the output {key!r}.")
         if value.dtype.kind in "fc":
             diff = float(np.max(np.abs(got[key] - value))) if value.size else 0.0
-            if diff > atol:
+            if not diff <= atol:
                 raise ExportError(
                     f"The reloaded SavedModel's {key!r} differs from the in-memory model "
                     f"by {diff:.2e} (allowed {atol:.0e})."
@@ -237,3 +489,4 @@ def verify_in_fresh_process(path, sample_inputs, expected, atol=1e-5):
         elif not np.array_equal(got[key], value):
             raise ExportError(f"The reloaded SavedModel's {key!r} differs from the in-memory one.")
     return got
+

@@ -1,0 +1,173 @@
+"""Text SavedModel export: raw strings in, probabilities and class names out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfft
+from tfft.export import saved_model
+from tfft.export import saved_model as tfft_export
+
+import tensorflow as tf  # noqa: E402
+
+CLASSES = ["business", "sport", "tech"]
+
+
+def expected_probabilities(model, texts):
+    pre = model.tfft_backbone.preprocessor
+    return np.asarray(model(pre(tf.constant(texts)), training=False))
+
+
+@pytest.fixture(scope="module")
+def exported(make_text_model, tmp_path_factory):
+    """One verified export (fresh-process check inside), shared by the tests below."""
+    model = make_text_model()
+    directory = tmp_path_factory.mktemp("exports") / "bbc"
+    report = {"accuracy": 0.5, "macro_f1": 0.4}
+    path = tfft.export(model, str(directory), class_names=CLASSES,
+                       sample_inputs=["the bank", "film award"], evaluation=report,
+                       metadata={"dataset": "tiny"})
+    return model, path
+
+
+def test_fresh_process_outputs_equal_in_memory_model(exported, texts):
+    model, path = exported
+    got = tfft_export.load_serving_outputs_in_fresh_process(path, texts)
+    want = expected_probabilities(model, texts)
+    assert got["probabilities"].shape == (len(texts), 3)
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
+    np.testing.assert_array_equal(got["class_ids"], want.argmax(-1))
+    assert list(got["class_names"]) == [CLASSES[i] for i in want.argmax(-1)]
+    # The inputs were chosen so the model does not give one class to everything.
+    assert len(set(got["class_ids"].tolist())) > 1
+
+
+def test_first_export_is_version_1_with_metadata(exported):
+    model, path = exported
+    assert os.path.basename(path) == "1"
+    meta = tfft_export.read_metadata(path)
+    assert meta["class_names"] == CLASSES
+    assert meta["task"] == "multiclass" and meta["modality"] == "text"
+    assert meta["evaluation"] == {"accuracy": 0.5, "macro_f1": 0.4}
+    assert meta["dataset"] == "tiny"
+    assert meta["backbone"]["name"] == model.tfft_backbone.info.name
+    assert meta["backbone"]["output_key"] == "sequence_output"
+    assert meta["preprocessing"]["sequence_length"] == 16
+    assert meta["preprocessing"]["class"].endswith("BertTextClassifierPreprocessor")
+    assert meta["tensorflow_version"] == tf.__version__
+    assert meta["tfft_version"] == tfft.__version__
+    assert meta["signature"]["outputs"] == ["probabilities", "class_ids", "class_names"]
+    # No staging directory is left beside the version.
+    assert os.listdir(os.path.dirname(path)) == ["1"]
+
+
+def test_saved_model_cli_lists_documented_names(exported):
+    _, path = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run(
+        [cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def",
+         "serving_default"], capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    assert "inputs['inputs']" in out and "DT_STRING" in out
+    for name in ("probabilities", "class_ids", "class_names"):
+        assert f"outputs['{name}']" in out
+    assert "shape: (-1, 3)" in out  # probabilities: one column per class
+
+
+def test_wrong_input_dtype_is_refused_at_serving_time(exported):
+    _, path = exported
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError),
+                       match="string"):
+        serve(tf.constant([1, 2, 3]))
+
+
+def test_versions_count_up_and_explicit_version(make_text_model, tmp_path):
+    model = make_text_model()
+    directory = str(tmp_path / "m")
+    assert tfft_export.next_version(directory) == 1
+    explicit = tfft.export(model, directory, class_names=CLASSES, version=7, verify=False)
+    assert os.path.basename(explicit) == "7"
+    following = tfft.export(model, directory, class_names=CLASSES, verify=False)
+    assert os.path.basename(following) == "8"
+    os.makedirs(os.path.join(directory, "notes"))  # non-numeric entries are ignored
+    assert tfft_export.list_versions(directory) == [7, 8]
+    assert tfft_export.next_version(directory) == 9
+
+
+@pytest.mark.parametrize("task,num_classes,names,outputs", [
+    ("binary", 1, ["neg", "pos"], ["probabilities", "class_ids", "class_names"]),
+    ("multilabel", 4, None, ["probabilities", "predictions"]),
+    ("regression", 2, None, ["value"]),
+])
+def test_task_outputs(make_text_model, tmp_path, texts, task, num_classes, names, outputs):
+    model = make_text_model(task=task, num_classes=num_classes)
+    path = tfft.export(model, str(tmp_path / task), class_names=names, verify=False)
+    got = tf.saved_model.load(path).signatures["serving_default"](tf.constant(texts))
+    assert sorted(got) == sorted(outputs)
+    raw = expected_probabilities(model, texts)
+    assert tfft_export.read_metadata(path)["task"] == task  # inferred from the head
+    if task == "binary":
+        want = np.concatenate([1 - raw, raw], axis=-1)
+        np.testing.assert_allclose(got["probabilities"].numpy(), want, atol=1e-6)
+        labels = [n.decode() for n in got["class_names"].numpy()]
+        assert labels == [names[int(p > 0.5)] for p in raw[:, 0]]
+    elif task == "multilabel":
+        np.testing.assert_allclose(got["probabilities"].numpy(), raw, atol=1e-6)
+        np.testing.assert_array_equal(got["predictions"].numpy(), (raw >= 0.5).astype("int32"))
+    else:
+        assert got["value"].shape == (len(texts), 2)
+        np.testing.assert_allclose(got["value"].numpy(), raw, atol=1e-6)
+
+
+def test_classification_without_class_names_is_refused(make_text_model, tmp_path):
+    model = make_text_model()
+    with pytest.raises(ValueError, match="needs class_names"):
+        tfft.export(model, str(tmp_path / "m"), verify=False)
+    assert not os.path.exists(tmp_path / "m")
+
+
+@pytest.mark.parametrize("task,names,error,match", [
+    ("multiclass", ["a", "b"], ValueError, "gives 3 classes. Received 2 names"),
+    ("multiclass", ["a", "b", "c", "d"], ValueError, "Received 4 names"),
+    ("multiclass", "a,b,c", TypeError, "list of strings"),
+    ("multiclass", ["a", "a", "b"], ValueError, "unique"),
+    ("ranking", ["a", "b", "c"], ValueError, "Unknown export task"),
+])
+def test_bad_class_names_or_task(make_text_model, tmp_path, task, names, error, match):
+    model = make_text_model()
+    with pytest.raises(error, match=match):
+        tfft.export(model, str(tmp_path / "m"), class_names=names, task=task, verify=False)
+
+
+def test_binary_needs_two_class_names(make_text_model, tmp_path):
+    model = make_text_model(task="binary", num_classes=1)
+    with pytest.raises(ValueError, match="gives 2 classes. Received 1 names"):
+        tfft.export(model, str(tmp_path / "m"), class_names=["pos"], verify=False)
+
+
+def test_bad_version_and_modality(make_text_model, tmp_path):
+    model = make_text_model()
+    for version in (0, -1, "2", True):
+        with pytest.raises(ValueError, match="version must be a positive int"):
+            tfft.export(model, str(tmp_path / "m"), class_names=CLASSES, version=version,
+                        verify=False)
+    with pytest.raises(ValueError, match="Unknown modality"):
+        tfft.export(model, str(tmp_path / "m"), class_names=CLASSES, modality="audio",
+                    verify=False)
+
+
+def test_metadata_is_json_and_lists_signatures(make_text_model, tmp_path):
+    model = make_text_model()
+    path = tfft.export(model, str(tmp_path / "m"), class_names=CLASSES, verify=False,
+                       metadata={"seed": np.int64(3)})
+    with open(os.path.join(path, saved_model.METADATA_FILE)) as f:
+        meta = json.load(f)
+    assert meta["seed"] == 3
+    assert meta["signatures"] == {
+        "serving_default": {"input": "inputs", "dtype": "string", "shape": [None]}}
+    assert "evaluation" not in meta
