@@ -8,14 +8,13 @@ initial, single-device and mirrored weights for each model kind.
 import json
 import sys
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 import tfft
 from tfft import strategy as strategy_lib
 from tfft.strategy import distribute_dataset, get_strategy
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -88,7 +87,7 @@ def helper_checks(strategy):
     for name, call in {
         "odd_global": lambda: strategy_lib.per_replica_batch_size(15, strategy),
         "odd_dataset": lambda: distribute_dataset(
-            tf.data.Dataset.range(30).batch(15), strategy),
+            tf.data.Dataset.range(30).batch(15, drop_remainder=True), strategy),
         "odd_batching": lambda: distribute_dataset(
             tf.data.Dataset.range(30), strategy, global_batch_size=7),
     }.items():

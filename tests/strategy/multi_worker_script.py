@@ -10,17 +10,22 @@ import json
 import os
 import sys
 
+import keras
+import keras_hub
 import numpy as np
+import tensorflow as tf
 
 import tfft
-from tfft.strategy import chief_writes, distribute_dataset, get_strategy, global_batch_size, is_chief
+from tfft.strategy import (
+    chief_writes,
+    distribute_dataset,
+    get_strategy,
+    global_batch_size,
+    is_chief,
+)
 
 # Set up the strategy before TensorFlow runs anything else (collectives need it).
 strategy = get_strategy("auto")
-
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "the a of to and in is on for with news sport game team win match election vote "

@@ -12,15 +12,14 @@ import socket
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfft
 from tfft import strategy as strategy_lib
 from tfft.strategy import StrategyError
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TWO_WORKERS = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
