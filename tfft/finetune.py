@@ -19,7 +19,6 @@ import tensorflow as tf
 
 from tfft import feature_cache
 from tfft.backbones import load_backbone, parse_spec
-from tfft.backbones.registry import ALIASES
 from tfft.builders import build_model, check_labels
 from tfft.data import TEXT_DATASETS, stratified_split
 from tfft.export import export
@@ -76,50 +75,101 @@ class FinetuneConfig:
     feature_cache: bool = True
 
     def __post_init__(self):
-        positive = ("sequence_length", "batch_size", "head_epochs")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer. Received: {name}={value!r}")
-        for name in ("epochs", "unfreeze_top", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(
-                    f"{name} must be a non-negative integer. Received: {name}={value!r}"
-                )
-        for name in ("head_learning_rate", "learning_rate"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number. Received: {name}={value!r}")
-        if self.max_examples is not None and (
-            not isinstance(self.max_examples, int) or self.max_examples < 10
-        ):
+        for name, (kind, low) in _FIELD_RULES.items():
+            _check_field(name, getattr(self, name), kind, low)
+        if self.max_examples is not None and self.max_examples < 10:
             raise ConfigError(
-                f"max_examples must be an integer >= 10, or None for all. Received: "
-                f"max_examples={self.max_examples!r}"
+                f"max_examples: expected an integer >= 10, or null for all. Received: "
+                f"{self.max_examples!r}"
+            )
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                "val_fraction + test_fraction must leave examples for training. Received: "
+                f"{self.val_fraction} + {self.test_fraction}"
             )
         if self.dataset not in TEXT_DATASETS:
             raise ConfigError(
-                f"Unknown dataset. Expected one of {sorted(TEXT_DATASETS)}. "
-                f"Received: dataset={self.dataset!r}"
+                f"dataset: unknown dataset. Expected one of {sorted(TEXT_DATASETS)}. "
+                f"Received: {self.dataset!r}"
             )
         try:
             parse_spec(self.backbone)
         except (ValueError, TypeError) as error:
-            raise ConfigError(str(error)) from None
+            raise ConfigError(f"backbone: {error}") from None
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data):
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
+    def from_dict(cls, data, path=""):
+        """Builds a config from a mapping (e.g. a parsed YAML file).
+
+        Args:
+            data: dict. Setting name to value.
+            path: str. Where `data` sits in a larger file, for messages.
+        """
+        if not isinstance(data, dict):
             raise ConfigError(
-                f"Unknown setting(s) {sorted(unknown)}. Valid settings: "
-                f"{sorted(f.name for f in dataclasses.fields(cls))}"
+                f"{path or 'config'}: expected a mapping of settings. Received: "
+                f"{type(data).__name__}"
             )
-        return cls(**data)
+        valid = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(str(k) for k in set(data) - set(valid))
+        if unknown:
+            where = ", ".join(f"{path}{k}" for k in unknown)
+            raise ConfigError(f"Unknown setting(s) {unknown} at {where}. Valid settings: {valid}")
+        try:
+            return cls(**data)
+        except ConfigError as error:
+            if path:
+                raise ConfigError(f"{path}{error}") from None
+            raise
+
+
+# name -> (kind, lowest allowed value)
+_FIELD_RULES = {
+    "backbone": ("str", None),
+    "dataset": ("str", None),
+    "sequence_length": ("int", 1),
+    "batch_size": ("int", 1),
+    "head_epochs": ("int", 1),
+    "epochs": ("int", 0),
+    "unfreeze_top": ("int", 0),
+    "head_learning_rate": ("positive_float", None),
+    "learning_rate": ("positive_float", None),
+    "val_fraction": ("fraction", None),
+    "test_fraction": ("fraction", None),
+    "seed": ("int", 0),
+    "max_examples": ("optional_int", None),
+    "export_dir": ("optional_str", None),
+    "run_dir": ("optional_str", None),
+    "feature_cache": ("bool", None),
+}
+
+
+def _check_field(name, value, kind, low):
+    """Checks one setting's type and range; the message starts with its key."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int" and (not is_int or value < low):
+        what = "a positive integer" if low == 1 else "a non-negative integer"
+        raise ConfigError(f"{name}: expected {what}. Received: {value!r}")
+    if kind == "optional_int" and value is not None and not is_int:
+        raise ConfigError(f"{name}: expected an integer or null. Received: {value!r}")
+    if kind == "positive_float" and (
+        not is_number or not value > 0 or value != value or value == float("inf")
+    ):
+        raise ConfigError(f"{name}: expected a positive finite number. Received: {value!r}")
+    if kind == "fraction" and (not is_number or not 0.0 < value < 1.0):
+        raise ConfigError(f"{name}: expected a number between 0 and 1. Received: {value!r}")
+    if kind == "str" and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{name}: expected a non-empty string. Received: {value!r}")
+    if kind == "optional_str" and value is not None and (
+        not isinstance(value, str) or not value.strip()
+    ):
+        raise ConfigError(f"{name}: expected a non-empty string or null. Received: {value!r}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false. Received: {value!r}")
 
 
 def _check_writable(path, what):
@@ -158,6 +208,64 @@ def text_dataset(texts, labels, preprocessor, batch_size, shuffle=False, seed=0)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def epoch_datasets(texts, labels, preprocessor, batch_size, epochs, seed, first_epoch=0):
+    """Training batches whose order depends only on (seed, epoch).
+
+    Each epoch gets its own permutation, so a run resumed at epoch k sees
+    exactly the batches an uninterrupted run sees from epoch k on (a
+    reshuffling `tf.data` iterator would restart its sequence instead).
+    """
+    texts = np.asarray(texts, dtype=object).astype(str)
+    labels = np.asarray(labels)
+    parts = []
+    for epoch in range(first_epoch, epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(texts))
+        parts.append(
+            tf.data.Dataset.from_tensor_slices((texts[order], labels[order])).batch(batch_size)
+        )
+    ds = parts[0]
+    for part in parts[1:]:
+        ds = ds.concatenate(part)
+    ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class EpochSeeding(keras.callbacks.Callback):
+    """Sets every dropout seed from (seed, epoch) at the start of each epoch.
+
+    Keras keeps dropout RNG state in variables that weight checkpoints do not
+    save; deriving it from the epoch makes a resumed run draw the same masks
+    as an uninterrupted one.
+    """
+
+    def __init__(self, seed):
+        super().__init__()
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+        for index, state in enumerate(states):
+            value = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**30, 2)
+            value[1] = 0
+            state.assign(value.astype(state.dtype))
+
+
+class NumericalError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def _check_finite(history, stage, run_dir, learning_rate):
+    losses = history.history.get("loss", [])
+    if losses and all(np.isfinite(losses)):
+        return
+    raise NumericalError(
+        f"The {stage} stage stopped on a NaN or infinite loss (losses per epoch: {losses}). "
+        f"The last good weights are kept in {os.path.join(run_dir, stage, 'checkpoints')}. "
+        f"Likely causes: a learning rate too high for this model ({learning_rate:g}; try "
+        "10x lower), or float16 overflow under mixed precision (use mixed_bfloat16 or float32)."
+    )
+
+
 def _history(history):
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -168,8 +276,58 @@ def _evaluate(probs, labels, class_names):
     return report_from_predictions(labels, probs, task="multiclass", class_names=class_names)
 
 
+class _RunState:
+    """What a run directory records about finished stages, for resuming."""
+
+    def __init__(self, run_dir, config):
+        self.path = os.path.join(run_dir, "state.json")
+        self.weights_dir = os.path.join(run_dir, "stage_weights")
+        self.data = {"config": config.to_dict(), "stages": []}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                saved = json.load(f)
+            ignore = {"run_dir", "export_dir"}
+            old = {k: v for k, v in saved["config"].items() if k not in ignore}
+            new = {k: v for k, v in config.to_dict().items() if k not in ignore}
+            if old != new:
+                changed = sorted(k for k in new if old.get(k) != new[k])
+                raise ConfigError(
+                    f"The run directory {run_dir!r} holds a run with other settings "
+                    f"({', '.join(changed)} differ). Resume it with the same settings, or "
+                    "pass a new --run-dir."
+                )
+            self.data = saved
+
+    def stage(self, name):
+        return next((s for s in self.data["stages"] if s["name"] == name), None)
+
+    def weights_path(self, name):
+        return os.path.join(self.weights_dir, f"{name}.weights.h5")
+
+    def finish_stage(self, record, model):
+        os.makedirs(self.weights_dir, exist_ok=True)
+        # Weights first, then the record that points at them: a kill in between
+        # only means the stage runs again.
+        tmp = self.weights_path(record["name"]) + ".tmp.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, self.weights_path(record["name"]))
+        self.data["stages"].append(record)
+        self._write()
+
+    def _write(self):
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.data, f, indent=2, default=str)
+        os.replace(self.path + ".tmp", self.path)
+
+
 def finetune(config=None, verbose="auto", **overrides):
     """Runs the main job: head on a frozen backbone, then top-k fine-tuning.
+
+    Re-running the same command on the same `run_dir` resumes: finished
+    stages are reloaded from `run_dir/stage_weights/`, and an interrupted
+    fine-tuning stage continues from its last completed epoch
+    (`keras.callbacks.BackupAndRestore`), ending with the weights an
+    uninterrupted run would have.
 
     Args:
         config: FinetuneConfig or dict. Defaults to `FinetuneConfig()`.
@@ -179,7 +337,7 @@ def finetune(config=None, verbose="auto", **overrides):
     Returns:
         The report dict (also written to `run_dir/report.json`): per-stage
         test accuracy and macro F1, histories, the final `"test"` metrics and
-        `"export_path"`.
+        `"export_path"`, plus the trained `"model"`.
 
     Example:
 
@@ -199,7 +357,8 @@ def finetune(config=None, verbose="auto", **overrides):
     if config.export_dir:
         _check_writable(config.export_dir, "export directory")
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
-            raise ConfigError(f"The export directory {config.export_dir!r} is a file.")
+            raise ConfigError(f"export_dir: {config.export_dir!r} is a file, not a directory.")
+    state = _RunState(run_dir, config)
 
     started = time.time()
     keras.utils.set_random_seed(config.seed)
@@ -231,85 +390,38 @@ def finetune(config=None, verbose="auto", **overrides):
     def make_ds(x):
         return text_dataset(x, None, pre, bs)
 
-    from tfft.evaluation.callbacks import default_callbacks
-
     os.makedirs(run_dir, exist_ok=True)
-    stages = []
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2)
+    state._write()
+    kwargs = dict(config=config, model=model, pre=pre, train=train, val=val, test=test,
+                  data=data, run_dir=run_dir, verbose=verbose, make_ds=make_ds)
 
-    # Stage 1: feature extraction. The frozen backbone runs once per example.
-    counts = trainable_summary(model)
-    print(f"Stage 1/2 head: backbone frozen, {counts['trainable']:,} trainable / "
-          f"{counts['frozen']:,} frozen parameters")
-    t0 = time.time()
-    prep = {"preprocessor": pre.get_config() if pre is not None else None}
-    if config.feature_cache:
-        train_f, hit_t = feature_cache.cached_features(model, train.x, make_ds, prep,
-                                                       verbose=verbose)
-        val_f, hit_v = feature_cache.cached_features(model, val.x, make_ds, prep,
-                                                     verbose=verbose)
-        head = feature_cache.head_model(model)
-        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-                     loss="sparse_categorical_crossentropy",
-                     metrics=["sparse_categorical_accuracy"])
-        feature_seconds = time.time() - t0
-        hist = head.fit(
-            np.asarray(train_f), train.y, validation_data=(np.asarray(val_f), val.y),
-            epochs=config.head_epochs, batch_size=bs, verbose=verbose,
-            callbacks=default_callbacks(os.path.join(run_dir, "head"), patience=5,
-                                        backup=False),
-        )
+    done = state.stage("head")
+    if done:
+        model.load_weights(state.weights_path("head"))
+        print(f"Stage 1/2 head: already finished in {run_dir}, weights reloaded")
     else:
-        hit_t = hit_v = False
-        feature_seconds = 0.0
-        compile_model(model, preset="head", task="multiclass",
-                      learning_rate=config.head_learning_rate)
-        hist = model.fit(
-            text_dataset(train.x, train.y, pre, bs, shuffle=True, seed=config.seed),
-            validation_data=text_dataset(val.x, val.y, pre, bs),
-            epochs=config.head_epochs, verbose=verbose,
-            callbacks=default_callbacks(os.path.join(run_dir, "head"), patience=5,
-                                        backup=False),
-        )
-    test_probs = model.predict(make_ds(test.x), verbose=verbose)
-    report = _evaluate(test_probs, test.y, data.class_names)
-    stages.append({
-        "name": "head", "freeze": "feature_extraction", "seconds": time.time() - t0,
-        "feature_seconds": feature_seconds, "feature_cache_hit": bool(hit_t and hit_v),
-        "trainable_params": counts["trainable"], "history": _history(hist),
-        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
-    })
-    print(f"Stage 1/2 head: test accuracy {report['accuracy']:.4f}, "
-          f"macro F1 {report['macro_f1']:.4f}")
+        done = _head_stage(**kwargs)
+        state.finish_stage(done, model)
+    stages = [done]
+    print(f"Stage 1/2 head: test accuracy {done['test']['accuracy']:.4f}, "
+          f"macro F1 {done['test']['macro_f1']:.4f}")
 
-    # Stage 2: unfreeze the top blocks, fine-tune with a lower learning rate.
     if config.epochs > 0 and config.unfreeze_top > 0:
-        t0 = time.time()
         apply_freeze(model, TopK(config.unfreeze_top))
-        counts = trainable_summary(model)
-        print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, "
-              f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
-        steps = config.epochs * int(np.ceil(len(train) / bs))
-        preset = get_preset("transformer", learning_rate=config.learning_rate)
-        model.compile(optimizer=make_optimizer(preset, total_steps=steps),
-                      loss="sparse_categorical_crossentropy",
-                      metrics=["sparse_categorical_accuracy"])
-        hist = model.fit(
-            text_dataset(train.x, train.y, pre, bs, shuffle=True, seed=config.seed),
-            validation_data=text_dataset(val.x, val.y, pre, bs), epochs=config.epochs,
-            verbose=verbose,
-            callbacks=default_callbacks(os.path.join(run_dir, "fine_tune"), patience=2,
-                                        backup=False),
-        )
-        test_probs = model.predict(make_ds(test.x), verbose=verbose)
-        report = _evaluate(test_probs, test.y, data.class_names)
-        stages.append({
-            "name": "fine_tune", "freeze": f"top_k:{config.unfreeze_top}",
-            "seconds": time.time() - t0, "trainable_params": counts["trainable"],
-            "history": _history(hist),
-            "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
-        })
-        print(f"Stage 2/2 fine-tune: test accuracy {report['accuracy']:.4f}, "
-              f"macro F1 {report['macro_f1']:.4f}")
+        done = state.stage("fine_tune")
+        if done:
+            model.load_weights(state.weights_path("fine_tune"))
+            print(f"Stage 2/2 fine-tune: already finished in {run_dir}, weights reloaded")
+        else:
+            done = _fine_tune_stage(**kwargs)
+            state.finish_stage(done, model)
+        stages.append(done)
+        print(f"Stage 2/2 fine-tune: test accuracy {done['test']['accuracy']:.4f}, "
+              f"macro F1 {done['test']['macro_f1']:.4f}")
+    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
+                       data.class_names)
 
     export_path = None
     if config.export_dir:
@@ -337,8 +449,7 @@ def finetune(config=None, verbose="auto", **overrides):
         "export_path": export_path,
         "seconds": time.time() - started,
     }
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
     report_path = os.path.join(run_dir, "report.json")
     with open(report_path + ".tmp", "w") as f:
         json.dump(result, f, indent=2, default=str)
@@ -349,6 +460,102 @@ def finetune(config=None, verbose="auto", **overrides):
     return result
 
 
+def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds):
+    """Stage 1: the frozen backbone runs once per example; the head trains."""
+    from tfft.evaluation.callbacks import default_callbacks
+
+    counts = trainable_summary(model)
+    print(f"Stage 1/2 head: backbone frozen, {counts['trainable']:,} trainable / "
+          f"{counts['frozen']:,} frozen parameters")
+    t0 = time.time()
+    callbacks = default_callbacks(os.path.join(run_dir, "head"), patience=5, backup=False)
+    if config.feature_cache:
+        prep = {"preprocessor": pre.get_config() if pre is not None else None}
+        train_f, hit_t = feature_cache.cached_features(model, train.x, make_ds, prep,
+                                                       verbose=verbose)
+        val_f, hit_v = feature_cache.cached_features(model, val.x, make_ds, prep,
+                                                     verbose=verbose)
+        feature_seconds = time.time() - t0
+        head = feature_cache.head_model(model)
+        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
+                     loss="sparse_categorical_crossentropy",
+                     metrics=["sparse_categorical_accuracy"])
+        hist = head.fit(
+            np.asarray(train_f), train.y, validation_data=(np.asarray(val_f), val.y),
+            epochs=config.head_epochs, batch_size=config.batch_size, verbose=verbose,
+            callbacks=callbacks,
+        )
+    else:
+        hit_t = hit_v = False
+        feature_seconds = 0.0
+        compile_model(model, preset="head", task="multiclass",
+                      learning_rate=config.head_learning_rate)
+        hist = model.fit(
+            text_dataset(train.x, train.y, pre, config.batch_size, shuffle=True,
+                         seed=config.seed),
+            validation_data=text_dataset(val.x, val.y, pre, config.batch_size),
+            epochs=config.head_epochs, verbose=verbose, callbacks=callbacks,
+        )
+    _check_finite(hist, "head", run_dir, config.head_learning_rate)
+    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
+                       data.class_names)
+    return {
+        "name": "head", "freeze": "feature_extraction", "seconds": time.time() - t0,
+        "feature_seconds": feature_seconds, "feature_cache_hit": bool(hit_t and hit_v),
+        "trainable_params": counts["trainable"], "history": _history(hist),
+        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+    }
+
+
+def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds):
+    """Stage 2: top blocks unfrozen, lower learning rate, resumable per epoch."""
+    from tfft.evaluation.callbacks import default_callbacks
+
+    t0 = time.time()
+    counts = trainable_summary(model)
+    print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, "
+          f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
+    steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
+    preset = get_preset("transformer", learning_rate=config.learning_rate)
+    model.compile(
+        optimizer=make_optimizer(preset, total_steps=config.epochs * steps_per_epoch),
+        loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"],
+    )
+    stage_dir = os.path.join(run_dir, "fine_tune")
+    # Early stopping would keep state a resumed run cannot recover; the best
+    # epoch is still checkpointed.
+    callbacks = default_callbacks(stage_dir, patience=2, early_stopping=False, backup=True)
+    first_epoch = _completed_epochs(os.path.join(stage_dir, "backup"))
+    if first_epoch:
+        print(f"Stage 2/2 fine-tune: resuming after epoch {first_epoch} from {stage_dir}")
+    train_ds = epoch_datasets(train.x, train.y, pre, config.batch_size, config.epochs,
+                              config.seed, first_epoch=min(first_epoch, config.epochs - 1))
+    hist = model.fit(
+        train_ds, validation_data=text_dataset(val.x, val.y, pre, config.batch_size),
+        epochs=config.epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
+        callbacks=[EpochSeeding(config.seed), *callbacks],
+    )
+    _check_finite(hist, "fine_tune", run_dir, config.learning_rate)
+    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
+                       data.class_names)
+    return {
+        "name": "fine_tune", "freeze": f"top_k:{config.unfreeze_top}",
+        "seconds": time.time() - t0, "trainable_params": counts["trainable"],
+        "resumed_from_epoch": first_epoch, "history": _history(hist),
+        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+    }
+
+
+def _completed_epochs(backup_dir):
+    """Epochs BackupAndRestore recorded as finished (0 when starting fresh)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        # BackupAndRestore records the number of finished epochs.
+        return int(json.load(f).get("epoch", 0))
+
+
 def _save_plots(report, stages, run_dir):
     from tfft.evaluation.plots import plot_training_curves
 
@@ -357,4 +564,7 @@ def _save_plots(report, stages, run_dir):
                          os.path.join(run_dir, "training_curves.png"))
 
 
-__all__ = ["ALIASES", "ConfigError", "FinetuneConfig", "finetune", "text_dataset"]
+__all__ = [
+    "ConfigError", "EpochSeeding", "FinetuneConfig", "NumericalError", "epoch_datasets",
+    "finetune", "text_dataset",
+]

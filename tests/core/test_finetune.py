@@ -65,12 +65,12 @@ def test_split_is_deterministic_and_stratified():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"head_epochs": 0}, "head_epochs must be a positive integer"),
-        ({"epochs": -1}, "epochs must be a non-negative integer"),
+        ({"head_epochs": 0}, "head_epochs: expected a positive integer"),
+        ({"epochs": -1}, "epochs: expected a non-negative integer"),
         ({"dataset": "imdb_nope"}, "Unknown dataset"),
         ({"backbone": "does-not-exist"}, "Unknown or malformed backbone spec"),
-        ({"learning_rate": 0}, "learning_rate must be a positive number"),
-        ({"max_examples": 3}, "max_examples must be an integer >= 10"),
+        ({"learning_rate": 0}, "learning_rate: expected a positive finite number"),
+        ({"max_examples": 3}, "max_examples: expected an integer >= 10"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(overrides, message):

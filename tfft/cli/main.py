@@ -103,7 +103,7 @@ def _load_config_file(path):
 
 def _run_finetune(args):
     from tfft.backbones import NetworkUnavailableError
-    from tfft.finetune import ConfigError, FinetuneConfig, finetune
+    from tfft.finetune import ConfigError, FinetuneConfig, NumericalError, finetune
 
     try:
         settings = _load_config_file(args.config) if args.config else {}
@@ -126,6 +126,9 @@ def _run_finetune(args):
     except (ConfigError, NetworkUnavailableError, FileExistsError) as error:
         print(f"tfft finetune: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except NumericalError as error:
+        print(f"tfft finetune: training stopped: {error}", file=sys.stderr)
+        return 1
     except ValueError as error:
         # Raised while loading the backbone or data, before training starts.
         print(f"tfft finetune: error: {error}", file=sys.stderr)

@@ -1,0 +1,102 @@
+"""Resume after SIGKILL, determinism and numerical faults, on the real finetune path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+import tfft
+from tfft.finetune import NumericalError
+
+SETTINGS = dict(max_examples=1000, epochs=2, head_epochs=2, sequence_length=128,
+                batch_size=8, unfreeze_top=1)
+
+
+def _cli_args(preset, run_dir):
+    args = ["finetune", "--backbone", f"keras_hub:{preset}", "--no-export",
+            "--run-dir", str(run_dir)]
+    for key, value in SETTINGS.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return [sys.executable, "-m", "tfft.cli.main", *args]
+
+
+def _weights(path):
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_preset, tmp_path):
+    run_dir = tmp_path / "run"
+    command = _cli_args(small_preset, run_dir)
+    metadata = run_dir / "fine_tune" / "backup" / "training_metadata.json"
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while not metadata.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before its first fine-tuning epoch"
+        time.sleep(1.5)  # well inside the second epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert json.loads(metadata.read_text())["epoch"] == 1
+    assert not (run_dir / "report.json").exists()
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "already finished" in resumed.stdout  # the head stage is reloaded
+    assert "resuming after epoch 1" in resumed.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["stages"][1]["resumed_from_epoch"] == 1
+
+    reference = tfft.finetune(backbone=f"keras_hub:{small_preset}", export_dir=None,
+                              run_dir=str(tmp_path / "reference"), verbose=0, **SETTINGS)
+    got = _weights(run_dir / "final.weights.h5")
+    want = _weights(tmp_path / "reference" / "final.weights.h5")
+    assert got.keys() == want.keys() and len(got) > 10
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+    assert report["test"] == pytest.approx(reference["test"])
+
+
+@pytest.mark.slow
+def test_same_seed_and_config_give_the_same_split_and_metrics(small_preset, tmp_path):
+    settings = dict(SETTINGS, epochs=0, max_examples=200)
+    runs = [
+        tfft.finetune(backbone=f"keras_hub:{small_preset}", export_dir=None,
+                      run_dir=str(tmp_path / name), verbose=0, **settings)
+        for name in ("a", "b")
+    ]
+    assert runs[0]["test_report"]["metrics"] == runs[1]["test_report"]["metrics"]
+    assert runs[0]["stages"][0]["history"] == runs[1]["stages"][0]["history"]
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(small_preset, tmp_path):
+    with pytest.raises(NumericalError, match="learning rate too high") as info:
+        tfft.finetune(backbone=f"keras_hub:{small_preset}", export_dir=None,
+                      run_dir=str(tmp_path / "run"), verbose=0, head_learning_rate=1e38,
+                      **dict(SETTINGS, max_examples=200, epochs=0, head_epochs=3))
+    assert "mixed precision" in str(info.value)
+    assert not (tmp_path / "run" / "report.json").exists()
+    assert os.path.isdir(tmp_path / "run" / "head")
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    from tfft.finetune import ConfigError, FinetuneConfig, _RunState
+
+    first = FinetuneConfig(epochs=1, run_dir=str(tmp_path))
+    tmp_path.mkdir(exist_ok=True)
+    _RunState(str(tmp_path), first)._write()
+    with pytest.raises(ConfigError, match="epochs differ"):
+        _RunState(str(tmp_path), FinetuneConfig(epochs=2, run_dir=str(tmp_path)))
+    _RunState(str(tmp_path), FinetuneConfig(epochs=1, run_dir=str(tmp_path), export_dir="x"))
