@@ -1,0 +1,148 @@
+"""The Colab notebooks: committed without outputs, and each runs top to bottom.
+
+Each notebook runs headless (nbclient) in a fresh kernel on this interpreter,
+in a temporary working directory, with `TFFT_NOTEBOOK_SMALL=1` so it uses tiny
+subsets and one or two epochs. A cell that raises fails the test.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tfft  # noqa: F401  selects the TensorFlow backend before Keras loads
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+KERNEL_NAME = "tfft-test-python"
+COLAB_URL = "https://colab.research.google.com/github/OWNER/tfft/blob/main/notebooks/"
+
+# Text each executed notebook must print: the step that shows its point ran.
+EXPECTED_OUTPUT = {
+    "01_text_classification_quickstart": ["macro F1", "exported to", "class_names"],
+    "02_image_classification": ["feature_extraction", "top_k", "gradual"],
+    "03_tf_hub_in_keras3": ["Only instances of `keras.Layer`", "HubLayer"],
+    "04_prompting": ["zero-shot", "few-shot", "soft prompt"],
+    "05_model_selection": ["recommend", "leaderboard"],
+    "06_tpu_training_and_export": ["strategy", "exported to"],
+}
+
+
+def _ids(paths):
+    return [p.stem for p in paths]
+
+
+def _committed_text(path):
+    """The notebook as committed in git (HEAD), or None outside a git checkout."""
+    relative = path.relative_to(ROOT).as_posix()
+    try:
+        result = subprocess.run(
+            ["git", "show", f"HEAD:{relative}"], cwd=ROOT, capture_output=True, text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 3, f"expected the Colab notebooks in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_is_clean_v4_with_colab_badge(path):
+    import nbformat
+
+    texts = {"working tree": path.read_text()}
+    committed = _committed_text(path)
+    if committed is not None:
+        texts["git HEAD"] = committed
+    for where, text in texts.items():
+        raw = json.loads(text)
+        assert raw["nbformat"] == 4, where
+        for index, cell in enumerate(raw["cells"]):
+            if cell["cell_type"] == "code":
+                assert cell.get("outputs") == [], f"{where}: cell {index} has outputs"
+                assert cell.get("execution_count") is None, (
+                    f"{where}: cell {index} has an execution_count"
+                )
+    nb = nbformat.reads(texts["working tree"], as_version=4)
+    nbformat.validate(nb)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    assert f"{COLAB_URL}{path.name}" in first.source, "the Colab badge must open this notebook"
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "import tfft" in code and "TFFT_NOTEBOOK_SMALL" in code
+    assert "%pip install" in nb.cells[1].source + nb.cells[2].source
+
+
+@pytest.fixture(scope="session")
+def kernel_env(tmp_path_factory):
+    """A kernel spec for this interpreter, found through JUPYTER_PATH.
+
+    The notebooks must run on the interpreter running the tests (the project's
+    .venv), whatever kernels the machine has registered.
+    """
+    jupyter_dir = tmp_path_factory.mktemp("jupyter")
+    spec_dir = jupyter_dir / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "tfft tests",
+        "language": "python",
+    }))
+    env = {
+        "JUPYTER_PATH": os.pathsep.join(
+            [str(jupyter_dir)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+                                  if p]
+        ),
+        # The checkout's tfft, even when the venv holds a non-editable install.
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+        "TFFT_NOTEBOOK_SMALL": "1",
+        "MPLBACKEND": "Agg",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return env
+
+
+def _outputs_text(nb):
+    chunks = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                chunks.append(output["text"])
+            for key in ("text/plain",):
+                if key in output.get("data", {}):
+                    chunks.append(output["data"][key])
+    return "\n".join(chunks)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_runs_top_to_bottom(path, kernel_env, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    for key, value in kernel_env.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, kernel_name=KERNEL_NAME, timeout=600, startup_timeout=120,
+        resources={"metadata": {"path": str(tmp_path)}},
+    )
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)
+    text = _outputs_text(nb)
+    for expected in EXPECTED_OUTPUT.get(path.stem, []):
+        assert expected in text, f"{path.name}: expected {expected!r} in its outputs"
+    # The notebook wrote its files into the temporary directory, not the checkout.
+    assert any(tmp_path.iterdir())
