@@ -90,12 +90,20 @@ def _load_config_file(path):
             text = f.read()
     except OSError as error:
         raise ConfigError(f"Cannot read the config file {path!r}: {error.strerror}.") from None
-    if path.endswith((".yaml", ".yml")):
-        import yaml
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"The config file {path!r} is not valid JSON: {error}.") from None
+    except Exception as error:  # yaml.YAMLError and its subclasses
+        if type(error).__module__.startswith("yaml"):
+            detail = str(error).replace("\n", " ")
+            raise ConfigError(f"The config file {path!r} is not valid YAML: {detail}") from None
+        raise
     if not isinstance(data, dict):
         raise ConfigError(f"The config file {path!r} must hold a mapping of settings.")
     return data
