@@ -18,7 +18,7 @@ SmolLM2 runs on CPU at roughly 1-3 texts/s here, so its samples are smaller;
 every sample size is in the JSON. Prints one JSON object as the last line.
 
     .venv/bin/python benchmarks/prompting.py [--bbc-test 300] [--bbc-llm 150]
-        [--rt-test 300] [--rt-few 100] [--train 200] [--epochs 4]
+        [--rt-test 300] [--rt-few 100] [--train 200] [--epochs 3]
 """
 
 import argparse
@@ -159,7 +159,7 @@ def main():
     parser.add_argument("--rt-test", type=int, default=300)
     parser.add_argument("--rt-few", type=int, default=100)
     parser.add_argument("--train", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--skip-soft-prompt", action="store_true")

@@ -165,3 +165,12 @@ def test_unpermute_inverts_llama_cpp_rotary_permutation(num_heads, head_dim):
     permuted = _llama_cpp_permute(hf, num_heads)
     assert not np.allclose(permuted, hf)
     np.testing.assert_array_equal(_unpermute_rotary(permuted, num_heads), hf)
+
+
+def test_contextual_calibration_subtracts_content_free_scores(tiny_gpt2):
+    raw = CausalLMClassifier(tiny_gpt2, TEMPLATE, VERBALIZER)
+    calibrated = CausalLMClassifier(tiny_gpt2, TEMPLATE, VERBALIZER, calibrate=True)
+    content_free = raw.scores(["N/A", "", "[MASK]"]).mean(axis=0)
+    np.testing.assert_allclose(calibrated.scores(TEXTS), raw.scores(TEXTS) - content_free,
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(content_free, 0.0)

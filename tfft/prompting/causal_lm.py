@@ -313,6 +313,9 @@ def _select_examples(examples, class_names, k, seed):
     return [(texts[i], labels[i]) for i in chosen]
 
 
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
 class CausalLMClassifier:
     """Classifies text by the log-likelihood a causal LM gives each label word.
 
@@ -343,6 +346,10 @@ class CausalLMClassifier:
         temperature: float. Softmax temperature for `predict_proba`. Defaults to 1.
         batch_size: int. Defaults to 8.
         tokenizer: a keras_hub tokenizer, when `causal_lm` has no preprocessor.
+        calibrate: bool. Contextual calibration (Zhao et al., 2021): subtract
+            the class scores of content-free inputs (`"N/A"`, `""`, `"[MASK]"`)
+            under the same prompt, removing the model's prior for each label
+            word. Defaults to False.
 
     Example:
 
@@ -356,7 +363,7 @@ class CausalLMClassifier:
     def __init__(self, causal_lm, template, verbalizer=None, k_shot=0, examples=None,
                  class_names=None, seed=0, reduction="sum", max_input_tokens=None,
                  max_length=None, example_separator="\n\n", temperature=1.0, batch_size=8,
-                 tokenizer=None):
+                 tokenizer=None, calibrate=False):
         self.causal_lm = load_causal_lm(causal_lm)
         self.tokenizer = _tokenizer_of(self.causal_lm, tokenizer)
         self.verbalizer = as_verbalizer(verbalizer, class_names)
@@ -395,7 +402,9 @@ class CausalLMClassifier:
         self.scorer = CausalLMScorer(
             self.causal_lm, batch_size=batch_size, max_length=self.max_length
         )
+        self.calibrate = bool(calibrate)
         self._cache = {}
+        self._content_free = None
 
     def _tokenize(self, text):
         if text == "":
@@ -455,7 +464,18 @@ class CausalLMClassifier:
         return pairs, index
 
     def scores(self, texts):
-        """Class scores (mean over templates and words of label log-likelihoods)."""
+        """Class scores (mean over templates and words of label log-likelihoods).
+
+        With `calibrate=True`, minus the same scores for content-free inputs.
+        """
+        scores = self._raw_scores(texts)
+        if self.calibrate:
+            if self._content_free is None:
+                self._content_free = self._raw_scores(CONTENT_FREE_INPUTS).mean(axis=0)
+            scores = scores - self._content_free
+        return scores
+
+    def _raw_scores(self, texts):
         texts = _as_texts(texts)
         pairs, index = self._pairs(texts)  # validates every length before scoring
         token_log_probs = self.scorer.score(pairs)
