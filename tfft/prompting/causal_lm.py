@@ -364,6 +364,7 @@ class CausalLMClassifier:
                  class_names=None, seed=0, reduction="sum", max_input_tokens=None,
                  max_length=None, example_separator="\n\n", temperature=1.0, batch_size=8,
                  tokenizer=None, calibrate=False):
+        self._cache = {}  # text -> token ids
         self.causal_lm = load_causal_lm(causal_lm)
         self.tokenizer = _tokenizer_of(self.causal_lm, tokenizer)
         self.verbalizer = as_verbalizer(verbalizer, class_names)
@@ -403,19 +404,15 @@ class CausalLMClassifier:
             self.causal_lm, batch_size=batch_size, max_length=self.max_length
         )
         self.calibrate = bool(calibrate)
-        self._cache = {}
         self._content_free = None
 
     def _tokenize(self, text):
         if text == "":
             return []
-        key = ("tok", text)
-        if key not in getattr(self, "_cache", {}):
+        if text not in self._cache:
             ids = np.asarray(self.tokenizer(text)).reshape(-1).astype(np.int64).tolist()
-            if not hasattr(self, "_cache"):
-                return ids
-            self._cache[key] = ids
-        return self._cache[key]
+            self._cache[text] = ids
+        return self._cache[text]
 
     def _input_ids(self, text):
         ids = self._tokenize(text)
