@@ -75,3 +75,19 @@ def test_predict_rejects_a_non_savedmodel(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path), "text"]) == 2
     assert "saved_model.pb" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_real_export_on_its_own_test_split(finetune_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", finetune_run["export_path"], "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with open(out / "report.json") as f:
+        report = json.load(f)
+    metrics = report["metrics"]
+    # The export's metadata names the dataset and split, so the CLI scores exactly the
+    # test articles the main job held out, through the SavedModel on raw strings.
+    assert metrics["num_examples"] == finetune_run["test_report"]["metrics"]["num_examples"]
+    assert metrics["macro_f1"] == pytest.approx(finetune_run["test"]["macro_f1"], abs=1e-9)
+    for png in ("confusion_matrix.png", "per_class_f1.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
