@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfft.backbones import Backbone, load_backbone
 from tfft.freeze import apply_freeze, parse_freeze
@@ -44,19 +45,26 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
     >>> model = tfft.build_model("minilm", task="multiclass", num_classes=5)
     >>> model.fit(train_ds, epochs=3)
     """
-    if strategy is not None:
-        from tfft.strategy import check_built_in_scope, prepare_model
-
-        if not isinstance(backbone, str):
-            check_built_in_scope(getattr(backbone, "model", backbone), strategy)
-        with strategy.scope():
-            model = build_model(
-                backbone, task=task, num_classes=num_classes, freeze=freeze, preset=preset,
+    if strategy is None and tf.distribute.has_strategy():
+        # Called inside `with strategy.scope():`: same checks and fixes as strategy=.
+        strategy = tf.distribute.get_strategy()
+    args = dict(task=task, num_classes=num_classes, freeze=freeze, preset=preset,
                 pooling=pooling, dropout=dropout, hidden_units=hidden_units, compile=compile,
-                total_steps=total_steps, **backbone_kwargs,
-            )
-        check_built_in_scope(model, strategy)
-        return prepare_model(model, strategy)
+                total_steps=total_steps, **backbone_kwargs)
+    if strategy is None:
+        return _build_model(backbone, **args)
+    from tfft.strategy import check_built_in_scope, prepare_model
+
+    if not isinstance(backbone, str):
+        check_built_in_scope(getattr(backbone, "model", backbone), strategy)
+    with strategy.scope():
+        model = _build_model(backbone, **args)
+    check_built_in_scope(model, strategy)
+    return prepare_model(model, strategy)
+
+
+def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, hidden_units,
+                 compile, total_steps, **backbone_kwargs):
     if task not in TASKS:
         raise ValueError(f"Unknown task. Expected one of {list(TASKS)}. Received: task={task!r}")
     policy = parse_freeze(freeze)

@@ -243,6 +243,12 @@ def test_build_model_under_a_strategy(no_cluster):
     x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
     model.fit(x, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2
+    # Inside `with strategy.scope():` the same checks apply without strategy=.
+    with strategy.scope():
+        with pytest.raises(StrategyError, match="created outside the scope"):
+            tfft.build_model(outside, num_classes=3)
+        again = tfft.build_model(cnn(), num_classes=3)
+    assert again.distribute_strategy is strategy
 
 
 # ------------------------------------------------------------------------- real engines
