@@ -26,8 +26,8 @@ EXPECTED_OUTPUT = {
     "01_text_classification_quickstart": ["macro F1", "exported to", "class_names"],
     "02_image_classification": ["feature_extraction", "top_k", "gradual"],
     "03_tf_hub_in_keras3": ["Only instances of `keras.Layer`", "HubLayer"],
-    "04_prompting": ["zero-shot", "few-shot", "soft prompt"],
-    "05_model_selection": ["recommend", "leaderboard"],
+    "04_prompt_learning": ["zero-shot", "few-shot", "soft prompt"],
+    "05_model_selection": ["[medium_data]", "leaderboard winner"],
     "06_tpu_training_and_export": ["strategy", "exported to"],
 }
 
@@ -49,8 +49,10 @@ def _committed_text(path):
     return result.stdout if result.returncode == 0 else None
 
 
-def test_there_are_notebooks():
-    assert len(NOTEBOOKS) >= 3, f"expected the Colab notebooks in {NOTEBOOK_DIR}"
+def test_every_notebook_is_listed_with_its_expected_output():
+    assert sorted(p.stem for p in NOTEBOOKS) == sorted(EXPECTED_OUTPUT), (
+        f"notebooks in {NOTEBOOK_DIR} and EXPECTED_OUTPUT differ"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
