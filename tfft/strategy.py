@@ -43,8 +43,9 @@ SHARD_POLICIES = {
 }
 TPU_INIT_TIMEOUT = 300.0
 
-# initialize_tpu_system wipes the TPU's memory; it must run once per process.
-_TPU_STRATEGIES = {}
+# initialize_tpu_system wipes the TPU's memory and collectives are configured at
+# start-up: TPU and multi-worker strategies are made once per process.
+_STRATEGIES = {}
 
 
 class StrategyError(ValueError):
@@ -293,9 +294,9 @@ def detect_tpu():
 
 def _connect_tpu(tpu, timeout):
     """Resolves, connects and initialises a TPU; returns a TPUStrategy."""
-    key = tpu if tpu is not None else os.environ.get("TPU_NAME")
-    if key in _TPU_STRATEGIES:
-        return _TPU_STRATEGIES[key]
+    key = ("tpu", tpu if tpu is not None else os.environ.get("TPU_NAME"))
+    if key in _STRATEGIES:
+        return _STRATEGIES[key]
     result = {}
 
     def work():
@@ -323,7 +324,7 @@ def _connect_tpu(tpu, timeout):
             f"{_first_line(error)} On a Colab TPU runtime or a Cloud TPU VM "
             "use tpu='local'; elsewhere pass the TPU name or 'grpc://host:8470'."
         ) from error
-    _TPU_STRATEGIES[key] = result["strategy"]
+    _STRATEGIES[key] = result["strategy"]
     return result["strategy"]
 
 
@@ -388,6 +389,11 @@ def get_strategy(name="auto", tpu=None, devices=None, verbose=True, timeout=TPU_
         raise StrategyError(
             "devices= is a non-empty list of device names such as ['/gpu:0', '/gpu:1'] and "
             f"only applies to name='mirrored'. Received: name={name!r}, devices={devices!r}"
+        )
+    if tpu is not None and (name not in ("auto", "tpu") or not isinstance(tpu, str)):
+        raise StrategyError(
+            "tpu= is a TPU name, 'local' or 'grpc://host:port' and only applies to "
+            f"name='tpu' or 'auto'. Received: name={name!r}, tpu={tpu!r}"
         )
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise StrategyError(f"timeout must be a positive number. Received: timeout={timeout!r}")
@@ -464,7 +470,10 @@ def _rank(value):
 
 
 def _multi_worker():
-    return KerasMultiWorkerMirroredStrategy()
+    # Collectives are configured once per process: a second strategy would fail.
+    if "multi_worker" not in _STRATEGIES:
+        _STRATEGIES["multi_worker"] = KerasMultiWorkerMirroredStrategy()
+    return _STRATEGIES["multi_worker"]
 
 
 def _auto(tpu, config, tasks, verbose, timeout):

@@ -66,6 +66,7 @@ def main(out_dir):
     np.savez(
         os.path.join(out_dir, f"weights_{task['index']}.npz"),
         replicas=strategy.num_replicas_in_sync, chief=is_chief(strategy),
+        same_strategy=get_strategy("multi_worker", verbose=False) is strategy,
         steps=int(model.optimizer.iterations.numpy()), **{f"w{i}": w for i, w in
                                                enumerate(model.get_weights())},
     )

@@ -98,6 +98,8 @@ def test_get_strategy_rejects_bad_settings_before_any_work(no_cluster, monkeypat
         tfft.strategy.get_strategy("cpu", devices=["/cpu:0"])
     with pytest.raises(StrategyError, match="non-empty list"):
         tfft.strategy.get_strategy("mirrored", devices="/cpu:0")
+    with pytest.raises(StrategyError, match="only applies to name='tpu' or 'auto'"):
+        tfft.strategy.get_strategy("gpu", tpu="local")
     monkeypatch.setenv("TF_CONFIG", tf_config(TWO_WORKERS, "worker", 5))
     for name in ("auto", "multi_worker", "cpu"):
         with pytest.raises(StrategyError, match="out of range"):
@@ -194,6 +196,11 @@ def test_distribute_dataset_sets_data_sharding_and_batches(no_cluster):
     files = strategy_lib.distribute_dataset(ds.batch(2), shard_policy="file")
     assert (files.options().experimental_distribute.auto_shard_policy
             == tf.data.experimental.AutoShardPolicy.FILE)
+    one = tf.distribute.MirroredStrategy(["/cpu:0"])
+    distributed = strategy_lib.distribute_dataset(ds, one, global_batch_size=5, distribute=True)
+    assert isinstance(distributed, tf.distribute.DistributedDataset)
+    assert [one.experimental_local_results(b[1])[0].numpy().tolist() for b in distributed] == [
+        [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     with pytest.raises(StrategyError, match="Unknown shard policy"):
         strategy_lib.distribute_dataset(ds, shard_policy="rows")
     with pytest.raises(TypeError, match="expects a tf.data.Dataset"):
@@ -312,6 +319,7 @@ def test_multi_worker_two_processes_end_identical_and_chief_exports(tmp_path):
     weights = [np.load(tmp_path / f"weights_{i}.npz") for i in range(2)]
     assert [bool(w["chief"]) for w in weights] == [True, False]
     assert [int(w["replicas"]) for w in weights] == [2, 2]
+    assert all(bool(w["same_strategy"]) for w in weights)
     assert [int(w["steps"]) for w in weights] == [4, 4]  # 16 examples, global batch 4
     keys = [k for k in weights[0].files if k.startswith("w")]
     assert len(keys) > 10
