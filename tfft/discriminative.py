@@ -217,9 +217,12 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
         """The learning-rate multiplier of `variable`."""
         return self.multipliers.get(variable.path, self.default_multiplier)
 
-    @property
     def group_optimizers(self):
-        """`[(multiplier, optimizer), ...]` once built."""
+        """`[(multiplier, optimizer), ...]` once built.
+
+        A method, not a property: Keras' saver walks properties and would save
+        the groups a second time.
+        """
         return list(self._groups.optimizers)
 
     def _make_group(self, index, factor):

@@ -1,0 +1,192 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfft
+from tfft.discriminative import LayerwiseOptimizer, layerwise_lr, layerwise_multipliers
+from tfft.gradual import gradual_callback
+
+LABELS = np.arange(16) % 3
+DEPTHS = {  # depth below the head for the tiny BERT's variables (3 blocks)
+    "head/logits/kernel": 0,
+    "transformer_layer_2/self_attention_layer/query/kernel": 1,
+    "transformer_layer_1/feedforward_output_dense/bias": 2,
+    "transformer_layer_0/self_attention_layer/key/kernel": 3,
+    "token_embedding/embeddings": 4,
+    "embeddings_layer_norm/gamma": 4,
+    "pooled_dense/kernel": 1,
+}
+
+
+def _build(backbone, optimizer=None):
+    model = tfft.build_model(backbone, num_classes=3, freeze="full", dropout=0.0,
+                             compile=False)
+    return model
+
+
+def _gradients(model, x, y, dense_only=False):
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_weights)
+    # Embedding lookups give sparse gradients; with repeated token ids Adam's sparse
+    # update is not sign(summed gradient), so the Adam check skips them.
+    return [None if dense_only and isinstance(g, tf.IndexedSlices)
+            else tf.convert_to_tensor(g).numpy() for g in grads]
+
+
+def test_multipliers_decay_from_the_head_down_the_blocks(bert_no_dropout):
+    model = _build(bert_no_dropout)
+    multipliers = layerwise_multipliers(model, decay=0.5)
+    print({k: multipliers[k] for k in DEPTHS})
+    assert set(multipliers) == {w.path for w in model.weights}
+    for path, depth in DEPTHS.items():
+        assert multipliers[path] == 0.5 ** depth, path
+
+
+def test_sgd_step_is_lr_times_decay_power_times_gradient(bert_no_dropout, text_batch):
+    model = _build(bert_no_dropout)
+    optimizer = layerwise_lr(model, 0.1, decay=0.5, optimizer="sgd")
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    multipliers = layerwise_multipliers(model, decay=0.5)
+    grads = _gradients(model, text_batch, LABELS)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.train_on_batch(text_batch, LABELS)
+    checked = 0
+    for w, g, b in zip(model.trainable_weights, grads, before):
+        expected = b - np.float32(0.1 * multipliers[w.path]) * g
+        np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=w.path)
+        big = np.abs(g) > 1e-4
+        if big.any():
+            ratio = (b - w.numpy())[big] / (0.1 * g[big])
+            # float32 cancellation in (before - after) on weights near 1: a looser check.
+            np.testing.assert_allclose(ratio, multipliers[w.path], rtol=1e-2, err_msg=w.path)
+            checked += 1
+    assert checked > 20
+    assert len(optimizer.group_optimizers()) == 5  # head, 3 blocks, embeddings
+
+
+def test_adam_first_step_moves_lower_blocks_less_by_the_decay(bert_no_dropout, text_batch):
+    model = _build(bert_no_dropout)
+    model.compile(optimizer=layerwise_lr(model, 1e-3, decay=0.5, optimizer="adam"),
+                  loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    multipliers = layerwise_multipliers(model, decay=0.5)
+    grads = _gradients(model, text_batch, LABELS, dense_only=True)
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    model.train_on_batch(text_batch, LABELS)
+    depths = set()
+    for w, g, b in zip(model.trainable_weights, grads, before):
+        if g is None:
+            continue
+        big = np.abs(g) > 1e-3
+        if not big.any():
+            continue
+        # Adam's first step is lr * g / (|g| + eps / sqrt(1 - beta_2)): lr * sign(g) where
+        # |g| >> 3e-6 (within 0.3% here, plus float32 rounding on weights near 1).
+        step = (b - w.numpy())[big]
+        np.testing.assert_allclose(step, 1e-3 * multipliers[w.path] * np.sign(g[big]),
+                                   rtol=1e-2, err_msg=w.path)
+        depths.add(multipliers[w.path])
+    assert depths == {1.0, 0.5, 0.25, 0.125, 0.0625}
+
+
+def _mlp_backbone():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = inputs
+    for i in range(3):
+        x = keras.layers.Dense(8, activation="relu", name=f"block_{i}")(x)
+    model = keras.Model(inputs, x, name="mlp")
+    return tfft.load_backbone(model, block_names=["block_0", "block_1", "block_2"])
+
+
+def test_layerwise_model_saves_and_reloads_with_optimizer_state(tmp_path):
+    # A functional backbone keeps its layers' trainable flags in the .keras config, so
+    # the reloaded optimizer is built on the same variables (see the report on KerasHub).
+    model = _build(_mlp_backbone())
+    text_batch = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    schedule = keras.optimizers.schedules.PolynomialDecay(1e-3, decay_steps=10,
+                                                          end_learning_rate=0.0)
+    model.compile(optimizer=layerwise_lr(model, schedule, decay=0.5, optimizer="adamw",
+                                         weight_decay=0.01),
+                  loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    model.train_on_batch(text_batch, LABELS)
+    rates = {factor: float(opt.learning_rate) for factor, opt in
+             model.optimizer.group_optimizers()}
+    for factor, rate in rates.items():
+        np.testing.assert_allclose(rate, schedule(1) * factor, rtol=1e-6)
+    path = str(tmp_path / "layerwise.keras")
+    model.save(path)
+    saved = model.predict(text_batch, verbose=0)
+    reloaded = keras.saving.load_model(path)
+    assert isinstance(reloaded.optimizer, LayerwiseOptimizer)
+    assert reloaded.optimizer.multipliers == model.optimizer.multipliers
+    assert len(reloaded.optimizer.variables) == len(model.optimizer.variables)
+    for a, b in zip(reloaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    reloaded.run_eagerly = True
+    reloaded.train_on_batch(text_batch, LABELS)
+    model.train_on_batch(text_batch, LABELS)
+    np.testing.assert_allclose(reloaded.predict(text_batch, verbose=0),
+                               model.predict(text_batch, verbose=0), atol=1e-5)
+    plain = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(plain.predict(text_batch, verbose=0), saved, atol=1e-6)
+
+
+def test_setting_the_learning_rate_scales_every_group(bert_no_dropout, text_batch):
+    model = _build(bert_no_dropout)
+    model.compile(optimizer=layerwise_lr(model, 0.1, decay=0.5, optimizer="sgd"),
+                  loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    model.train_on_batch(text_batch, LABELS)
+    model.optimizer.learning_rate = 0.01
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
+    for factor, optimizer in model.optimizer.group_optimizers():
+        assert float(optimizer.learning_rate) == pytest.approx(0.01 * factor)
+
+
+def test_layerwise_rates_work_with_gradual_unfreezing(tiny_bert, text_batch):
+    model = tfft.build_model(tiny_bert, num_classes=3, freeze="gradual", compile=False)
+    model.compile(optimizer=layerwise_lr(model, 1e-2, decay=0.5),
+                  loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    top = next(w for w in model.weights if w.path.startswith("transformer_layer_2/"))
+    before = top.numpy().copy()
+    callback = gradual_callback(model, verbose=0)
+    model.fit(text_batch, LABELS, epochs=1, batch_size=16, verbose=0, callbacks=[callback])
+    np.testing.assert_array_equal(top.numpy(), before)
+    model.fit(text_batch, LABELS, epochs=2, initial_epoch=1, batch_size=16, verbose=0,
+              callbacks=[callback])
+    assert not np.array_equal(top.numpy(), before)
+    # The top block's group started its own Adam clock when it first trained.
+    group = dict((f, o) for f, o in model.optimizer.group_optimizers())
+    assert int(group[1.0].iterations.numpy()) == 2 and int(group[0.5].iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: layerwise_multipliers(m, decay=0), ValueError,
+     r"decay must be a number in \(0, 1\]"),
+    (lambda m: layerwise_multipliers(m, decay=1.5), ValueError, "decay must be"),
+    (lambda m: layerwise_lr(m, 0.1, optimizer="nope"), ValueError, "Could not make the optimizer"),
+    (lambda m: layerwise_lr(m, 0.1, optimizer=keras.optimizers.SGD()), TypeError,
+     "takes an optimizer name"),
+    (lambda m: LayerwiseOptimizer("adam", {"x": -1.0}), ValueError, "non-negative"),
+    (lambda m: LayerwiseOptimizer("adam", clipnorm=1.0), TypeError, "from the wrapped optimizer"),
+    (lambda m: LayerwiseOptimizer(LayerwiseOptimizer("adam")), TypeError, "cannot wrap"),
+])
+def test_bad_layerwise_arguments_are_rejected(call, error, message, tiny_bert):
+    model = _build(tiny_bert)
+    with pytest.raises(error, match=message):
+        call(model)
+
+
+def test_layerwise_needs_blocks_and_an_unbuilt_optimizer(tiny_cnn):
+    model = tfft.build_model(tiny_cnn, num_classes=2, freeze="full", compile=False)
+    with pytest.raises(ValueError, match="declares no blocks"):
+        layerwise_multipliers(model)
+    built = keras.optimizers.Adam()
+    built.build(model.trainable_variables[:1])
+    with pytest.raises(ValueError, match="not built yet"):
+        LayerwiseOptimizer(built, {})

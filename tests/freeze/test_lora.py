@@ -1,0 +1,139 @@
+import keras
+import numpy as np
+import pytest
+
+import tfft
+from tfft.freeze import find_backbone_layer, parse_freeze
+from tfft.lora import LoRA, has_lora, lora_layers, lora_targets, merge_lora
+
+HEAD = 27
+LABELS = np.arange(16) % 3
+# Per transformer layer at rank r: query/key/value EinsumDense kernels (8, 2, 4) get
+# A (8, 2, r) and B (r, 4); attention_output (2, 4, 8): A (2, 4, r), B (r, 8);
+# the FFN Dense (8, 16) and (16, 8): A (in, r), B (r, out).
+PER_LAYER = {1: 124, 2: 248}
+QUERY_VALUE = {4: 2 * (8 * 2 * 4 + 4 * 4)}
+
+
+def _lora_weights(model):
+    return [w for w in model.weights if "lora_kernel" in w.path]
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ("lora:2", HEAD + 3 * PER_LAYER[2]),
+    (LoRA(rank=1), HEAD + 3 * PER_LAYER[1]),
+    (LoRA(rank=4, target="query|value"), HEAD + 3 * QUERY_VALUE[4]),
+])
+def test_lora_trains_exactly_the_adapters_and_the_head(
+        policy, expected, tiny_bert, text_batch, assert_step_changes_only_trainable):
+    model = tfft.build_model(tiny_bert, num_classes=3, freeze=policy)
+    model.run_eagerly = True  # which variables move does not depend on tracing
+    counts = tfft.trainable_summary(model)
+    print(policy, counts)
+    assert counts["trainable"] == expected
+    trainable = {w.path for w in model.trainable_weights}
+    assert trainable == {w.path for w in _lora_weights(model)} | {
+        "head/logits/kernel", "head/logits/bias"}
+    assert all(not layer._kernel.trainable for layer in lora_layers(model))
+    assert not any(layer.path.startswith("pooled_dense") for layer in lora_layers(model))
+    # B starts at zero, so the first step cannot move A; from the second on both move.
+    model.train_on_batch(text_batch, LABELS)
+    assert_step_changes_only_trainable(model, text_batch, LABELS)
+
+
+def test_lora_string_form_and_builder():
+    assert parse_freeze("lora:8") == LoRA(8)
+    assert LoRA(4, alpha=8).to_dict() == {"policy": "lora", "rank": 4, "alpha": 8,
+                                         "target": None}
+
+
+def test_merge_lora_gives_plain_kernels_with_the_same_outputs(tiny_bert, text_batch):
+    plain_params = tiny_bert.count_params() + HEAD
+    model = tfft.build_model(tiny_bert, num_classes=3, freeze=LoRA(2, alpha=4), compile=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    start = model.predict(text_batch, verbose=0)
+    for _ in range(3):
+        model.train_on_batch(text_batch, LABELS)
+    assert all(np.any(w.numpy()) for w in _lora_weights(model))
+    want = model.predict(text_batch, verbose=0)
+    assert np.abs(want - start).max() > 1e-3, "LoRA training should change the outputs"
+    merged = merge_lora(model)
+    assert merged is not model and not has_lora(merged) and has_lora(model)
+    assert merged.count_params() == plain_params
+    assert merged.tfft_backbone.model is find_backbone_layer(merged).backbone
+    np.testing.assert_allclose(merged.predict(text_batch, verbose=0), want, atol=1e-5)
+    layer = lora_layers(model)[0]
+    copy = {w.path: w for w in merged.weights}[layer._kernel.path]
+    np.testing.assert_allclose(
+        copy.numpy(),
+        layer._kernel.numpy() + 2.0 * np.tensordot(layer.lora_kernel_a.numpy(),
+                                                   layer.lora_kernel_b.numpy(), axes=1),
+        atol=1e-6)
+    assert merge_lora(merged) is merged
+
+
+def test_lora_model_keras_round_trip(tiny_bert, text_batch, assert_round_trip):
+    model = tfft.build_model(tiny_bert, num_classes=3, freeze="lora:2", compile=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    model.train_on_batch(text_batch, LABELS)
+    model.train_on_batch(text_batch, LABELS)
+    reloaded = assert_round_trip(model, text_batch, atol=1e-5)
+    # KerasHub rebuilds its layers from its own config: the reload has merged, plain kernels.
+    assert not has_lora(reloaded)
+
+
+def _functional_backbone():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8, activation="relu", name="block_0")(inputs)
+    x = keras.layers.Dense(8, activation="relu", name="block_1")(x)
+    model = keras.Model(inputs, x, name="mlp")
+    return tfft.load_backbone(model, block_names=["block_0", "block_1"])
+
+
+def test_lora_on_a_functional_backbone_reloads_and_rearms(tmp_path):
+    model = tfft.build_model(_functional_backbone(), num_classes=3, freeze="lora:2",
+                             compile=False)
+    assert [layer.name for layer in lora_targets(model)] == ["block_0", "block_1"]
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    for _ in range(2):
+        model.train_on_batch(x, LABELS)
+    path = str(tmp_path / "lora.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    # Dense keeps lora_rank in its config: the reload has zero adapters, where no gradient flows.
+    layers = lora_layers(reloaded)
+    assert len(layers) == 2 and not np.any(layers[0].lora_kernel_a.numpy())
+    tfft.apply_freeze(reloaded, "lora:2")
+    assert np.any(layers[0].lora_kernel_a.numpy())
+    assert tfft.trainable_summary(reloaded)["trainable"] == tfft.trainable_summary(model)[
+        "trainable"]
+    with pytest.raises(ValueError, match="already has LoRA of rank 2"):
+        tfft.apply_freeze(reloaded, "lora:4")
+    np.testing.assert_allclose(merge_lora(reloaded).predict(x, verbose=0),
+                               reloaded.predict(x, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("policy, message", [
+    ("lora:0", "positive int rank"),
+    ("lora:x", "needs an integer"),
+    (LoRA(2, target="nomatch_xyz"), "No Dense or EinsumDense layer"),
+])
+def test_bad_lora_policies_are_rejected(policy, message, tiny_bert):
+    with pytest.raises(ValueError, match=message):
+        tfft.build_model(tiny_bert, num_classes=3, freeze=policy)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rank": 2.5}, "positive int rank"),
+    ({"alpha": -1}, "alpha must be None or > 0"),
+    ({"target": "("}, "Invalid LoRA target regex"),
+])
+def test_bad_lora_settings_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LoRA(**kwargs)
