@@ -7,7 +7,9 @@ METRICS = ("macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")
 
 def check_metric(metric):
     if metric not in METRICS:
-        raise ValueError(f"Unknown metric. Expected one of {list(METRICS)}. Received: metric={metric!r}")
+        raise ValueError(
+            f"Unknown metric. Expected one of {list(METRICS)}. Received: metric={metric!r}"
+        )
     return metric
 
 
