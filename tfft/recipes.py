@@ -127,7 +127,7 @@ def fine_tune(model, train, val=None, epochs=3, freeze_epochs=1, unfreeze="full"
         _say(verbose, f"fine_tune: stage 'head': {freeze_epochs} epoch(s), "
               f"{trainable_summary(model)['trainable']:,} trainable parameters")
         history = model.fit(train_data, validation_data=val_data, epochs=freeze_epochs,
-                            callbacks=callbacks, verbose=verbose)
+                            callbacks=callbacks, verbose=verbose, shuffle=False)
         histories.append(("head", history))
 
     if epochs:
@@ -152,7 +152,7 @@ def fine_tune(model, train, val=None, epochs=3, freeze_epochs=1, unfreeze="full"
         _say(verbose, f"fine_tune: stage 'fine_tune' ({policy.name}, preset {name!r}): {epochs} "
               f"epoch(s), {trainable_summary(model)['trainable']:,} trainable parameters")
         history = model.fit(train_data, validation_data=val_data, epochs=epochs,
-                            callbacks=stage_callbacks, verbose=verbose)
+                            callbacks=stage_callbacks, verbose=verbose, shuffle=False)
         histories.append(("fine_tune", history))
     return histories
 
