@@ -9,6 +9,7 @@ the chief's SavedModel (raw strings in) is kept, in `OUT_DIR/export`.
 import json
 import os
 import sys
+import time
 
 import keras
 import keras_hub
@@ -80,7 +81,7 @@ def main(out_dir):
                                      class_names=CLASS_NAMES, task="multiclass", verify=False)
     with open(os.path.join(out_dir, f"written_{task['index']}.txt"), "w") as f:
         f.write(written)
-    print(f"worker {task['index']} done", flush=True)
+    print(f"worker {task['index']} done; CPU seconds {time.process_time():.1f}", flush=True)
 
 
 if __name__ == "__main__":
