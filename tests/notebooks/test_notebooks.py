@@ -31,6 +31,19 @@ EXPECTED_OUTPUT = {
     "06_tpu_training_and_export": ["strategy", "exported to"],
 }
 
+# Files each notebook writes into its working directory (the test's tmp dir).
+EXPECTED_FILES = {
+    "01_text_classification_quickstart": [
+        "saved_models/bbc_news_minilm/1/saved_model.pb", "plots/training_curves.png",
+        "plots/confusion_matrix.png",
+    ],
+    "02_image_classification": ["curves_gradual.png"],
+    "03_tf_hub_in_keras3": ["tiny_image_features/saved_model.pb", "hub_model.keras"],
+    "04_prompt_learning": [],
+    "05_model_selection": ["leaderboard/leaderboard.png", "leaderboard/leaderboard.csv"],
+    "06_tpu_training_and_export": ["saved_models/bbc_news_minilm/1/saved_model.pb"],
+}
+
 
 def _ids(paths):
     return [p.stem for p in paths]
@@ -146,5 +159,6 @@ def test_notebook_runs_top_to_bottom(path, kernel_env, tmp_path, monkeypatch):
     text = _outputs_text(nb)
     for expected in EXPECTED_OUTPUT.get(path.stem, []):
         assert expected in text, f"{path.name}: expected {expected!r} in its outputs"
-    # The notebook wrote its files into the temporary directory, not the checkout.
-    assert any(tmp_path.iterdir())
+    # The notebook wrote its files into its working directory, not the checkout.
+    for relative in EXPECTED_FILES[path.stem]:
+        assert (tmp_path / relative).is_file(), f"{path.name}: {relative} was not written"
