@@ -1,11 +1,10 @@
 """Fixtures for export tests: tiny text and image models with real preprocessors."""
 
+import keras
 import numpy as np
 import pytest
 
 import tfft
-
-import keras  # noqa: E402
 
 TEXTS = [
     "the team win the match",

@@ -3,13 +3,12 @@
 import os
 import shutil
 
+import keras
 import pytest
 
 import tfft
 from tfft.export import saved_model
 from tfft.export.saved_model import ExportError
-
-import keras  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
 

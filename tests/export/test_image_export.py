@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfft
 from tfft.export import saved_model
 from tfft.export.saved_model import encode_image, load_serving_outputs_in_fresh_process
-
-import tensorflow as tf  # noqa: E402
 
 CLASSES = ["cat", "dog", "fox"]
 

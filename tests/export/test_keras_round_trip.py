@@ -1,13 +1,12 @@
 """`.keras` save and reload of every kind of model tfft builds."""
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfft
 from tfft.backbones.tf_hub import HubLayer
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 
 class _TinyFeatureModel(tf.Module):

@@ -7,12 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfft
 from tfft.export import saved_model
 from tfft.export import saved_model as tfft_export
-
-import tensorflow as tf  # noqa: E402
 
 CLASSES = ["business", "sport", "tech"]
 

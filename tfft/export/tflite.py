@@ -15,6 +15,7 @@ resize op).
 
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -160,10 +161,20 @@ def run_tflite(model, inputs):
 
     The interpreter's input is resized to the batch, so any batch size works.
     """
-    if isinstance(model, (bytes, bytearray)):
-        interpreter = tf.lite.Interpreter(model_content=bytes(model))
+    source = ({"model_content": bytes(model)} if isinstance(model, (bytes, bytearray))
+              else {"model_path": os.fspath(model)})
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = None
+    if Interpreter is not None:
+        interpreter = Interpreter(**source)
     else:
-        interpreter = tf.lite.Interpreter(model_path=os.fspath(model))
+        with warnings.catch_warnings():
+            # TensorFlow's interpreter announces its move to ai_edge_litert; it
+            # still runs the same kernels.
+            warnings.filterwarnings("ignore", message=r"(?s).*tf.lite.Interpreter is deprecated")
+            interpreter = tf.lite.Interpreter(**source)
     inputs = np.asarray(inputs)
     detail = interpreter.get_input_details()[0]
     if inputs.dtype != detail["dtype"]:
