@@ -63,10 +63,16 @@ def check_cacheable(model, augment=None):
 
 
 def weights_fingerprint(layer):
+    """Hashes a layer's weights in order: shapes, dtypes and values.
+
+    Names are left out on purpose: Keras numbers auto-generated names per
+    process (`bert_backbone_1`), so the same weights rebuilt would miss.
+    """
     digest = hashlib.sha256()
     for weight in layer.weights:
-        digest.update(weight.path.encode())
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+        digest.update(f"{value.shape}{value.dtype}".encode())
+        digest.update(value.tobytes())
     return digest.hexdigest()
 
 
@@ -109,7 +115,9 @@ def cache_key(model, x, preprocessing=None):
         "preprocessing": preprocessing,
         "data": data_fingerprint(x),
     }
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    # The display name stays out of the key (see `weights_fingerprint`).
+    keyed = {k: v for k, v in parts.items() if k != "backbone"}
+    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:32], parts
 
 
