@@ -34,27 +34,33 @@ class _BackboneState:
 
 
 class _TimeLimit:
-    """A Keras callback that stops training once `seconds` have passed."""
+    """A Keras callback that stops training after `seconds` or `max_steps` steps."""
 
-    def __new__(cls, seconds):
+    def __new__(cls, seconds, max_steps):
         import keras
 
         class TimeLimit(keras.callbacks.Callback):
-            def __init__(self, limit):
+            def __init__(self):
                 super().__init__()
-                self.limit = limit
+                self.limit = seconds
+                self.max_steps = max_steps
                 self.steps = 0
                 self.started = None
+                self.stopped_by = "data"
 
             def on_train_begin(self, logs=None):
                 self.started = time.perf_counter()
 
             def on_train_batch_end(self, batch, logs=None):
                 self.steps += 1
-                if time.perf_counter() - self.started > self.limit:
+                if self.steps >= self.max_steps:
+                    self.stopped_by = "plan"
+                    self.model.stop_training = True
+                elif time.perf_counter() - self.started > self.limit:
+                    self.stopped_by = "time"
                     self.model.stop_training = True
 
-        return TimeLimit(seconds)
+        return TimeLimit()
 
 
 def _check_data(train, val):
@@ -501,10 +507,9 @@ class _BakeOff:
 
         train_ds = make_dataset(self.train, fresh, batch_size=self.batch_size, shuffle=True,
                                 seed=self.seed)
-        limit = _TimeLimit(allowed)
+        limit = _TimeLimit(allowed, planned)
         t_fit = time.perf_counter()
-        model.fit(train_ds, epochs=epochs, steps_per_epoch=min(planned, steps_per_epoch),
-                  callbacks=[limit], shuffle=False, verbose=0)
+        model.fit(train_ds, epochs=epochs, callbacks=[limit], shuffle=False, verbose=0)
         fit_seconds = time.perf_counter() - t_fit
         t_eval = time.perf_counter()
         probs = model.predict(self.make_inputs(fresh)(self.val.x), verbose=0)
@@ -515,7 +520,7 @@ class _BakeOff:
             model.count_params(), infer,
             f"head from the linear probe, then {candidate.strategy} fine-tuning: "
             f"{limit.steps} steps of {self.batch_size} ({fit_seconds:.0f} s, stopped by "
-            f"{'time' if limit.steps < planned else 'plan'}; planned {planned}), lr "
+            f"{limit.stopped_by}; planned {planned}), lr "
             f"{FINE_TUNE_LEARNING_RATE.get(family, 5e-5):g}; time includes the probe",
             estimate, model=model,
         )
