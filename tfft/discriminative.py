@@ -4,16 +4,20 @@ Keras has no per-layer learning rates (keras-team/keras#11934). fastai's
 `slice(lo, hi)` and ELECTRA-style layer-wise decay train the head at the full
 rate and each backbone block below it at `decay` times the rate of the block
 above. `LayerwiseOptimizer` wraps any Keras optimizer: it groups the variables
-by multiplier and gives each group its own copy of the optimizer with a scaled
-learning rate (a scaled schedule when the rate is a schedule).
+by multiplier and gives each group its own copy of the optimizer, whose
+learning rate is the wrapper's rate (or schedule value) times the multiplier.
 
 Scaling the *update* (the learning rate) is what makes this right for every
 optimizer. Scaling gradients is not: Adam divides by the gradient's running
 RMS, so a scaled gradient gives the same step.
 
 Each group keeps its own iteration count, so Adam's bias correction starts
-when a group first trains (as in PyTorch's per-parameter state), which also
-suits gradual unfreezing.
+when a group first trains (as in PyTorch's per-parameter state). This matters
+for gradual unfreezing: with one shared Keras Adam, a block opened at global
+step t starts from zero moments but with step-t bias correction, so its first
+steps are up to ~3x ((1 - beta_1) / sqrt(1 - beta_2)) larger than a fresh
+Adam's late in training and smaller early on. `layerwise_lr` groups by block,
+so every block gets its own clock even with `decay=1.0`.
 
 Example:
 
@@ -22,6 +26,7 @@ Example:
 >>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
 """
 
+import functools
 import json
 
 import keras
@@ -29,24 +34,18 @@ import keras
 from tfft.freeze import find_backbone_layer
 
 
-def layerwise_multipliers(model, decay=0.8):
-    """Learning-rate multipliers per variable: head 1.0, then `decay**depth` down the backbone.
+def block_depths(model):
+    """Depth of every variable below the head: `{variable.path: depth}`.
 
     The top block has depth 1, the block below depth 2, and so on; layers
     below the first block (embeddings, stem) get depth `len(blocks) + 1`;
     backbone layers above the top block (e.g. a final norm) belong to the top
-    block. Everything outside the backbone (pooling, head) gets 1.0.
+    block. Everything outside the backbone (pooling, head) has depth 0.
 
     Args:
         model: keras.Model. Built by `tfft.build_model`; its backbone must
             declare blocks.
-        decay: float in (0, 1]. Factor per block. Defaults to 0.8.
-
-    Returns:
-        dict `{variable.path: multiplier}` over all of `model.weights`.
     """
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-        raise ValueError(f"decay must be a number in (0, 1]. Received: decay={decay!r}")
     backbone = find_backbone_layer(model)
     blocks = backbone.block_names
     inner = backbone.backbone
@@ -67,17 +66,35 @@ def layerwise_multipliers(model, decay=0.8):
         for i, e in enumerate(blocks)
         if any(n in names for n in ([e] if isinstance(e, str) else e))
     )
-    multipliers = {w.path: 1.0 for w in model.weights}
+    depths = {w.path: 0 for w in model.weights}
     for position, layer in enumerate(inner.layers):
         if layer.name in block_of:
             block = block_of[layer.name]
         else:
             below = [i for start, i in starts if start <= position]
             block = below[-1] if below else -1
-        depth = len(blocks) - block
         for w in layer.weights:
-            multipliers[w.path] = float(decay) ** depth
-    return multipliers
+            depths[w.path] = len(blocks) - block
+    return depths
+
+
+def layerwise_multipliers(model, decay=0.8):
+    """Learning-rate multipliers per variable: head 1.0, then `decay**depth` down the backbone.
+
+    See `block_depths` for the depths: the top block gets `decay`, the one
+    below `decay**2`, ..., the embeddings or stem `decay**(len(blocks) + 1)`.
+
+    Args:
+        model: keras.Model. Built by `tfft.build_model`; its backbone must
+            declare blocks.
+        decay: float in (0, 1]. Factor per block. Defaults to 0.8.
+
+    Returns:
+        dict `{variable.path: multiplier}` over all of `model.weights`.
+    """
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        raise ValueError(f"decay must be a number in (0, 1]. Received: decay={decay!r}")
+    return {path: float(decay) ** depth for path, depth in block_depths(model).items()}
 
 
 def layerwise_lr(model, base_lr, decay=0.8, optimizer="adam", **optimizer_kwargs):
@@ -87,6 +104,9 @@ def layerwise_lr(model, base_lr, decay=0.8, optimizer="adam", **optimizer_kwargs
         model: keras.Model. Built by `tfft.build_model`.
         base_lr: float or `LearningRateSchedule`. The head's learning rate.
         decay: float in (0, 1]. Factor per backbone block. Defaults to 0.8.
+            With 1.0 every block trains at `base_lr` but still keeps its own
+            optimizer clock (see `LayerwiseOptimizer`), which is what gradual
+            unfreezing with Adam wants.
         optimizer: str. A Keras optimizer name (`"adam"`, `"adamw"`, `"sgd"`
             ...). Defaults to `"adam"`.
         **optimizer_kwargs: passed to the optimizer (`weight_decay`,
@@ -115,31 +135,12 @@ def layerwise_lr(model, base_lr, decay=0.8, optimizer="adam", **optimizer_kwargs
             f"Could not make the optimizer {optimizer!r} with learning_rate={base_lr!r} and "
             f"{optimizer_kwargs}: {error}"
         ) from None
-    return LayerwiseOptimizer(inner, layerwise_multipliers(model, decay))
+    multipliers = layerwise_multipliers(model, decay)
+    return LayerwiseOptimizer(inner, multipliers, groups=block_depths(model))
 
 
-@keras.saving.register_keras_serializable(package="tfft")
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning-rate schedule times a constant factor."""
-
-    def __init__(self, schedule, factor):
-        self.schedule = schedule
-        self.factor = factor
-
-    def __call__(self, step):
-        return self.schedule(step) * self.factor
-
-    def get_config(self):
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "factor": self.factor,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)
+def _scaled_rate(wrapper, factor):
+    return wrapper.learning_rate * factor
 
 
 class _Groups:
@@ -172,15 +173,20 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
             `layerwise_multipliers(model, decay)`.
         default_multiplier: float. For variables not in `multipliers`.
             Defaults to 1.0.
+        groups: dict. `{variable.path: key}`: variables with different keys
+            get separate optimizers (and clocks) even at the same rate, e.g.
+            `block_depths(model)`. Defaults to None (group by multiplier).
         name: str. Defaults to `"layerwise"`.
 
-    `learning_rate` reads the base rate; setting it (e.g. from
-    `ReduceLROnPlateau`) sets every group's rate to the new value times its
-    multiplier. Gradient clipping (`clipnorm`, `global_clipnorm`) applies
-    within each group.
+    Each group's rate is the wrapper's `learning_rate` times its multiplier,
+    read at every step: a schedule runs on the wrapper's step count (so warmup
+    and decay are global), and setting `learning_rate` (e.g. from
+    `ReduceLROnPlateau`) moves every group. Each group keeps its own step
+    count for the rest (Adam's bias correction). Gradient clipping
+    (`clipnorm`, `global_clipnorm`) applies within each group.
     """
 
-    def __init__(self, optimizer, multipliers=None, default_multiplier=1.0,
+    def __init__(self, optimizer, multipliers=None, default_multiplier=1.0, groups=None,
                  name="layerwise", **kwargs):
         template = keras.optimizers.get(optimizer)
         if isinstance(template, LayerwiseOptimizer):
@@ -211,6 +217,7 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
         self._template = json.dumps(serialized)
         self.multipliers = {str(k): float(v) for k, v in multipliers.items()}
         self.default_multiplier = float(default_multiplier)
+        self.groups = {str(k): v for k, v in (groups or {}).items()}
         self._groups = _Groups()
 
     def multiplier(self, variable):
@@ -227,26 +234,23 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
 
     def _make_group(self, index, factor):
         config = json.loads(self._template)
-        inner = config["config"]
-        rate = inner["learning_rate"]
-        if isinstance(rate, dict):
-            schedule = keras.optimizers.schedules.deserialize(rate)
-            inner["learning_rate"] = keras.optimizers.schedules.serialize(
-                ScaledSchedule(schedule, factor)
-            )
-        else:
-            inner["learning_rate"] = float(rate) * factor
-        inner["name"] = f"{self.name}_group{index}"
-        return keras.optimizers.deserialize(config)
+        config["config"]["learning_rate"] = 1.0  # replaced below
+        config["config"]["name"] = f"{self.name}_group{index}"
+        optimizer = keras.optimizers.deserialize(config)
+        # The group's rate follows the wrapper's rate (and the wrapper's step for
+        # schedules): warmup and decay stay global, bias correction is per group.
+        optimizer.learning_rate = functools.partial(_scaled_rate, self, factor)
+        return optimizer
 
     def build(self, variables):
         if self.built:
             return
-        by_factor = {}
+        by_key = {}
         for variable in variables:
-            by_factor.setdefault(self.multiplier(variable), []).append(variable)
+            key = (self.groups.get(variable.path), self.multiplier(variable))
+            by_key.setdefault(key, []).append(variable)
         groups = _Groups()
-        for index, (factor, members) in enumerate(by_factor.items()):
+        for index, ((_, factor), members) in enumerate(by_key.items()):
             optimizer = self._make_group(index, factor)
             optimizer.build(members)
             for v in optimizer.variables:
@@ -281,25 +285,13 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
                 optimizer.apply(group_grads, group_vars)
         self._iterations.assign_add(1)
 
-    @property
-    def learning_rate(self):
-        return self._get_current_learning_rate()
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        keras.optimizers.Optimizer.learning_rate.fset(self, value)
-        for factor, optimizer in getattr(self, "_groups", _Groups()).optimizers:
-            if isinstance(value, keras.optimizers.schedules.LearningRateSchedule):
-                optimizer.learning_rate = ScaledSchedule(value, factor)
-            else:
-                optimizer.learning_rate = keras.ops.convert_to_numpy(value) * factor
-
     def get_config(self):
         return {
             "name": self.name,
             "optimizer": json.loads(self._template),
             "multipliers": dict(self.multipliers),
             "default_multiplier": self.default_multiplier,
+            "groups": dict(self.groups),
         }
 
     @classmethod

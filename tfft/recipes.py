@@ -59,7 +59,10 @@ def fine_tune(model, train, val=None, epochs=3, freeze_epochs=1, unfreeze="full"
         verbose: "auto", 0, 1 or 2. Passed to `fit`.
         batch_size: int. For array inputs. Defaults to 32.
         lr_decay: float in (0, 1]. Layer-wise learning-rate decay for the
-            second stage (`tfft.layerwise_lr`); None for one rate.
+            second stage (`tfft.layerwise_lr`); None for one rate. With
+            `unfreeze="gradual"` the second stage always uses a
+            `LayerwiseOptimizer` (decay 1.0 by default) so each block gets
+            its own Adam clock when it opens.
         preset: str. Optimizer preset of the second stage; `"auto"` picks
             the backbone family's. Defaults to `"auto"`.
 
@@ -138,17 +141,26 @@ def fine_tune(model, train, val=None, epochs=3, freeze_epochs=1, unfreeze="full"
         resolved = compile_model(model, preset=name, task=head.task, family=family,
                                  total_steps=total, num_classes=head.num_classes, **overrides)
         stage_callbacks = list(callbacks)
-        if lr_decay is not None:
-            from tfft.discriminative import LayerwiseOptimizer, layerwise_multipliers
+        # Gradual unfreezing gets one optimizer clock per block (decay 1.0 unless set):
+        # with a shared Keras Adam a block opened late starts with skewed bias correction.
+        decay = lr_decay if lr_decay is not None else (
+            1.0 if isinstance(policy, Gradual) else None)
+        if decay is not None:
+            from tfft.discriminative import (
+                LayerwiseOptimizer,
+                block_depths,
+                layerwise_multipliers,
+            )
 
             model.compile(
                 optimizer=LayerwiseOptimizer(make_optimizer(resolved, total),
-                                             layerwise_multipliers(model, lr_decay)),
+                                             layerwise_multipliers(model, decay),
+                                             groups=block_depths(model)),
                 loss=TASK_PRESETS[head.task]["loss"],
                 metrics=task_metrics(head.task, head.num_classes),
             )
         if isinstance(policy, Gradual):
-            stage_callbacks.insert(0, GradualUnfreezing(model, policy))
+            stage_callbacks.insert(0, GradualUnfreezing(model, policy, verbose=1 if verbose else 0))
         _say(verbose, f"fine_tune: stage 'fine_tune' ({policy.name}, preset {name!r}): {epochs} "
               f"epoch(s), {trainable_summary(model)['trainable']:,} trainable parameters")
         history = model.fit(train_data, validation_data=val_data, epochs=epochs,

@@ -190,3 +190,47 @@ def test_layerwise_needs_blocks_and_an_unbuilt_optimizer(tiny_cnn):
     built.build(model.trainable_variables[:1])
     with pytest.raises(ValueError, match="not built yet"):
         LayerwiseOptimizer(built, {})
+
+
+class _FirstStep(keras.callbacks.Callback):
+    """At epoch 1 (after the top block opens) records its weights and gradient."""
+
+    def __init__(self, variable, x, y):
+        super().__init__()
+        self.variable, self.x, self.y = variable, x, y
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            self.before = self.variable.numpy().copy()
+            index = [id(w) for w in self.model.trainable_weights].index(id(self.variable))
+            self.grad = _gradients(self.model, self.x, self.y)[index]
+
+
+@pytest.mark.parametrize("kind, clock", [
+    # Own clock per block: the first step of a newly opened block is Adam's first step.
+    ("layerwise", 1),
+    # One shared Keras Adam: zero moments but the bias correction of global step 2
+    # (0.74x the fresh step here; up to 3.2x late in training).
+    ("shared", 2),
+])
+def test_a_block_opened_late_gets_a_fresh_adam_clock_only_with_layerwise(
+        kind, clock, bert_no_dropout, text_batch):
+    model = tfft.build_model(bert_no_dropout, num_classes=3, freeze="gradual", dropout=0.0,
+                             compile=False)
+    optimizer = (layerwise_lr(model, 1e-2, decay=1.0) if kind == "layerwise"
+                 else keras.optimizers.Adam(1e-2))
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    model.run_eagerly = True
+    top = next(w for w in model.weights
+               if w.path == "transformer_layer_2/feedforward_output_dense/kernel")
+    probe = _FirstStep(top, text_batch, LABELS)
+    model.fit(text_batch, LABELS, epochs=2, batch_size=16, verbose=0,
+              callbacks=[gradual_callback(model, verbose=0), probe])
+    g = probe.grad.astype("float64")
+    assert np.abs(g).max() > 1e-4
+    # Keras Adam after one update from zero moments at step `clock`.
+    rate = 1e-2 * np.sqrt(1 - 0.999 ** clock) / (1 - 0.9 ** clock)
+    expected = rate * 0.1 * g / (np.sqrt(0.001 * g ** 2) + 1e-7)
+    np.testing.assert_allclose(probe.before - top.numpy(), expected, rtol=1e-3, atol=1e-8)
+    if kind == "layerwise":
+        assert len(optimizer.group_optimizers()) == 5
