@@ -28,6 +28,37 @@ class FreezePolicy:
     def to_dict(self):
         return {"policy": self.name, **dataclasses.asdict(self)}
 
+    @classmethod
+    def from_dict(cls, data):
+        """Rebuilds a policy from `to_dict()` output (e.g. a YAML/JSON config).
+
+        Example:
+
+        >>> FreezePolicy.from_dict({"policy": "top_k", "k": 2})
+        TopK(k=2)
+        """
+        if not isinstance(data, dict) or "policy" not in data:
+            raise ValueError(
+                "A freeze policy dict needs a 'policy' key naming one of "
+                f"{sorted(FREEZE_POLICIES)}. Received: {data!r}"
+            )
+        options = dict(data)
+        name = options.pop("policy")
+        if name not in FREEZE_POLICIES:
+            raise ValueError(
+                f"Unknown freeze policy. Expected one of {sorted(FREEZE_POLICIES)}. "
+                f"Received: policy={name!r}"
+            )
+        target = FREEZE_POLICIES[name]
+        valid = {f.name for f in dataclasses.fields(target)}
+        unknown = set(options) - valid
+        if unknown:
+            raise ValueError(
+                f"Unknown option(s) {sorted(unknown)} for the freeze policy {name!r}. "
+                f"Valid options: {sorted(valid)}"
+            )
+        return target(**options)
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureExtraction(FreezePolicy):

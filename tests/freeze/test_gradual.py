@@ -25,6 +25,10 @@ def test_gradual_starts_with_only_the_head_trainable(tiny_bert, text_batch,
     assert parse_freeze("gradual:2") == Gradual(every_epochs=2)
     assert Gradual(2).to_dict() == {"policy": "gradual", "every_epochs": 2, "every_steps": None,
                                     "start": 0, "max_blocks": None}
+    assert tfft.FreezePolicy.from_dict(Gradual(2, max_blocks=1).to_dict()) == Gradual(
+        2, max_blocks=1)
+    with pytest.raises(ValueError, match="Unknown option"):
+        tfft.FreezePolicy.from_dict({"policy": "gradual", "every": 2})
 
 
 class _Probe(keras.callbacks.Callback):

@@ -45,6 +45,8 @@ def test_lora_string_form_and_builder():
     assert parse_freeze("lora:8") == LoRA(8)
     assert LoRA(4, alpha=8).to_dict() == {"policy": "lora", "rank": 4, "alpha": 8,
                                          "target": None}
+    assert tfft.FreezePolicy.from_dict({"policy": "lora", "rank": 4, "target": "query"}) == LoRA(
+        4, target="query")
 
 
 def test_merge_lora_gives_plain_kernels_with_the_same_outputs(tiny_bert, text_batch):
