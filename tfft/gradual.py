@@ -14,9 +14,20 @@ at each change it flips the flags and asks Keras for a new train function
 (`model.make_train_function(force=True)`: Keras' fit loop looks the function
 up every step). Optimizer state of the variables already training is kept.
 
+With one Keras Adam for all variables, a block opened at global step t starts
+from zero moments but with step-t bias correction, so its first steps are off
+(smaller early in training, up to ~3x larger late). Compile with
+`tfft.layerwise_lr(model, lr, decay=1.0)` (or any decay) to give every block
+its own optimizer clock; `tfft.fine_tune(..., unfreeze="gradual")` does.
+
+`build_model(freeze="gradual")` compiles with the `"head"` preset (the
+backbone starts frozen); pass `preset=` or compile yourself for the rate the
+opened blocks should train at.
+
 Example:
 
->>> model = tfft.build_model(backbone, num_classes=5, freeze="gradual")
+>>> model = tfft.build_model(backbone, num_classes=5, freeze="gradual", compile=False)
+>>> model.compile(optimizer=tfft.layerwise_lr(model, 2e-5, decay=1.0), loss=...)
 >>> model.fit(train, epochs=4, callbacks=[tfft.gradual_callback(model)])
 """
 
