@@ -24,6 +24,16 @@ from tfft.data import TEXT_DATASETS, stratified_split
 from tfft.export import export
 from tfft.freeze import TopK, apply_freeze, trainable_summary
 from tfft.presets import compile_model, get_preset, make_optimizer
+from tfft.strategy import (
+    STRATEGY_NAMES,
+    chief_only_path,
+    discard_worker_path,
+    distribute_dataset,
+    get_strategy,
+    global_batch_size,
+    is_chief,
+    prepare_model,
+)
 
 
 class ConfigError(ValueError):
@@ -55,6 +65,12 @@ class FinetuneConfig:
         run_dir: str. Where the report, logs and checkpoints go. Defaults to
             `runs/<timestamp>`.
         feature_cache: bool. Train the head on cached backbone features.
+        strategy: str. A `tfft.get_strategy` name: `"auto"` (TPU, several
+            GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
+            `"mirrored"`, `"multi_worker"`, `"gpu"`, `"cpu"`, `"default"`.
+            `batch_size` is per replica; the global batch is
+            `batch_size * replicas`.
+        tpu: str. TPU address for `strategy="tpu"` (`"local"` on a TPU VM).
     """
 
     backbone: str = "keras_hub:all_minilm_l6_v2"
@@ -73,6 +89,8 @@ class FinetuneConfig:
     export_dir: str = "saved_models/bbc_news_minilm"
     run_dir: str = None
     feature_cache: bool = True
+    strategy: str = "auto"
+    tpu: str = None
 
     def __post_init__(self):
         for name, (kind, low) in _FIELD_RULES.items():
@@ -96,6 +114,11 @@ class FinetuneConfig:
             parse_spec(self.backbone)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"backbone: {error}") from None
+        if self.strategy not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"strategy: unknown strategy. Expected one of {list(STRATEGY_NAMES)}. "
+                f"Received: {self.strategy!r}"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -144,6 +167,8 @@ _FIELD_RULES = {
     "export_dir": ("optional_str", None),
     "run_dir": ("optional_str", None),
     "feature_cache": ("bool", None),
+    "strategy": ("str", None),
+    "tpu": ("optional_str", None),
 }
 
 
@@ -358,6 +383,11 @@ def finetune(config=None, verbose="auto", **overrides):
         _check_writable(config.export_dir, "export directory")
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
             raise ConfigError(f"export_dir: {config.export_dir!r} is a file, not a directory.")
+    # Before any other TensorFlow work: TPU and multi-worker set-up must come first.
+    strategy = get_strategy(config.strategy, tpu=config.tpu)
+    chief = is_chief(strategy)
+    final_run_dir = run_dir
+    run_dir = chief_only_path(run_dir, strategy)
     state = _RunState(run_dir, config)
 
     started = time.time()
@@ -381,11 +411,15 @@ def finetune(config=None, verbose="auto", **overrides):
         f"{len(train)}/{len(val)}/{len(test)} (seed {config.seed})"
     )
 
-    backbone = load_backbone(config.backbone, sequence_length=config.sequence_length)
+    with strategy.scope():
+        backbone = load_backbone(config.backbone, sequence_length=config.sequence_length)
     model = build_model(backbone, task="multiclass", num_classes=num_classes,
-                        freeze="feature_extraction", compile=False)
+                        freeze="feature_extraction", compile=False, strategy=strategy)
     pre = backbone.preprocessor
-    bs = config.batch_size
+    bs = global_batch_size(config.batch_size, strategy)
+    if strategy.num_replicas_in_sync > 1:
+        print(f"Batch: {config.batch_size} per replica x {strategy.num_replicas_in_sync} "
+              f"replicas = {bs}")
 
     def make_ds(x):
         return text_dataset(x, None, pre, bs)
@@ -395,7 +429,8 @@ def finetune(config=None, verbose="auto", **overrides):
         json.dump(config.to_dict(), f, indent=2)
     state._write()
     kwargs = dict(config=config, model=model, pre=pre, train=train, val=val, test=test,
-                  data=data, run_dir=run_dir, verbose=verbose, make_ds=make_ds)
+                  data=data, run_dir=run_dir, verbose=verbose, make_ds=make_ds,
+                  strategy=strategy, batch_size=bs)
 
     done = state.stage("head")
     if done:
@@ -424,7 +459,7 @@ def finetune(config=None, verbose="auto", **overrides):
                        data.class_names)
 
     export_path = None
-    if config.export_dir:
+    if config.export_dir and chief:
         sample = np.asarray(test.x[:8]).astype(str)
         export_path = export(
             model, config.export_dir, preprocessor=pre, class_names=data.class_names,
@@ -442,7 +477,7 @@ def finetune(config=None, verbose="auto", **overrides):
 
     result = {
         "config": config.to_dict(),
-        "run_dir": os.path.abspath(run_dir),
+        "run_dir": os.path.abspath(final_run_dir),
         "stages": stages,
         "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
         "test_report": report.to_dict(),
@@ -455,12 +490,16 @@ def finetune(config=None, verbose="auto", **overrides):
         json.dump(result, f, indent=2, default=str)
     os.replace(report_path + ".tmp", report_path)
     _save_plots(report, stages, run_dir)
-    print(f"Report written to {report_path} ({result['seconds']:.0f} s in all)")
+    if chief:
+        print(f"Report written to {report_path} ({result['seconds']:.0f} s in all)")
+    else:
+        discard_worker_path(run_dir, strategy)
     result["model"] = model
     return result
 
 
-def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds):
+def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
+                strategy, batch_size):
     """Stage 1: the frozen backbone runs once per example; the head trains."""
     from tfft.evaluation.callbacks import default_callbacks
 
@@ -476,24 +515,28 @@ def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, ma
         val_f, hit_v = feature_cache.cached_features(model, val.x, make_ds, prep,
                                                      verbose=verbose)
         feature_seconds = time.time() - t0
-        head = feature_cache.head_model(model)
-        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-                     loss="sparse_categorical_crossentropy",
-                     metrics=["sparse_categorical_accuracy"])
+        with strategy.scope():
+            head = feature_cache.head_model(model)
+            head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
+                         loss="sparse_categorical_crossentropy",
+                         metrics=["sparse_categorical_accuracy"])
+        prepare_model(head, strategy)
         hist = head.fit(
             np.asarray(train_f), train.y, validation_data=(np.asarray(val_f), val.y),
-            epochs=config.head_epochs, batch_size=config.batch_size, verbose=verbose,
+            epochs=config.head_epochs, batch_size=batch_size, verbose=verbose,
             callbacks=callbacks,
         )
     else:
         hit_t = hit_v = False
         feature_seconds = 0.0
-        compile_model(model, preset="head", task="multiclass",
-                      learning_rate=config.head_learning_rate)
+        with strategy.scope():
+            compile_model(model, preset="head", task="multiclass",
+                          learning_rate=config.head_learning_rate)
         hist = model.fit(
-            text_dataset(train.x, train.y, pre, config.batch_size, shuffle=True,
-                         seed=config.seed),
-            validation_data=text_dataset(val.x, val.y, pre, config.batch_size),
+            distribute_dataset(text_dataset(train.x, train.y, pre, batch_size, shuffle=True,
+                                            seed=config.seed), strategy),
+            validation_data=distribute_dataset(
+                text_dataset(val.x, val.y, pre, batch_size), strategy),
             epochs=config.head_epochs, verbose=verbose, callbacks=callbacks,
         )
     _check_finite(hist, "head", run_dir, config.head_learning_rate)
@@ -507,7 +550,8 @@ def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, ma
     }
 
 
-def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds):
+def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
+                     strategy, batch_size):
     """Stage 2: top blocks unfrozen, lower learning rate, resumable per epoch."""
     from tfft.evaluation.callbacks import default_callbacks
 
@@ -515,12 +559,13 @@ def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbos
     counts = trainable_summary(model)
     print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, "
           f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
-    steps_per_epoch = int(np.ceil(len(train) / config.batch_size))
+    steps_per_epoch = int(np.ceil(len(train) / batch_size))
     preset = get_preset("transformer", learning_rate=config.learning_rate)
-    model.compile(
-        optimizer=make_optimizer(preset, total_steps=config.epochs * steps_per_epoch),
-        loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"],
-    )
+    with strategy.scope():
+        model.compile(
+            optimizer=make_optimizer(preset, total_steps=config.epochs * steps_per_epoch),
+            loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"],
+        )
     stage_dir = os.path.join(run_dir, "fine_tune")
     # Early stopping would keep state a resumed run cannot recover; the best
     # epoch is still checkpointed.
@@ -528,10 +573,12 @@ def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbos
     first_epoch = _completed_epochs(os.path.join(stage_dir, "backup"))
     if first_epoch:
         print(f"Stage 2/2 fine-tune: resuming after epoch {first_epoch} from {stage_dir}")
-    train_ds = epoch_datasets(train.x, train.y, pre, config.batch_size, config.epochs,
+    train_ds = epoch_datasets(train.x, train.y, pre, batch_size, config.epochs,
                               config.seed, first_epoch=min(first_epoch, config.epochs - 1))
     hist = model.fit(
-        train_ds, validation_data=text_dataset(val.x, val.y, pre, config.batch_size),
+        distribute_dataset(train_ds, strategy),
+        validation_data=distribute_dataset(text_dataset(val.x, val.y, pre, batch_size),
+                                           strategy),
         epochs=config.epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
         callbacks=[EpochSeeding(config.seed), *callbacks],
     )

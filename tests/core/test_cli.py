@@ -12,7 +12,7 @@ from tfft.cli.main import main
     "args, message",
     [
         (["--backbone", "does-not-exist"], "Unknown or malformed backbone spec"),
-        (["--dataset", "nope"], "Unknown dataset"),
+        (["--dataset", "nope"], "unknown dataset"),
         (["--epochs", "-1"], "expected a non-negative integer"),
         (["--head-epochs", "0"], "expected a positive integer"),
         (["--batch-size", "x"], "expected a positive integer"),

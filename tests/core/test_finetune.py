@@ -67,10 +67,13 @@ def test_split_is_deterministic_and_stratified():
     [
         ({"head_epochs": 0}, "head_epochs: expected a positive integer"),
         ({"epochs": -1}, "epochs: expected a non-negative integer"),
-        ({"dataset": "imdb_nope"}, "Unknown dataset"),
+        ({"dataset": "imdb_nope"}, "dataset: unknown dataset"),
         ({"backbone": "does-not-exist"}, "Unknown or malformed backbone spec"),
         ({"learning_rate": 0}, "learning_rate: expected a positive finite number"),
         ({"max_examples": 3}, "max_examples: expected an integer >= 10"),
+        ({"strategy": "horovod"}, "strategy: unknown strategy"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "must leave examples for training"),
+        ({"feature_cache": "yes"}, "feature_cache: expected true or false"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(overrides, message):

@@ -77,6 +77,10 @@ def _add_finetune(subparsers):
     p.add_argument("--export-dir", help=f"export model directory (default {d.export_dir})")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     p.add_argument("--run-dir", help="report/log directory (default runs/<timestamp>)")
+    p.add_argument("--strategy",
+                   help="tf.distribute strategy: auto, tpu, mirrored, multi_worker, gpu, cpu, "
+                   "default (default auto); --batch-size is per replica")
+    p.add_argument("--tpu", help="TPU address for --strategy tpu ('local' on a TPU VM)")
     p.add_argument("--no-feature-cache", action="store_true",
                    help="run the frozen backbone every epoch instead of caching features")
     p.set_defaults(func=_run_finetune)
@@ -123,6 +127,7 @@ def _run_finetune(args):
             "head_learning_rate": args.head_learning_rate,
             "max_examples": args.max_examples, "seed": args.seed,
             "export_dir": args.export_dir, "run_dir": args.run_dir,
+            "strategy": args.strategy, "tpu": args.tpu,
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
         if args.no_export:
@@ -190,12 +195,13 @@ def build_parser():
                                        metavar="COMMAND")
     _add_finetune(subparsers)
     _add_predict(subparsers)
-    try:
-        from tfft.evaluation import cli as evaluation_cli
-    except ImportError:
-        evaluation_cli = None
-    if evaluation_cli is not None:
-        evaluation_cli.add_parser(subparsers)
+    from tfft.evaluation import cli as evaluation_cli
+    from tfft.export import cli as export_cli
+    from tfft.selection import cli as selection_cli
+
+    evaluation_cli.add_parser(subparsers)
+    export_cli.add_parser(subparsers)
+    selection_cli.add_parser(subparsers)
     return parser
 
 
