@@ -15,6 +15,7 @@ from tfft._backend import ensure_tensorflow_backend
 ensure_tensorflow_backend()
 
 # The backend must be chosen before anything below imports Keras.
+from tfft import data  # noqa: E402  registers the offline datasets with TFDS
 from tfft.backbones import (  # noqa: E402
     Backbone,
     BackboneInfo,
@@ -45,6 +46,17 @@ from tfft.freeze import (  # noqa: E402
 )
 from tfft.heads import BackboneLayer, Pooling, TaskHead  # noqa: E402
 from tfft.presets import compile_model, get_preset, list_presets, set_mixed_precision  # noqa: E402
+from tfft.strategy import (  # noqa: E402
+    StrategyError,
+    chief_only_path,
+    chief_writes,
+    distribute_dataset,
+    get_strategy,
+    global_batch_size,
+    is_chief,
+    per_replica_batch_size,
+    scale_learning_rate,
+)
 
 __version__ = "0.1.0"
 
@@ -62,22 +74,32 @@ __all__ = [
     "ImagePreprocessor",
     "Pooling",
     "Regex",
+    "StrategyError",
     "TaskHead",
     "TopK",
     "apply_freeze",
     "build_model",
+    "chief_only_path",
+    "chief_writes",
     "compile_model",
+    "data",
     "default_callbacks",
+    "distribute_dataset",
     "evaluate",
     "export",
     "finetune",
     "get_preset",
+    "get_strategy",
+    "global_batch_size",
+    "is_chief",
     "list_backbones",
     "list_presets",
     "load_backbone",
     "load_imagenet_classifier",
     "parse_freeze",
+    "per_replica_batch_size",
     "report_from_predictions",
+    "scale_learning_rate",
     "set_mixed_precision",
     "trainable_summary",
 ]

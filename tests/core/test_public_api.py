@@ -5,7 +5,11 @@ EXPECTED = [
     "FreezePolicy", "Full", "Pooling", "Regex", "TaskHead", "TopK", "apply_freeze",
     "build_model", "compile_model", "default_callbacks", "evaluate", "export", "finetune", "get_preset",
     "list_backbones", "list_presets", "load_backbone", "parse_freeze",
-    "set_mixed_precision", "trainable_summary",
+    "set_mixed_precision", "trainable_summary", "HubLayer", "ImagePreprocessor",
+    "EvaluationReport", "report_from_predictions", "load_imagenet_classifier",
+    "StrategyError", "get_strategy", "global_batch_size", "per_replica_batch_size",
+    "scale_learning_rate", "distribute_dataset", "is_chief", "chief_only_path",
+    "chief_writes", "data",
 ]
 
 
