@@ -37,6 +37,9 @@ class LoRA(FreezePolicy):
             `"query|value"`); None targets every Dense/EinsumDense layer of
             the backbone that feeds its output. Defaults to None.
 
+    LoRA changes the backbone's layers in place (Keras has no
+    `disable_lora`): build from a freshly loaded backbone to compare policies.
+
     Example:
 
     >>> model = tfft.build_model(backbone, num_classes=5, freeze="lora:8")

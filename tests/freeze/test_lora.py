@@ -139,3 +139,25 @@ def test_bad_lora_policies_are_rejected(policy, message, tiny_bert):
 def test_bad_lora_settings_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LoRA(**kwargs)
+
+
+@pytest.mark.slow
+def test_lora_on_the_real_minilm_trains_and_merges(bbc):
+    # A backbone of its own: LoRA changes layers in place, the session `minilm` is shared.
+    backbone = tfft.load_backbone("minilm", sequence_length=32)
+    model = tfft.build_model(backbone, num_classes=5, freeze="lora:8", compile=False)
+    counts = tfft.trainable_summary(model)
+    print("minilm lora:8", counts)
+    # 6 layers x (4 attention EinsumDense + 2 FFN Dense) at rank 8, plus a 384 x 5 head.
+    assert counts["trainable"] == 889_344 + 384 * 5 + 5
+    x = backbone.preprocess(np.asarray(bbc.x[:8]))
+    y = np.asarray(bbc.y[:8])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    start = model.predict(x, verbose=0)
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    want = model.predict(x, verbose=0)
+    assert np.abs(want - start).max() > 1e-4
+    merged = merge_lora(model)
+    assert not has_lora(merged)
+    np.testing.assert_allclose(merged.predict(x, verbose=0), want, atol=1e-5)
