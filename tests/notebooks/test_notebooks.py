@@ -24,11 +24,19 @@ COLAB_URL = "https://colab.research.google.com/github/OWNER/tfft/blob/main/noteb
 # Text each executed notebook must print: the step that shows its point ran.
 EXPECTED_OUTPUT = {
     "01_text_classification_quickstart": ["macro F1", "exported to", "class_names"],
-    "02_image_classification": ["feature_extraction", "top_k", "gradual"],
-    "03_tf_hub_in_keras3": ["Only instances of `keras.Layer`", "HubLayer"],
-    "04_prompt_learning": ["zero-shot", "few-shot", "soft prompt"],
+    "02_image_classification": [
+        "--- feature_extraction", "--- top_k", "GradualUnfreezing: epoch 1: unfroze",
+    ],
+    "03_tf_hub_in_keras3": [
+        "Only instances of `keras.Layer`",
+        "HubLayer fine-tuned the SavedModel's conv kernel with Adam: True",
+        "reloaded from .keras gives the same predictions: True",
+    ],
+    "04_prompt_learning": [
+        "MiniLM zero-shot accuracy", "SmolLM2 few-shot (k=2) accuracy", "soft prompt accuracy",
+    ],
     "05_model_selection": ["[medium_data]", "leaderboard winner"],
-    "06_tpu_training_and_export": ["strategy", "exported to"],
+    "06_tpu_training_and_export": ["tfft strategy:", "exported to"],
 }
 
 # Files each notebook writes into its working directory (the test's tmp dir).
