@@ -320,7 +320,9 @@ def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None,
                          shuffle=shuffle)
         val_arg = None if val_f is None else (np.asarray(val_f), np.asarray(y_val))
     else:
-        train_arg = dict(x=features_dataset(train_f, y_train, batch_size, shuffle, seed))
+        # The dataset shuffles itself; fit's own shuffle only applies to arrays.
+        train_arg = dict(x=features_dataset(train_f, y_train, batch_size, shuffle, seed),
+                         shuffle=False)
         val_arg = None if val_f is None else features_dataset(val_f, y_val, batch_size)
     history = head.fit(**train_arg, validation_data=val_arg, epochs=epochs,
                        callbacks=callbacks, verbose=verbose)

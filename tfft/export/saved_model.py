@@ -82,7 +82,10 @@ def output_names(task, class_names=None):
 
 
 def _model_output_units(model):
-    shape = model.output_shape
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):
+        return None  # a subclassed model that was never called symbolically
     if isinstance(shape, list) or isinstance(shape, dict):
         raise ValueError(
             "export() serves models with a single output tensor. Received a model with "
