@@ -159,9 +159,9 @@ class _Groups:
 class LayerwiseOptimizer(keras.optimizers.Optimizer):
     """Wraps a Keras optimizer so that each variable trains at its own rate.
 
-    Variables are grouped by multiplier; each group gets a copy of
-    `optimizer` (same class and options) whose learning rate is the base rate
-    times the group's multiplier. Works with `model.compile`, `fit`,
+    Variables are grouped by multiplier (and by `groups` key); each group
+    gets a copy of `optimizer` (same class and options) whose learning rate
+    is the base rate times the group's multiplier. Works with `model.compile`, `fit`,
     `.keras` save and reload (with or without the optimizer state), and the
     TensorFlow backend's train step.
 
