@@ -176,16 +176,22 @@ def test_image_probe_finalist_fine_tune_and_unavailable_weights(digits, offline_
     assert model.get_layer("backbone").trainable == (board.winner.freeze != "feature_extraction")
 
 
-def test_zero_shot_on_images_is_skipped_with_reason(digits):
+def test_zero_shot_on_images_and_unappliable_freeze_are_skipped_rows(digits):
     tiny = {"weights": None, "alpha": 0.35, "input_size": 32}
     board = select([Candidate("keras_app:MobileNetV2", "zero_shot", name="mnv2:zs",
+                              load_kwargs=tiny),
+                    Candidate("keras_app:MobileNetV2", "top_k:99", name="mnv2:top_k:99",
                               load_kwargs=tiny),
                     Candidate(strategy="custom", name="zeros", estimated_seconds=0.1,
                               fit_predict=lambda tr, va: {
                                   "predictions": np.zeros(len(va), np.int64)})],
-                   *digits, budget_seconds=120, verbose=False)
-    row = {r.candidate: r for r in board.rows}["mnv2:zs"]
-    assert row.status == "skipped" and "CLIP" in row.reason
+                   *digits, budget_seconds=120, finalists=0, verbose=False)
+    rows = {r.candidate: r for r in board.rows}
+    assert rows["mnv2:zs"].status == "skipped" and "CLIP" in rows["mnv2:zs"].reason
+    assert rows["mnv2:top_k:99"].status == "skipped"
+    assert rows["mnv2:top_k:99"].reason.startswith(
+        "freeze='top_k:99' cannot be applied to this backbone: ValueError: top_k asks for 99")
+    assert board.winner.candidate == "zeros"
 
 
 @pytest.mark.parametrize("candidates, match", [

@@ -277,7 +277,6 @@ class _BakeOff:
                           f"on a {TIMING_EXAMPLES}-example batch, {to_compute} to embed)")
         make = self.make_inputs(backbone)
         # One pass (one traced predict function) over train and val together.
-        both = np.concatenate([np.asarray(self.train.x), np.asarray(self.val.x)])
         features, hit = feature_cache.cached_features(model, both, make, prep, verbose=0)
         features = np.asarray(features)
         train_f, val_f = features[:len(self.train)], features[len(self.train):]
