@@ -202,14 +202,19 @@ class Leaderboard:
 
         done = [r for r in self.rows if r.ok and r.value is not None]
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for row in done:
-            seconds = max(row.train_seconds or 0.0, 1e-2)
+        xs = [max(row.train_seconds or 0.0, 1e-2) for row in done]
+        for i, (row, seconds) in enumerate(zip(done, xs)):
             marker = "*" if row is self.winner else "o"
             ax.scatter([seconds], [row.value], s=120 if marker == "*" else 50, marker=marker)
+            # Alternate label positions so neighbouring points stay readable.
             ax.annotate(row.candidate, (seconds, row.value), textcoords="offset points",
-                        xytext=(5, 5), fontsize=8)
+                        xytext=(6, (8, -14, 22, -28)[i % 4]), fontsize=8)
         if done:
             ax.set_xscale("log")
+            ax.set_xlim(min(xs) / 2.0, max(xs) * 6.0)
+            values = [row.value for row in done]
+            pad = max(0.02, 0.1 * (max(values) - min(values)))
+            ax.set_ylim(min(values) - pad, max(values) + pad)
         ax.set_xlabel("train seconds (log scale)")
         ax.set_ylabel(self.metric)
         skipped = len(self.rows) - len(done)
