@@ -12,7 +12,8 @@ from tfft.presets import compile_model
 
 def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extraction",
                 preset="auto", pooling="mean", dropout=0.1, hidden_units=None,
-                compile=True, total_steps=None, strategy=None, **backbone_kwargs):
+                compile=True, total_steps=None, strategy=None, normalize_features=False,
+                **backbone_kwargs):
     """Builds a trainable model for a task from any backbone, in one call.
 
     Returns `keras.Sequential([backbone, pooling, head])` when the backbone
@@ -32,6 +33,8 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
         pooling: str. `"mean"` (masked for text), `"max"`, `"cls"` or `"none"`.
         dropout: float. Head dropout. Defaults to 0.1.
         hidden_units: int. Optional hidden layer in the head.
+        normalize_features: bool. L2-normalise pooled features (cosine-style
+            heads, e.g. zero-shot prompt heads). Defaults to False.
         compile: bool. Compile with the preset. Defaults to True.
         total_steps: int. Training steps, for warmup/decay schedules.
         strategy: tf.distribute.Strategy. Build and compile under
@@ -50,7 +53,8 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
         strategy = tf.distribute.get_strategy()
     args = dict(task=task, num_classes=num_classes, freeze=freeze, preset=preset,
                 pooling=pooling, dropout=dropout, hidden_units=hidden_units, compile=compile,
-                total_steps=total_steps, **backbone_kwargs)
+                total_steps=total_steps, normalize_features=normalize_features,
+                **backbone_kwargs)
     if strategy is None:
         return _build_model(backbone, **args)
     from tfft.strategy import check_built_in_scope, prepare_model
@@ -64,7 +68,7 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
 
 
 def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, hidden_units,
-                 compile, total_steps, **backbone_kwargs):
+                 compile, total_steps, normalize_features, **backbone_kwargs):
     if task not in TASKS:
         raise ValueError(f"Unknown task. Expected one of {list(TASKS)}. Received: task={task!r}")
     policy = parse_freeze(freeze)
@@ -77,7 +81,7 @@ def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, 
         block_names=backbone.block_names, name="backbone",
     )
     head = TaskHead(task, num_classes, dropout=dropout, hidden_units=hidden_units, name="head")
-    pool = Pooling(pooling, name="pooling")
+    pool = Pooling(pooling, normalize=normalize_features, name="pooling")
     model_inputs = backbone.model.input
     if isinstance(model_inputs, dict):
         inputs = {

@@ -65,12 +65,20 @@ class FinetuneConfig:
         run_dir: str. Where the report, logs and checkpoints go. Defaults to
             `runs/<timestamp>`.
         feature_cache: bool. Train the head on cached backbone features.
-        strategy: str. A `tfft.get_strategy` name: `"auto"` (TPU, several
-            GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
+        strategy: str. How to adapt the backbone: `"fine_tune"` (head on the
+            frozen backbone, then the top blocks), `"prompt"` (zero-shot:
+            label prompts embedded by the backbone become the head; no
+            parameter updates) or `"soft_prompt"` (learnable prompt vectors
+            before a frozen backbone, trained for `epochs`).
+        distribution: str. A `tfft.get_strategy` name: `"auto"` (TPU,
+            several GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
             `"mirrored"`, `"multi_worker"`, `"gpu"`, `"cpu"`, `"default"`.
             `batch_size` is per replica; the global batch is
             `batch_size * replicas`.
-        tpu: str. TPU address for `strategy="tpu"` (`"local"` on a TPU VM).
+        tpu: str. TPU address for `distribution="tpu"` (`"local"` on a TPU VM).
+        prompt_template: str. Label prompt for `strategy="prompt"`.
+        prompt_tokens: int. Learnable prompt vectors for `"soft_prompt"`.
+        prompt_learning_rate: float. Adam learning rate for `"soft_prompt"`.
     """
 
     backbone: str = "keras_hub:all_minilm_l6_v2"
@@ -89,8 +97,12 @@ class FinetuneConfig:
     export_dir: str = "saved_models/bbc_news_minilm"
     run_dir: str = None
     feature_cache: bool = True
-    strategy: str = "auto"
+    strategy: str = "fine_tune"
+    distribution: str = "auto"
     tpu: str = None
+    prompt_template: str = "This article is about {label}."
+    prompt_tokens: int = 20
+    prompt_learning_rate: float = 3e-2
 
     def __post_init__(self):
         for name, (kind, low) in _FIELD_RULES.items():
@@ -114,10 +126,20 @@ class FinetuneConfig:
             parse_spec(self.backbone)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"backbone: {error}") from None
-        if self.strategy not in STRATEGY_NAMES:
+        if self.strategy not in ADAPTATION_STRATEGIES:
             raise ConfigError(
-                f"strategy: unknown strategy. Expected one of {list(STRATEGY_NAMES)}. "
-                f"Received: {self.strategy!r}"
+                f"strategy: unknown adaptation strategy. Expected one of "
+                f"{list(ADAPTATION_STRATEGIES)}. Received: {self.strategy!r}"
+            )
+        if self.distribution not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"distribution: unknown distribution strategy. Expected one of "
+                f"{list(STRATEGY_NAMES)}. Received: {self.distribution!r}"
+            )
+        if self.strategy == "prompt" and "{label}" not in self.prompt_template:
+            raise ConfigError(
+                "prompt_template: must contain the {label} slot. Received: "
+                f"{self.prompt_template!r}"
             )
 
     def to_dict(self):
@@ -168,8 +190,13 @@ _FIELD_RULES = {
     "run_dir": ("optional_str", None),
     "feature_cache": ("bool", None),
     "strategy": ("str", None),
+    "distribution": ("str", None),
     "tpu": ("optional_str", None),
+    "prompt_template": ("str", None),
+    "prompt_tokens": ("int", 1),
+    "prompt_learning_rate": ("positive_float", None),
 }
+ADAPTATION_STRATEGIES = ("fine_tune", "prompt", "soft_prompt")
 
 
 def _check_field(name, value, kind, low):
@@ -384,7 +411,7 @@ def finetune(config=None, verbose="auto", **overrides):
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
             raise ConfigError(f"export_dir: {config.export_dir!r} is a file, not a directory.")
     # Before any other TensorFlow work: TPU and multi-worker set-up must come first.
-    strategy = get_strategy(config.strategy, tpu=config.tpu)
+    strategy = get_strategy(config.distribution, tpu=config.tpu)
     chief = is_chief(strategy)
     final_run_dir = run_dir
     run_dir = chief_only_path(run_dir, strategy)
@@ -432,29 +459,34 @@ def finetune(config=None, verbose="auto", **overrides):
                   data=data, run_dir=run_dir, verbose=verbose, make_ds=make_ds,
                   strategy=strategy, batch_size=bs)
 
-    done = state.stage("head")
-    if done:
-        model.load_weights(state.weights_path("head"))
-        print(f"Stage 1/2 head: already finished in {run_dir}, weights reloaded")
+    if config.strategy == "prompt":
+        model, stages = _prompt_stage(**kwargs, backbone=backbone)
+    elif config.strategy == "soft_prompt":
+        model, stages = _soft_prompt_stage(**kwargs, backbone=backbone, state=state)
     else:
-        done = _head_stage(**kwargs)
-        state.finish_stage(done, model)
-    stages = [done]
-    print(f"Stage 1/2 head: test accuracy {done['test']['accuracy']:.4f}, "
-          f"macro F1 {done['test']['macro_f1']:.4f}")
-
-    if config.epochs > 0 and config.unfreeze_top > 0:
-        apply_freeze(model, TopK(config.unfreeze_top))
-        done = state.stage("fine_tune")
+        done = state.stage("head")
         if done:
-            model.load_weights(state.weights_path("fine_tune"))
-            print(f"Stage 2/2 fine-tune: already finished in {run_dir}, weights reloaded")
+            model.load_weights(state.weights_path("head"))
+            print(f"Stage 1/2 head: already finished in {run_dir}, weights reloaded")
         else:
-            done = _fine_tune_stage(**kwargs)
+            done = _head_stage(**kwargs)
             state.finish_stage(done, model)
-        stages.append(done)
-        print(f"Stage 2/2 fine-tune: test accuracy {done['test']['accuracy']:.4f}, "
+        stages = [done]
+        print(f"Stage 1/2 head: test accuracy {done['test']['accuracy']:.4f}, "
               f"macro F1 {done['test']['macro_f1']:.4f}")
+
+        if config.epochs > 0 and config.unfreeze_top > 0:
+            apply_freeze(model, TopK(config.unfreeze_top))
+            done = state.stage("fine_tune")
+            if done:
+                model.load_weights(state.weights_path("fine_tune"))
+                print(f"Stage 2/2 fine-tune: already finished in {run_dir}, weights reloaded")
+            else:
+                done = _fine_tune_stage(**kwargs)
+                state.finish_stage(done, model)
+            stages.append(done)
+            print(f"Stage 2/2 fine-tune: test accuracy {done['test']['accuracy']:.4f}, "
+                  f"macro F1 {done['test']['macro_f1']:.4f}")
     report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
                        data.class_names)
 
@@ -593,6 +625,72 @@ def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbos
     }
 
 
+def _prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
+                  strategy, batch_size, backbone):
+    """Zero-shot: label prompts embedded by the backbone become the head."""
+    from tfft.prompting import build_zero_shot_model
+
+    t0 = time.time()
+    with strategy.scope():
+        model = build_zero_shot_model(backbone, data.class_names,
+                                      template=config.prompt_template)
+    model.tfft_backbone = backbone
+    print(f"Prompt: zero-shot with {config.prompt_template!r}, no parameter updates")
+    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
+                       data.class_names)
+    stage = {
+        "name": "prompt", "freeze": "feature_extraction", "template": config.prompt_template,
+        "seconds": time.time() - t0, "trainable_params": 0, "history": {},
+        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+    }
+    print(f"Prompt: test accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
+    return model, [stage]
+
+
+def _soft_prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
+                       strategy, batch_size, backbone, state):
+    """Soft prompts: learnable vectors before the frozen backbone, plus a head."""
+    from tfft.evaluation.callbacks import default_callbacks
+    from tfft.prompting import build_soft_prompt_classifier, count_trainable_params
+
+    t0 = time.time()
+    with strategy.scope():
+        tuned = build_soft_prompt_classifier(backbone, num_classes=len(data.class_names),
+                                             num_tokens=config.prompt_tokens)
+        tuned.compile(keras.optimizers.Adam(config.prompt_learning_rate),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["sparse_categorical_accuracy"])
+        inputs = {k: keras.Input(shape=v.shape[1:], dtype=v.dtype, name=k)
+                  for k, v in backbone.model.input.items()}
+        model = keras.Model(inputs, keras.layers.Softmax(dtype="float32")(tuned(inputs)))
+    model.tfft_backbone = backbone
+    trainable = count_trainable_params(tuned)
+    epochs = max(config.epochs, 1)
+    steps = int(np.ceil(len(train) / batch_size))
+    hist = tuned.fit(
+        distribute_dataset(epoch_datasets(train.x, train.y, pre, batch_size, epochs,
+                                          config.seed), strategy),
+        validation_data=distribute_dataset(text_dataset(val.x, val.y, pre, batch_size),
+                                           strategy),
+        epochs=epochs, steps_per_epoch=steps, verbose=verbose,
+        callbacks=[EpochSeeding(config.seed),
+                   *default_callbacks(os.path.join(run_dir, "soft_prompt"), patience=2,
+                                      early_stopping=False, backup=False)],
+    )
+    _check_finite(hist, "soft_prompt", run_dir, config.prompt_learning_rate)
+    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
+                       data.class_names)
+    stage = {
+        "name": "soft_prompt", "freeze": "soft_prompt", "seconds": time.time() - t0,
+        "prompt_tokens": config.prompt_tokens, "trainable_params": trainable,
+        "history": _history(hist),
+        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+    }
+    print(f"Soft prompt: {trainable:,} trainable parameters, test accuracy "
+          f"{report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
+    return model, [stage]
+
+
 def _completed_epochs(backup_dir):
     """Epochs BackupAndRestore recorded as finished (0 when starting fresh)."""
     path = os.path.join(backup_dir, "training_metadata.json")
@@ -607,8 +705,9 @@ def _save_plots(report, stages, run_dir):
     from tfft.evaluation.plots import plot_training_curves
 
     report.save_plots(run_dir)
-    plot_training_curves([(s["name"], s["history"]) for s in stages],
-                         os.path.join(run_dir, "training_curves.png"))
+    trained = [(s["name"], s["history"]) for s in stages if s["history"]]
+    if trained:
+        plot_training_curves(trained, os.path.join(run_dir, "training_curves.png"))
 
 
 __all__ = [

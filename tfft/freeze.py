@@ -15,6 +15,8 @@ import re
 
 import keras
 
+from tfft.backbones.base import _all_layers
+
 
 @dataclasses.dataclass(frozen=True)
 class FreezePolicy:
@@ -120,14 +122,24 @@ class TopK(FreezePolicy):
         inner = backbone.backbone
         backbone.trainable = True
         inner.trainable = True
-        names = [layer.name for layer in inner.layers]
+        # Units in order, looking inside nested models (EfficientNet's blocks sit in
+        # an inner functional model); a layer with sublayers of its own, such as a
+        # transformer block, is one unit.
+        units = [layer for layer in _all_layers(inner)[1:] if not isinstance(layer, keras.Model)]
+        names = [layer.name for layer in units]
         if self.k == 0:
             first = len(names)
         else:
             top = blocks[len(blocks) - self.k:]
             top_names = [n for b in top for n in ([b] if isinstance(b, str) else b)]
-            first = min(names.index(n) for n in top_names if n in names)
-        for index, layer in enumerate(inner.layers):
+            found = [names.index(n) for n in top_names if n in names]
+            if not found:
+                raise ValueError(
+                    f"None of the top blocks {top_names[:3]} is a layer of the backbone "
+                    f"{inner.name!r}; its block names do not match its layers."
+                )
+            first = min(found)
+        for index, layer in enumerate(units):
             _set_all(layer, index >= first)
         _freeze_unused(backbone)
         _set_head_trainable(model, True)

@@ -64,14 +64,35 @@ class BackboneLayer(keras.layers.Layer):
             backbone=keras.saving.serialize_keras_object(self.backbone),
             output_key=self.output_key,
             block_names=self.block_names,
+            # Backbones such as KerasHub's rebuild their layers from config, which
+            # forgets per-layer trainable flags (top_k, regex, LoRA); keep them here.
+            frozen_weights=sorted(w.path for w in self.backbone.weights if not w.trainable),
         )
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        frozen = set(config.pop("frozen_weights", []))
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        layer = cls(**config)
+        if frozen:
+            _restore_frozen(layer.backbone, frozen)
+        return layer
+
+
+def _restore_frozen(model, frozen_paths):
+    """Freezes every leaf layer of `model` whose weights are all in `frozen_paths`."""
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        children = list(getattr(layer, "_layers", None) or getattr(layer, "layers", []) or [])
+        if children:
+            stack.extend(children)
+            continue
+        paths = {w.path for w in layer.weights}
+        if paths and paths <= frozen_paths:
+            layer.trainable = False
 
 
 @keras.saving.register_keras_serializable(package="tfft")
@@ -86,9 +107,12 @@ class Pooling(keras.layers.Layer):
     Args:
         mode: str. `"mean"`, `"max"`, `"cls"` (first token) or `"none"`.
             Defaults to `"mean"`.
+        normalize: bool. L2-normalise the pooled vector (sentence-embedding
+            style; a head on top then scores cosine similarities). Defaults to
+            False.
     """
 
-    def __init__(self, mode="mean", **kwargs):
+    def __init__(self, mode="mean", normalize=False, **kwargs):
         super().__init__(**kwargs)
         if mode not in POOLING_MODES:
             raise ValueError(
@@ -96,9 +120,19 @@ class Pooling(keras.layers.Layer):
                 f"Received: mode={mode!r}"
             )
         self.mode = mode
+        self.normalize = normalize
         self.supports_masking = True
 
     def call(self, inputs, mask=None):
+        pooled = self._pool(inputs, mask)
+        if self.normalize:
+            pooled = pooled / ops.maximum(
+                ops.sqrt(ops.sum(ops.square(pooled), axis=-1, keepdims=True)),
+                ops.cast(1e-12, pooled.dtype),
+            )
+        return pooled
+
+    def _pool(self, inputs, mask):
         rank = len(inputs.shape)
         if self.mode == "none" or rank == 2:
             return inputs
@@ -129,7 +163,7 @@ class Pooling(keras.layers.Layer):
         return (input_shape[0], input_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "normalize": self.normalize}
 
 
 @keras.saving.register_keras_serializable(package="tfft")

@@ -91,3 +91,34 @@ def test_policy_object_and_string_forms_agree(tiny_bert):
     assert tfft.trainable_summary(a)["trainable"] == LAYER + HEAD
     assert parse_freeze("top_k:1") == tfft.TopK(1)
     assert tfft.TopK(1).to_dict() == {"policy": "top_k", "k": 1}
+
+
+@pytest.mark.parametrize("policy", ["top_k:1", "regex:transformer_layer_1/", "feature_extraction"])
+def test_freeze_state_survives_keras_save_and_load(policy, tiny_bert, text_batch, tmp_path):
+    import keras
+
+    model = tfft.build_model(tiny_bert, num_classes=3, freeze=policy)
+    before = tfft.trainable_summary(model)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    assert tfft.trainable_summary(reloaded) == before
+    np.testing.assert_allclose(reloaded.predict(text_batch, verbose=0),
+                               model.predict(text_batch, verbose=0), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_top_k_finds_blocks_inside_nested_backbones():
+    """EfficientNet-Lite0's blocks live in an inner functional model."""
+    model = tfft.build_model("offline:efficientnet_lite0", num_classes=2, freeze="top_k:2",
+                             compile=False)
+    counts = tfft.trainable_summary(model)
+    head = 1280 * 2 + 2
+    assert head < counts["trainable"] < counts["trainable"] + counts["frozen"]
+    backbone = find_backbone_layer(model)
+    top = backbone.block_names[-2:]
+    top_names = {n for b in top for n in ([b] if isinstance(b, str) else b)}
+    for weight in model.trainable_weights:
+        if "/head/" in weight.path:
+            continue
+        assert any(name in weight.path for name in top_names), weight.path

@@ -77,10 +77,17 @@ def _add_finetune(subparsers):
     p.add_argument("--export-dir", help=f"export model directory (default {d.export_dir})")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     p.add_argument("--run-dir", help="report/log directory (default runs/<timestamp>)")
-    p.add_argument("--strategy",
+    p.add_argument("--strategy", choices=("fine_tune", "prompt", "soft_prompt"),
+                   help="adaptation: fine_tune (head, then top blocks; default), prompt "
+                   "(zero-shot label prompts, no parameter updates) or soft_prompt "
+                   "(learnable prompt vectors before the frozen backbone)")
+    p.add_argument("--prompt-template",
+                   help="label prompt for --strategy prompt (default "
+                   "'This article is about {label}.')")
+    p.add_argument("--distribution",
                    help="tf.distribute strategy: auto, tpu, mirrored, multi_worker, gpu, cpu, "
                    "default (default auto); --batch-size is per replica")
-    p.add_argument("--tpu", help="TPU address for --strategy tpu ('local' on a TPU VM)")
+    p.add_argument("--tpu", help="TPU address for --distribution tpu ('local' on a TPU VM)")
     p.add_argument("--no-feature-cache", action="store_true",
                    help="run the frozen backbone every epoch instead of caching features")
     p.set_defaults(func=_run_finetune)
@@ -127,7 +134,8 @@ def _run_finetune(args):
             "head_learning_rate": args.head_learning_rate,
             "max_examples": args.max_examples, "seed": args.seed,
             "export_dir": args.export_dir, "run_dir": args.run_dir,
-            "strategy": args.strategy, "tpu": args.tpu,
+            "strategy": args.strategy, "distribution": args.distribution, "tpu": args.tpu,
+            "prompt_template": args.prompt_template,
         }
         settings.update({k: v for k, v in flags.items() if v is not None})
         if args.no_export:

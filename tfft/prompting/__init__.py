@@ -18,7 +18,11 @@ from tfft.prompting.causal_lm import (
     load_smollm2,
 )
 from tfft.prompting.clip import ZeroShotImageClassifier
-from tfft.prompting.encoder import SentenceEmbedder, ZeroShotEncoderClassifier
+from tfft.prompting.encoder import (
+    SentenceEmbedder,
+    ZeroShotEncoderClassifier,
+    build_zero_shot_model,
+)
 from tfft.prompting.gguf_llama import convert_gguf_to_hf, smollm2_preset_dir
 from tfft.prompting.soft_prompt import (
     PromptPaddingMask,
@@ -50,6 +54,7 @@ __all__ = [
     "ZeroShotEncoderClassifier",
     "ZeroShotImageClassifier",
     "build_soft_prompt_causal_lm",
+    "build_zero_shot_model",
     "build_soft_prompt_classifier",
     "convert_gguf_to_hf",
     "count_trainable_params",

@@ -149,3 +149,42 @@ class ZeroShotEncoderClassifier:
     def predict(self, texts):
         """Returns the predicted class names."""
         return [self.class_names[i] for i in self.scores(texts).argmax(axis=-1)]
+
+
+def build_zero_shot_model(backbone, class_names, template="This article is about {label}.",
+                          verbalizer=None, temperature=0.05):
+    """A zero-shot classifier as an ordinary tfft model: prompts, no parameter updates.
+
+    The head's weights are the label prompts' embeddings: pooled features are
+    L2-normalised and the head scores their cosine similarity to each class's
+    prompt embedding, divided by `temperature`, then softmax. Predictions
+    equal `ZeroShotEncoderClassifier.predict_proba`; the model evaluates,
+    exports (raw strings in) and can be fine-tuned further like any other.
+
+    Args:
+        backbone: `tfft.Backbone` or spec with a text preprocessor.
+        class_names: list of str. Output classes, in order.
+        template: str or list. Label prompt template(s) with `{label}`.
+        verbalizer: dict `{class: [words]}`. Defaults to each class name.
+        temperature: float. Softmax temperature. Defaults to 0.05.
+
+    Returns:
+        An uncompiled `keras.Model` with a frozen backbone.
+    """
+    import tfft
+
+    if isinstance(backbone, str):
+        backbone = tfft.load_backbone(backbone)
+    verbalizer = verbalizer or {name: [name.replace("_", " ")] for name in class_names}
+    classifier = ZeroShotEncoderClassifier(
+        backbone, template=template, verbalizer=verbalizer, class_names=list(class_names),
+        temperature=temperature,
+    )
+    kernel = classifier.class_embeddings().mean(axis=0).T / classifier.temperature
+    model = tfft.build_model(backbone, task="multiclass", num_classes=len(class_names),
+                             freeze="feature_extraction", pooling="mean", dropout=0.0,
+                             normalize_features=True, compile=False)
+    output = model.get_layer("head").output_layer
+    output.kernel.assign(kernel.astype("float32"))
+    output.bias.assign(np.zeros(len(class_names), "float32"))
+    return model

@@ -1,0 +1,49 @@
+"""The prompt and soft-prompt strategies through build helpers and tfft.finetune."""
+
+import numpy as np
+import pytest
+
+import tfft
+from tfft.prompting import ZeroShotEncoderClassifier, build_zero_shot_model
+
+
+@pytest.mark.slow
+def test_zero_shot_model_equals_the_encoder_classifier_and_beats_majority(minilm, bbc):
+    texts = np.asarray(bbc.x[::45]).astype(str)
+    labels = bbc.y[::45]
+    model = build_zero_shot_model(minilm, bbc.class_names)
+    probs = model.predict(minilm.preprocessor(texts), verbose=0)
+    reference = ZeroShotEncoderClassifier(
+        minilm, verbalizer={c: [c] for c in bbc.class_names}, class_names=bbc.class_names,
+    ).predict_proba(texts)
+    np.testing.assert_allclose(probs, reference, atol=1e-5)
+    assert tfft.trainable_summary(model)["trainable"] == 384 * 5 + 5
+    accuracy = float(np.mean(probs.argmax(-1) == labels))
+    print("zero-shot accuracy", accuracy)
+    assert accuracy > 0.23 + 0.3
+
+
+@pytest.mark.slow
+def test_finetune_prompt_strategy_evaluates_and_exports(tmp_path):
+    report = tfft.finetune(strategy="prompt", max_examples=200, sequence_length=64,
+                           run_dir=str(tmp_path / "run"),
+                           export_dir=str(tmp_path / "saved"), verbose=0)
+    assert [s["name"] for s in report["stages"]] == ["prompt"]
+    assert report["stages"][0]["trainable_params"] == 0
+    assert report["test"]["macro_f1"] > 0.5
+    assert report["export_path"].endswith("1")
+
+
+@pytest.mark.slow
+def test_finetune_soft_prompt_strategy_trains_only_prompts(tmp_path):
+    report = tfft.finetune(strategy="soft_prompt", max_examples=120, sequence_length=32,
+                           batch_size=8, epochs=1, prompt_tokens=4,
+                           run_dir=str(tmp_path / "run"), export_dir=None, verbose=0)
+    stage = report["stages"][0]
+    assert stage["name"] == "soft_prompt"
+    assert stage["trainable_params"] == 4 * 384 + 384 * 5 + 5
+    assert np.isfinite(stage["history"]["loss"]).all()
+    model = report["model"]
+    probs = model.predict(model.tfft_backbone.preprocessor(np.array(["Shares fell."])),
+                          verbose=0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
