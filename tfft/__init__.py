@@ -15,7 +15,7 @@ from tfft._backend import ensure_tensorflow_backend
 ensure_tensorflow_backend()
 
 # The backend must be chosen before anything below imports Keras.
-from tfft import data  # noqa: E402  registers the offline datasets with TFDS
+from tfft import data, prompting  # noqa: E402  data registers the offline TFDS datasets
 from tfft.backbones import (  # noqa: E402
     Backbone,
     BackboneInfo,
@@ -26,6 +26,7 @@ from tfft.backbones.applications import ImagePreprocessor  # noqa: E402
 from tfft.backbones.offline_vision import load_imagenet_classifier  # noqa: E402
 from tfft.backbones.tf_hub import HubLayer  # noqa: E402
 from tfft.builders import build_model  # noqa: E402
+from tfft.discriminative import LayerwiseOptimizer, layerwise_lr  # noqa: E402
 from tfft.evaluation import (  # noqa: E402
     EvaluationReport,
     default_callbacks,
@@ -44,8 +45,12 @@ from tfft.freeze import (  # noqa: E402
     parse_freeze,
     trainable_summary,
 )
+from tfft.gradual import Gradual, GradualUnfreezing, gradual_callback  # noqa: E402
 from tfft.heads import BackboneLayer, Pooling, TaskHead  # noqa: E402
+from tfft.lora import LoRA, merge_lora  # noqa: E402
 from tfft.presets import compile_model, get_preset, list_presets, set_mixed_precision  # noqa: E402
+from tfft.recipes import fine_tune  # noqa: E402
+from tfft.selection import recommend, select  # noqa: E402
 from tfft.strategy import (  # noqa: E402
     StrategyError,
     chief_only_path,
@@ -70,8 +75,12 @@ __all__ = [
     "FinetuneConfig",
     "FreezePolicy",
     "Full",
+    "Gradual",
+    "GradualUnfreezing",
     "HubLayer",
     "ImagePreprocessor",
+    "LayerwiseOptimizer",
+    "LoRA",
     "Pooling",
     "Regex",
     "StrategyError",
@@ -87,19 +96,26 @@ __all__ = [
     "distribute_dataset",
     "evaluate",
     "export",
+    "fine_tune",
     "finetune",
     "get_preset",
     "get_strategy",
     "global_batch_size",
+    "gradual_callback",
     "is_chief",
+    "layerwise_lr",
     "list_backbones",
     "list_presets",
     "load_backbone",
     "load_imagenet_classifier",
+    "merge_lora",
     "parse_freeze",
     "per_replica_batch_size",
+    "prompting",
+    "recommend",
     "report_from_predictions",
     "scale_learning_rate",
+    "select",
     "set_mixed_precision",
     "trainable_summary",
 ]

@@ -9,7 +9,9 @@ EXPECTED = [
     "EvaluationReport", "report_from_predictions", "load_imagenet_classifier",
     "StrategyError", "get_strategy", "global_batch_size", "per_replica_batch_size",
     "scale_learning_rate", "distribute_dataset", "is_chief", "chief_only_path",
-    "chief_writes", "data",
+    "chief_writes", "data", "prompting", "Gradual", "GradualUnfreezing", "gradual_callback",
+    "LoRA", "merge_lora", "LayerwiseOptimizer", "layerwise_lr", "fine_tune", "recommend",
+    "select",
 ]
 
 
