@@ -33,7 +33,8 @@ from tfft.evaluation import (  # noqa: E402
     evaluate,  # noqa: E402
     report_from_predictions,
 )
-from tfft.export import export  # noqa: E402
+from tfft.export import export, to_tflite  # noqa: E402
+from tfft.feature_cache import CacheRefusedError, fit_cached  # noqa: E402
 from tfft.finetune import FinetuneConfig, finetune  # noqa: E402
 from tfft.freeze import (  # noqa: E402
     FeatureExtraction,
@@ -70,6 +71,7 @@ __all__ = [
     "Backbone",
     "BackboneInfo",
     "BackboneLayer",
+    "CacheRefusedError",
     "EvaluationReport",
     "FeatureExtraction",
     "FinetuneConfig",
@@ -98,6 +100,7 @@ __all__ = [
     "export",
     "fine_tune",
     "finetune",
+    "fit_cached",
     "get_preset",
     "get_strategy",
     "global_batch_size",
@@ -117,5 +120,6 @@ __all__ = [
     "scale_learning_rate",
     "select",
     "set_mixed_precision",
+    "to_tflite",
     "trainable_summary",
 ]

@@ -497,7 +497,7 @@ def finetune(config=None, verbose="auto", **overrides):
             model, config.export_dir, preprocessor=pre, class_names=data.class_names,
             task="multiclass", sample_inputs=sample,
             metadata={
-                "backbone": config.backbone, "dataset": config.dataset,
+                "backbone_spec": config.backbone, "dataset": config.dataset,
                 "split": {"seed": config.seed, "val_fraction": config.val_fraction,
                           "test_fraction": config.test_fraction,
                           "max_examples": config.max_examples},

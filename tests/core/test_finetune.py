@@ -46,7 +46,7 @@ def test_export_gives_the_same_predictions_in_a_fresh_process(finetune_run):
     with open(os.path.join(path, "tfft_metadata.json")) as f:
         meta = json.load(f)
     assert meta["class_names"] == data.class_names
-    assert meta["backbone"] == "keras_hub:all_minilm_l6_v2"
+    assert meta["backbone_spec"] == "keras_hub:all_minilm_l6_v2"
 
 
 @pytest.mark.slow

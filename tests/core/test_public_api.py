@@ -11,7 +11,7 @@ EXPECTED = [
     "scale_learning_rate", "distribute_dataset", "is_chief", "chief_only_path",
     "chief_writes", "data", "prompting", "Gradual", "GradualUnfreezing", "gradual_callback",
     "LoRA", "merge_lora", "LayerwiseOptimizer", "layerwise_lr", "fine_tune", "recommend",
-    "select",
+    "select", "to_tflite", "CacheRefusedError", "fit_cached",
 ]
 
 

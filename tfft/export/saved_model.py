@@ -299,6 +299,11 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
         not isinstance(version, int) or isinstance(version, bool) or version < 1
     ):
         raise ValueError(f"version must be a positive int. Received: version={version!r}")
+    from tfft.lora import has_lora, merge_lora
+
+    if has_lora(model):
+        # Serve plain kernels (kernel + A @ B * scale): same outputs, no adapter ops.
+        model = merge_lora(model)
     if preprocessor is None and getattr(model, "tfft_backbone", None) is not None:
         preprocessor = model.tfft_backbone.preprocessor
     _ensure_built(preprocessor, modality)
