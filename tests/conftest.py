@@ -2,12 +2,11 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
 
-import tfft  # noqa: F401  selects the TensorFlow backend before Keras loads
-
-import keras  # noqa: E402
+import tfft  # noqa: F401  importing tfft selects the TensorFlow backend
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "the a of to and in is on for with news sport game team win match election vote "
@@ -138,7 +137,9 @@ def assert_step_changes_only_trainable():
             if id(w) not in trainable and moved:
                 changed.append(w.path)
         assert not changed, f"frozen variables changed: {changed[:5]}"
-        assert not unchanged_trainable, f"trainable variables did not move: {unchanged_trainable[:5]}"
+        assert not unchanged_trainable, (
+            f"trainable variables did not move: {unchanged_trainable[:5]}"
+        )
 
     return check
 

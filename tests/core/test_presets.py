@@ -72,3 +72,10 @@ def test_mixed_precision_policy_and_float32_outputs(text_batch):
         tfft.set_mixed_precision("float32")
     with pytest.raises(ValueError, match="Unknown mixed precision mode"):
         tfft.set_mixed_precision("fp8")
+
+
+def test_auto_preset_for_gradual_unfreezing_is_the_backbone_family(tiny_bert, tiny_cnn):
+    text = tfft.build_model(tiny_bert, num_classes=3, freeze="gradual", total_steps=10)
+    assert isinstance(text.optimizer, keras.optimizers.AdamW)
+    cnn = tfft.build_model(tiny_cnn, num_classes=2, freeze="gradual")
+    assert isinstance(cnn.optimizer, keras.optimizers.SGD)

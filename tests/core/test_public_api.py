@@ -3,7 +3,8 @@ import tfft
 EXPECTED = [
     "Backbone", "BackboneInfo", "BackboneLayer", "FeatureExtraction", "FinetuneConfig",
     "FreezePolicy", "Full", "Pooling", "Regex", "TaskHead", "TopK", "apply_freeze",
-    "build_model", "compile_model", "default_callbacks", "evaluate", "export", "finetune", "get_preset",
+    "build_model", "compile_model", "default_callbacks", "evaluate", "export", "finetune",
+    "get_preset",
     "list_backbones", "list_presets", "load_backbone", "parse_freeze",
     "set_mixed_precision", "trainable_summary", "HubLayer", "ImagePreprocessor",
     "EvaluationReport", "report_from_predictions", "load_imagenet_classifier",

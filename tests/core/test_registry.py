@@ -73,3 +73,11 @@ def test_offline_minilm_is_a_first_class_backbone(minilm):
     out = minilm.model(tokens)["sequence_output"]
     assert out.shape == (1, 64, 384)
     assert np.isfinite(keras.ops.convert_to_numpy(out)).all()
+
+
+def test_a_users_keras_applications_cnn_gets_its_stages_as_blocks(tiny_cnn):
+    backbone = tfft.load_backbone(tiny_cnn)
+    assert backbone.modality == "image"
+    blocks = backbone.blocks()
+    assert len(blocks) >= 10
+    assert blocks[-1][-1].name in {layer.name for layer in tiny_cnn.layers}

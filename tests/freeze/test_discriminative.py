@@ -182,8 +182,14 @@ def test_bad_layerwise_arguments_are_rejected(call, error, message, tiny_bert):
         call(model)
 
 
-def test_layerwise_needs_blocks_and_an_unbuilt_optimizer(tiny_cnn):
-    model = tfft.build_model(tiny_cnn, num_classes=2, freeze="full", compile=False)
+def _blockless_cnn():
+    """A user model whose layer names follow no known block pattern."""
+    inputs = keras.Input((8, 8, 3))
+    return keras.Model(inputs, keras.layers.Dense(4, name="mix")(inputs), name="blockless")
+
+
+def test_layerwise_needs_blocks_and_an_unbuilt_optimizer():
+    model = tfft.build_model(_blockless_cnn(), num_classes=2, freeze="full", compile=False)
     with pytest.raises(ValueError, match="declares no blocks"):
         layerwise_multipliers(model)
     built = keras.optimizers.Adam()

@@ -107,6 +107,10 @@ def _wrap_model(model, modality=None, preprocessor=None, block_names=None, **_):
             layer.name for layer in getattr(model, "layers", [])
             if layer.name.startswith("transformer_layer_")
         ]
+    if not block_names and modality == "image" and isinstance(model, keras.Model):
+        from tfft.backbones.applications import cnn_block_names
+
+        block_names = cnn_block_names(model)
     info = BackboneInfo(
         name=model.name, source="model", modality=modality,
         family="cnn" if modality == "image" else "transformer", spec=f"model:{model.name}",
