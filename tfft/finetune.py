@@ -462,31 +462,14 @@ def finetune(config=None, verbose="auto", **overrides):
     if config.strategy == "prompt":
         model, stages = _prompt_stage(**kwargs, backbone=backbone)
     elif config.strategy == "soft_prompt":
-        model, stages = _soft_prompt_stage(**kwargs, backbone=backbone, state=state)
+        model, stages = _soft_prompt_stage(**kwargs, backbone=backbone)
     else:
-        done = state.stage("head")
-        if done:
-            model.load_weights(state.weights_path("head"))
-            print(f"Stage 1/2 head: already finished in {run_dir}, weights reloaded")
-        else:
-            done = _head_stage(**kwargs)
-            state.finish_stage(done, model)
-        stages = [done]
-        print(f"Stage 1/2 head: test accuracy {done['test']['accuracy']:.4f}, "
-              f"macro F1 {done['test']['macro_f1']:.4f}")
-
+        stages = [_resumable_stage(state, "head", "Stage 1/2 head", model,
+                                   lambda: _head_stage(**kwargs))]
         if config.epochs > 0 and config.unfreeze_top > 0:
             apply_freeze(model, TopK(config.unfreeze_top))
-            done = state.stage("fine_tune")
-            if done:
-                model.load_weights(state.weights_path("fine_tune"))
-                print(f"Stage 2/2 fine-tune: already finished in {run_dir}, weights reloaded")
-            else:
-                done = _fine_tune_stage(**kwargs)
-                state.finish_stage(done, model)
-            stages.append(done)
-            print(f"Stage 2/2 fine-tune: test accuracy {done['test']['accuracy']:.4f}, "
-                  f"macro F1 {done['test']['macro_f1']:.4f}")
+            stages.append(_resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", model,
+                                           lambda: _fine_tune_stage(**kwargs)))
     report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
                        data.class_names)
 
@@ -528,6 +511,20 @@ def finetune(config=None, verbose="auto", **overrides):
         discard_worker_path(run_dir, strategy)
     result["model"] = model
     return result
+
+
+def _resumable_stage(state, name, label, model, run):
+    """Runs a stage, or reloads its weights when the run directory says it finished."""
+    done = state.stage(name)
+    if done:
+        model.load_weights(state.weights_path(name))
+        print(f"{label}: already finished in {os.path.dirname(state.path)}, weights reloaded")
+    else:
+        done = run()
+        state.finish_stage(done, model)
+    print(f"{label}: test accuracy {done['test']['accuracy']:.4f}, "
+          f"macro F1 {done['test']['macro_f1']:.4f}")
+    return done
 
 
 def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
@@ -648,7 +645,7 @@ def _prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, 
 
 
 def _soft_prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
-                       strategy, batch_size, backbone, state):
+                       strategy, batch_size, backbone):
     """Soft prompts: learnable vectors before the frozen backbone, plus a head."""
     from tfft.evaluation.callbacks import default_callbacks
     from tfft.prompting import build_soft_prompt_classifier, count_trainable_params
