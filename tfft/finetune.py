@@ -21,6 +21,9 @@ from tfft import feature_cache
 from tfft.backbones import load_backbone, parse_spec
 from tfft.builders import build_model, check_labels
 from tfft.data import TEXT_DATASETS, stratified_split
+from tfft.evaluation import report_from_predictions
+from tfft.evaluation.callbacks import default_callbacks
+from tfft.evaluation.plots import plot_training_curves
 from tfft.export import export
 from tfft.freeze import TopK, apply_freeze, trainable_summary
 from tfft.presets import compile_model, get_preset, make_optimizer
@@ -323,8 +326,6 @@ def _history(history):
 
 
 def _evaluate(probs, labels, class_names):
-    from tfft.evaluation import report_from_predictions
-
     return report_from_predictions(labels, probs, task="multiclass", class_names=class_names)
 
 
@@ -530,8 +531,6 @@ def _resumable_stage(state, name, label, model, run):
 def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
                 strategy, batch_size):
     """Stage 1: the frozen backbone runs once per example; the head trains."""
-    from tfft.evaluation.callbacks import default_callbacks
-
     counts = trainable_summary(model)
     print(f"Stage 1/2 head: backbone frozen, {counts['trainable']:,} trainable / "
           f"{counts['frozen']:,} frozen parameters")
@@ -582,8 +581,6 @@ def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, ma
 def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
                      strategy, batch_size):
     """Stage 2: top blocks unfrozen, lower learning rate, resumable per epoch."""
-    from tfft.evaluation.callbacks import default_callbacks
-
     t0 = time.time()
     counts = trainable_summary(model)
     print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, "
@@ -647,7 +644,6 @@ def _prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, 
 def _soft_prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
                        strategy, batch_size, backbone):
     """Soft prompts: learnable vectors before the frozen backbone, plus a head."""
-    from tfft.evaluation.callbacks import default_callbacks
     from tfft.prompting import build_soft_prompt_classifier, count_trainable_params
 
     t0 = time.time()
@@ -699,8 +695,6 @@ def _completed_epochs(backup_dir):
 
 
 def _save_plots(report, stages, run_dir):
-    from tfft.evaluation.plots import plot_training_curves
-
     report.save_plots(run_dir)
     trained = [(s["name"], s["history"]) for s in stages if s["history"]]
     if trained:
