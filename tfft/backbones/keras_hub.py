@@ -59,10 +59,14 @@ def known_backbones():
     return list(CATALOG)
 
 
-def _resolve(name):
-    """Returns (preset or local dir, display name, is_local)."""
-    if name in (MINILM, "minilm"):
-        return assets.asset_path("minilm"), MINILM, True
+def resolve_local_preset(name, hint="a KerasHub preset name such as 'bert_base_en_uncased'"):
+    """Tells a local preset folder from a preset name.
+
+    Returns:
+        `(path_or_name, is_local)`. A folder must hold a `config.json`; a
+        path-like name that does not exist is an error (naming `hint` as the
+        alternative) rather than a download attempt.
+    """
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
         if not os.path.exists(os.path.join(expanded, "config.json")):
@@ -71,13 +75,22 @@ def _resolve(name):
                 "expected a config.json (plus metadata.json for KerasHub presets, or "
                 "model.safetensors for Hugging Face checkpoints)."
             )
-        return expanded, os.path.basename(os.path.normpath(expanded)), True
+        return expanded, True
     if os.sep in name or name.startswith("."):
         raise ValueError(
             f"The local preset directory {name!r} does not exist. Pass an existing "
-            "directory, or a KerasHub preset name such as 'bert_base_en_uncased'."
+            f"directory, or {hint}."
         )
-    return name, name, False
+    return name, False
+
+
+def _resolve(name):
+    """Returns (preset or local dir, display name, is_local)."""
+    if name in (MINILM, "minilm"):
+        return assets.asset_path("minilm"), MINILM, True
+    preset, local = resolve_local_preset(name)
+    display = os.path.basename(os.path.normpath(preset)) if local else preset
+    return preset, display, local
 
 
 def load(name, sequence_length=128, **kwargs):

@@ -6,7 +6,6 @@ continuation of the prompt (no free generation). Works with any KerasHub
 (GPT-2, Llama, Mistral, ...), including the offline SmolLM2-135M-Instruct.
 """
 
-import os
 import weakref
 
 import keras
@@ -70,6 +69,9 @@ def load_causal_lm(spec, sequence_length=512, **kwargs):
     """
     import keras_hub
 
+    from tfft.backbones.keras_hub import resolve_local_preset
+    from tfft.backbones.network import require_network
+
     if isinstance(spec, keras.Model):
         # A KerasHub CausalLM, or any model mapping {"token_ids", "padding_mask"}
         # to next-token logits (e.g. `build_soft_prompt_causal_lm`).
@@ -84,22 +86,10 @@ def load_causal_lm(spec, sequence_length=512, **kwargs):
         return load_smollm2(sequence_length=sequence_length, **kwargs)
     if name.startswith("keras_hub:"):
         name = name.partition(":")[2]
-    expanded = os.path.expanduser(name)
-    if os.path.isdir(expanded):
-        if not os.path.exists(os.path.join(expanded, "config.json")):
-            raise ValueError(
-                f"{expanded!r} is not a KerasHub or Hugging Face preset folder: expected "
-                "a config.json."
-            )
-        name = expanded
-    elif os.sep in name or name.startswith("."):
-        raise ValueError(
-            f"The local preset folder {name!r} does not exist. Expected "
-            f"{CAUSAL_LM_SPEC_FORMS}. Received: spec={spec!r}"
-        )
-    else:
-        from tfft.backbones.network import require_network
-
+    name, local = resolve_local_preset(
+        name, hint=f"one of {CAUSAL_LM_SPEC_FORMS}. Received: spec={spec!r}"
+    )
+    if not local:
         require_network(
             "keras_hub", f"keras_hub:{name}",
             "a local preset folder, or 'offline:smollm2' for the bundled SmolLM2-135M.",
