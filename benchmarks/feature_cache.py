@@ -6,7 +6,7 @@ In one run, from the same seed:
 
 - uncached: `model.fit` on tokenised batches; the backbone runs every epoch
   (on train and validation);
-- cached: `tfft.feature_cache.fit_cached`: the backbone runs once (the
+- cached: `tfft.training.feature_cache.fit_cached`: the backbone runs once (the
   "feature pass"), then the head trains on the stored features.
 
 Reports the seconds per epoch after the first (median) of both and their ratio
@@ -31,9 +31,9 @@ import tfft  # noqa: E402,I001  (sets the Keras backend first)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tfft import feature_cache  # noqa: E402
+from tfft.training import feature_cache  # noqa: E402
 from tfft.data import load_bbc_news, stratified_split  # noqa: E402
-from tfft.finetune import text_dataset  # noqa: E402
+from tfft.jobs.finetune import text_dataset  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -3,123 +3,100 @@
 The classic Keras recipe, one library: load a pretrained backbone, add a task
 head, freeze, compile, fit, evaluate, export.
 
+`import tfft` is cheap: it checks the Keras backend settings and nothing more.
+Each name below loads its module on first use (PEP 562), and the subpackages
+(`tfft.data`, `tfft.prompting`, `tfft.selection`, `tfft.distribute` ...) load
+when first touched.
+
 Example:
 
 >>> import tfft
->>> model = tfft.build_model("minilm", task="multiclass", num_classes=5)
->>> report = tfft.finetune(max_examples=300)   # the main job, end to end
+>>> task = tfft.build_model("minilm", task="multiclass", num_classes=5)
+>>> task.fit(["a text", "another"], [0, 3], epochs=1)
+>>> result = tfft.run_job(max_examples=300)   # the main job, end to end
 """
 
-from tfft._backend import ensure_tensorflow_backend
+import importlib
 
-ensure_tensorflow_backend()
+from tfft._backend import check_environment
 
-# The backend must be chosen before anything below imports Keras.
-from tfft import data, prompting  # noqa: E402  data registers the offline TFDS datasets
-from tfft.backbones import (  # noqa: E402
-    Backbone,
-    BackboneInfo,
-    list_backbones,
-    load_backbone,
-)
-from tfft.backbones.applications import ImagePreprocessor  # noqa: E402
-from tfft.backbones.offline_vision import load_imagenet_classifier  # noqa: E402
-from tfft.backbones.tf_hub import HubLayer  # noqa: E402
-from tfft.builders import build_model  # noqa: E402
-from tfft.discriminative import LayerwiseOptimizer, layerwise_lr  # noqa: E402
-from tfft.evaluation import (  # noqa: E402
-    EvaluationReport,
-    default_callbacks,
-    evaluate,  # noqa: E402
-    report_from_predictions,
-)
-from tfft.export import export, to_tflite  # noqa: E402
-from tfft.feature_cache import CacheRefusedError, fit_cached  # noqa: E402
-from tfft.finetune import FinetuneConfig, finetune  # noqa: E402
-from tfft.freeze import (  # noqa: E402
-    FeatureExtraction,
-    FreezePolicy,
-    Full,
-    Regex,
-    TopK,
-    apply_freeze,
-    parse_freeze,
-    trainable_summary,
-)
-from tfft.gradual import Gradual, GradualUnfreezing, gradual_callback  # noqa: E402
-from tfft.heads import BackboneLayer, Pooling, TaskHead  # noqa: E402
-from tfft.lora import LoRA, merge_lora  # noqa: E402
-from tfft.presets import compile_model, get_preset, list_presets, set_mixed_precision  # noqa: E402
-from tfft.recipes import fine_tune  # noqa: E402
-from tfft.selection import recommend, select  # noqa: E402
-from tfft.strategy import (  # noqa: E402
-    StrategyError,
-    chief_only_path,
-    chief_writes,
-    distribute_dataset,
-    get_strategy,
-    global_batch_size,
-    is_chief,
-    per_replica_batch_size,
-    scale_learning_rate,
-)
+check_environment()
 
 __version__ = "0.1.0"
 
+# The core path a user meets first, each name -> the module that defines it.
+_EXPORTS = {
+    # backbones
+    "Backbone": "tfft.backbones",
+    "BackboneInfo": "tfft.backbones",
+    "list_backbones": "tfft.backbones",
+    "load_backbone": "tfft.backbones",
+    "load_imagenet_classifier": "tfft.backbones.offline_vision",
+    # layers
+    "BackboneLayer": "tfft.layers",
+    "HubLayer": "tfft.layers",
+    "ImagePreprocessor": "tfft.layers",
+    "Pooling": "tfft.layers",
+    "TaskHead": "tfft.layers",
+    # adaptation
+    "FeatureExtraction": "tfft.adapt",
+    "FreezePolicy": "tfft.adapt",
+    "Full": "tfft.adapt",
+    "Gradual": "tfft.adapt",
+    "GradualUnfreezing": "tfft.adapt",
+    "LayerwiseOptimizer": "tfft.adapt",
+    "LoRA": "tfft.adapt",
+    "Regex": "tfft.adapt",
+    "TopK": "tfft.adapt",
+    "apply_freeze": "tfft.adapt",
+    "gradual_callback": "tfft.adapt",
+    "layerwise_lr": "tfft.adapt",
+    "merge_lora": "tfft.adapt",
+    "parse_freeze": "tfft.adapt",
+    "trainable_summary": "tfft.adapt",
+    # training
+    "CacheRefusedError": "tfft.training",
+    "compile_model": "tfft.training",
+    "default_callbacks": "tfft.training",
+    "fine_tune": "tfft.training",
+    "fit_cached": "tfft.training",
+    "get_preset": "tfft.training",
+    "list_presets": "tfft.training",
+    "set_mixed_precision": "tfft.training",
+    # models
+    "Task": "tfft.models",
+    "build_model": "tfft.models",
+    # evaluation and export
+    "EvaluationReport": "tfft.evaluation",
+    "evaluate": "tfft.evaluation",
+    "report_from_predictions": "tfft.evaluation",
+    "export": "tfft.export",
+    "to_tflite": "tfft.export",
+    # tf.distribute
+    "get_strategy": "tfft.distribute",
+    # the main job
+    "JobConfig": "tfft.jobs.finetune",
+    "run_job": "tfft.jobs.finetune",
+}
 
-__all__ = [
-    "Backbone",
-    "BackboneInfo",
-    "BackboneLayer",
-    "CacheRefusedError",
-    "EvaluationReport",
-    "FeatureExtraction",
-    "FinetuneConfig",
-    "FreezePolicy",
-    "Full",
-    "Gradual",
-    "GradualUnfreezing",
-    "HubLayer",
-    "ImagePreprocessor",
-    "LayerwiseOptimizer",
-    "LoRA",
-    "Pooling",
-    "Regex",
-    "StrategyError",
-    "TaskHead",
-    "TopK",
-    "apply_freeze",
-    "build_model",
-    "chief_only_path",
-    "chief_writes",
-    "compile_model",
-    "data",
-    "default_callbacks",
-    "distribute_dataset",
-    "evaluate",
-    "export",
-    "fine_tune",
-    "finetune",
-    "fit_cached",
-    "get_preset",
-    "get_strategy",
-    "global_batch_size",
-    "gradual_callback",
-    "is_chief",
-    "layerwise_lr",
-    "list_backbones",
-    "list_presets",
-    "load_backbone",
-    "load_imagenet_classifier",
-    "merge_lora",
-    "parse_freeze",
-    "per_replica_batch_size",
-    "prompting",
-    "recommend",
-    "report_from_predictions",
-    "scale_learning_rate",
-    "select",
-    "set_mixed_precision",
-    "to_tflite",
-    "trainable_summary",
-]
+_SUBPACKAGES = (
+    "adapt", "backbones", "data", "distribute", "evaluation", "export", "jobs", "layers",
+    "models", "prompting", "selection", "training",
+)
+
+__all__ = sorted([*_EXPORTS, *_SUBPACKAGES])
+
+
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"tfft.{name}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tfft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

@@ -15,8 +15,14 @@ class BackendError(ImportError):
     """Raised when the environment forces a Keras setup tfft cannot use."""
 
 
-def ensure_tensorflow_backend():
-    """Make Keras 3 run on TensorFlow, or raise a clear `BackendError`."""
+def check_environment() -> None:
+    """Selects TensorFlow for Keras, or raises a clear `BackendError`; cheap.
+
+    Runs at `import tfft`. It reads the environment and sets
+    `KERAS_BACKEND=tensorflow` without importing Keras, so `import tfft` stays
+    fast; Keras reads the setting whenever a tfft module first imports it.
+    When Keras was imported before tfft, its backend is checked at once.
+    """
     if os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in ("1", "true", "yes"):
         raise BackendError(
             "tfft needs Keras 3, but TF_USE_LEGACY_KERAS is set, which makes "
@@ -34,7 +40,12 @@ def ensure_tensorflow_backend():
     os.environ["KERAS_BACKEND"] = REQUIRED_BACKEND
     # Keeps TensorFlow's C++ start-up chatter out of progress output.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    already_imported = "keras" in sys.modules
+    if "keras" in sys.modules:
+        ensure_tensorflow_backend(imported_before_tfft=True)
+
+
+def ensure_tensorflow_backend(imported_before_tfft: bool = False) -> str:
+    """Imports Keras and checks it is Keras 3 on TensorFlow; returns the backend name."""
     import keras
 
     major = int(keras.__version__.split(".")[0])
@@ -48,7 +59,7 @@ def ensure_tensorflow_backend():
         hint = (
             "keras was imported before tfft with another backend; import tfft first "
             "or set KERAS_BACKEND=tensorflow"
-            if already_imported
+            if imported_before_tfft
             else "set KERAS_BACKEND=tensorflow in the environment"
         )
         raise BackendError(

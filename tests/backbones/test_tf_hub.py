@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 from tfft.backbones import tf_hub
-from tfft.backbones.network import NetworkUnavailableError
-from tfft.backbones.tf_hub import HubLayer
+from tfft.utils.network import NetworkUnavailableError
+from tfft.layers import HubLayer
 
 VOCAB = ["good", "bad", "great", "awful", "fine"]
 SEQ = 5

@@ -26,7 +26,8 @@ import tensorflow as tf
 from tfft import assets
 from tfft.backbones import NetworkUnavailableError, applications, load_backbone, network
 from tfft.backbones import offline_vision
-from tfft.backbones.applications import NORMALISATIONS, ImagePreprocessor, cnn_block_names
+from tfft.backbones.applications import cnn_block_names
+from tfft.layers import NORMALISATIONS, ImagePreprocessor
 from tfft.backbones.torch_checkpoint import load_state_dict
 
 # --- fixtures -------------------------------------------------------------------

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.builders import check_labels
-from tfft.heads import TASKS
+from tfft.models.builder import check_labels
+from tfft.layers import TASKS
 
 
 def _labels(task, n, num_classes, seed=0):

@@ -7,7 +7,7 @@ import pytest
 import tfft
 from tfft.data import load_bbc_news, stratified_split
 from tfft.export import load_serving_outputs_in_fresh_process
-from tfft.finetune import ConfigError, FinetuneConfig
+from tfft.jobs.finetune import ConfigError, FinetuneConfig
 
 MAJORITY_BASELINE_F1 = 0.23
 

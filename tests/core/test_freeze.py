@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import tfft
-from tfft.freeze import FREEZE_POLICIES, find_backbone_layer, parse_freeze
+from tfft.adapt.freeze import FREEZE_POLICIES, find_backbone_layer, parse_freeze
 
 # Tiny BERT (3 layers, hidden 8, 3 classes): expected trainable parameter counts.
 # The BERT pooler ("pooled_dense", 8*8+8 params) never trains: the head pools

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import tfft
-from tfft.presets import OPTIMIZER_PRESETS, TASK_PRESETS, make_optimizer, resolve_preset
+from tfft.training.presets import OPTIMIZER_PRESETS, TASK_PRESETS, make_optimizer, resolve_preset
 
 
 def test_presets_are_listable_with_descriptions():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfft  # noqa: F401  (sets the Keras backend first)
-from tfft.evaluation.callbacks import MonitorCheck, default_callbacks
+from tfft.training.callbacks import MonitorCheck, default_callbacks
 
 
 def _model(seed=0):

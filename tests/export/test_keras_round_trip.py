@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.backbones.tf_hub import HubLayer
+from tfft.layers import HubLayer
 
 
 class _TinyFeatureModel(tf.Module):

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfft import build_model, export, feature_cache
 from tfft.export.saved_model import read_metadata
-from tfft.finetune import text_dataset
+from tfft.jobs.finetune import text_dataset
 
 
 @pytest.mark.slow

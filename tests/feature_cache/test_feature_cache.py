@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfft import feature_cache
-from tfft.feature_cache import CacheRefusedError
+from tfft.training import feature_cache
+from tfft.training.feature_cache import CacheRefusedError
 
 
 def predict_raw(model, x, make_dataset):

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.discriminative import LayerwiseOptimizer, layerwise_lr, layerwise_multipliers
-from tfft.gradual import gradual_callback
+from tfft.adapt.discriminative import LayerwiseOptimizer, layerwise_lr, layerwise_multipliers
+from tfft.adapt.gradual import gradual_callback
 
 LABELS = np.arange(16) % 3
 DEPTHS = {  # depth below the head for the tiny BERT's variables (3 blocks)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import tfft
-from tfft.freeze import find_backbone_layer, parse_freeze
-from tfft.gradual import Gradual, GradualUnfreezing, gradual_callback
+from tfft.adapt.freeze import find_backbone_layer, parse_freeze
+from tfft.adapt.gradual import Gradual, GradualUnfreezing, gradual_callback
 
 HEAD, LAYER, POOLER = 27, 600, 72
 LABELS = np.arange(16) % 3

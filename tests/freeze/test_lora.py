@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import tfft
-from tfft.freeze import find_backbone_layer, parse_freeze
-from tfft.lora import LoRA, has_lora, lora_layers, lora_targets, merge_lora
+from tfft.adapt.freeze import find_backbone_layer, parse_freeze
+from tfft.adapt.lora import LoRA, has_lora, lora_layers, lora_targets, merge_lora
 
 HEAD = 27
 LABELS = np.arange(16) % 3

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.discriminative import LayerwiseOptimizer
-from tfft.recipes import fine_tune
+from tfft.adapt.discriminative import LayerwiseOptimizer
+from tfft.training.recipes import fine_tune
 
 HEAD, LAYER = 27, 600
 LABELS = np.arange(16) % 3

@@ -1,4 +1,4 @@
-"""The prompt and soft-prompt strategies through build helpers and tfft.finetune."""
+"""The prompt and soft-prompt strategies through build helpers and tfft.jobs.finetune."""
 
 import numpy as np
 import pytest

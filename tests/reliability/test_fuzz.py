@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 import tfft
 from tfft.backbones import parse_spec
-from tfft.builders import check_labels
+from tfft.models.builder import check_labels
 from tfft.cli.main import _load_config_file
 from tfft.data import LabelEncoder, load
 from tfft.evaluation import report_from_predictions
-from tfft.finetune import FinetuneConfig
-from tfft.freeze import parse_freeze
+from tfft.jobs.finetune import FinetuneConfig
+from tfft.adapt.freeze import parse_freeze
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tfft
-from tfft.finetune import NumericalError
+from tfft.jobs.finetune import NumericalError
 
 SETTINGS = dict(max_examples=1000, epochs=2, head_epochs=2, sequence_length=128,
                 batch_size=8, unfreeze_top=1)
@@ -92,7 +92,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(small_preset,
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    from tfft.finetune import ConfigError, FinetuneConfig, _RunState
+    from tfft.jobs.finetune import ConfigError, FinetuneConfig, _RunState
 
     first = FinetuneConfig(epochs=1, run_dir=str(tmp_path))
     tmp_path.mkdir(exist_ok=True)

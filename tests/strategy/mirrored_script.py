@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 import tfft
-from tfft import strategy as strategy_lib
-from tfft.strategy import distribute_dataset, get_strategy
+from tfft.distribute import strategy as strategy_lib
+from tfft.distribute.strategy import distribute_dataset, get_strategy
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

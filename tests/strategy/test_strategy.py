@@ -1,4 +1,4 @@
-"""tfft.strategy: tf.distribute strategies, TF_CONFIG, batching, chief-only writes.
+"""tfft.distribute.strategy: tf.distribute strategies, TF_CONFIG, batching, chief-only writes.
 
 Real engines throughout: MirroredStrategy over two logical CPUs and
 MultiWorkerMirroredStrategy over two processes on 127.0.0.1 run in fresh
@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft import strategy as strategy_lib
-from tfft.strategy import StrategyError
+from tfft.distribute import strategy as strategy_lib
+from tfft.distribute.strategy import StrategyError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TWO_WORKERS = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
@@ -93,17 +93,17 @@ def test_valid_tf_config(no_cluster, monkeypatch):
 
 def test_get_strategy_rejects_bad_settings_before_any_work(no_cluster, monkeypatch):
     with pytest.raises(StrategyError, match=r"Unknown strategy.*Received: name='tpus'"):
-        tfft.strategy.get_strategy("tpus")
+        tfft.distribute.strategy.get_strategy("tpus")
     with pytest.raises(StrategyError, match="only applies to name='mirrored'"):
-        tfft.strategy.get_strategy("cpu", devices=["/cpu:0"])
+        tfft.distribute.strategy.get_strategy("cpu", devices=["/cpu:0"])
     with pytest.raises(StrategyError, match="non-empty list"):
-        tfft.strategy.get_strategy("mirrored", devices="/cpu:0")
+        tfft.distribute.strategy.get_strategy("mirrored", devices="/cpu:0")
     with pytest.raises(StrategyError, match="only applies to name='tpu' or 'auto'"):
-        tfft.strategy.get_strategy("gpu", tpu="local")
+        tfft.distribute.strategy.get_strategy("gpu", tpu="local")
     monkeypatch.setenv("TF_CONFIG", tf_config(TWO_WORKERS, "worker", 5))
     for name in ("auto", "multi_worker", "cpu"):
         with pytest.raises(StrategyError, match="out of range"):
-            tfft.strategy.get_strategy(name, verbose=False)
+            tfft.distribute.strategy.get_strategy(name, verbose=False)
 
 
 # ------------------------------------------------------------------------- choice

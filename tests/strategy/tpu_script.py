@@ -10,7 +10,7 @@ Prints one JSON object as its last line.
 import json
 
 import tfft
-from tfft import strategy as strategy_lib
+from tfft.distribute import strategy as strategy_lib
 
 result = {}
 try:

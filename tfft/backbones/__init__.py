@@ -1,7 +1,7 @@
 """Backbones from every source behind one spec grammar."""
 
 from tfft.backbones.base import Backbone, BackboneInfo
-from tfft.backbones.network import NetworkUnavailableError
+from tfft.utils.network import NetworkUnavailableError
 from tfft.backbones.registry import SOURCES, list_backbones, load_backbone, parse_spec
 
 __all__ = [

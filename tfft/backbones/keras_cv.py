@@ -32,7 +32,7 @@ from tfft.backbones.applications import (
     cnn_block_names,
 )
 from tfft.backbones.base import Backbone, BackboneInfo
-from tfft.backbones.network import require_network
+from tfft.utils.network import require_network
 
 # Not single-image classification backbones: point clouds, video, detection pyramids.
 # The first entry is the shared base class, skipped itself but not its subclasses.

@@ -11,7 +11,7 @@ import os
 
 from tfft import assets
 from tfft.backbones.base import Backbone, BackboneInfo
-from tfft.backbones.network import require_network
+from tfft.utils.network import require_network
 
 MINILM = "all_minilm_l6_v2"
 

@@ -40,7 +40,7 @@ def _non_negative_int(text):
 
 
 def _add_finetune(subparsers):
-    from tfft.finetune import FinetuneConfig
+    from tfft.jobs.finetune import FinetuneConfig
 
     d = FinetuneConfig()
     p = subparsers.add_parser(
@@ -94,7 +94,7 @@ def _add_finetune(subparsers):
 
 
 def _load_config_file(path):
-    from tfft.finetune import ConfigError
+    from tfft.jobs.finetune import ConfigError
 
     try:
         with open(path) as f:
@@ -122,7 +122,7 @@ def _load_config_file(path):
 
 def _run_finetune(args):
     from tfft.backbones import NetworkUnavailableError
-    from tfft.finetune import ConfigError, FinetuneConfig, NumericalError, finetune
+    from tfft.jobs.finetune import ConfigError, FinetuneConfig, NumericalError, finetune
 
     try:
         settings = _load_config_file(args.config) if args.config else {}

@@ -1,6 +1,5 @@
-"""Evaluation: scikit-learn metrics reports, plots and training callbacks."""
+"""Evaluation: scikit-learn metrics reports and plots."""
 
-from tfft.evaluation.callbacks import MonitorCheck, default_callbacks
 from tfft.evaluation.plots import (
     plot_confusion_matrix,
     plot_per_class_f1,
@@ -18,8 +17,6 @@ from tfft.evaluation.report import (
 __all__ = [
     "TASKS",
     "EvaluationReport",
-    "MonitorCheck",
-    "default_callbacks",
     "evaluate",
     "infer_task",
     "plot_confusion_matrix",

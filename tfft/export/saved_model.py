@@ -299,7 +299,7 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
         not isinstance(version, int) or isinstance(version, bool) or version < 1
     ):
         raise ValueError(f"version must be a positive int. Received: version={version!r}")
-    from tfft.lora import has_lora, merge_lora
+    from tfft.adapt.lora import has_lora, merge_lora
 
     if has_lora(model):
         # Serve plain kernels (kernel + A @ B * scale): same outputs, no adapter ops.

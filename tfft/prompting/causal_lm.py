@@ -70,7 +70,7 @@ def load_causal_lm(spec, sequence_length=512, **kwargs):
     import keras_hub
 
     from tfft.backbones.keras_hub import resolve_local_preset
-    from tfft.backbones.network import require_network
+    from tfft.utils.network import require_network
 
     if isinstance(spec, keras.Model):
         # A KerasHub CausalLM, or any model mapping {"token_ids", "padding_mask"}

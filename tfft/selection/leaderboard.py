@@ -123,7 +123,7 @@ class Leaderboard:
             task: str. Defaults to `"multiclass"`.
             **kwargs: more `tfft.build_model` arguments.
         """
-        from tfft.builders import build_model
+        from tfft.models.builder import build_model
 
         row = self.best(buildable=True)
         if row is None:

@@ -5,7 +5,7 @@ import math
 
 from tfft.backbones import list_backbones
 from tfft.backbones.base import MODALITIES
-from tfft.heads import TASKS
+from tfft.layers import TASKS
 from tfft.selection import rules as R
 
 COMPUTE = ("cpu", "gpu", "tpu")
@@ -170,7 +170,7 @@ def recommend(task, modality, num_examples, compute="cpu", metric="macro_f1", la
     Ties rank by spec, so the order is deterministic.
 
     Args:
-        task: str. One of `tfft.heads.TASKS` (`"multiclass"`, `"binary"`, ...).
+        task: str. One of `tfft.layers.TASKS` (`"multiclass"`, `"binary"`, ...).
         modality: str. `"text"` or `"image"`.
         num_examples: int. Labelled training examples (0 for none).
         compute: str or float. `"cpu"`, `"gpu"`, `"tpu"`, or a training time

@@ -238,7 +238,7 @@ class _BakeOff:
         if state.seconds_per_example is None:
             import tensorflow as tf
 
-            from tfft import feature_cache
+            from tfft.training import feature_cache
 
             model = self.feature_model(state)
             features = feature_cache.feature_model(model)
@@ -260,7 +260,7 @@ class _BakeOff:
         """Linear probe on cached features; returns the probe dict or a skip reason."""
         if state.probe is not None:
             return state.probe, None
-        from tfft import feature_cache
+        from tfft.training import feature_cache
 
         t0 = time.perf_counter()
         model = self.feature_model(state)
@@ -439,8 +439,8 @@ class _BakeOff:
 
     def run_fine_tune(self, candidate, state, t0, estimate):
         import tfft
-        from tfft.freeze import apply_freeze, parse_freeze
-        from tfft.presets import compile_model
+        from tfft.adapt.freeze import apply_freeze, parse_freeze
+        from tfft.training.presets import compile_model
 
         if not isinstance(candidate.backbone_spec, str):
             return self.skip(candidate, "fine-tuning loads a fresh copy of the backbone, "
@@ -560,7 +560,7 @@ def _fit_linear_head(model, train_f, train_y, val_f, num_classes, seed):
 def _cache_hit(model, x, prep):
     import os
 
-    from tfft import feature_cache
+    from tfft.training import feature_cache
 
     key, _ = feature_cache.cache_key(model, x, prep)
     return os.path.exists(os.path.join(feature_cache.cache_root(), key, "features.npy"))
@@ -611,7 +611,7 @@ def select(candidates, train, val, budget_seconds=600, metric="macro_f1", finali
     Cheap candidates run first: TF-IDF + logistic regression, zero-shot
     prompts, and a linear probe (logistic regression copied into the model's
     softmax head) on each backbone's pooled features, computed once and kept
-    in `tfft.feature_cache`. Then fine-tuning candidates (`SPEC:top_k:N`,
+    in `tfft.training.feature_cache`. Then fine-tuning candidates (`SPEC:top_k:N`,
     `SPEC:full`) and the best `finalists` probed backbones get a short
     fine-tune (`top_k:2`) starting from their probe's head, stopped by time.
     Before each candidate its cost is estimated (from the catalog, then from

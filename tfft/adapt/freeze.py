@@ -16,6 +16,7 @@ import re
 import keras
 
 from tfft.backbones.base import _all_layers
+from tfft.layers import BackboneLayer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,14 @@ class FreezePolicy:
 
     def apply(self, model):
         raise NotImplementedError
+
+    @classmethod
+    def string_forms(cls, name):
+        """This policy's string forms: the bare name, and `name:FIRST_FIELD` if it has options."""
+        fields = dataclasses.fields(cls)
+        if not fields:
+            return [name]
+        return [name, f"{name}:{fields[0].name.upper()}"]
 
     def to_dict(self):
         return {"policy": self.name, **dataclasses.asdict(self)}
@@ -62,11 +71,50 @@ class FreezePolicy:
         return target(**options)
 
 
+FREEZE_POLICIES = {}
+
+
+def register_policy(name):
+    """Class decorator: registers a `FreezePolicy` under its string-form name.
+
+    Each adaptation method registers itself (like PEFT's method registry); a
+    second registration of the same name is refused, so two methods can never
+    shadow each other. The string forms in messages and `--freeze` help come
+    from here.
+
+    Example:
+
+    >>> @register_policy("my_policy")
+    ... @dataclasses.dataclass(frozen=True)
+    ... class MyPolicy(FreezePolicy):
+    ...     def apply(self, model): ...
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(
+            "A freeze policy name must be lower_snake_case. Received: "
+            f"name={name!r}"
+        )
+
+    def decorate(cls):
+        if not (isinstance(cls, type) and issubclass(cls, FreezePolicy)):
+            raise TypeError(f"register_policy needs a FreezePolicy subclass. Received: {cls!r}")
+        if name in FREEZE_POLICIES:
+            raise ValueError(
+                f"A freeze policy named {name!r} is already registered "
+                f"({FREEZE_POLICIES[name].__name__}); pick another name."
+            )
+        cls.name = name
+        FREEZE_POLICIES[name] = cls
+        return cls
+
+    return decorate
+
+
+@register_policy("feature_extraction")
 @dataclasses.dataclass(frozen=True)
 class FeatureExtraction(FreezePolicy):
     """Backbone frozen and called in inference mode; only the head trains."""
 
-    name = "feature_extraction"
 
     def apply(self, model):
         backbone = find_backbone_layer(model)
@@ -74,11 +122,11 @@ class FeatureExtraction(FreezePolicy):
         _set_head_trainable(model, True)
 
 
+@register_policy("full")
 @dataclasses.dataclass(frozen=True)
 class Full(FreezePolicy):
     """Everything trains."""
 
-    name = "full"
 
     def apply(self, model):
         model.trainable = True
@@ -90,6 +138,7 @@ class Full(FreezePolicy):
         _freeze_unused(backbone)
 
 
+@register_policy("top_k")
 @dataclasses.dataclass(frozen=True)
 class TopK(FreezePolicy):
     """Only the top `k` blocks of the backbone (and what sits above them) train.
@@ -99,7 +148,6 @@ class TopK(FreezePolicy):
     """
 
     k: int = 2
-    name = "top_k"
 
     def __post_init__(self):
         if not isinstance(self.k, int) or self.k < 0:
@@ -145,12 +193,12 @@ class TopK(FreezePolicy):
         _set_head_trainable(model, True)
 
 
+@register_policy("regex")
 @dataclasses.dataclass(frozen=True)
 class Regex(FreezePolicy):
     """Backbone weights whose path matches `pattern` train; others are frozen."""
 
     pattern: str = ".*"
-    name = "regex"
 
     def __post_init__(self):
         try:
@@ -180,21 +228,12 @@ class Regex(FreezePolicy):
         _set_head_trainable(model, True)
 
 
-FREEZE_POLICIES = {
-    "feature_extraction": FeatureExtraction,
-    "full": Full,
-    "top_k": TopK,
-    "regex": Regex,
-}
-STRING_FORMS = (
-    "'feature_extraction', 'full', 'top_k:K', 'regex:PATTERN', 'gradual', 'gradual:EVERY_EPOCHS', "
-    "'lora:RANK'"
-)
-
-
-def register_policy(name, cls):
-    """Adds a policy class under `name` (used for gradual and LoRA)."""
-    FREEZE_POLICIES[name] = cls
+def string_forms():
+    """The string forms of every registered policy, e.g. `'top_k:K'`, generated from the registry."""
+    forms = []
+    for name, cls in FREEZE_POLICIES.items():
+        forms.extend(cls.string_forms(name))
+    return ", ".join(repr(f) for f in forms)
 
 
 def parse_freeze(policy):
@@ -209,14 +248,14 @@ def parse_freeze(policy):
         return policy
     if not isinstance(policy, str):
         raise TypeError(
-            f"A freeze policy must be a string ({STRING_FORMS}) or a FreezePolicy. "
+            f"A freeze policy must be a string ({string_forms()}) or a FreezePolicy. "
             f"Received: {type(policy).__name__}"
         )
     name, _, arg = policy.strip().partition(":")
     if name not in FREEZE_POLICIES:
         raise ValueError(
             f"Unknown freeze policy. Expected one of {sorted(FREEZE_POLICIES)} "
-            f"(string forms {STRING_FORMS}). Received: freeze={policy!r}"
+            f"(string forms {string_forms()}). Received: freeze={policy!r}"
         )
     cls = FREEZE_POLICIES[name]
     fields = [f for f in dataclasses.fields(cls)]
@@ -259,8 +298,6 @@ def trainable_summary(model):
 
 def find_backbone_layer(model):
     """Returns the `BackboneLayer` named "backbone" inside a tfft model."""
-    from tfft.heads import BackboneLayer
-
     for layer in getattr(model, "layers", []):
         if isinstance(layer, BackboneLayer):
             return layer
@@ -298,15 +335,3 @@ def _leaf_layers(layer):
     for child in children:
         out.extend(_leaf_layers(child))
     return out
-
-
-def _register_builtin_policies():
-    # Imported here, not at the top: these modules import this one.
-    from tfft.gradual import Gradual
-    from tfft.lora import LoRA
-
-    register_policy("gradual", Gradual)
-    register_policy("lora", LoRA)
-
-
-_register_builtin_policies()

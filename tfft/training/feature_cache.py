@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from tfft import assets
-from tfft.freeze import find_backbone_layer
+from tfft.adapt.freeze import find_backbone_layer
 
 
 class CacheRefusedError(ValueError):
@@ -289,7 +289,7 @@ def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None,
     ...                      make_dataset=lambda x: text_dataset(x, None, pre, 32),
     ...                      epochs=10)
     """
-    from tfft.presets import TASK_PRESETS, task_metrics
+    from tfft.training.presets import TASK_PRESETS, task_metrics
 
     if make_dataset is None or not callable(make_dataset):
         raise TypeError(

@@ -31,7 +31,7 @@ import json
 
 import keras
 
-from tfft.freeze import find_backbone_layer
+from tfft.adapt.freeze import find_backbone_layer
 
 
 def block_depths(model):

@@ -20,11 +20,19 @@ import re
 import keras
 import numpy as np
 
-from tfft.freeze import FreezePolicy, _set_all, _set_head_trainable, find_backbone_layer
+from tfft.backbones import Backbone
+from tfft.adapt.freeze import (
+    FreezePolicy,
+    _set_all,
+    _set_head_trainable,
+    find_backbone_layer,
+    register_policy,
+)
 
 LORA_LAYER_TYPES = (keras.layers.Dense, keras.layers.EinsumDense)
 
 
+@register_policy("lora")
 @dataclasses.dataclass(frozen=True)
 class LoRA(FreezePolicy):
     """Backbone frozen; LoRA adapters on its Dense/EinsumDense layers and the head train.
@@ -48,7 +56,6 @@ class LoRA(FreezePolicy):
     rank: int = 8
     alpha: float = None
     target: str = None
-    name = "lora"
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -181,8 +188,6 @@ def merge_lora(model):
         layer.trainable = original.trainable
     backbone = getattr(model, "tfft_backbone", None)
     if backbone is not None:
-        from tfft.backbones import Backbone
-
         clone.tfft_backbone = Backbone(
             find_backbone_layer(clone).backbone, backbone.info,
             preprocessor=backbone.preprocessor, block_names=backbone.block_names,

@@ -5,9 +5,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfft.backbones import Backbone, load_backbone
-from tfft.freeze import apply_freeze, parse_freeze
-from tfft.heads import TASKS, BackboneLayer, Pooling, TaskHead
-from tfft.presets import compile_model
+from tfft.adapt.freeze import apply_freeze, parse_freeze
+from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
+from tfft.training.presets import compile_model
 
 
 def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extraction",
@@ -57,7 +57,7 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
                 **backbone_kwargs)
     if strategy is None:
         return _build_model(backbone, **args)
-    from tfft.strategy import check_built_in_scope, prepare_model
+    from tfft.distribute.strategy import check_built_in_scope, prepare_model
 
     if not isinstance(backbone, str):
         check_built_in_scope(getattr(backbone, "model", backbone), strategy)

@@ -17,17 +17,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft import feature_cache
+from tfft.training import feature_cache
 from tfft.backbones import load_backbone, parse_spec
-from tfft.builders import build_model, check_labels
+from tfft.models.builder import build_model, check_labels
 from tfft.data import TEXT_DATASETS, stratified_split
 from tfft.evaluation import report_from_predictions
-from tfft.evaluation.callbacks import default_callbacks
+from tfft.training.callbacks import default_callbacks
 from tfft.evaluation.plots import plot_training_curves
 from tfft.export import export
-from tfft.freeze import TopK, apply_freeze, trainable_summary
-from tfft.presets import compile_model, get_preset, make_optimizer
-from tfft.strategy import (
+from tfft.adapt.freeze import TopK, apply_freeze, trainable_summary
+from tfft.training.presets import compile_model, get_preset, make_optimizer
+from tfft.distribute.strategy import (
     STRATEGY_NAMES,
     chief_only_path,
     discard_worker_path,

@@ -9,15 +9,15 @@ optimizer see the right variables.
 import numpy as np
 import tensorflow as tf
 
-from tfft.freeze import (
+from tfft.adapt.freeze import (
     FeatureExtraction,
     apply_freeze,
     find_backbone_layer,
     parse_freeze,
     trainable_summary,
 )
-from tfft.gradual import Gradual, GradualUnfreezing
-from tfft.presets import (
+from tfft.adapt.gradual import Gradual, GradualUnfreezing
+from tfft.training.presets import (
     OPTIMIZER_PRESETS,
     TASK_PRESETS,
     compile_model,
@@ -115,7 +115,7 @@ def fine_tune(model, train, val=None, epochs=3, freeze_epochs=1, unfreeze="full"
     # (top_k larger than the backbone, no blocks for gradual ...) before training.
     apply_freeze(model, policy)
     if lr_decay is not None:
-        from tfft.discriminative import layerwise_multipliers
+        from tfft.adapt.discriminative import layerwise_multipliers
 
         layerwise_multipliers(model, lr_decay)
     callbacks = list(callbacks or [])
@@ -146,7 +146,7 @@ def fine_tune(model, train, val=None, epochs=3, freeze_epochs=1, unfreeze="full"
         decay = lr_decay if lr_decay is not None else (
             1.0 if isinstance(policy, Gradual) else None)
         if decay is not None:
-            from tfft.discriminative import (
+            from tfft.adapt.discriminative import (
                 LayerwiseOptimizer,
                 block_depths,
                 layerwise_multipliers,

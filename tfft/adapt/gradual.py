@@ -36,18 +36,21 @@ import logging
 
 import keras
 
-from tfft.freeze import (
+from tfft.adapt.freeze import (
     FeatureExtraction,
     FreezePolicy,
     Full,
     TopK,
     find_backbone_layer,
+    parse_freeze,
+    register_policy,
     trainable_summary,
 )
 
-logger = logging.getLogger("tfft.gradual")
+logger = logging.getLogger("tfft.adapt.gradual")
 
 
+@register_policy("gradual")
 @dataclasses.dataclass(frozen=True)
 class Gradual(FreezePolicy):
     """Backbone frozen at first, then unfrozen one block group at a time.
@@ -76,7 +79,6 @@ class Gradual(FreezePolicy):
     every_steps: int = None
     start: int = 0
     max_blocks: int = None
-    name = "gradual"
 
     def __post_init__(self):
         for field in ("every_epochs", "start"):
@@ -176,7 +178,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         model: keras.Model. A compiled tfft model.
         policy: Gradual or str. The schedule (e.g. `"gradual:2"`).
         verbose: int. 1 prints each change; 0 only logs it (logger
-            `"tfft.gradual"`).
+            `"tfft.adapt.gradual"`).
 
     Attributes:
         changes: list of dicts, one per change: `epoch`, `step`, `stage`,
@@ -185,8 +187,6 @@ class GradualUnfreezing(keras.callbacks.Callback):
 
     def __init__(self, model, policy="gradual", verbose=1):
         super().__init__()
-        from tfft.freeze import parse_freeze
-
         policy = parse_freeze(policy)
         if not isinstance(policy, Gradual):
             raise TypeError(

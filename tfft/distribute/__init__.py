@@ -1,0 +1,41 @@
+"""tf.distribute for tfft: TPUs, several GPUs and several machines, never a home-made strategy."""
+
+from tfft.distribute.strategy import (
+    STRATEGY_NAMES,
+    StrategyError,
+    check_built_in_scope,
+    chief_only_path,
+    chief_writes,
+    detect_tpu,
+    discard_worker_path,
+    distribute_dataset,
+    get_strategy,
+    global_batch_size,
+    is_chief,
+    num_replicas,
+    parse_tf_config,
+    per_replica_batch_size,
+    prepare_model,
+    scale_learning_rate,
+    task_info,
+)
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "StrategyError",
+    "check_built_in_scope",
+    "chief_only_path",
+    "chief_writes",
+    "detect_tpu",
+    "discard_worker_path",
+    "distribute_dataset",
+    "get_strategy",
+    "global_batch_size",
+    "is_chief",
+    "num_replicas",
+    "parse_tf_config",
+    "per_replica_batch_size",
+    "prepare_model",
+    "scale_learning_rate",
+    "task_info",
+]

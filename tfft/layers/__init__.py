@@ -1,0 +1,21 @@
+"""Keras layers tfft composes into tasks; each saves and reloads through `.keras` files.
+
+They import nothing from tfft above `tfft.utils`, so every other part can use them.
+"""
+
+from tfft.layers.backbone_layer import BackboneLayer
+from tfft.layers.heads import TASKS, TaskHead
+from tfft.layers.hub_layer import HubLayer
+from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor
+from tfft.layers.pooling import POOLING_MODES, Pooling
+
+__all__ = [
+    "NORMALISATIONS",
+    "POOLING_MODES",
+    "TASKS",
+    "BackboneLayer",
+    "HubLayer",
+    "ImagePreprocessor",
+    "Pooling",
+    "TaskHead",
+]

@@ -1,0 +1,40 @@
+"""Training: compile presets, the `fine_tune` recipe, the feature cache and callbacks."""
+
+from tfft.training.callbacks import MonitorCheck, default_callbacks
+from tfft.training.feature_cache import (
+    CacheRefusedError,
+    cached_features,
+    clear_cache,
+    features_dataset,
+    fit_cached,
+    list_cached,
+)
+from tfft.training.presets import (
+    OPTIMIZER_PRESETS,
+    TASK_PRESETS,
+    compile_model,
+    get_preset,
+    list_presets,
+    make_optimizer,
+    set_mixed_precision,
+)
+from tfft.training.recipes import fine_tune
+
+__all__ = [
+    "OPTIMIZER_PRESETS",
+    "TASK_PRESETS",
+    "CacheRefusedError",
+    "MonitorCheck",
+    "cached_features",
+    "clear_cache",
+    "compile_model",
+    "default_callbacks",
+    "features_dataset",
+    "fine_tune",
+    "fit_cached",
+    "get_preset",
+    "list_cached",
+    "list_presets",
+    "make_optimizer",
+    "set_mixed_precision",
+]

@@ -1,0 +1,1 @@
+"""Helpers shared by every layer of tfft: file writes, argument checks, the network probe."""
