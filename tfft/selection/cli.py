@@ -8,6 +8,11 @@
 import json
 import sys
 
+from tfft.data import IMAGE_DATASETS, TEXT_DATASETS, select_classes, stratified_split
+from tfft.selection.candidates import parse_candidates
+from tfft.selection.recommend import recommend
+from tfft.selection.select import select
+
 EXIT_USAGE = 2
 
 
@@ -91,8 +96,6 @@ def _compute(text):
 
 
 def _recommend(args):
-    from tfft.selection import recommend
-
     recs = recommend(args.task, args.modality, args.num_examples, compute=_compute(args.compute),
                      latency_ms=args.latency_ms, labels_available=not args.no_labels,
                      limit=args.limit)
@@ -107,8 +110,6 @@ def _recommend(args):
 
 
 def _load_dataset(name, classes):
-    from tfft.data import IMAGE_DATASETS, TEXT_DATASETS, select_classes
-
     loaders = {**TEXT_DATASETS, **IMAGE_DATASETS}
     if name not in loaders:
         raise ValueError(
@@ -122,8 +123,6 @@ def _load_dataset(name, classes):
 
 def split_for_selection(data, max_examples=None, val_fraction=0.3, seed=0):
     """A stratified (subset and) train/validation split of `data`."""
-    from tfft.data import stratified_split
-
     if max_examples is not None:
         if max_examples < 10:
             raise ValueError(f"--max-examples must be >= 10. Received: {max_examples}")
@@ -136,9 +135,6 @@ def split_for_selection(data, max_examples=None, val_fraction=0.3, seed=0):
 
 
 def _select(args):
-    from tfft.selection import select
-    from tfft.selection.candidates import parse_candidates
-
     candidates = parse_candidates(args.candidates)
     data = _load_dataset(args.dataset, args.classes)
     train, val = split_for_selection(data, args.max_examples, args.val_fraction, args.seed)

@@ -6,6 +6,8 @@ import json
 import math
 import os
 
+from tfft.models import build_model
+
 FREEZE_STRATEGIES = ("feature_extraction", "full")
 STATUSES = ("ok", "skipped")
 
@@ -123,8 +125,6 @@ class Leaderboard:
             task: str. Defaults to `"multiclass"`.
             **kwargs: more `tfft.build_model` arguments.
         """
-        from tfft.models.builder import build_model
-
         row = self.best(buildable=True)
         if row is None:
             raise ValueError(

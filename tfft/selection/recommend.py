@@ -7,6 +7,7 @@ from tfft.backbones import list_backbones
 from tfft.backbones.base import MODALITIES
 from tfft.layers import TASKS
 from tfft.selection import rules as R
+from tfft.selection.metrics import check_metric
 
 COMPUTE = ("cpu", "gpu", "tpu")
 ZERO_SHOT_TASKS = ("binary", "multiclass")
@@ -193,8 +194,6 @@ def recommend(task, modality, num_examples, compute="cpu", metric="macro_f1", la
     ('keras_hub:all_minilm_l6_v2', 'top_k:2')
     """
     compute, budget = _check_request(task, modality, num_examples, compute, latency_ms)
-    from tfft.selection.metrics import check_metric
-
     check_metric(metric)
     context = {
         "task": task, "modality": modality, "num_examples": num_examples,
