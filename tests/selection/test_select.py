@@ -1,7 +1,9 @@
 """select(): bake-off rows, budget enforcement, skips, leaderboard files, bad input."""
 
+import ast
 import csv
 import json
+import pathlib
 import re
 import socket
 
@@ -174,6 +176,68 @@ def test_image_probe_finalist_fine_tune_and_unavailable_weights(digits, offline_
     model = board.build_winner()
     assert model.output_shape == (None, 10)
     assert model.get_layer("backbone").trainable == (board.winner.freeze != "feature_extraction")
+
+
+def test_fine_tune_candidate_trains_through_the_fine_tune_recipe(digits, tmp_path):
+    """The fine-tune row's model is what `tfft.training.fine_tune` gives: top blocks moved,
+    everything below them (BatchNorm statistics included) bitwise as loaded."""
+    tiny = {"alpha": 0.35, "input_size": 32}
+    start = tfft.load_backbone("keras_app:MobileNetV2", weights=None, **tiny)
+    path = str(tmp_path / "mnv2.weights.h5")
+    start.model.save_weights(path)
+    kwargs = {"weights": path, **tiny}
+    board = select([Candidate("keras_app:MobileNetV2", "top_k:2", name="mnv2:top_k:2",
+                              load_kwargs=kwargs)],
+                   *digits, budget_seconds=300, finalists=0, batch_size=16, verbose=False)
+    row = board.rows[0]
+    assert row.ok, row.reason
+    steps = re.search(r"fine-tuning: (\d+) steps of 16 .*stopped by (plan|time)", row.reason)
+    assert steps and int(steps[1]) >= 1, row.reason
+    trained = board.models["mnv2:top_k:2"].get_layer("backbone").backbone
+    top = {name for block in start.block_names[-2:] for name in block}
+    moved = []
+    for layer in start.model.layers:
+        if not layer.weights:
+            continue
+        pairs = zip(layer.get_weights(), trained.get_layer(layer.name).get_weights(),
+                    strict=True)
+        same = all(np.array_equal(a, b) for a, b in pairs)
+        if layer.name in top:
+            moved.append(not same)
+        else:
+            assert same, f"{layer.name} is below the top 2 blocks but changed"
+    assert any(moved), "the top 2 blocks did not train"
+
+
+def _calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name):
+                yield func.id, None
+            elif isinstance(func, ast.Attribute):
+                receiver = func.value.id if isinstance(func.value, ast.Name) else None
+                yield func.attr, receiver
+
+
+def test_selection_has_no_training_loop_of_its_own():
+    """Keras training in selection goes through `fine_tune` (and the feature cache)."""
+    import tfft.selection as package
+
+    root = pathlib.Path(package.__file__).parent
+    calls = {}
+    for path in sorted(root.glob("*.py")):
+        calls[path.name] = list(_calls(ast.parse(path.read_text())))
+    for name, found in calls.items():
+        for func, receiver in found:
+            assert func not in ("compile_model", "train_on_batch"), (name, func)
+            assert func != "compile" or receiver == "re", (name, receiver)
+            # scikit-learn estimators (TF-IDF pipeline, probe classifier) may fit.
+            assert func != "fit" or receiver in ("pipeline", "clf"), (name, receiver)
+    runners = ast.parse((root / "runners.py").read_text())
+    run_fine_tune = next(node for node in ast.walk(runners)
+                         if isinstance(node, ast.FunctionDef) and node.name == "run_fine_tune")
+    assert ("fine_tune", None) in set(_calls(run_fine_tune))
 
 
 def test_zero_shot_on_images_and_unappliable_freeze_are_skipped_rows(digits):
