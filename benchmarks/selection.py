@@ -91,7 +91,7 @@ def main(argv=None):
         ))
     if "lfw_subset" in wanted:
         train, val = split_for_selection(load_lfw_subset())
-        results.append(run_one("lfw_subset", IMAGE_CANDIDATES + ["tfidf_logreg"], train, val,
+        results.append(run_one("lfw_subset", [*IMAGE_CANDIDATES, "tfidf_logreg"], train, val,
                                args.out, args.budget_seconds, finalists=1))
     print(json.dumps({
         "benchmark": "selection",

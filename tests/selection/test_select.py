@@ -10,7 +10,7 @@ import socket
 import numpy as np
 import pytest
 
-import tfft  # noqa: F401  selects the TensorFlow backend first
+import tfft  # selects the TensorFlow backend first
 from tfft.data import LabeledData, load_digits, stratified_split
 from tfft.selection import Candidate, Leaderboard, LeaderboardRow, select
 from tfft.selection import metrics as M
@@ -307,7 +307,7 @@ def test_leaderboard_ranking_table_and_build_errors(tmp_path):
     assert table[1].startswith("1 ") and table[-1].startswith("- ")
     assert "estimated 900 s > 10 s left" in table[-1]
     paths = board.save(str(tmp_path / "out"))
-    assert open(paths["png"], "rb").read(8) == PNG_MAGIC
+    assert pathlib.Path(paths["png"]).read_bytes()[:8] == PNG_MAGIC
     only_baseline = Leaderboard([rows[1]], class_names=["a", "b"])
     with pytest.raises(ValueError, match="No finished backbone candidate to build"):
         only_baseline.build_winner()

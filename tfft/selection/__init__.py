@@ -16,10 +16,10 @@ from tfft.selection.recommend import Recommendation, estimate_seconds, recommend
 from tfft.selection.select import select
 
 __all__ = [
+    "METRICS",
     "Candidate",
     "Leaderboard",
     "LeaderboardRow",
-    "METRICS",
     "Recommendation",
     "estimate_seconds",
     "parse_candidate",

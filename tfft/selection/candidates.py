@@ -85,10 +85,7 @@ class Candidate:
     def spec_key(self):
         """Identifies the backbone for sharing loads and features between candidates."""
         spec = self.backbone_spec
-        if isinstance(spec, str):
-            spec = resolve_spec(spec)
-        else:
-            spec = id(spec)
+        spec = resolve_spec(spec) if isinstance(spec, str) else id(spec)
         return (spec, tuple(sorted((k, repr(v)) for k, v in self.load_kwargs.items())))
 
 

@@ -165,9 +165,10 @@ class Leaderboard:
             ])
         widths = [max(len(header[c]), *(len(line[c]) for line in lines)) if lines
                   else len(header[c]) for c in range(len(header) - 1)]
-        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  reason"]
+        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + "  reason"]
         for line in lines:
-            out.append("  ".join(v.ljust(w) for v, w in zip(line, widths)) + "  " + line[-1])
+            cells = "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=False))
+            out.append(cells + "  " + line[-1])
         return "\n".join(out)
 
     def __str__(self):
@@ -203,7 +204,7 @@ class Leaderboard:
         done = [r for r in self.rows if r.ok and r.value is not None]
         fig, ax = plt.subplots(figsize=(7, 4.5))
         xs = [max(row.train_seconds or 0.0, 1e-2) for row in done]
-        for i, (row, seconds) in enumerate(zip(done, xs)):
+        for i, (row, seconds) in enumerate(zip(done, xs, strict=True)):
             marker = "*" if row is self.winner else "o"
             ax.scatter([seconds], [row.value], s=120 if marker == "*" else 50, marker=marker)
             # Alternate label positions so neighbouring points stay readable.

@@ -135,7 +135,7 @@ def _apply_backbone_rules(info, context):
         if not rule.matches(ctx):
             continue
         if rule.then.get("exclude"):
-            return strategy, score, fired + [(rule, rule.explain(ctx))], rule
+            return strategy, score, [*fired, (rule, rule.explain(ctx))], rule
         if rule.then.get("downgrade"):
             note = rule.explain(ctx)
             while strategy in R.STRATEGY_LADDER[:-1] and ctx["estimated_seconds"] > ctx[
@@ -149,7 +149,7 @@ def _apply_backbone_rules(info, context):
                 )
             if ctx["estimated_seconds"] > ctx["budget_seconds"]:
                 note += " even as feature_extraction: excluded"
-                return strategy, score, fired + [(rule, note)], rule
+                return strategy, score, [*fired, (rule, note)], rule
             fired.append((rule, f"{note} -> {strategy} ({ctx['estimated_seconds']:.0f} s)"))
             continue
         score += rule.then.get("score", 0.0)
