@@ -3,10 +3,11 @@
 The classic Keras recipe, one library: load a pretrained backbone, add a task
 head, freeze, compile, fit, evaluate, export.
 
-`import tfft` is cheap: it checks the Keras backend settings and nothing more.
-Each name below loads its module on first use (PEP 562), and the subpackages
-(`tfft.data`, `tfft.prompting`, `tfft.selection`, `tfft.distribute` ...) load
-when first touched.
+`import tfft` loads the core path only: Keras on TensorFlow and tfft's Keras
+classes (layers, `Task`, adaptation, presets), so `keras.saving.load_model`
+finds them in any process that imported tfft. The other subpackages
+(`tfft.data` and TFDS, `tfft.evaluation`, `tfft.export`, `tfft.prompting`,
+`tfft.selection`, `tfft.jobs` ...) load when first touched (PEP 562).
 
 Example:
 
@@ -18,9 +19,14 @@ Example:
 
 import importlib
 
-from tfft._backend import check_environment
+from tfft._backend import check_environment, ensure_tensorflow_backend
 
 check_environment()
+ensure_tensorflow_backend()
+
+# Registers tfft's Keras classes (layers, Task, LoRA state, schedules, the
+# layer-wise optimizer) with Keras' serialisation, for `.keras` reloads.
+import tfft.models  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ def _labels(task, n, num_classes, seed=0):
 def test_every_task_head_builds_fits_and_round_trips(task, tiny_bert, text_batch,
                                                      assert_round_trip):
     model = tfft.build_model(tiny_bert, task=task, num_classes=3, freeze="full")
-    assert isinstance(model, keras.Model) and not isinstance(model, keras.Sequential)
+    assert isinstance(model, tfft.Task) and model.task == task
     y = _labels(task, 16, 3)
     history = model.fit(text_batch, y, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -40,14 +40,28 @@ def test_every_task_head_builds_fits_and_round_trips(task, tiny_bert, text_batch
 
 
 def test_single_input_backbone_gives_the_seed_recipe_sequential(tiny_cnn, assert_round_trip):
-    model = tfft.build_model(tiny_cnn, task="multiclass", num_classes=4)
+    task = tfft.build_model(tiny_cnn, task="multiclass", num_classes=4)
+    assert isinstance(task, tfft.Task)
+    model = task.to_sequential()
     assert isinstance(model, keras.Sequential)
     assert [layer.name for layer in model.layers] == ["backbone", "pooling", "head"]
     x = np.random.default_rng(0).uniform(0, 1, (8, 32, 32, 3)).astype("float32")
     y = np.arange(8) % 4
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    head_before = task.head.output_layer.kernel.numpy().copy()
     model.fit(ds, epochs=1, verbose=0)
-    assert_round_trip(model, x)
+    # The Sequential shares the task's layers: training one trains the other.
+    assert not np.array_equal(task.head.output_layer.kernel.numpy(), head_before)
+    np.testing.assert_allclose(model.predict(x, verbose=0), task.predict(x, verbose=0),
+                               atol=1e-6)
+    assert_round_trip(task, x)
+
+
+def test_multi_input_backbone_has_no_sequential_form(tiny_bert):
+    task = tfft.build_model(tiny_bert, num_classes=2)
+    with pytest.raises(ValueError, match="one input"):
+        task.to_sequential()
 
 
 def test_head_options_hidden_layer_pooling_and_dropout(tiny_bert, text_batch):

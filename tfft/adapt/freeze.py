@@ -278,14 +278,18 @@ def parse_freeze(policy):
 
 
 def apply_freeze(model, policy):
-    """Applies a freeze policy to a model built by `tfft.build_model`.
+    """Applies a freeze policy to a `tfft.Task` (or any model with a `BackboneLayer`).
+
+    A task records the policy in `task.freeze_policy`, which its `.keras`
+    file keeps.
 
     Returns:
         The `FreezePolicy` applied.
     """
     policy = parse_freeze(policy)
     policy.apply(model)
-    model.tfft_freeze_policy = policy
+    if hasattr(model, "freeze_policy"):
+        model.freeze_policy = policy
     return policy
 
 

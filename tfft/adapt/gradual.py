@@ -41,6 +41,7 @@ from tfft.adapt.freeze import (
     FreezePolicy,
     Full,
     TopK,
+    apply_freeze,
     find_backbone_layer,
     parse_freeze,
     register_policy,
@@ -108,7 +109,6 @@ class Gradual(FreezePolicy):
                 f"{len(stages) - 1} or None."
             )
         FeatureExtraction().apply(model)
-        model.tfft_freeze_policy = self
 
     def stages(self, model):
         """The schedule's stages: `[(label, policy), ...]`, head only first.
@@ -162,7 +162,7 @@ def gradual_callback(model, verbose=1):
             or frozen with `tfft.apply_freeze(model, "gradual")`.
         verbose: int. 1 prints each change; 0 only logs it.
     """
-    policy = getattr(model, "tfft_freeze_policy", None)
+    policy = getattr(model, "freeze_policy", None)
     if not isinstance(policy, Gradual):
         raise ValueError(
             "gradual_callback needs a model frozen with a gradual policy (freeze='gradual' "
@@ -200,7 +200,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self.stage = 0
         self.changes = []
         self._step = 0
-        policy.apply(model)
+        apply_freeze(model, policy)
         self._stage_to(0)
 
     def on_train_begin(self, logs=None):

@@ -20,7 +20,6 @@ import re
 import keras
 import numpy as np
 
-from tfft.backbones import Backbone
 from tfft.adapt.freeze import (
     FreezePolicy,
     _set_all,
@@ -144,8 +143,9 @@ def merge_lora(model):
 
     Each adapted kernel becomes `kernel + A @ B * alpha / rank`; the copy
     has no adapters and computes the same outputs (float rounding aside). A
-    model without LoRA is returned as is. The copy keeps `tfft_backbone`
-    (pointing at the copied backbone) so `tfft.export` can use it.
+    model without LoRA is returned as is. A `tfft.Task` comes back as a
+    `tfft.Task` with the same preprocessor, backbone info and class names,
+    and no freeze policy (nothing is left to adapt).
 
     Args:
         model: keras.Model. E.g. built with `freeze="lora:8"` and trained.
@@ -166,7 +166,13 @@ def merge_lora(model):
         merged[id(layer._kernel)] = keras.ops.convert_to_numpy(layer.kernel)
     lora_ids = {id(v) for layer in adapted for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
     config = _strip_lora(keras.saving.serialize_keras_object(model))
+    if isinstance(config.get("config"), dict) and "freeze_policy" in config["config"]:
+        config["config"]["freeze_policy"] = None
     clone = keras.saving.deserialize_keras_object(config)
+    if getattr(model, "preprocessor", None) is not None:
+        # Share it: a preprocessor rebuilt from its config alone lacks its assets
+        # (a tokenizer's vocabulary).
+        clone.preprocessor = model.preprocessor
     source = [w for w in model.weights if id(w) not in lora_ids]
     target = clone.weights
     if len(source) != len(target):
@@ -186,12 +192,6 @@ def merge_lora(model):
         dst.assign(value)
     for layer, original in zip(_all_layers(clone), _all_layers(model)):
         layer.trainable = original.trainable
-    backbone = getattr(model, "tfft_backbone", None)
-    if backbone is not None:
-        clone.tfft_backbone = Backbone(
-            find_backbone_layer(clone).backbone, backbone.info,
-            preprocessor=backbone.preprocessor, block_names=backbone.block_names,
-        )
     return clone
 
 

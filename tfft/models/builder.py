@@ -1,26 +1,29 @@
-"""build_model(): backbone + head -> keras.Sequential or functional Model."""
+"""build_model(): backbone + pooling + head -> a `tfft.Task`, frozen and compiled."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfft.backbones import Backbone, load_backbone
-from tfft.adapt.freeze import apply_freeze, parse_freeze
+from tfft.distribute import check_built_in_scope, prepare_model
+from tfft.adapt import apply_freeze, parse_freeze
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
+from tfft.models.task import Task
 from tfft.training.presets import compile_model
 
 
 def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extraction",
                 preset="auto", pooling="mean", dropout=0.1, hidden_units=None,
                 compile=True, total_steps=None, strategy=None, normalize_features=False,
-                **backbone_kwargs):
-    """Builds a trainable model for a task from any backbone, in one call.
+                class_names=None, **backbone_kwargs):
+    """Builds a `tfft.Task` for a task from any backbone, in one call.
 
-    Returns `keras.Sequential([backbone, pooling, head])` when the backbone
-    takes one input and gives one output (the classic Keras recipe), else a
-    functional `keras.Model` (dict inputs such as token ids + padding mask).
-    The backbone is the layer named `"backbone"`, pooling `"pooling"`, the
-    task head `"head"`.
+    The task is a functional `keras.Model` whose layers are `"backbone"`
+    (a `BackboneLayer`), `"pooling"` and `"head"`; it carries the
+    backbone's preprocessor, so `fit`/`predict`/`evaluate` take raw inputs,
+    and it saves and reloads whole through `.keras` files. For the seed
+    recipe's `keras.Sequential([backbone, pooling, head])` form (single-input
+    backbones) use `task.to_sequential()`.
 
     Args:
         backbone: str, keras.Model or `tfft.Backbone`. A spec such as
@@ -41,12 +44,17 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
             `strategy.scope()` so `fit` trains on every replica (see
             `tfft.get_strategy`). A spec string is then loaded in the scope
             too; a backbone object must have been built in it.
+        class_names: list of str. Names of the classes in label order, kept
+            with the task (exports and reports use them). Defaults to None.
         **backbone_kwargs: passed to `tfft.load_backbone` for spec strings.
+
+    Returns:
+        A `tfft.Task`.
 
     Example:
 
-    >>> model = tfft.build_model("minilm", task="multiclass", num_classes=5)
-    >>> model.fit(train_ds, epochs=3)
+    >>> task = tfft.build_model("minilm", task="multiclass", num_classes=5)
+    >>> task.fit(train_texts, train_labels, epochs=3)
     """
     if strategy is None and tf.distribute.has_strategy():
         # Called inside `with strategy.scope():`: same checks and fixes as strategy=.
@@ -54,11 +62,9 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
     args = dict(task=task, num_classes=num_classes, freeze=freeze, preset=preset,
                 pooling=pooling, dropout=dropout, hidden_units=hidden_units, compile=compile,
                 total_steps=total_steps, normalize_features=normalize_features,
-                **backbone_kwargs)
+                class_names=class_names, **backbone_kwargs)
     if strategy is None:
         return _build_model(backbone, **args)
-    from tfft.distribute.strategy import check_built_in_scope, prepare_model
-
     if not isinstance(backbone, str):
         check_built_in_scope(getattr(backbone, "model", backbone), strategy)
     with strategy.scope():
@@ -68,7 +74,7 @@ def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extr
 
 
 def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, hidden_units,
-                 compile, total_steps, normalize_features, **backbone_kwargs):
+                 compile, total_steps, normalize_features, class_names, **backbone_kwargs):
     if task not in TASKS:
         raise ValueError(f"Unknown task. Expected one of {list(TASKS)}. Received: task={task!r}")
     policy = parse_freeze(freeze)
@@ -82,30 +88,25 @@ def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, 
     )
     head = TaskHead(task, num_classes, dropout=dropout, hidden_units=hidden_units, name="head")
     pool = Pooling(pooling, normalize=normalize_features, name="pooling")
-    model_inputs = backbone.model.input
-    if isinstance(model_inputs, dict):
-        inputs = {
-            k: keras.Input(shape=v.shape[1:], dtype=v.dtype, name=k)
-            for k, v in model_inputs.items()
-        }
-        features = wrapper(inputs)
-        _check_poolable(features, task, backbone)
-        mask = inputs.get(backbone.info.mask_key) if backbone.info.mask_key else None
-        pooled = pool(features, mask=mask)
-        model = keras.Model(inputs, head(pooled), name=f"{backbone.name}_{task}")
-    else:
-        shape = backbone.model.input_shape[1:]
-        model = keras.Sequential(
-            [keras.Input(shape=shape, dtype=backbone.model.input.dtype), wrapper, pool, head],
-            name=f"{backbone.name}_{task}",
-        )
-        _check_poolable(wrapper.output, task, backbone)
-    model.tfft_backbone = backbone
+    _check_poolable(wrapper.compute_output_spec(_input_spec(backbone.model)), task, backbone)
+    model = Task(wrapper, pool, head, preprocessor=backbone.preprocessor,
+                 backbone_info=backbone.info, class_names=class_names,
+                 name=f"{backbone.name}_{task}")
     apply_freeze(model, policy)
     if compile:
         compile_model(model, preset=preset, task=task, family=backbone.info.family,
                       total_steps=total_steps, num_classes=num_classes)
     return model
+
+
+def _input_spec(model):
+    spec = getattr(model, "input", None)
+    if spec is None:
+        raise ValueError(
+            f"The backbone {model.name!r} has no defined inputs; load it as a functional "
+            "keras.Model (tfft.load_backbone does)."
+        )
+    return spec
 
 
 def _check_poolable(features, task, backbone):

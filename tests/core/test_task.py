@@ -1,0 +1,172 @@
+"""tfft.Task: typed parts, raw inputs, and `.keras` reloads in a fresh process (tiny models)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfft
+from tfft.adapt import lora_layers
+
+TEXTS = [
+    "the news of the game", "the market shares profit", "film music star award",
+    "the team win the match", "bank profit and market", "a star of the film",
+] * 3
+LABELS = np.array([0, 1, 2, 0, 1, 2] * 3)
+CLASSES = ["sport", "business", "entertainment"]
+
+
+def _trainable_paths(model):
+    return sorted(w.path for w in model.trainable_weights)
+
+
+def test_build_model_returns_a_task_with_its_parts(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="top_k:1",
+                            class_names=CLASSES)
+    assert isinstance(task, tfft.Task) and isinstance(task, keras.Model)
+    assert isinstance(task.backbone_layer, tfft.BackboneLayer)
+    assert task.backbone is tiny_text_backbone.model
+    assert task.preprocessor is tiny_text_backbone.preprocessor
+    assert isinstance(task.head, tfft.TaskHead) and isinstance(task.pooling, tfft.Pooling)
+    assert task.freeze_policy == tfft.TopK(1)
+    assert task.task == "multiclass" and task.class_names == CLASSES
+    assert task.backbone_info == tiny_text_backbone.info
+    backbone = task.as_backbone()
+    assert backbone.model is task.backbone and backbone.block_names
+
+
+def test_class_names_must_match_the_head(tiny_text_backbone):
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        tfft.build_model(tiny_text_backbone, num_classes=3, class_names=["a", "b"])
+
+
+def test_raw_strings_fit_predict_evaluate_like_preprocessed_inputs(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="full")
+    before = task.predict(TEXTS, verbose=0)
+    tokens = tiny_text_backbone.preprocessor(tf.constant(TEXTS))
+    # Preprocessed dicts pass through unchanged: both paths see the same tensors.
+    np.testing.assert_allclose(before, task.predict(tokens, verbose=0), atol=1e-6)
+    history = task.fit(TEXTS, LABELS, epochs=3, batch_size=6, verbose=0,
+                       validation_data=(TEXTS[:6], LABELS[:6]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert "val_loss" in history.history
+    after = task.predict(TEXTS, verbose=0)
+    assert after.shape == (len(TEXTS), 3) and not np.allclose(after, before)
+    loss, _ = task.evaluate(TEXTS, LABELS, verbose=0)
+    ds_loss, _ = task.evaluate(tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(5),
+                               verbose=0)
+    assert np.isclose(loss, ds_loss, rtol=1e-5)
+
+
+def test_tf_data_of_raw_strings_is_preprocessed_in_the_pipeline(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3)
+    raw = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4)
+    mapped = task.make_dataset(raw)
+    x, y = next(iter(mapped))
+    assert set(x) == {"token_ids", "segment_ids", "padding_mask"}
+    assert x["token_ids"].dtype == tf.int32 and y.shape == (4,)
+    history = task.fit(raw, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_validation_split_on_raw_inputs_holds_out_the_tail(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3)
+    history = task.fit(TEXTS, LABELS, validation_split=0.25, epochs=1, verbose=0)
+    assert "val_loss" in history.history
+    with pytest.raises(ValueError, match="validation_split"):
+        task.fit(tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4),
+                 validation_split=0.2, verbose=0)
+
+
+def test_without_a_preprocessor_the_task_takes_preprocessed_inputs(tiny_bert, text_batch):
+    task = tfft.build_model(tiny_bert, num_classes=2)
+    assert task.preprocessor is None
+    assert task.predict(text_batch, verbose=0).shape == (16, 2)
+
+
+def test_freeze_records_the_policy_and_sets_flags(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3)
+    head_only = _trainable_paths(task)
+    policy = task.freeze("top_k:2")
+    assert task.freeze_policy == policy == tfft.TopK(2)
+    assert len(_trainable_paths(task)) > len(head_only)
+    tfft.apply_freeze(task, "feature_extraction")
+    assert task.freeze_policy == tfft.FeatureExtraction()
+    assert _trainable_paths(task) == head_only
+
+
+@pytest.mark.parametrize("freeze", ["top_k:1", "gradual:2", "regex:transformer_layer_2"])
+def test_keras_reload_in_a_fresh_process_restores_the_task(freeze, tiny_text_backbone,
+                                                           reload_in_fresh_process):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze=freeze,
+                            class_names=CLASSES)
+    task.fit(TEXTS, LABELS, epochs=1, verbose=0)
+    want = task.predict(TEXTS, verbose=0)
+    got, described = reload_in_fresh_process(task, np.asarray(TEXTS))
+    assert described["type"] == "Task"
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert described["trainable"] == _trainable_paths(task)
+    assert described["freeze_policy"] == task.freeze_policy.to_dict()
+    assert described["class_names"] == CLASSES
+    assert described["backbone_info"] == task.backbone_info.to_dict()
+    assert described["preprocessor"] == type(task.preprocessor).__name__
+
+
+def test_lora_adapters_come_back_unmerged(tiny_text_backbone, reload_in_fresh_process):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="lora:2")
+    task.fit(TEXTS, LABELS, epochs=2, verbose=0)
+    adapted = lora_layers(task.backbone)
+    assert adapted and any(np.any(layer.lora_kernel_b.numpy()) for layer in adapted)
+    want = task.predict(TEXTS, verbose=0)
+    got, described = reload_in_fresh_process(task, np.asarray(TEXTS))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # Keras alone would reload merged kernels with zero adapters; the task keeps them.
+    assert len(described["lora_b"]) == len(adapted)
+    for saved, layer in zip(described["lora_b"], adapted):
+        np.testing.assert_allclose(saved, layer.lora_kernel_b.numpy(), atol=0)
+    assert described["trainable"] == _trainable_paths(task)
+    assert described["freeze_policy"] == {"policy": "lora", "rank": 2, "alpha": None,
+                                          "target": None}
+
+
+def test_lora_training_goes_on_after_a_reload(tiny_text_backbone, tmp_path):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="lora:2")
+    task.fit(TEXTS, LABELS, epochs=1, verbose=0)
+    path = str(tmp_path / "lora.keras")
+    task.save(path)
+    reloaded = keras.saving.load_model(path)
+    frozen = {w.path: w.numpy().copy() for w in reloaded.backbone.weights if not w.trainable}
+    b_before = [layer.lora_kernel_b.numpy().copy() for layer in lora_layers(reloaded.backbone)]
+    reloaded.fit(TEXTS, LABELS, epochs=1, verbose=0)
+    for w in reloaded.backbone.weights:
+        if w.path in frozen:
+            np.testing.assert_array_equal(w.numpy(), frozen[w.path])
+    b_after = [layer.lora_kernel_b.numpy() for layer in lora_layers(reloaded.backbone)]
+    assert any(not np.array_equal(a, b) for a, b in zip(b_before, b_after))
+
+
+def test_merged_lora_task_is_a_plain_task_with_the_same_outputs(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="lora:2")
+    task.fit(TEXTS, LABELS, epochs=1, verbose=0)
+    plain = tfft.merge_lora(task)
+    assert isinstance(plain, tfft.Task) and not lora_layers(plain.backbone)
+    assert plain.preprocessor is task.preprocessor and plain.freeze_policy is None
+    np.testing.assert_allclose(plain.predict(TEXTS, verbose=0), task.predict(TEXTS, verbose=0),
+                               atol=1e-5)
+
+
+def test_image_task_reloads_with_its_preprocessor(tiny_cnn, reload_in_fresh_process):
+    preprocessor = tfft.ImagePreprocessor((32, 32), scale=1 / 127.5, offset=-1.0)
+    backbone = tfft.load_backbone(tiny_cnn)
+    backbone.preprocessor = preprocessor
+    task = tfft.build_model(backbone, num_classes=2, freeze="top_k:1", class_names=["a", "b"])
+    images = np.random.default_rng(0).integers(0, 256, (6, 40, 48, 3)).astype("uint8")
+    # Raw uint8 images of another size go through the ImagePreprocessor first.
+    want = task.predict(images, verbose=0)
+    np.testing.assert_allclose(
+        want, task.to_sequential().predict(preprocessor(images), verbose=0), atol=1e-6
+    )
+    got, described = reload_in_fresh_process(task, images)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert described["preprocessor"] == "ImagePreprocessor"
+    assert described["trainable"] == _trainable_paths(task)

@@ -1,0 +1,465 @@
+"""`Task`: what tfft fine-tunes — a backbone, its preprocessor, pooling and a task head.
+
+A `Task` is a functional `keras.Model` over the backbone's preprocessed inputs
+(layer `"backbone"` -> layer `"pooling"` -> layer `"head"`) that also carries
+the backbone's `preprocessor`, its `BackboneInfo`, the freeze policy and the
+class names. All of them are part of the model's config, so
+`keras.saving.load_model("task.keras")` gives back the same task: trainable
+flags, LoRA adapters (unmerged) and the preprocessor included.
+
+`fit`, `predict` and `evaluate` take raw inputs (strings, 0-255 images) as
+well as `tf.data` datasets of raw inputs; the preprocessor runs in the
+`tf.data` pipeline, outside the training graph.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_freeze
+from tfft.backbones import Backbone, BackboneInfo
+from tfft.layers import BackboneLayer, Pooling, TaskHead
+
+DEFAULT_BATCH_SIZE = 32
+
+
+@keras.saving.register_keras_serializable(package="tfft")
+class Task(keras.Model):
+    """A pretrained backbone adapted to a task, taking raw inputs.
+
+    Build one with `tfft.build_model(...)`; the constructor is for code that
+    assembles the parts itself.
+
+    Args:
+        backbone_layer: BackboneLayer. The backbone, wrapped.
+        pooling: Pooling. Pools the backbone's features.
+        head: TaskHead. The task layer.
+        preprocessor: keras.Layer or None. Maps raw inputs to the backbone's
+            inputs; runs in the `tf.data` pipeline. None: the task takes
+            preprocessed inputs only.
+        backbone_info: BackboneInfo or dict. What the backbone is (source,
+            family, modality ...).
+        freeze_policy: FreezePolicy, str, dict or None. Recorded and kept in
+            the config; `Task` does not apply it (see `freeze`).
+        class_names: list of str or None. Names of the classes, in label order.
+
+    Example:
+
+    >>> task = tfft.build_model("minilm", task="multiclass", num_classes=2)
+    >>> task.fit(["great film", "dull film"], [1, 0], epochs=1)
+    >>> task.predict(["a fine film"])
+    """
+
+    def __init__(
+        self,
+        backbone_layer: BackboneLayer,
+        pooling: Pooling,
+        head: TaskHead,
+        preprocessor: keras.layers.Layer | None = None,
+        backbone_info: BackboneInfo | Mapping | None = None,
+        freeze_policy: FreezePolicy | str | Mapping | None = None,
+        class_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(backbone_layer, BackboneLayer):
+            raise TypeError(
+                "Task needs a tfft BackboneLayer as backbone_layer. Received: "
+                f"{type(backbone_layer).__name__}"
+            )
+        if isinstance(backbone_info, Mapping):
+            backbone_info = _info_from_dict(backbone_info)
+        if class_names is not None:
+            class_names = [str(name) for name in class_names]
+            if len(class_names) != head.output_units and head.task != "binary":
+                raise ValueError(
+                    f"class_names has {len(class_names)} names but the head has "
+                    f"{head.output_units} outputs. Received: class_names={class_names!r}"
+                )
+        inputs = _symbolic_inputs(backbone_layer.backbone)
+        features = backbone_layer(inputs)
+        mask = None
+        if isinstance(inputs, dict) and backbone_info is not None and backbone_info.mask_key:
+            mask = inputs.get(backbone_info.mask_key)
+        outputs = head(pooling(features, mask=mask))
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.preprocessor = preprocessor
+        # Loaded after the graph's layers (see `_LoRAState`), so it can put back
+        # the unmerged LoRA weights Keras merges on save.
+        self.lora_state = _LoRAState(name="lora_state")
+        # A weak reference: Keras' saving walks attributes, and must not walk
+        # back up into the task.
+        object.__setattr__(self.lora_state, "_task_ref", weakref.ref(self))
+        # Plain Python values, kept out of Keras' tracking.
+        object.__setattr__(self, "_backbone_info", backbone_info)
+        object.__setattr__(self, "_class_names", class_names)
+        object.__setattr__(self, "_freeze_policy", None)
+        if freeze_policy is not None:
+            self.freeze_policy = _as_policy(freeze_policy)
+
+    # -- the parts ---------------------------------------------------------------
+
+    @property
+    def backbone_layer(self) -> BackboneLayer:
+        """The `BackboneLayer` (layer `"backbone"`) that calls the backbone."""
+        return self.get_layer("backbone")
+
+    @property
+    def backbone(self) -> keras.Model:
+        """The pretrained backbone model (inside `backbone_layer`)."""
+        return self.backbone_layer.backbone
+
+    @property
+    def pooling(self) -> Pooling:
+        return self.get_layer("pooling")
+
+    @property
+    def head(self) -> TaskHead:
+        return self.get_layer("head")
+
+    @property
+    def task(self) -> str:
+        """The head's task: `"binary"`, `"multiclass"`, `"multilabel"` ..."""
+        return self.head.task
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    @property
+    def backbone_info(self) -> BackboneInfo | None:
+        return self._backbone_info
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self._class_names is None else list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, names: list[str] | None) -> None:
+        object.__setattr__(self, "_class_names", None if names is None else list(names))
+
+    @property
+    def freeze_policy(self) -> FreezePolicy | None:
+        """The freeze policy last applied (`freeze`, `tfft.apply_freeze`)."""
+        return self._freeze_policy
+
+    @freeze_policy.setter
+    def freeze_policy(self, policy: FreezePolicy | None) -> None:
+        if policy is not None and not isinstance(policy, FreezePolicy):
+            raise TypeError(f"freeze_policy must be a FreezePolicy. Received: {policy!r}")
+        object.__setattr__(self, "_freeze_policy", policy)
+
+    def as_backbone(self) -> Backbone:
+        """The task's backbone as a `tfft.Backbone` (model, info, preprocessor, blocks)."""
+        info = self.backbone_info or BackboneInfo(name=self.backbone.name, source="model",
+                                                  modality="text")
+        return Backbone(self.backbone, info, preprocessor=self.preprocessor,
+                        block_names=self.backbone_layer.block_names)
+
+    def freeze(self, policy: FreezePolicy | str) -> FreezePolicy:
+        """Applies a freeze policy (`"top_k:2"`, `tfft.LoRA(8)` ...); returns it.
+
+        Recompile before `fit` (`tfft.compile_model`): Keras builds the train
+        step with the trainable variables of the moment.
+        """
+        return apply_freeze(self, policy)
+
+    def to_sequential(self) -> keras.Sequential:
+        """`keras.Sequential([backbone, pooling, head])` sharing this task's layers.
+
+        The seed recipe's form, for single-input backbones (images, TF Hub
+        vectors). It takes preprocessed inputs; run `preprocessor` first.
+        """
+        spec = self.backbone.input
+        if isinstance(spec, (dict, list, tuple)):
+            raise ValueError(
+                f"to_sequential needs a backbone with one input; {self.backbone.name!r} "
+                f"takes {len(spec)} ({sorted(spec) if isinstance(spec, dict) else 'a list'}). "
+                "Use the task itself, a functional model."
+            )
+        return keras.Sequential(
+            [keras.Input(shape=spec.shape[1:], dtype=spec.dtype), self.backbone_layer,
+             self.pooling, self.head],
+            name=f"{self.name}_sequential",
+        )
+
+    # -- raw inputs ----------------------------------------------------------------
+
+    def preprocess(self, x: Any) -> Any:
+        """Maps one batch of raw inputs to the backbone's inputs (identity if none)."""
+        if self.preprocessor is None or self._is_preprocessed(x):
+            return x
+        return self.preprocessor(x)
+
+    def make_dataset(
+        self,
+        x: Any,
+        y: Any = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        shuffle: bool = False,
+        seed: int | None = None,
+        sample_weight: Any = None,
+    ) -> tf.data.Dataset:
+        """A batched `tf.data.Dataset` of preprocessed inputs (and targets).
+
+        Args:
+            x: raw inputs (list or array of strings or images, a dict of
+                arrays) or a `tf.data.Dataset` of raw or preprocessed batches.
+            y: targets, or None.
+            batch_size: int. Examples per batch for array inputs.
+            shuffle: bool. Reshuffle array inputs every epoch.
+            seed: int. Shuffle seed.
+            sample_weight: per-example weights, or None.
+        """
+        if isinstance(x, tf.data.Dataset):
+            if y is not None:
+                raise ValueError(
+                    "y must be None when x is a tf.data.Dataset: the dataset yields "
+                    "(inputs, targets) itself."
+                )
+            dataset = x
+        else:
+            if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+                raise ValueError(f"batch_size must be a positive int. Received: {batch_size!r}")
+            x = _as_array_tree(x)
+            packed = keras.utils.pack_x_y_sample_weight(
+                x, None if y is None else np.asarray(y),
+                None if sample_weight is None else np.asarray(sample_weight),
+            )
+            dataset = tf.data.Dataset.from_tensor_slices(packed)
+            if shuffle:
+                size = len(next(iter(tf.nest.flatten(x))))
+                dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
+            dataset = dataset.batch(batch_size)
+        if self.preprocessor is None or self._is_preprocessed(_x_spec(dataset.element_spec)):
+            return dataset
+
+        def preprocess(*element):
+            if len(element) == 1:
+                return self.preprocessor(element[0])
+            return (self.preprocessor(element[0]), *element[1:])
+
+        return dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, **kwargs):
+        """`keras.Model.fit` that also takes raw inputs (see the class docstring)."""
+        if self._takes_arrays_as_is(x):
+            return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                               callbacks=callbacks, validation_split=validation_split,
+                               validation_data=validation_data, shuffle=shuffle,
+                               class_weight=class_weight, sample_weight=sample_weight,
+                               **kwargs)
+        if validation_split:
+            if isinstance(x, tf.data.Dataset) or validation_data is not None:
+                raise ValueError(
+                    "validation_split works with array inputs and no validation_data. "
+                    f"Received: validation_split={validation_split!r}"
+                )
+            (x, y, sample_weight), validation_data = _split_tail(
+                x, y, sample_weight, validation_split
+            )
+        batch = batch_size or DEFAULT_BATCH_SIZE
+        train = self.make_dataset(x, y, batch_size=batch, shuffle=shuffle,
+                                  sample_weight=sample_weight)
+        if validation_data is not None:
+            validation_data = self._as_eval_dataset(validation_data, batch)
+        # The dataset shuffles itself (array inputs) or arrives shuffled (tf.data).
+        return super().fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                           validation_data=validation_data, class_weight=class_weight,
+                           shuffle=False, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 **kwargs):
+        """`keras.Model.evaluate` that also takes raw inputs."""
+        if self._takes_arrays_as_is(x):
+            return super().evaluate(x, y, batch_size=batch_size, verbose=verbose,
+                                    sample_weight=sample_weight, **kwargs)
+        data = self.make_dataset(x, y, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                                 sample_weight=sample_weight)
+        return super().evaluate(data, verbose=verbose, **kwargs)
+
+    def predict(self, x, batch_size=None, verbose="auto", **kwargs):
+        """`keras.Model.predict` that also takes raw inputs."""
+        if self._takes_arrays_as_is(x):
+            return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
+        data = self.make_dataset(x, batch_size=batch_size or DEFAULT_BATCH_SIZE)
+        return super().predict(data, verbose=verbose, **kwargs)
+
+    def _as_eval_dataset(self, data, batch_size):
+        if isinstance(data, tf.data.Dataset):
+            return self.make_dataset(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(data))
+        return self.make_dataset(x, y, batch_size=batch_size, sample_weight=sample_weight)
+
+    def _takes_arrays_as_is(self, x):
+        """True when Keras' own input handling applies: nothing to preprocess."""
+        if isinstance(x, tf.data.Dataset):
+            return False
+        return self.preprocessor is None or self._is_preprocessed(x)
+
+    def _is_preprocessed(self, x):
+        """Text batches already tokenised: a dict with the backbone's input keys."""
+        keys = _input_keys(self.backbone)
+        if not keys or not isinstance(x, Mapping):
+            return False
+        return keys <= set(x)
+
+    # -- serialisation ---------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        info = self.backbone_info
+        policy = self.freeze_policy
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone_layer": keras.saving.serialize_keras_object(self.backbone_layer),
+            "pooling": keras.saving.serialize_keras_object(self.pooling),
+            "head": keras.saving.serialize_keras_object(self.head),
+            "preprocessor": (None if self.preprocessor is None
+                             else keras.saving.serialize_keras_object(self.preprocessor)),
+            "backbone_info": None if info is None else info.to_dict(),
+            "freeze_policy": None if policy is None else policy.to_dict(),
+            "class_names": self.class_names,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Task:
+        config = dict(config)
+        for key in ("backbone_layer", "pooling", "head", "preprocessor"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        policy = config.get("freeze_policy")
+        task = cls(**config)
+        if isinstance(task.freeze_policy, LoRA) and policy is not None:
+            # KerasHub backbones rebuild their layers without adapters: put them
+            # back (zero) so the saved adapter weights have somewhere to load.
+            task.freeze(task.freeze_policy)
+        return task
+
+
+@keras.saving.register_keras_serializable(package="tfft")
+class _LoRAState(keras.layers.Layer):
+    """Saves a task's LoRA weights unmerged, and puts them back after loading.
+
+    Keras saves a LoRA-enabled Dense layer with the adapters merged into its
+    kernel and zeroes the adapters on load. This layer stores each adapted
+    layer's base kernel and its two adapter matrices; Keras loads it after the
+    task's graph layers (`tfft._compat` checks that order), so its values win.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.built = True
+
+    def save_own_variables(self, store):
+        task = self._task()
+        if task is None:
+            return
+        for index, layer in enumerate(lora_layers(task.backbone)):
+            kernel = _base_kernel(layer)
+            store[f"{index}_kernel"] = keras.ops.convert_to_numpy(kernel)
+            store[f"{index}_a"] = keras.ops.convert_to_numpy(layer.lora_kernel_a)
+            store[f"{index}_b"] = keras.ops.convert_to_numpy(layer.lora_kernel_b)
+
+    def load_own_variables(self, store):
+        task = self._task()
+        if task is None or store is None:
+            return
+        saved = [key for key in store.keys() if key.endswith("_kernel")]
+        layers = lora_layers(task.backbone)
+        if len(saved) != len(layers):
+            raise ValueError(
+                f"The file holds LoRA weights for {len(saved)} layers but the task has "
+                f"{len(layers)} LoRA layers; it was saved from a different model."
+            )
+        for index, layer in enumerate(layers):
+            _base_kernel(layer).assign(store[f"{index}_kernel"])
+            layer.lora_kernel_a.assign(store[f"{index}_a"])
+            layer.lora_kernel_b.assign(store[f"{index}_b"])
+
+    def _task(self):
+        ref = self.__dict__.get("_task_ref")
+        return None if ref is None else ref()
+
+    def call(self, inputs):
+        return inputs
+
+
+def _base_kernel(layer):
+    # Keras' Dense/EinsumDense keep the unmerged kernel variable as `_kernel`.
+    return layer._kernel
+
+
+def _info_from_dict(data):
+    data = dict(data)
+    if isinstance(data.get("input_size"), list):
+        data["input_size"] = tuple(data["input_size"])
+    return BackboneInfo(**data)
+
+
+def _as_policy(policy):
+    if isinstance(policy, Mapping):
+        return FreezePolicy.from_dict(dict(policy))
+    return parse_freeze(policy)
+
+
+def _symbolic_inputs(backbone):
+    spec = getattr(backbone, "input", None)
+    if spec is None:
+        raise ValueError(
+            f"The backbone {backbone.name!r} has no defined inputs; load it as a functional "
+            "keras.Model (tfft.load_backbone does)."
+        )
+    if isinstance(spec, dict):
+        return {k: keras.Input(shape=v.shape[1:], dtype=v.dtype, name=k) for k, v in spec.items()}
+    return keras.Input(shape=spec.shape[1:], dtype=spec.dtype)
+
+
+def _input_keys(backbone):
+    spec = getattr(backbone, "input", None)
+    return set(spec) if isinstance(spec, dict) else set()
+
+
+def _x_spec(element_spec):
+    if isinstance(element_spec, tuple):
+        return element_spec[0]
+    return element_spec
+
+
+def _as_array_tree(x):
+    if isinstance(x, Mapping):
+        return {k: np.asarray(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], str):
+        return np.asarray(x, dtype=object)
+    return np.asarray(x)
+
+
+def _split_tail(x, y, sample_weight, fraction):
+    """Keras' validation_split: the last `fraction` of the examples validates."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split must be in (0, 1). Received: {fraction!r}")
+    x = _as_array_tree(x)
+    n = len(next(iter(tf.nest.flatten(x))))
+    cut = int(n * (1.0 - fraction))
+    if cut in (0, n):
+        raise ValueError(f"validation_split={fraction} leaves an empty split of {n} examples.")
+
+    def head(v):
+        return None if v is None else tf.nest.map_structure(lambda a: a[:cut], v)
+
+    def tail(v):
+        return None if v is None else tf.nest.map_structure(lambda a: a[cut:], v)
+
+    y = None if y is None else np.asarray(y)
+    sample_weight = None if sample_weight is None else np.asarray(sample_weight)
+    validation = keras.utils.pack_x_y_sample_weight(tail(x), tail(y), tail(sample_weight))
+    return (head(x), head(y), head(sample_weight)), validation
