@@ -151,9 +151,74 @@ def finetune_run(tmp_path_factory):
     300 BBC News articles, sequence length 64, one fine-tuning epoch.
     """
     root = tmp_path_factory.mktemp("finetune")
-    report = tfft.finetune(
+    report = tfft.run_job(
         max_examples=300, sequence_length=64, batch_size=16, head_epochs=15, epochs=1,
         run_dir=str(root / "run"), export_dir=str(root / "saved_models" / "bbc_small"),
         verbose=0,
     )
     return report
+
+
+_RELOAD_SCRIPT = r"""
+import json, sys
+import numpy as np
+import keras
+import tfft
+
+path, inputs_path, out_path = sys.argv[1:4]
+task = keras.saving.load_model(path, safe_mode=True)
+inputs = np.load(inputs_path, allow_pickle=False)
+x = {k: inputs[k] for k in inputs.files} if "__dict__" in inputs.files else inputs["x"]
+if isinstance(x, dict):
+    x.pop("__dict__")
+if x.dtype.kind == "U":
+    x = x.tolist()
+np.save(out_path + ".npy", task.predict(x, verbose=0))
+lora = [np.asarray(layer.lora_kernel_b).tolist()
+        for layer in tfft.adapt.lora_layers(task.backbone)] if hasattr(task, "backbone") else []
+policy = getattr(task, "freeze_policy", None)
+info = getattr(task, "backbone_info", None)
+with open(out_path + ".json", "w") as f:
+    json.dump({
+        "type": type(task).__name__,
+        "trainable": sorted(w.path for w in task.trainable_weights),
+        "freeze_policy": None if policy is None else policy.to_dict(),
+        "class_names": getattr(task, "class_names", None),
+        "backbone_info": None if info is None else info.to_dict(),
+        "preprocessor": type(getattr(task, "preprocessor", None)).__name__,
+        "lora_b": lora,
+    }, f)
+"""
+
+
+@pytest.fixture
+def reload_in_fresh_process(tmp_path):
+    """Saves a model as .keras and reloads it in a new Python process (safe_mode on).
+
+    Returns the reloaded model's predictions on `x` and a dict describing it:
+    type, trainable weight paths, freeze policy, class names, backbone info,
+    preprocessor class and LoRA B matrices.
+    """
+    import json
+    import subprocess
+    import sys
+
+    def reload(model, x):
+        path = str(tmp_path / "task.keras")
+        model.save(path)
+        inputs = tmp_path / "inputs.npz"
+        if isinstance(x, dict):
+            np.savez(inputs, __dict__=np.zeros(1), **x)
+        else:
+            np.savez(inputs, x=np.asarray(x))
+        out = str(tmp_path / "reloaded")
+        proc = subprocess.run(
+            [sys.executable, "-c", _RELOAD_SCRIPT, path, str(inputs), out],
+            capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with open(out + ".json") as f:
+            description = json.load(f)
+        return np.load(out + ".npy"), description
+
+    return reload
