@@ -53,7 +53,7 @@ def test_help_documents_the_options():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0
     for flag in ("--backbone", "--dataset", "--epochs", "--sequence-length", "--batch-size",
-                 "--export-dir", "--run-dir"):
+                 "--export-dir", "--run-dir", "--method", "--distribution"):
         assert flag in proc.stdout
     top = subprocess.run([sys.executable, "-m", "tfft.cli.main", "--help"],
                          capture_output=True, text=True, timeout=300)
@@ -91,3 +91,38 @@ def test_evaluate_scores_the_real_export_on_its_own_test_split(finetune_run, tmp
     assert metrics["macro_f1"] == pytest.approx(finetune_run["test"]["macro_f1"], abs=1e-9)
     for png in ("confusion_matrix.png", "per_class_f1.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_method_flag_is_validated_and_documented(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["finetune", "--method", "lora_magic", "--run-dir", str(run_dir)])
+    assert stop.value.code == 2
+    assert "--method" in capsys.readouterr().err and not run_dir.exists()
+
+
+def test_strategy_flag_is_a_deprecated_alias_of_method(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # A bad dataset stops the run before any work, after the flags are read.
+    code = main(["finetune", "--strategy", "prompt", "--dataset", "nope", "--run-dir",
+                 str(run_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "deprecated" in line]
+    assert notes == ["tfft finetune: note: --strategy is deprecated; use --method prompt "
+                     "(tf.distribute is --distribution)."]
+    assert "unknown dataset" in err and not run_dir.exists()
+    code = main(["finetune", "--strategy", "prompt", "--method", "soft_prompt",
+                 "--run-dir", str(run_dir)])
+    assert code == 2
+    assert "they disagree" in capsys.readouterr().err
+
+
+def test_config_file_strategy_key_gets_a_one_line_note(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("strategy: prompt\ndataset: nope\n")
+    assert main(["finetune", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "deprecated" in line] == [
+        "tfft finetune: note: The setting 'strategy' is deprecated: use 'method' (method: "
+        "'prompt'); 'strategy' now means tf.distribute only (the setting 'distribution')."]

@@ -7,7 +7,7 @@ import pytest
 import tfft
 from tfft.data import load_bbc_news, stratified_split
 from tfft.export import load_serving_outputs_in_fresh_process
-from tfft.jobs.finetune import ConfigError, FinetuneConfig
+from tfft.jobs.finetune import ConfigError, JobConfig
 
 MAJORITY_BASELINE_F1 = 0.23
 
@@ -37,8 +37,7 @@ def test_export_gives_the_same_predictions_in_a_fresh_process(finetune_run):
     data = load_bbc_news()
     texts = np.asarray(data.x[::150][:12]).astype(str)
     model = finetune_run["model"]
-    backbone = model.tfft_backbone
-    expected = model.predict(backbone.preprocessor(texts), verbose=0)
+    expected = model.predict(finetune_run["preprocessor"](texts), verbose=0)
     got = load_serving_outputs_in_fresh_process(path, texts)
     assert np.max(np.abs(got["probabilities"] - expected)) <= 1e-5
     names = np.array(data.class_names)[expected.argmax(-1)]
@@ -72,24 +71,42 @@ def test_split_is_deterministic_and_stratified():
         ({"learning_rate": 0}, "learning_rate: expected a positive finite number"),
         ({"max_examples": 3}, "max_examples: expected an integer >= 10"),
         ({"distribution": "horovod"}, "distribution: unknown distribution strategy"),
-        ({"strategy": "lora_magic"}, "strategy: unknown adaptation strategy"),
+        ({"method": "lora_magic"}, "method: unknown adaptation method"),
         ({"val_fraction": 0.6, "test_fraction": 0.5}, "must leave examples for training"),
         ({"feature_cache": "yes"}, "feature_cache: expected true or false"),
     ],
 )
 def test_bad_settings_are_rejected_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        FinetuneConfig(**overrides)
+        JobConfig(**overrides)
 
 
 def test_unknown_config_keys_are_named():
     with pytest.raises(ConfigError, match=r"Unknown setting\(s\) \['epoch'\]"):
-        FinetuneConfig.from_dict({"epoch": 3})
+        JobConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match=r"Unknown setting\(s\) \['epoch'\]"):
+        tfft.run_job(JobConfig(), epoch=3)
+
+
+def test_strategy_key_is_a_deprecated_alias_of_method():
+    with pytest.warns(DeprecationWarning, match="'strategy' is deprecated: use 'method'"):
+        config = JobConfig.from_dict({"strategy": "prompt", "epochs": 0})
+    assert config == JobConfig(method="prompt", epochs=0)
+    assert "strategy" not in config.to_dict() and config.to_dict()["method"] == "prompt"
+    # Both names with one value is fine; two different values are refused.
+    with pytest.warns(DeprecationWarning):
+        assert JobConfig.from_dict({"strategy": "prompt", "method": "prompt"}).method == "prompt"
+    with pytest.raises(ConfigError, match="strategy is a deprecated alias of method, and "
+                                          "they disagree"):
+        JobConfig.from_dict({"strategy": "prompt", "method": "soft_prompt"})
+    with pytest.warns(DeprecationWarning), pytest.raises(
+            ConfigError, match="method: unknown adaptation method"):
+        JobConfig.from_dict({"strategy": "mirrored"})
 
 
 def test_unwritable_run_dir_fails_before_loading_anything(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="inside a file"):
-        tfft.finetune(run_dir=str(blocker / "run"), export_dir=str(tmp_path / "e"))
+        tfft.run_job(run_dir=str(blocker / "run"), export_dir=str(tmp_path / "e"))
     assert not (tmp_path / "e").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfft  # noqa: F401  (sets the Keras backend first)
-from tfft.training.callbacks import MonitorCheck, default_callbacks
+from tfft.training.callbacks import EpochSeeding, MonitorCheck, default_callbacks
 
 
 def _model(seed=0):
@@ -146,3 +146,27 @@ def test_bad_arguments(tmp_path):
         default_callbacks(None)
     with pytest.raises(TypeError, match="tensorboard must be True or False"):
         default_callbacks(tmp_path, tensorboard="yes")
+
+
+def test_epoch_seeding_derives_dropout_state_from_seed_and_epoch():
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, keras.layers.Dropout(0.5)(inputs))
+    [state] = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    x = np.ones((2, 64), "float32")
+
+    def masks(seed, epoch):
+        callback = EpochSeeding(seed)
+        callback.set_model(model)
+        callback.on_epoch_begin(epoch)
+        value = np.array(state.numpy())
+        return value, np.asarray(model(x, training=True))
+
+    first_state, first = masks(7, 3)
+    masks(7, 4)  # other epochs in between do not matter
+    again_state, again = masks(7, 3)
+    np.testing.assert_array_equal(first_state, again_state)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(masks(7, 4)[1], first)
+    assert not np.array_equal(masks(8, 3)[1], first)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        EpochSeeding(-1)

@@ -128,8 +128,10 @@ def test_refuses_trainable_backbone_or_augmentation(make_model, make_dataset, te
                                       augment=keras.layers.RandomFlip())
     assert issubclass(CacheRefusedError, ValueError)
     assert feature_cache.list_cached(str(tmp_path)) == []
+    # A plain keras.Model (no Task.make_dataset) needs make_dataset.
+    plain = keras.Model(frozen.inputs, frozen.outputs)
     with pytest.raises(TypeError, match="make_dataset"):
-        feature_cache.fit_cached(frozen, texts, labels, directory=str(tmp_path))
+        feature_cache.fit_cached(plain, texts, labels, directory=str(tmp_path))
 
 
 def test_features_dataset_streams_memory_mapped_rows(tmp_path):
@@ -150,3 +152,42 @@ def test_features_dataset_streams_memory_mapped_rows(tmp_path):
     np.testing.assert_array_equal(y, (x[:, 0] // 3).astype(int) % 4)  # labels follow rows
     unlabeled = next(iter(feature_cache.features_dataset(mapped, batch_size=8)))
     assert isinstance(unlabeled, tf.Tensor) and unlabeled.shape == (8, 3)
+
+
+def test_fit_cached_defaults_to_the_tasks_own_pipeline_and_keys_its_preprocessor(
+        make_model, make_dataset, texts, labels, tmp_path):
+    explicit = make_model(seed=0)
+    feature_cache.fit_cached(explicit, texts, labels, make_dataset=make_dataset, epochs=2,
+                             batch_size=4, optimizer=keras.optimizers.Adam(0.05),
+                             shuffle=False, directory=str(tmp_path / "a"), verbose=0)
+    task = make_model(seed=0)  # a tfft.Task: it has make_dataset and a preprocessor
+    history = feature_cache.fit_cached(task, texts, labels, epochs=2, batch_size=4,
+                                       optimizer=keras.optimizers.Adam(0.05), shuffle=False,
+                                       directory=str(tmp_path / "b"), verbose=0)
+    assert history.cache_hits == (False, None)
+    np.testing.assert_allclose(predict_raw(task, texts, make_dataset),
+                               predict_raw(explicit, texts, make_dataset), atol=1e-5)
+    [entry] = feature_cache.list_cached(str(tmp_path / "b"))
+    # The preprocessor's settings are part of the key: another sequence length never hits.
+    assert entry["preprocessing"]["preprocessor"]["sequence_length"] == 16
+    again = feature_cache.fit_cached(make_model(seed=0), texts, labels, epochs=1,
+                                     directory=str(tmp_path / "b"), verbose=0)
+    assert again.cache_hits == (True, None)
+
+
+def test_fit_cached_compiles_the_head_inside_the_given_strategy(make_model, texts, labels,
+                                                                tmp_path):
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        task = make_model(seed=0)
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            seen.append(self.model.optimizer)
+
+    feature_cache.fit_cached(task, texts, labels, epochs=1, callbacks=[Probe()],
+                             directory=str(tmp_path), strategy=strategy, verbose=0)
+    in_scope = strategy.extended.variable_created_in_scope
+    assert seen and all(in_scope(v.value) for v in seen[0].variables)
+    assert not in_scope(keras.optimizers.Adam().iterations.value)

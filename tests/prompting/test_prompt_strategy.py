@@ -1,4 +1,4 @@
-"""The prompt and soft-prompt strategies through build helpers and tfft.jobs.finetune."""
+"""The prompt and soft-prompt methods through build helpers and the main job (tfft.run_job)."""
 
 import numpy as np
 import pytest
@@ -24,8 +24,8 @@ def test_zero_shot_model_equals_the_encoder_classifier_and_beats_majority(minilm
 
 
 @pytest.mark.slow
-def test_finetune_prompt_strategy_evaluates_and_exports(tmp_path):
-    report = tfft.finetune(strategy="prompt", max_examples=200, sequence_length=64,
+def test_job_prompt_method_evaluates_and_exports(tmp_path):
+    report = tfft.run_job(method="prompt", max_examples=200, sequence_length=64,
                            run_dir=str(tmp_path / "run"),
                            export_dir=str(tmp_path / "saved"), verbose=0)
     assert [s["name"] for s in report["stages"]] == ["prompt"]
@@ -35,15 +35,17 @@ def test_finetune_prompt_strategy_evaluates_and_exports(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_soft_prompt_strategy_trains_only_prompts(tmp_path):
-    report = tfft.finetune(strategy="soft_prompt", max_examples=120, sequence_length=32,
-                           batch_size=8, epochs=1, prompt_tokens=4,
-                           run_dir=str(tmp_path / "run"), export_dir=None, verbose=0)
+def test_job_soft_prompt_method_trains_only_prompts(tmp_path):
+    # The deprecated key `strategy` still selects the method, with a warning.
+    with pytest.warns(DeprecationWarning, match="'strategy' is deprecated: use 'method'"):
+        report = tfft.run_job(strategy="soft_prompt", max_examples=120, sequence_length=32,
+                              batch_size=8, epochs=1, prompt_tokens=4,
+                              run_dir=str(tmp_path / "run"), export_dir=None, verbose=0)
+    assert report["config"]["method"] == "soft_prompt" and "strategy" not in report["config"]
     stage = report["stages"][0]
     assert stage["name"] == "soft_prompt"
     assert stage["trainable_params"] == 4 * 384 + 384 * 5 + 5
     assert np.isfinite(stage["history"]["loss"]).all()
     model = report["model"]
-    probs = model.predict(model.tfft_backbone.preprocessor(np.array(["Shares fell."])),
-                          verbose=0)
+    probs = model.predict(report["preprocessor"](np.array(["Shares fell."])), verbose=0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)

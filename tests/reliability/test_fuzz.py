@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tfft
+from tfft.adapt.freeze import parse_freeze
 from tfft.backbones import parse_spec
-from tfft.models.builder import check_labels
 from tfft.cli.main import _load_config_file
 from tfft.data import LabelEncoder, load
 from tfft.evaluation import report_from_predictions
-from tfft.jobs.finetune import FinetuneConfig
-from tfft.adapt.freeze import parse_freeze
+from tfft.jobs.finetune import JobConfig
+from tfft.models.builder import check_labels
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,23 +72,23 @@ json_values = st.recursive(
     max_leaves=6,
 )
 config_keys = st.sampled_from(
-    [f.name for f in __import__("dataclasses").fields(FinetuneConfig)] + ["epoch", "lr", ""]
+    [f.name for f in __import__("dataclasses").fields(JobConfig)] + ["epoch", "lr", ""]
 )
 
 
 @FAST
 @given(st.dictionaries(config_keys, json_values, max_size=5))
 def test_run_configs(data):
-    config = _check(FinetuneConfig.from_dict, data)
+    config = _check(JobConfig.from_dict, data)
     if config is not None:
-        assert FinetuneConfig.from_dict(config.to_dict()) == config
+        assert JobConfig.from_dict(config.to_dict()) == config
 
 
 @FAST
 @given(st.dictionaries(config_keys, json_values, min_size=1, max_size=3))
 def test_config_errors_name_the_key(data):
     try:
-        FinetuneConfig.from_dict(data)
+        JobConfig.from_dict(data)
     except ValueError as error:
         message = str(error)
         assert any(str(k) in message for k in data) or "backbone" in message, message
@@ -102,7 +102,7 @@ def test_config_files(tmp_path_factory, text, suffix):
     loaded = _check(_load_config_file, str(path))
     if loaded is not None:
         assert isinstance(loaded, dict)
-        _check(FinetuneConfig.from_dict, loaded)
+        _check(JobConfig.from_dict, loaded)
 
 
 csv_cells = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=8)

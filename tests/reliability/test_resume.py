@@ -38,7 +38,7 @@ def _weights(path):
 def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_preset, tmp_path):
     run_dir = tmp_path / "run"
     command = _cli_args(small_preset, run_dir)
-    metadata = run_dir / "fine_tune" / "backup" / "training_metadata.json"
+    metadata = run_dir / "backup" / "fine_tune" / "training_metadata.json"
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 600
@@ -54,11 +54,11 @@ def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_pres
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "already finished" in resumed.stdout  # the head stage is reloaded
-    assert "resuming after epoch 1" in resumed.stdout
+    assert "resumed after epoch 1" in resumed.stdout
     report = json.loads((run_dir / "report.json").read_text())
     assert report["stages"][1]["resumed_from_epoch"] == 1
 
-    reference = tfft.finetune(backbone=f"keras_hub:{small_preset}", export_dir=None,
+    reference = tfft.run_job(backbone=f"keras_hub:{small_preset}", export_dir=None,
                               run_dir=str(tmp_path / "reference"), verbose=0, **SETTINGS)
     got = _weights(run_dir / "final.weights.h5")
     want = _weights(tmp_path / "reference" / "final.weights.h5")
@@ -72,7 +72,7 @@ def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_pres
 def test_same_seed_and_config_give_the_same_split_and_metrics(small_preset, tmp_path):
     settings = dict(SETTINGS, epochs=0, max_examples=200)
     runs = [
-        tfft.finetune(backbone=f"keras_hub:{small_preset}", export_dir=None,
+        tfft.run_job(backbone=f"keras_hub:{small_preset}", export_dir=None,
                       run_dir=str(tmp_path / name), verbose=0, **settings)
         for name in ("a", "b")
     ]
@@ -83,7 +83,7 @@ def test_same_seed_and_config_give_the_same_split_and_metrics(small_preset, tmp_
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(small_preset, tmp_path):
     with pytest.raises(NumericalError, match="learning rate too high") as info:
-        tfft.finetune(backbone=f"keras_hub:{small_preset}", export_dir=None,
+        tfft.run_job(backbone=f"keras_hub:{small_preset}", export_dir=None,
                       run_dir=str(tmp_path / "run"), verbose=0, head_learning_rate=1e38,
                       **dict(SETTINGS, max_examples=200, epochs=0, head_epochs=3))
     assert "mixed precision" in str(info.value)
@@ -92,11 +92,23 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(small_preset,
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    from tfft.jobs.finetune import ConfigError, FinetuneConfig, _RunState
+    from tfft.jobs.finetune import ConfigError, JobConfig, _RunState
 
-    first = FinetuneConfig(epochs=1, run_dir=str(tmp_path))
+    first = JobConfig(epochs=1, run_dir=str(tmp_path))
     tmp_path.mkdir(exist_ok=True)
     _RunState(str(tmp_path), first)._write()
     with pytest.raises(ConfigError, match="epochs differ"):
-        _RunState(str(tmp_path), FinetuneConfig(epochs=2, run_dir=str(tmp_path)))
-    _RunState(str(tmp_path), FinetuneConfig(epochs=1, run_dir=str(tmp_path), export_dir="x"))
+        _RunState(str(tmp_path), JobConfig(epochs=2, run_dir=str(tmp_path)))
+    _RunState(str(tmp_path), JobConfig(epochs=1, run_dir=str(tmp_path), export_dir="x"))
+
+
+def test_run_dirs_from_before_the_method_rename_still_resume(tmp_path):
+    from tfft.jobs.finetune import ConfigError, JobConfig, _RunState
+
+    state = _RunState(str(tmp_path), JobConfig(method="prompt", run_dir=str(tmp_path)))
+    saved = dict(state.data, config={
+        ("strategy" if k == "method" else k): v for k, v in state.data["config"].items()})
+    (tmp_path / "state.json").write_text(json.dumps(saved))
+    _RunState(str(tmp_path), JobConfig(method="prompt", run_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="method differ"):
+        _RunState(str(tmp_path), JobConfig(method="fine_tune", run_dir=str(tmp_path)))

@@ -7,6 +7,7 @@ prints one paragraph naming it and the valid forms, and exits with status 2.
 import argparse
 import json
 import sys
+import warnings
 
 EXIT_USAGE = 2
 
@@ -40,9 +41,9 @@ def _non_negative_int(text):
 
 
 def _add_finetune(subparsers):
-    from tfft.jobs.finetune import FinetuneConfig
+    from tfft.jobs.finetune import METHODS, JobConfig
 
-    d = FinetuneConfig()
+    d = JobConfig()
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune a pretrained backbone on a dataset (defaults: MiniLM on BBC News)",
@@ -77,12 +78,14 @@ def _add_finetune(subparsers):
     p.add_argument("--export-dir", help=f"export model directory (default {d.export_dir})")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     p.add_argument("--run-dir", help="report/log directory (default runs/<timestamp>)")
-    p.add_argument("--strategy", choices=("fine_tune", "prompt", "soft_prompt"),
-                   help="adaptation: fine_tune (head, then top blocks; default), prompt "
-                   "(zero-shot label prompts, no parameter updates) or soft_prompt "
+    p.add_argument("--method", choices=METHODS,
+                   help="adaptation method: fine_tune (head, then top blocks; default), "
+                   "prompt (zero-shot label prompts, no parameter updates) or soft_prompt "
                    "(learnable prompt vectors before the frozen backbone)")
+    p.add_argument("--strategy", choices=METHODS,
+                   help="deprecated alias of --method (tf.distribute is --distribution)")
     p.add_argument("--prompt-template",
-                   help="label prompt for --strategy prompt (default "
+                   help="label prompt for --method prompt (default "
                    "'This article is about {label}.')")
     p.add_argument("--distribution",
                    help="tf.distribute strategy: auto, tpu, mirrored, multi_worker, gpu, cpu, "
@@ -122,10 +125,11 @@ def _load_config_file(path):
 
 def _run_finetune(args):
     from tfft.backbones import NetworkUnavailableError
-    from tfft.jobs.finetune import ConfigError, FinetuneConfig, NumericalError, finetune
+    from tfft.jobs.finetune import ConfigError, NumericalError, run_job
 
     try:
         settings = _load_config_file(args.config) if args.config else {}
+        method = _method_flag(args)
         flags = {
             "backbone": args.backbone, "dataset": args.dataset, "epochs": args.epochs,
             "head_epochs": args.head_epochs, "unfreeze_top": args.unfreeze_top,
@@ -134,16 +138,18 @@ def _run_finetune(args):
             "head_learning_rate": args.head_learning_rate,
             "max_examples": args.max_examples, "seed": args.seed,
             "export_dir": args.export_dir, "run_dir": args.run_dir,
-            "strategy": args.strategy, "distribution": args.distribution, "tpu": args.tpu,
+            "method": method, "distribution": args.distribution, "tpu": args.tpu,
             "prompt_template": args.prompt_template,
         }
+        if method is not None:
+            # The flag wins over the file, under either of the file's names.
+            settings.pop("strategy", None)
         settings.update({k: v for k, v in flags.items() if v is not None})
         if args.no_export:
             settings["export_dir"] = None
         if args.no_feature_cache:
             settings["feature_cache"] = False
-        config = FinetuneConfig.from_dict(settings)
-        report = finetune(config)
+        report = run_job(_job_config(settings))
     except (ConfigError, NetworkUnavailableError, FileExistsError) as error:
         print(f"tfft finetune: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -157,6 +163,35 @@ def _run_finetune(args):
     print(json.dumps({"test": report["test"], "export_path": report["export_path"],
                       "run_dir": report["run_dir"]}))
     return 0
+
+
+def _job_config(settings):
+    """`JobConfig.from_dict`, each deprecation warning printed as one note on stderr."""
+    from tfft.jobs.finetune import JobConfig
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        try:
+            return JobConfig.from_dict(settings)
+        finally:
+            for warning in caught:
+                print(f"tfft finetune: note: {warning.message}", file=sys.stderr)
+
+
+def _method_flag(args):
+    """`--method`, or the deprecated `--strategy` with a one-line note on stderr."""
+    from tfft.jobs.finetune import ConfigError
+
+    if args.strategy is None:
+        return args.method
+    if args.method is not None and args.method != args.strategy:
+        raise ConfigError(
+            f"--strategy is a deprecated alias of --method, and they disagree. Received: "
+            f"--method {args.method} --strategy {args.strategy}. Keep only --method."
+        )
+    print(f"tfft finetune: note: --strategy is deprecated; use --method {args.strategy} "
+          "(tf.distribute is --distribution).", file=sys.stderr)
+    return args.strategy
 
 
 def _add_predict(subparsers):

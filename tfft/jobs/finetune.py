@@ -1,32 +1,31 @@
 """The main job: fine-tune a pretrained text backbone the way the Keras recipe reads.
 
-Load the backbone, add the task layer, freeze the backbone and train the head
-(on cached features: one backbone pass), then unfreeze the top transformer
-blocks and fine-tune with a lower learning rate, evaluate each stage on the
-test split, and export a SavedModel that takes raw strings.
+A thin composition of the library's parts: config -> data (stratified split)
+-> `tfft.build_model` -> head stage on cached backbone features
+(`tfft.fit_cached`) -> unfreeze stage (`tfft.fine_tune` with the top blocks
+open) -> evaluation on the test split after each stage -> a SavedModel that
+takes raw strings. `tfft finetune` on the command line runs the same job.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import datetime
 import json
+import math
 import os
 import tempfile
 import time
+import warnings
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.training import feature_cache
+from tfft.adapt.freeze import TopK, trainable_summary
 from tfft.backbones import load_backbone, parse_spec
-from tfft.models.builder import build_model, check_labels
 from tfft.data import TEXT_DATASETS, stratified_split
-from tfft.evaluation import report_from_predictions
-from tfft.training.callbacks import default_callbacks
-from tfft.evaluation.plots import plot_training_curves
-from tfft.export import export
-from tfft.adapt.freeze import TopK, apply_freeze, trainable_summary
-from tfft.training.presets import compile_model, get_preset, make_optimizer
 from tfft.distribute.strategy import (
     STRATEGY_NAMES,
     chief_only_path,
@@ -35,8 +34,22 @@ from tfft.distribute.strategy import (
     get_strategy,
     global_batch_size,
     is_chief,
-    prepare_model,
 )
+from tfft.evaluation import plot_training_curves, report_from_predictions
+from tfft.export import export
+from tfft.models.builder import build_model, check_labels
+from tfft.prompting import (
+    build_soft_prompt_classifier,
+    build_zero_shot_model,
+    count_trainable_params,
+)
+from tfft.training.callbacks import EpochSeeding, default_callbacks
+from tfft.training.feature_cache import fit_cached
+from tfft.training.recipes import epoch_datasets, fine_tune
+
+METHODS = ("fine_tune", "prompt", "soft_prompt")
+# Old setting name -> new one. The old names keep working, with a DeprecationWarning.
+DEPRECATED_SETTINGS = {"strategy": "method"}
 
 
 class ConfigError(ValueError):
@@ -44,20 +57,21 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of a fine-tuning run (also the CLI's flags and config files' keys).
+class JobConfig:
+    """Settings of the main job (also the CLI's flags and config files' keys).
 
     Args:
         backbone: str. Backbone spec. Defaults to the offline all-MiniLM-L6-v2.
         dataset: str. A dataset in `tfft.data.TEXT_DATASETS`.
         sequence_length: int. Tokens per example.
-        batch_size: int. Examples per batch.
+        batch_size: int. Examples per batch (per replica).
         head_epochs: int. Epochs of head training on the frozen backbone.
         epochs: int. Epochs of fine-tuning with the top blocks unfrozen
             (0 skips that stage).
         unfreeze_top: int. Transformer blocks unfrozen in the second stage.
         head_learning_rate: float. Adam learning rate for the head stage.
-        learning_rate: float. Peak AdamW learning rate for fine-tuning.
+        learning_rate: float. Peak AdamW learning rate for fine-tuning
+            (linear warmup over 10% of the stage's steps, then linear decay).
         val_fraction: float. Validation share of the stratified split.
         test_fraction: float. Test share of the stratified split.
         seed: int. Seed for the split, initialisation and shuffling.
@@ -68,20 +82,27 @@ class FinetuneConfig:
         run_dir: str. Where the report, logs and checkpoints go. Defaults to
             `runs/<timestamp>`.
         feature_cache: bool. Train the head on cached backbone features.
-        strategy: str. How to adapt the backbone: `"fine_tune"` (head on the
+        method: str. How to adapt the backbone: `"fine_tune"` (head on the
             frozen backbone, then the top blocks), `"prompt"` (zero-shot:
             label prompts embedded by the backbone become the head; no
             parameter updates) or `"soft_prompt"` (learnable prompt vectors
-            before a frozen backbone, trained for `epochs`).
+            before a frozen backbone, trained for `epochs`). The config key
+            `strategy` is a deprecated alias.
         distribution: str. A `tfft.get_strategy` name: `"auto"` (TPU,
             several GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
             `"mirrored"`, `"multi_worker"`, `"gpu"`, `"cpu"`, `"default"`.
             `batch_size` is per replica; the global batch is
             `batch_size * replicas`.
         tpu: str. TPU address for `distribution="tpu"` (`"local"` on a TPU VM).
-        prompt_template: str. Label prompt for `strategy="prompt"`.
+        prompt_template: str. Label prompt for `method="prompt"`.
         prompt_tokens: int. Learnable prompt vectors for `"soft_prompt"`.
         prompt_learning_rate: float. Adam learning rate for `"soft_prompt"`.
+
+    Example:
+
+    >>> config = JobConfig.from_dict({"max_examples": 300, "method": "fine_tune"})
+    >>> config.to_dict()["head_epochs"]
+    30
     """
 
     backbone: str = "keras_hub:all_minilm_l6_v2"
@@ -96,13 +117,13 @@ class FinetuneConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    max_examples: int = None
-    export_dir: str = "saved_models/bbc_news_minilm"
-    run_dir: str = None
+    max_examples: int | None = None
+    export_dir: str | None = "saved_models/bbc_news_minilm"
+    run_dir: str | None = None
     feature_cache: bool = True
-    strategy: str = "fine_tune"
+    method: str = "fine_tune"
     distribution: str = "auto"
-    tpu: str = None
+    tpu: str | None = None
     prompt_template: str = "This article is about {label}."
     prompt_tokens: int = 20
     prompt_learning_rate: float = 3e-2
@@ -129,28 +150,31 @@ class FinetuneConfig:
             parse_spec(self.backbone)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"backbone: {error}") from None
-        if self.strategy not in ADAPTATION_STRATEGIES:
+        if self.method not in METHODS:
             raise ConfigError(
-                f"strategy: unknown adaptation strategy. Expected one of "
-                f"{list(ADAPTATION_STRATEGIES)}. Received: {self.strategy!r}"
+                f"method: unknown adaptation method. Expected one of {list(METHODS)}. "
+                f"Received: {self.method!r}"
             )
         if self.distribution not in STRATEGY_NAMES:
             raise ConfigError(
                 f"distribution: unknown distribution strategy. Expected one of "
                 f"{list(STRATEGY_NAMES)}. Received: {self.distribution!r}"
             )
-        if self.strategy == "prompt" and "{label}" not in self.prompt_template:
+        if self.method == "prompt" and "{label}" not in self.prompt_template:
             raise ConfigError(
                 "prompt_template: must contain the {label} slot. Received: "
                 f"{self.prompt_template!r}"
             )
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data, path=""):
+    def from_dict(cls, data: dict[str, Any], path: str = "") -> JobConfig:
         """Builds a config from a mapping (e.g. a parsed YAML file).
+
+        The deprecated key `strategy` is read as `method`, with a
+        `DeprecationWarning`.
 
         Args:
             data: dict. Setting name to value.
@@ -161,6 +185,7 @@ class FinetuneConfig:
                 f"{path or 'config'}: expected a mapping of settings. Received: "
                 f"{type(data).__name__}"
             )
+        data = renamed_settings(data, path)
         valid = sorted(f.name for f in dataclasses.fields(cls))
         unknown = sorted(str(k) for k in set(data) - set(valid))
         if unknown:
@@ -172,6 +197,31 @@ class FinetuneConfig:
             if path:
                 raise ConfigError(f"{path}{error}") from None
             raise
+
+
+def renamed_settings(data: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Maps deprecated setting names (`strategy`) to their new names (`method`).
+
+    Warns with a `DeprecationWarning` per old name used; raises `ConfigError`
+    when an old and a new name are both given with different values.
+    """
+    data = dict(data)
+    for old, new in DEPRECATED_SETTINGS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if new in data and data[new] != value:
+            raise ConfigError(
+                f"{path}{old} is a deprecated alias of {new}, and they disagree. Received: "
+                f"{old}={value!r}, {new}={data[new]!r}. Keep only {new}."
+            )
+        warnings.warn(
+            f"The setting {path}{old!r} is deprecated: use {new!r} ({new}: {value!r}); "
+            f"{old!r} now means tf.distribute only (the setting 'distribution').",
+            DeprecationWarning, stacklevel=3,
+        )
+        data[new] = value
+    return data
 
 
 # name -> (kind, lowest allowed value)
@@ -192,14 +242,13 @@ _FIELD_RULES = {
     "export_dir": ("optional_str", None),
     "run_dir": ("optional_str", None),
     "feature_cache": ("bool", None),
-    "strategy": ("str", None),
+    "method": ("str", None),
     "distribution": ("str", None),
     "tpu": ("optional_str", None),
     "prompt_template": ("str", None),
     "prompt_tokens": ("int", 1),
     "prompt_learning_rate": ("positive_float", None),
 }
-ADAPTATION_STRATEGIES = ("fine_tune", "prompt", "soft_prompt")
 
 
 def _check_field(name, value, kind, low):
@@ -248,7 +297,11 @@ def _check_writable(path, what):
 
 
 def text_dataset(texts, labels, preprocessor, batch_size, shuffle=False, seed=0):
-    """A batched tf.data pipeline tokenising raw strings in parallel."""
+    """A batched tf.data pipeline tokenising raw strings in parallel.
+
+    The job itself uses `Task.make_dataset`; this stays for callers that hold
+    a bare preprocessor.
+    """
     inputs = tf.data.Dataset.from_tensor_slices(np.asarray(texts, dtype=object).astype(str))
     ds = inputs if labels is None else tf.data.Dataset.zip(
         inputs, tf.data.Dataset.from_tensor_slices(np.asarray(labels))
@@ -261,48 +314,6 @@ def text_dataset(texts, labels, preprocessor, batch_size, shuffle=False, seed=0)
     else:
         ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def epoch_datasets(texts, labels, preprocessor, batch_size, epochs, seed, first_epoch=0):
-    """Training batches whose order depends only on (seed, epoch).
-
-    Each epoch gets its own permutation, so a run resumed at epoch k sees
-    exactly the batches an uninterrupted run sees from epoch k on (a
-    reshuffling `tf.data` iterator would restart its sequence instead).
-    """
-    texts = np.asarray(texts, dtype=object).astype(str)
-    labels = np.asarray(labels)
-    parts = []
-    for epoch in range(first_epoch, epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(len(texts))
-        parts.append(
-            tf.data.Dataset.from_tensor_slices((texts[order], labels[order])).batch(batch_size)
-        )
-    ds = parts[0]
-    for part in parts[1:]:
-        ds = ds.concatenate(part)
-    ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-class EpochSeeding(keras.callbacks.Callback):
-    """Sets every dropout seed from (seed, epoch) at the start of each epoch.
-
-    Keras keeps dropout RNG state in variables that weight checkpoints do not
-    save; deriving it from the epoch makes a resumed run draw the same masks
-    as an uninterrupted one.
-    """
-
-    def __init__(self, seed):
-        super().__init__()
-        self.seed = seed
-
-    def on_epoch_begin(self, epoch, logs=None):
-        states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
-        for index, state in enumerate(states):
-            value = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**30, 2)
-            value[1] = 0
-            state.assign(value.astype(state.dtype))
 
 
 class NumericalError(RuntimeError):
@@ -325,10 +336,6 @@ def _history(history):
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
-def _evaluate(probs, labels, class_names):
-    return report_from_predictions(labels, probs, task="multiclass", class_names=class_names)
-
-
 class _RunState:
     """What a run directory records about finished stages, for resuming."""
 
@@ -339,6 +346,10 @@ class _RunState:
         if os.path.exists(self.path):
             with open(self.path) as f:
                 saved = json.load(f)
+            # Run directories written before the rename keep resuming.
+            for old, new in DEPRECATED_SETTINGS.items():
+                if old in saved["config"]:
+                    saved["config"].setdefault(new, saved["config"].pop(old))
             ignore = {"run_dir", "export_dir"}
             old = {k: v for k, v in saved["config"].items() if k not in ignore}
             new = {k: v for k, v in config.to_dict().items() if k not in ignore}
@@ -373,36 +384,38 @@ class _RunState:
         os.replace(self.path + ".tmp", self.path)
 
 
-def finetune(config=None, verbose="auto", **overrides):
-    """Runs the main job: head on a frozen backbone, then top-k fine-tuning.
+def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
+            **overrides: Any) -> dict[str, Any]:
+    """Runs the main job: head on cached features, then top-k fine-tuning.
 
-    Re-running the same command on the same `run_dir` resumes: finished
-    stages are reloaded from `run_dir/stage_weights/`, and an interrupted
-    fine-tuning stage continues from its last completed epoch
-    (`keras.callbacks.BackupAndRestore`), ending with the weights an
-    uninterrupted run would have.
+    The stages are the library's own: the head stage is `tfft.fit_cached`
+    (or, with `feature_cache=False`, the head stage of `tfft.fine_tune`),
+    the unfreeze stage is `tfft.fine_tune(..., freeze_epochs=0,
+    unfreeze="top_k:K")` with the transformer preset peaking at
+    `learning_rate`. Re-running the same call on the same `run_dir`
+    resumes: finished stages are reloaded from `run_dir/stage_weights/`,
+    and an interrupted fine-tuning stage continues after its last completed
+    epoch (`run_dir/backup/`), ending with the weights an uninterrupted run
+    would have.
 
     Args:
-        config: FinetuneConfig or dict. Defaults to `FinetuneConfig()`.
+        config: JobConfig or dict. Defaults to `JobConfig()`.
         verbose: Keras verbosity for progress bars.
-        **overrides: settings that replace those in `config`.
+        **overrides: settings that replace those in `config` (`strategy` is
+            a deprecated alias of `method`).
 
     Returns:
         The report dict (also written to `run_dir/report.json`): per-stage
         test accuracy and macro F1, histories, the final `"test"` metrics and
-        `"export_path"`, plus the trained `"model"`.
+        `"export_path"`, plus the trained `"model"` and its raw-input
+        `"preprocessor"` (not in the JSON file).
 
     Example:
 
-    >>> report = tfft.finetune(max_examples=300, epochs=1)
+    >>> report = tfft.run_job(max_examples=300, epochs=1)
     >>> report["test"]["macro_f1"]
     """
-    if config is None:
-        config = FinetuneConfig(**overrides)
-    elif isinstance(config, dict):
-        config = FinetuneConfig.from_dict({**config, **overrides})
-    elif overrides:
-        config = dataclasses.replace(config, **overrides)
+    config = _as_config(config, overrides)
     run_dir = config.run_dir or os.path.join(
         "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     )
@@ -420,66 +433,50 @@ def finetune(config=None, verbose="auto", **overrides):
 
     started = time.time()
     keras.utils.set_random_seed(config.seed)
-    data = TEXT_DATASETS[config.dataset]()
-    if config.max_examples and config.max_examples < len(data):
-        keep, _, _ = stratified_split(
-            data.y, val_fraction=0.0, test_fraction=1.0 - config.max_examples / len(data),
-            seed=config.seed,
-        )
-        data = data.take(keep)
-    train_idx, val_idx, test_idx = stratified_split(
-        data.y, config.val_fraction, config.test_fraction, seed=config.seed
-    )
-    train, val, test = data.take(train_idx), data.take(val_idx), data.take(test_idx)
-    num_classes = len(data.class_names)
-    check_labels(train.y, "multiclass", num_classes)
+    data, train, val, test = _split(config)
     print(
-        f"tfft finetune: {config.dataset} ({num_classes} classes: "
+        f"tfft finetune: {config.dataset} ({len(data.class_names)} classes: "
         f"{', '.join(data.class_names)}), split train/val/test = "
         f"{len(train)}/{len(val)}/{len(test)} (seed {config.seed})"
     )
 
     with strategy.scope():
         backbone = load_backbone(config.backbone, sequence_length=config.sequence_length)
-    model = build_model(backbone, task="multiclass", num_classes=num_classes,
-                        freeze="feature_extraction", compile=False, strategy=strategy)
-    pre = backbone.preprocessor
-    bs = global_batch_size(config.batch_size, strategy)
+    task = build_model(backbone, task="multiclass", num_classes=len(data.class_names),
+                       freeze="feature_extraction", compile=False, strategy=strategy,
+                       class_names=list(data.class_names))
+    batch_size = global_batch_size(config.batch_size, strategy)
     if strategy.num_replicas_in_sync > 1:
         print(f"Batch: {config.batch_size} per replica x {strategy.num_replicas_in_sync} "
-              f"replicas = {bs}")
-
-    def make_ds(x):
-        return text_dataset(x, None, pre, bs)
+              f"replicas = {batch_size}")
+    run = _Run(config=config, task=task, backbone=backbone, data=data, train=train, val=val,
+               test=test, run_dir=run_dir, verbose=verbose, strategy=strategy,
+               batch_size=batch_size)
 
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=2)
     state._write()
-    kwargs = dict(config=config, model=model, pre=pre, train=train, val=val, test=test,
-                  data=data, run_dir=run_dir, verbose=verbose, make_ds=make_ds,
-                  strategy=strategy, batch_size=bs)
 
-    if config.strategy == "prompt":
-        model, stages = _prompt_stage(**kwargs, backbone=backbone)
-    elif config.strategy == "soft_prompt":
-        model, stages = _soft_prompt_stage(**kwargs, backbone=backbone)
+    model = task
+    if config.method == "prompt":
+        model, stages = _prompt_stage(run)
+    elif config.method == "soft_prompt":
+        model, stages = _soft_prompt_stage(run)
     else:
-        stages = [_resumable_stage(state, "head", "Stage 1/2 head", model,
-                                   lambda: _head_stage(**kwargs))]
+        stages = [_resumable_stage(state, "head", "Stage 1/2 head", task,
+                                   lambda: _head_stage(run))]
         if config.epochs > 0 and config.unfreeze_top > 0:
-            apply_freeze(model, TopK(config.unfreeze_top))
-            stages.append(_resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", model,
-                                           lambda: _fine_tune_stage(**kwargs)))
-    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
-                       data.class_names)
+            stages.append(_resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", task,
+                                           lambda: _fine_tune_stage(run)))
+    report = run.evaluate(model)
 
     export_path = None
     if config.export_dir and chief:
         sample = np.asarray(test.x[:8]).astype(str)
         export_path = export(
-            model, config.export_dir, preprocessor=pre, class_names=data.class_names,
-            task="multiclass", sample_inputs=sample,
+            model, config.export_dir, preprocessor=backbone.preprocessor,
+            class_names=data.class_names, task="multiclass", sample_inputs=sample,
             metadata={
                 "backbone_spec": config.backbone, "dataset": config.dataset,
                 "split": {"seed": config.seed, "val_fraction": config.val_fraction,
@@ -511,7 +508,191 @@ def finetune(config=None, verbose="auto", **overrides):
     else:
         discard_worker_path(run_dir, strategy)
     result["model"] = model
+    result["preprocessor"] = backbone.preprocessor
     return result
+
+
+def _as_config(config, overrides):
+    if config is None:
+        return JobConfig.from_dict(overrides)
+    if isinstance(config, dict):
+        return JobConfig.from_dict({**config, **overrides})
+    if not isinstance(config, JobConfig):
+        raise TypeError(
+            f"config must be a JobConfig, a dict of settings or None. Received: "
+            f"{type(config).__name__}"
+        )
+    if overrides:
+        overrides = renamed_settings(overrides)
+        valid = {f.name for f in dataclasses.fields(JobConfig)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise ConfigError(f"Unknown setting(s) {unknown}. Valid settings: {sorted(valid)}")
+        return dataclasses.replace(config, **overrides)
+    return config
+
+
+def _split(config):
+    """The dataset (optionally a stratified subset) and its train/val/test split."""
+    data = TEXT_DATASETS[config.dataset]()
+    if config.max_examples and config.max_examples < len(data):
+        keep, _, _ = stratified_split(
+            data.y, val_fraction=0.0, test_fraction=1.0 - config.max_examples / len(data),
+            seed=config.seed,
+        )
+        data = data.take(keep)
+    train_idx, val_idx, test_idx = stratified_split(
+        data.y, config.val_fraction, config.test_fraction, seed=config.seed
+    )
+    train, val, test = data.take(train_idx), data.take(val_idx), data.take(test_idx)
+    check_labels(train.y, "multiclass", len(data.class_names))
+    return data, train, val, test
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every stage of one job needs."""
+
+    config: JobConfig
+    task: keras.Model
+    backbone: Any
+    data: Any
+    train: Any
+    val: Any
+    test: Any
+    run_dir: str
+    verbose: Any
+    strategy: tf.distribute.Strategy
+    batch_size: int
+
+    def batches(self, x, y=None):
+        """Preprocessed batches of raw texts (and labels), in order."""
+        return self.task.make_dataset(np.asarray(x).astype(str), y,
+                                      batch_size=self.batch_size)
+
+    def evaluate(self, model):
+        probs = model.predict(self.batches(self.test.x), verbose=self.verbose)
+        return report_from_predictions(self.test.y, probs, task="multiclass",
+                                       class_names=self.data.class_names)
+
+    def record(self, name, started, history, model=None, **fields):
+        """A stage record for state.json and report.json, with `model`'s test metrics."""
+        report = self.evaluate(model if model is not None else self.task)
+        return {
+            "name": name, **fields, "seconds": time.time() - started,
+            "history": _history(history) if history is not None else {},
+            "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+        }
+
+
+def _head_stage(run):
+    """Stage 1: the frozen backbone runs once per example (cached); the head trains."""
+    config, task = run.config, run.task
+    counts = trainable_summary(task)
+    print(f"Stage 1/2 head: backbone frozen, {counts['trainable']:,} trainable / "
+          f"{counts['frozen']:,} frozen parameters")
+    started = time.time()
+    callbacks = default_callbacks(os.path.join(run.run_dir, "head"), patience=5, backup=False)
+    if config.feature_cache:
+        with run.strategy.scope():
+            optimizer = keras.optimizers.Adam(config.head_learning_rate)
+        history = fit_cached(
+            task, run.train.x, run.train.y, validation_data=(run.val.x, run.val.y),
+            make_dataset=run.batches, epochs=config.head_epochs, batch_size=run.batch_size,
+            optimizer=optimizer, callbacks=callbacks, seed=config.seed,
+            verbose=run.verbose, strategy=run.strategy,
+        )
+        feature_seconds, hit = history.feature_seconds, all(history.cache_hits)
+    else:
+        [(_, history)] = fine_tune(
+            task, (run.train.x, run.train.y), (run.val.x, run.val.y), epochs=0,
+            freeze_epochs=config.head_epochs, lr=config.head_learning_rate,
+            callbacks=callbacks, verbose=run.verbose, batch_size=run.batch_size,
+            make_dataset=run.batches, seed=config.seed, strategy=run.strategy,
+        )
+        feature_seconds, hit = 0.0, False
+    _check_finite(history, "head", run.run_dir, config.head_learning_rate)
+    return run.record("head", started, history, freeze="feature_extraction",
+                      feature_seconds=feature_seconds, feature_cache_hit=bool(hit),
+                      trainable_params=counts["trainable"])
+
+
+def _fine_tune_stage(run):
+    """Stage 2: top blocks unfrozen, transformer preset at the peak rate, resumable."""
+    config = run.config
+    started = time.time()
+    print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, peak learning "
+          f"rate {config.learning_rate:g}")
+    # Early stopping would keep state a resumed run cannot recover; the best
+    # epoch is still checkpointed.
+    callbacks = default_callbacks(os.path.join(run.run_dir, "fine_tune"), patience=2,
+                                  early_stopping=False, backup=False)
+    [(_, history)] = fine_tune(
+        run.task, (run.train.x, run.train.y), (run.val.x, run.val.y), epochs=config.epochs,
+        freeze_epochs=0, unfreeze=TopK(config.unfreeze_top), preset="transformer",
+        fine_tune_lr=config.learning_rate, callbacks=callbacks, verbose=run.verbose,
+        batch_size=run.batch_size, make_dataset=run.batches, seed=config.seed,
+        backup_dir=os.path.join(run.run_dir, "backup"), strategy=run.strategy,
+    )
+    if history.resumed_from_epoch:
+        print(f"Stage 2/2 fine-tune: resumed after epoch {history.resumed_from_epoch} from "
+              f"{os.path.join(run.run_dir, 'backup')}")
+    _check_finite(history, "fine_tune", run.run_dir, config.learning_rate)
+    counts = trainable_summary(run.task)
+    print(f"Stage 2/2 fine-tune: {counts['trainable']:,} trainable / {counts['frozen']:,} "
+          "frozen parameters")
+    return run.record("fine_tune", started, history, freeze=f"top_k:{config.unfreeze_top}",
+                      trainable_params=counts["trainable"],
+                      resumed_from_epoch=history.resumed_from_epoch)
+
+
+def _prompt_stage(run):
+    """Zero-shot: label prompts embedded by the backbone become the head."""
+    config = run.config
+    started = time.time()
+    with run.strategy.scope():
+        model = build_zero_shot_model(run.backbone, run.data.class_names,
+                                      template=config.prompt_template)
+    print(f"Prompt: zero-shot with {config.prompt_template!r}, no parameter updates")
+    stage = run.record("prompt", started, None, model=model, freeze="feature_extraction",
+                       template=config.prompt_template, trainable_params=0)
+    print(f"Prompt: test accuracy {stage['test']['accuracy']:.4f}, macro F1 "
+          f"{stage['test']['macro_f1']:.4f}")
+    return model, [stage]
+
+
+def _soft_prompt_stage(run):
+    """Soft prompts: learnable vectors before the frozen backbone, plus a head."""
+    config, backbone = run.config, run.backbone
+    started = time.time()
+    with run.strategy.scope():
+        tuned = build_soft_prompt_classifier(backbone, num_classes=len(run.data.class_names),
+                                             num_tokens=config.prompt_tokens)
+        tuned.compile(keras.optimizers.Adam(config.prompt_learning_rate),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["sparse_categorical_accuracy"])
+        inputs = {k: keras.Input(shape=v.shape[1:], dtype=v.dtype, name=k)
+                  for k, v in backbone.model.input.items()}
+        model = keras.Model(inputs, keras.layers.Softmax(dtype="float32")(tuned(inputs)))
+    trainable = count_trainable_params(tuned)
+    epochs = max(config.epochs, 1)
+    train = epoch_datasets(np.asarray(run.train.x).astype(str), run.train.y,
+                           run.task.make_dataset, run.batch_size, epochs, config.seed)
+    history = tuned.fit(
+        distribute_dataset(train, run.strategy),
+        validation_data=distribute_dataset(run.batches(run.val.x, run.val.y), run.strategy),
+        epochs=epochs, steps_per_epoch=math.ceil(len(run.train) / run.batch_size),
+        verbose=run.verbose,
+        callbacks=[EpochSeeding(config.seed),
+                   *default_callbacks(os.path.join(run.run_dir, "soft_prompt"), patience=2,
+                                      early_stopping=False, backup=False)],
+    )
+    _check_finite(history, "soft_prompt", run.run_dir, config.prompt_learning_rate)
+    stage = run.record("soft_prompt", started, history, model=model, freeze="soft_prompt",
+                       prompt_tokens=config.prompt_tokens, trainable_params=trainable)
+    print(f"Soft prompt: {trainable:,} trainable parameters, test accuracy "
+          f"{stage['test']['accuracy']:.4f}, macro F1 {stage['test']['macro_f1']:.4f}")
+    return model, [stage]
 
 
 def _resumable_stage(state, name, label, model, run):
@@ -528,172 +709,6 @@ def _resumable_stage(state, name, label, model, run):
     return done
 
 
-def _head_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
-                strategy, batch_size):
-    """Stage 1: the frozen backbone runs once per example; the head trains."""
-    counts = trainable_summary(model)
-    print(f"Stage 1/2 head: backbone frozen, {counts['trainable']:,} trainable / "
-          f"{counts['frozen']:,} frozen parameters")
-    t0 = time.time()
-    callbacks = default_callbacks(os.path.join(run_dir, "head"), patience=5, backup=False)
-    if config.feature_cache:
-        prep = {"preprocessor": pre.get_config() if pre is not None else None}
-        train_f, hit_t = feature_cache.cached_features(model, train.x, make_ds, prep,
-                                                       verbose=verbose)
-        val_f, hit_v = feature_cache.cached_features(model, val.x, make_ds, prep,
-                                                     verbose=verbose)
-        feature_seconds = time.time() - t0
-        with strategy.scope():
-            head = feature_cache.head_model(model)
-            head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate),
-                         loss="sparse_categorical_crossentropy",
-                         metrics=["sparse_categorical_accuracy"])
-        prepare_model(head, strategy)
-        hist = head.fit(
-            np.asarray(train_f), train.y, validation_data=(np.asarray(val_f), val.y),
-            epochs=config.head_epochs, batch_size=batch_size, verbose=verbose,
-            callbacks=callbacks,
-        )
-    else:
-        hit_t = hit_v = False
-        feature_seconds = 0.0
-        with strategy.scope():
-            compile_model(model, preset="head", task="multiclass",
-                          learning_rate=config.head_learning_rate)
-        hist = model.fit(
-            distribute_dataset(text_dataset(train.x, train.y, pre, batch_size, shuffle=True,
-                                            seed=config.seed), strategy),
-            validation_data=distribute_dataset(
-                text_dataset(val.x, val.y, pre, batch_size), strategy),
-            epochs=config.head_epochs, verbose=verbose, callbacks=callbacks,
-        )
-    _check_finite(hist, "head", run_dir, config.head_learning_rate)
-    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
-                       data.class_names)
-    return {
-        "name": "head", "freeze": "feature_extraction", "seconds": time.time() - t0,
-        "feature_seconds": feature_seconds, "feature_cache_hit": bool(hit_t and hit_v),
-        "trainable_params": counts["trainable"], "history": _history(hist),
-        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
-    }
-
-
-def _fine_tune_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
-                     strategy, batch_size):
-    """Stage 2: top blocks unfrozen, lower learning rate, resumable per epoch."""
-    t0 = time.time()
-    counts = trainable_summary(model)
-    print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, "
-          f"{counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
-    steps_per_epoch = int(np.ceil(len(train) / batch_size))
-    preset = get_preset("transformer", learning_rate=config.learning_rate)
-    with strategy.scope():
-        model.compile(
-            optimizer=make_optimizer(preset, total_steps=config.epochs * steps_per_epoch),
-            loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"],
-        )
-    stage_dir = os.path.join(run_dir, "fine_tune")
-    # Early stopping would keep state a resumed run cannot recover; the best
-    # epoch is still checkpointed.
-    callbacks = default_callbacks(stage_dir, patience=2, early_stopping=False, backup=True)
-    first_epoch = _completed_epochs(os.path.join(stage_dir, "backup"))
-    if first_epoch:
-        print(f"Stage 2/2 fine-tune: resuming after epoch {first_epoch} from {stage_dir}")
-    train_ds = epoch_datasets(train.x, train.y, pre, batch_size, config.epochs,
-                              config.seed, first_epoch=min(first_epoch, config.epochs - 1))
-    hist = model.fit(
-        distribute_dataset(train_ds, strategy),
-        validation_data=distribute_dataset(text_dataset(val.x, val.y, pre, batch_size),
-                                           strategy),
-        epochs=config.epochs, steps_per_epoch=steps_per_epoch, verbose=verbose,
-        callbacks=[EpochSeeding(config.seed), *callbacks],
-    )
-    _check_finite(hist, "fine_tune", run_dir, config.learning_rate)
-    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
-                       data.class_names)
-    return {
-        "name": "fine_tune", "freeze": f"top_k:{config.unfreeze_top}",
-        "seconds": time.time() - t0, "trainable_params": counts["trainable"],
-        "resumed_from_epoch": first_epoch, "history": _history(hist),
-        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
-    }
-
-
-def _prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
-                  strategy, batch_size, backbone):
-    """Zero-shot: label prompts embedded by the backbone become the head."""
-    from tfft.prompting import build_zero_shot_model
-
-    t0 = time.time()
-    with strategy.scope():
-        model = build_zero_shot_model(backbone, data.class_names,
-                                      template=config.prompt_template)
-    model.tfft_backbone = backbone
-    print(f"Prompt: zero-shot with {config.prompt_template!r}, no parameter updates")
-    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
-                       data.class_names)
-    stage = {
-        "name": "prompt", "freeze": "feature_extraction", "template": config.prompt_template,
-        "seconds": time.time() - t0, "trainable_params": 0, "history": {},
-        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
-    }
-    print(f"Prompt: test accuracy {report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
-    return model, [stage]
-
-
-def _soft_prompt_stage(config, model, pre, train, val, test, data, run_dir, verbose, make_ds,
-                       strategy, batch_size, backbone):
-    """Soft prompts: learnable vectors before the frozen backbone, plus a head."""
-    from tfft.prompting import build_soft_prompt_classifier, count_trainable_params
-
-    t0 = time.time()
-    with strategy.scope():
-        tuned = build_soft_prompt_classifier(backbone, num_classes=len(data.class_names),
-                                             num_tokens=config.prompt_tokens)
-        tuned.compile(keras.optimizers.Adam(config.prompt_learning_rate),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["sparse_categorical_accuracy"])
-        inputs = {k: keras.Input(shape=v.shape[1:], dtype=v.dtype, name=k)
-                  for k, v in backbone.model.input.items()}
-        model = keras.Model(inputs, keras.layers.Softmax(dtype="float32")(tuned(inputs)))
-    model.tfft_backbone = backbone
-    trainable = count_trainable_params(tuned)
-    epochs = max(config.epochs, 1)
-    steps = int(np.ceil(len(train) / batch_size))
-    hist = tuned.fit(
-        distribute_dataset(epoch_datasets(train.x, train.y, pre, batch_size, epochs,
-                                          config.seed), strategy),
-        validation_data=distribute_dataset(text_dataset(val.x, val.y, pre, batch_size),
-                                           strategy),
-        epochs=epochs, steps_per_epoch=steps, verbose=verbose,
-        callbacks=[EpochSeeding(config.seed),
-                   *default_callbacks(os.path.join(run_dir, "soft_prompt"), patience=2,
-                                      early_stopping=False, backup=False)],
-    )
-    _check_finite(hist, "soft_prompt", run_dir, config.prompt_learning_rate)
-    report = _evaluate(model.predict(make_ds(test.x), verbose=verbose), test.y,
-                       data.class_names)
-    stage = {
-        "name": "soft_prompt", "freeze": "soft_prompt", "seconds": time.time() - t0,
-        "prompt_tokens": config.prompt_tokens, "trainable_params": trainable,
-        "history": _history(hist),
-        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
-    }
-    print(f"Soft prompt: {trainable:,} trainable parameters, test accuracy "
-          f"{report['accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}")
-    return model, [stage]
-
-
-def _completed_epochs(backup_dir):
-    """Epochs BackupAndRestore recorded as finished (0 when starting fresh)."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        # BackupAndRestore records the number of finished epochs.
-        return int(json.load(f).get("epoch", 0))
-
-
 def _save_plots(report, stages, run_dir):
     report.save_plots(run_dir)
     trained = [(s["name"], s["history"]) for s in stages if s["history"]]
@@ -702,6 +717,6 @@ def _save_plots(report, stages, run_dir):
 
 
 __all__ = [
-    "ConfigError", "EpochSeeding", "FinetuneConfig", "NumericalError", "epoch_datasets",
-    "finetune", "text_dataset",
+    "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "NumericalError",
+    "renamed_settings", "run_job", "text_dataset",
 ]

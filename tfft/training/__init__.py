@@ -1,6 +1,6 @@
 """Training: compile presets, the `fine_tune` recipe, the feature cache and callbacks."""
 
-from tfft.training.callbacks import MonitorCheck, default_callbacks
+from tfft.training.callbacks import EpochSeeding, MonitorCheck, default_callbacks
 from tfft.training.feature_cache import (
     CacheRefusedError,
     cached_features,
@@ -18,17 +18,20 @@ from tfft.training.presets import (
     make_optimizer,
     set_mixed_precision,
 )
-from tfft.training.recipes import fine_tune
+from tfft.training.recipes import EpochData, epoch_datasets, fine_tune
 
 __all__ = [
     "OPTIMIZER_PRESETS",
     "TASK_PRESETS",
     "CacheRefusedError",
+    "EpochData",
+    "EpochSeeding",
     "MonitorCheck",
     "cached_features",
     "clear_cache",
     "compile_model",
     "default_callbacks",
+    "epoch_datasets",
     "features_dataset",
     "fine_tune",
     "fit_cached",

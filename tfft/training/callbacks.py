@@ -9,6 +9,7 @@
 import os
 
 import keras
+import numpy as np
 
 MODES = ("auto", "min", "max")
 
@@ -43,6 +44,37 @@ class MonitorCheck(keras.callbacks.Callback):
                 f"early stopping and best-checkpointing cannot work. Available: "
                 f"{sorted(logs)}.{hint}"
             )
+
+
+class EpochSeeding(keras.callbacks.Callback):
+    """Sets every random-seed state of the model from `(seed, epoch)` at each epoch start.
+
+    Keras keeps dropout RNG state in variables that weight checkpoints do not
+    restore the way an uninterrupted run advances them; deriving the state
+    from the epoch makes a run resumed at epoch `k` draw the same dropout
+    masks from epoch `k` on as a run that was never stopped.
+
+    Args:
+        seed: int. Base seed; each epoch and each seed state get their own
+            stream from it.
+
+    Example:
+
+    >>> model.fit(data, epochs=3, callbacks=[EpochSeeding(seed=0)])
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0. Received: seed={seed!r}")
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+        for index, state in enumerate(states):
+            value = np.random.default_rng([self.seed, epoch, index]).integers(0, 2**30, 2)
+            value[1] = 0
+            state.assign(value.astype(state.dtype))
 
 
 def default_callbacks(run_dir, monitor="val_loss", mode="auto", tensorboard=True,

@@ -19,12 +19,17 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfft import assets
 from tfft.adapt.freeze import find_backbone_layer
+from tfft.distribute.strategy import prepare_model
+from tfft.training.presets import TASK_PRESETS, task_metrics
 
 
 class CacheRefusedError(ValueError):
@@ -220,8 +225,6 @@ def features_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0
         shuffle: bool. Reshuffle the row order every epoch. Defaults to False.
         seed: int. Shuffle seed.
     """
-    import tensorflow as tf
-
     n = len(features)
     dim = features.shape[1:]
     labels = None if labels is None else np.asarray(labels)
@@ -248,36 +251,68 @@ def features_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0
     return order.map(read).prefetch(tf.data.AUTOTUNE)
 
 
-def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None, epochs=1,
-               batch_size=32, optimizer=None, loss=None, metrics=None, preprocessing=None,
-               callbacks=None, shuffle=True, seed=0, in_memory=True, directory=None,
-               augment=None, verbose="auto"):
+def fit_cached(
+    model: keras.Model,
+    x_train: Any,
+    y_train: Any,
+    validation_data: tuple[Any, Any] | None = None,
+    make_dataset: Callable[[Any], tf.data.Dataset] | None = None,
+    epochs: int = 1,
+    batch_size: int = 32,
+    optimizer: keras.optimizers.Optimizer | str | None = None,
+    loss: Any = None,
+    metrics: list | None = None,
+    preprocessing: Any = None,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    in_memory: bool = True,
+    directory: str | None = None,
+    augment: Any = None,
+    verbose: str | int = "auto",
+    strategy: tf.distribute.Strategy | None = None,
+) -> keras.callbacks.History:
     """Trains `model`'s head on cached backbone features, in one call.
 
     The backbone runs once per example (or not at all on a cache hit); the
     head trains on the features for `epochs`. The head layer is shared, so
-    `model` itself is trained and predicts on raw inputs afterwards.
+    `model` itself is trained and predicts on raw inputs afterwards. This is
+    the head stage of the main job (`tfft.run_job`); `tfft.fine_tune(...,
+    freeze_epochs=0)` continues from it with the backbone opened.
 
     Args:
-        model: keras.Model from `tfft.build_model`, backbone frozen.
+        model: keras.Model. A `tfft.Task` (or a model with layers
+            `"backbone"`, `"pooling"` and `"head"`), backbone frozen.
         x_train: raw training inputs (strings, images, or dict of arrays).
         y_train: training targets.
         validation_data: `(x_val, y_val)` raw inputs and targets, or None.
         make_dataset: callable `x -> tf.data.Dataset` of preprocessed,
             batched inputs (no labels), used for the one backbone pass.
-        epochs: int. Head epochs.
-        batch_size: int. Head batch size.
-        optimizer: Keras optimizer. Defaults to Adam(1e-3).
-        loss, metrics: default to the task preset of the model's head.
-        preprocessing: JSON-able preprocessing settings, part of the key.
-        callbacks: Keras callbacks for the head's `fit`.
+            Defaults to `model.make_dataset` when the model has one (a
+            `tfft.Task`).
+        epochs: int. Head epochs. Defaults to 1.
+        batch_size: int. Head batch size (global under a multi-replica
+            `strategy`). Defaults to 32.
+        optimizer: Keras optimizer or name. Defaults to Adam(1e-3). Under a
+            `strategy`, create an optimizer object inside `strategy.scope()`.
+        loss: Keras loss. Defaults to the task preset of the model's head.
+        metrics: list of Keras metrics. Default to the task preset's.
+        preprocessing: JSON-able preprocessing settings, part of the cache
+            key. Defaults to the config of `model.preprocessor` when
+            `make_dataset` defaults to `model.make_dataset`.
+        callbacks: list of Keras callbacks for the head's `fit` (they see
+            the head model, which shares the head's weights).
         shuffle: bool. Shuffle rows each epoch. Defaults to True.
-        seed: int. Shuffle seed for the disk-backed path.
+        seed: int. Shuffle seed for the disk-backed path. Defaults to 0.
         in_memory: bool. Load features into memory (default) or stream them
             from the memory-mapped cache files.
-        directory: str. Cache root.
+        directory: str. Cache root. Defaults to `$TFFT_CACHE_DIR/features`.
         augment: refused when not None (see `cached_features`).
         verbose: Keras verbosity.
+        strategy: tf.distribute.Strategy. Compiles and trains the head
+            inside its scope, across its replicas; the model must have been
+            built in it (`tfft.build_model(..., strategy=strategy)`).
+            Defaults to the current strategy.
 
     Returns:
         The head's `keras.callbacks.History`, with `cache_hits` (train,
@@ -285,17 +320,27 @@ def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None,
 
     Example:
 
-    >>> history = fit_cached(model, train.x, train.y, (val.x, val.y),
-    ...                      make_dataset=lambda x: text_dataset(x, None, pre, 32),
-    ...                      epochs=10)
+    >>> task = tfft.build_model("minilm", num_classes=5)
+    >>> history = tfft.fit_cached(task, train.x, train.y, (val.x, val.y), epochs=10)
+    >>> history.cache_hits   # (False, False) the first time, (True, True) after
     """
-    from tfft.training.presets import TASK_PRESETS, task_metrics
-
+    if make_dataset is None:
+        make_dataset = getattr(model, "make_dataset", None)
+        preprocessor = getattr(model, "preprocessor", None)
+        if preprocessing is None and preprocessor is not None:
+            preprocessing = {"preprocessor": preprocessor.get_config()}
     if make_dataset is None or not callable(make_dataset):
         raise TypeError(
             "fit_cached needs make_dataset: a callable mapping raw inputs to a batched "
-            f"tf.data.Dataset of model inputs. Received: make_dataset={make_dataset!r}"
+            "tf.data.Dataset of model inputs (a tfft.Task provides its own). Received: "
+            f"make_dataset={make_dataset!r}"
         )
+    if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+        raise TypeError(
+            f"strategy must be a tf.distribute.Strategy (see tfft.get_strategy). Received: "
+            f"{type(strategy).__name__}"
+        )
+    strategy = strategy or tf.distribute.get_strategy()
     check_cacheable(model, augment)
     started = time.time()
     train_f, hit_train = cached_features(model, x_train, make_dataset, preprocessing,
@@ -308,13 +353,15 @@ def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None,
     feature_seconds = time.time() - started
     head_layer = model.get_layer("head")
     task = getattr(head_layer, "task", "multiclass")
-    head = head_model(model)
-    head.compile(
-        optimizer=optimizer or keras.optimizers.Adam(1e-3),
-        loss=loss or TASK_PRESETS[task]["loss"],
-        metrics=metrics if metrics is not None else task_metrics(
-            task, getattr(head_layer, "num_classes", None)),
-    )
+    with strategy.scope():
+        head = head_model(model)
+        head.compile(
+            optimizer=optimizer or keras.optimizers.Adam(1e-3),
+            loss=loss or TASK_PRESETS[task]["loss"],
+            metrics=metrics if metrics is not None else task_metrics(
+                task, getattr(head_layer, "num_classes", None)),
+        )
+    prepare_model(head, strategy)
     if in_memory:
         train_arg = dict(x=np.asarray(train_f), y=np.asarray(y_train), batch_size=batch_size,
                          shuffle=shuffle)
@@ -325,7 +372,8 @@ def fit_cached(model, x_train, y_train, validation_data=None, make_dataset=None,
                          shuffle=False)
         val_arg = None if val_f is None else features_dataset(val_f, y_val, batch_size)
     history = head.fit(**train_arg, validation_data=val_arg, epochs=epochs,
-                       callbacks=callbacks, verbose=verbose)
+                       callbacks=None if callbacks is None else list(callbacks),
+                       verbose=verbose)
     history.cache_hits = (hit_train, hit_val)
     history.feature_seconds = feature_seconds
     return history

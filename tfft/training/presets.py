@@ -209,7 +209,7 @@ def compile_model(model, preset="auto", task="multiclass", family="transformer",
     trainable_backbone = backbone is not None and any(
         w.trainable for w in backbone.weights
     )
-    policy = getattr(model, "tfft_freeze_policy", None)
+    policy = getattr(model, "freeze_policy", None)
     if getattr(policy, "name", None) == "gradual":
         # Frozen now, but the schedule will open the backbone's blocks: a head-sized
         # learning rate would make them diverge once they train.
