@@ -565,10 +565,10 @@ class _Run:
     strategy: tf.distribute.Strategy
     batch_size: int
 
-    def batches(self, x, y=None):
+    def batches(self, x, y=None, batch_size=None):
         """Preprocessed batches of raw texts (and labels), in order."""
         return self.task.make_dataset(np.asarray(x).astype(str), y,
-                                      batch_size=self.batch_size)
+                                      batch_size=batch_size or self.batch_size)
 
     def evaluate(self, model):
         probs = model.predict(self.batches(self.test.x), verbose=self.verbose)

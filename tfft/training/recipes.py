@@ -308,8 +308,8 @@ class EpochData:
         self.x, self.y = data[0], np.asarray(data[1])
         if len(self.y) == 0:
             raise ValueError(f"fine_tune: {name} is empty.")
-        sizes = {len(v) for v in tf.nest.flatten(self.x)} if isinstance(self.x, dict) else {
-            len(self.x)}
+        sizes = ({len(v) for v in self.x.values()} if isinstance(self.x, dict)
+                 else {len(self.x)})
         if sizes != {len(self.y)}:
             raise ValueError(
                 f"fine_tune: {name} has {sorted(sizes)} inputs but {len(self.y)} labels."
@@ -340,7 +340,10 @@ class EpochData:
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     def _batches(self, order):
-        x = tf.nest.map_structure(lambda v: _take(v, order), self.x)
+        if isinstance(self.x, dict):
+            x = {key: _take(value, order) for key, value in self.x.items()}
+        else:
+            x = _take(self.x, order)
         y = self.y[order]
         if self.make_dataset is not None:
             return self.make_dataset(x, y, batch_size=self.batch_size)
