@@ -33,7 +33,9 @@ $(STAMP): setup.cfg setup.py
 demo: $(STAMP)
 	$(VENV)/bin/tfft finetune
 
+# The import contract (.importlinter) first: a layering or cycle break fails fast.
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -24,7 +24,8 @@ import pytest
 import tensorflow as tf
 
 from tfft import assets
-from tfft.backbones import NetworkUnavailableError, applications, load_backbone, network
+from tfft.backbones import NetworkUnavailableError, applications, load_backbone
+from tfft.utils import network
 from tfft.backbones import offline_vision
 from tfft.backbones.applications import cnn_block_names
 from tfft.layers import NORMALISATIONS, ImagePreprocessor

@@ -195,7 +195,7 @@ def test_nonexistent_path_and_unknown_name():
 
 def test_unprepared_tfds_dataset_offline_names_data_dir(tmp_path, monkeypatch):
     # The network boundary: pretend the TFDS download host does not answer.
-    monkeypatch.setattr(sources, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "network_reachable", lambda *a, **k: False)
     with pytest.raises(td.DatasetUnavailableError) as info:
         td.load("mnist", split="train", data_dir=str(tmp_path))
     message = str(info.value)

@@ -72,6 +72,11 @@ def calibrated_cnn_backbone(input_size=32, seed=0):
     return backbone
 
 
+@pytest.fixture
+def cnn_backbone():
+    return calibrated_cnn_backbone()
+
+
 @pytest.fixture(scope="module")
 def image_model():
     backbone = calibrated_cnn_backbone()

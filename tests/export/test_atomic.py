@@ -6,7 +6,7 @@ import shutil
 import keras
 import pytest
 
-import tfft
+from tfft.export import export as export_saved_model
 from tfft.export import saved_model
 from tfft.export.saved_model import ExportError
 
@@ -28,7 +28,7 @@ def snapshot(directory):
 def first_export(make_text_model, tmp_path_factory):
     model = make_text_model()
     directory = str(tmp_path_factory.mktemp("atomic") / "m")
-    tfft.export(model, directory, class_names=CLASSES, verify=False)
+    export_saved_model(model, directory, class_names=CLASSES, verify=False)
     return model, directory
 
 
@@ -51,7 +51,7 @@ def test_failed_verification_leaves_existing_versions(existing, monkeypatch):
 
     monkeypatch.setattr(saved_model, "verify_in_fresh_process", fail)
     with pytest.raises(ExportError, match="injected"):
-        tfft.export(model, directory, class_names=CLASSES)
+        export_saved_model(model, directory, class_names=CLASSES)
     assert sorted(os.listdir(directory)) == ["1"]
     assert snapshot(directory) == before
 
@@ -69,9 +69,9 @@ def test_failure_while_writing_leaves_no_partial_version(existing, monkeypatch):
 
     monkeypatch.setattr(archive_class, "write_out", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        tfft.export(model, directory, class_names=CLASSES, verify=False)
+        export_saved_model(model, directory, class_names=CLASSES, verify=False)
     with pytest.raises(OSError, match="disk full"):
-        tfft.export(model, directory, class_names=CLASSES, version=1, overwrite=True,
+        export_saved_model(model, directory, class_names=CLASSES, version=1, overwrite=True,
                     verify=False)
     assert sorted(os.listdir(directory)) == ["1"]
     assert snapshot(directory) == before
@@ -80,13 +80,13 @@ def test_failure_while_writing_leaves_no_partial_version(existing, monkeypatch):
 def test_existing_version_needs_overwrite(existing):
     model, directory, before = existing
     with pytest.raises(FileExistsError, match=r"already exists\. Pass overwrite=True"):
-        tfft.export(model, directory, class_names=CLASSES, version=1, verify=False)
+        export_saved_model(model, directory, class_names=CLASSES, version=1, verify=False)
     assert snapshot(directory) == before
 
 
 def test_overwrite_replaces_the_version(existing):
     model, directory, before = existing
-    path = tfft.export(model, directory, class_names=["x", "y", "z"], version=1,
+    path = export_saved_model(model, directory, class_names=["x", "y", "z"], version=1,
                        overwrite=True, verify=False)
     assert sorted(os.listdir(directory)) == ["1"]
     assert saved_model.read_metadata(path)["class_names"] == ["x", "y", "z"]
@@ -97,4 +97,4 @@ def test_export_into_a_file_is_refused(make_text_model, tmp_path):
     target = tmp_path / "file"
     target.write_text("not a directory")
     with pytest.raises(ValueError, match="is a file"):
-        tfft.export(make_text_model(), str(target), class_names=CLASSES, verify=False)
+        export_saved_model(make_text_model(), str(target), class_names=CLASSES, verify=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfft
+from tfft.export import export as export_saved_model
 from tfft.export import saved_model
 from tfft.export.saved_model import encode_image, load_serving_outputs_in_fresh_process
 
@@ -16,7 +16,7 @@ CLASSES = ["cat", "dog", "fox"]
 
 def keras_probabilities(model, images):
     """The in-memory model on each image preprocessed alone (sizes may differ)."""
-    pre = model.tfft_backbone.preprocessor
+    pre = model.preprocessor
     batch = np.concatenate([np.asarray(pre(image[None])) for image in images])
     return np.asarray(model(batch, training=False))
 
@@ -24,7 +24,7 @@ def keras_probabilities(model, images):
 @pytest.fixture(scope="module")
 def exported(image_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("img") / "animals"
-    path = tfft.export(image_model, str(directory), class_names=CLASSES, modality="image")
+    path = export_saved_model(image_model, str(directory), class_names=CLASSES, modality="image")
     return image_model, path
 
 

@@ -46,12 +46,13 @@ def test_text_functional_model(make_text_model, tiny_text_preprocessor, assert_r
     assert len(reloaded.trainable_weights) == len(model.trainable_weights)
 
 
-def test_cnn_sequential_model(image_model, assert_round_trip):
-    model = tfft.build_model(image_model.tfft_backbone, task="binary", num_classes=1,
-                             freeze="top_k:2", compile=False)
+def test_cnn_sequential_model(cnn_backbone, assert_round_trip):
+    task = tfft.build_model(cnn_backbone, task="binary", num_classes=1,
+                            freeze="top_k:2", compile=False)
+    model = task.to_sequential()
     assert isinstance(model, keras.Sequential)
     raw = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
-    x = np.asarray(model.tfft_backbone.preprocessor(raw))
+    x = np.asarray(task.preprocessor(raw))
     _train_head_one_step(model, x, np.array([0, 1, 1, 0], "float32"), "binary_crossentropy")
     reloaded = assert_round_trip(model, x, atol=1e-5)
     assert isinstance(reloaded, keras.Sequential)

@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfft import build_model, export, feature_cache
+from tfft.export import export
 from tfft.export.saved_model import read_metadata
 from tfft.jobs.finetune import text_dataset
+from tfft.models import build_model
+from tfft.training import feature_cache
 
 
 @pytest.mark.slow

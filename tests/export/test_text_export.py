@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfft
+from tfft.export import export as export_saved_model
 from tfft.export import saved_model
 from tfft.export import saved_model as tfft_export
 
@@ -17,7 +18,7 @@ CLASSES = ["business", "sport", "tech"]
 
 
 def expected_probabilities(model, texts):
-    pre = model.tfft_backbone.preprocessor
+    pre = model.preprocessor
     return np.asarray(model(pre(tf.constant(texts)), training=False))
 
 
@@ -27,7 +28,7 @@ def exported(make_text_model, tmp_path_factory):
     model = make_text_model()
     directory = tmp_path_factory.mktemp("exports") / "bbc"
     report = {"accuracy": 0.5, "macro_f1": 0.4}
-    path = tfft.export(model, str(directory), class_names=CLASSES,
+    path = export_saved_model(model, str(directory), class_names=CLASSES,
                        sample_inputs=["the bank", "film award"], evaluation=report,
                        metadata={"dataset": "tiny"})
     return model, path
@@ -53,7 +54,7 @@ def test_first_export_is_version_1_with_metadata(exported):
     assert meta["task"] == "multiclass" and meta["modality"] == "text"
     assert meta["evaluation"] == {"accuracy": 0.5, "macro_f1": 0.4}
     assert meta["dataset"] == "tiny"
-    assert meta["backbone"]["name"] == model.tfft_backbone.info.name
+    assert meta["backbone"]["name"] == model.backbone_info.name
     assert meta["backbone"]["output_key"] == "sequence_output"
     assert meta["preprocessing"]["sequence_length"] == 16
     assert meta["preprocessing"]["class"].endswith("BertTextClassifierPreprocessor")
@@ -89,9 +90,9 @@ def test_versions_count_up_and_explicit_version(make_text_model, tmp_path):
     model = make_text_model()
     directory = str(tmp_path / "m")
     assert tfft_export.next_version(directory) == 1
-    explicit = tfft.export(model, directory, class_names=CLASSES, version=7, verify=False)
+    explicit = export_saved_model(model, directory, class_names=CLASSES, version=7, verify=False)
     assert os.path.basename(explicit) == "7"
-    following = tfft.export(model, directory, class_names=CLASSES, verify=False)
+    following = export_saved_model(model, directory, class_names=CLASSES, verify=False)
     assert os.path.basename(following) == "8"
     os.makedirs(os.path.join(directory, "notes"))  # non-numeric entries are ignored
     assert tfft_export.list_versions(directory) == [7, 8]
@@ -105,7 +106,7 @@ def test_versions_count_up_and_explicit_version(make_text_model, tmp_path):
 ])
 def test_task_outputs(make_text_model, tmp_path, texts, task, num_classes, names, outputs):
     model = make_text_model(task=task, num_classes=num_classes)
-    path = tfft.export(model, str(tmp_path / task), class_names=names, verify=False)
+    path = export_saved_model(model, str(tmp_path / task), class_names=names, verify=False)
     got = tf.saved_model.load(path).signatures["serving_default"](tf.constant(texts))
     assert sorted(got) == sorted(outputs)
     raw = expected_probabilities(model, texts)
@@ -126,7 +127,7 @@ def test_task_outputs(make_text_model, tmp_path, texts, task, num_classes, names
 def test_classification_without_class_names_is_refused(make_text_model, tmp_path):
     model = make_text_model()
     with pytest.raises(ValueError, match="needs class_names"):
-        tfft.export(model, str(tmp_path / "m"), verify=False)
+        export_saved_model(model, str(tmp_path / "m"), verify=False)
     assert not os.path.exists(tmp_path / "m")
 
 
@@ -140,29 +141,29 @@ def test_classification_without_class_names_is_refused(make_text_model, tmp_path
 def test_bad_class_names_or_task(make_text_model, tmp_path, task, names, error, match):
     model = make_text_model()
     with pytest.raises(error, match=match):
-        tfft.export(model, str(tmp_path / "m"), class_names=names, task=task, verify=False)
+        export_saved_model(model, str(tmp_path / "m"), class_names=names, task=task, verify=False)
 
 
 def test_binary_needs_two_class_names(make_text_model, tmp_path):
     model = make_text_model(task="binary", num_classes=1)
     with pytest.raises(ValueError, match="gives 2 classes. Received 1 names"):
-        tfft.export(model, str(tmp_path / "m"), class_names=["pos"], verify=False)
+        export_saved_model(model, str(tmp_path / "m"), class_names=["pos"], verify=False)
 
 
 def test_bad_version_and_modality(make_text_model, tmp_path):
     model = make_text_model()
     for version in (0, -1, "2", True):
         with pytest.raises(ValueError, match="version must be a positive int"):
-            tfft.export(model, str(tmp_path / "m"), class_names=CLASSES, version=version,
+            export_saved_model(model, str(tmp_path / "m"), class_names=CLASSES, version=version,
                         verify=False)
     with pytest.raises(ValueError, match="Unknown modality"):
-        tfft.export(model, str(tmp_path / "m"), class_names=CLASSES, modality="audio",
+        export_saved_model(model, str(tmp_path / "m"), class_names=CLASSES, modality="audio",
                     verify=False)
 
 
 def test_metadata_is_json_and_lists_signatures(make_text_model, tmp_path):
     model = make_text_model()
-    path = tfft.export(model, str(tmp_path / "m"), class_names=CLASSES, verify=False,
+    path = export_saved_model(model, str(tmp_path / "m"), class_names=CLASSES, verify=False,
                        metadata={"seed": np.int64(3)})
     with open(os.path.join(path, saved_model.METADATA_FILE)) as f:
         meta = json.load(f)

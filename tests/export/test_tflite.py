@@ -19,8 +19,8 @@ def test_tflite_matches_keras(image_model, converted):
     assert converted["max_abs_diff"] <= 1e-4
     assert os.path.getsize(converted["path"]) == converted["bytes"] > 100_000
     raw = np.random.default_rng(11).integers(0, 256, (5, 32, 32, 3)).astype("uint8")
-    x = np.asarray(image_model.tfft_backbone.preprocessor(raw))
-    want = image_model.predict(x, verbose=0)
+    x = np.asarray(image_model.preprocessor(raw))
+    want = np.asarray(image_model(x, training=False))
     got = run_tflite(converted["path"], x)
     assert got.shape == (5, 3)
     np.testing.assert_allclose(got, want, atol=1e-4)
@@ -30,8 +30,7 @@ def test_tflite_matches_keras(image_model, converted):
 def test_tflite_with_normalisation_inside(image_model, tmp_path):
     info = to_tflite(image_model, str(tmp_path / "raw.tflite"), include_preprocessing=True)
     raw = np.random.default_rng(12).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
-    want = image_model.predict(np.asarray(image_model.tfft_backbone.preprocessor(raw)),
-                               verbose=0)
+    want = np.asarray(image_model(np.asarray(image_model.preprocessor(raw)), training=False))
     np.testing.assert_allclose(run_tflite(info["path"], raw), want, atol=1e-4)
     with pytest.raises(TypeError, match="uint8"):
         run_tflite(info["path"], raw.astype("float32"))

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 import tfft
-from tfft.distribute import strategy as strategy_lib
-from tfft.distribute.strategy import distribute_dataset, get_strategy
+from tfft import distribute
+from tfft.distribute import distribute_dataset, get_strategy
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -78,14 +78,14 @@ def train(kind, strategy, initial):
 def helper_checks(strategy):
     """The batch and learning-rate helpers on a real two-replica strategy."""
     checks = {
-        "global_batch": strategy_lib.global_batch_size(8, strategy),
-        "per_replica": strategy_lib.per_replica_batch_size(16, strategy),
-        "lr_linear": strategy_lib.scale_learning_rate(0.1, strategy),
-        "lr_sqrt": strategy_lib.scale_learning_rate(0.1, strategy, rule="sqrt"),
-        "lr_none": strategy_lib.scale_learning_rate(0.1, strategy, rule=None),
+        "global_batch": distribute.global_batch_size(8, strategy),
+        "per_replica": distribute.per_replica_batch_size(16, strategy),
+        "lr_linear": distribute.scale_learning_rate(0.1, strategy),
+        "lr_sqrt": distribute.scale_learning_rate(0.1, strategy, rule="sqrt"),
+        "lr_none": distribute.scale_learning_rate(0.1, strategy, rule=None),
     }
     for name, call in {
-        "odd_global": lambda: strategy_lib.per_replica_batch_size(15, strategy),
+        "odd_global": lambda: distribute.per_replica_batch_size(15, strategy),
         "odd_dataset": lambda: distribute_dataset(
             tf.data.Dataset.range(30).batch(15, drop_remainder=True), strategy),
         "odd_batching": lambda: distribute_dataset(
@@ -94,7 +94,7 @@ def helper_checks(strategy):
         try:
             call()
             checks[name] = None
-        except strategy_lib.StrategyError as error:
+        except distribute.StrategyError as error:
             checks[name] = str(error)
     return checks
 

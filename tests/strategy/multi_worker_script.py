@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfft
-from tfft.distribute.strategy import (
+from tfft.distribute import (
     chief_writes,
     distribute_dataset,
     get_strategy,

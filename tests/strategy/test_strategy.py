@@ -1,4 +1,4 @@
-"""tfft.distribute.strategy: tf.distribute strategies, TF_CONFIG, batching, chief-only writes.
+"""tfft.distribute: tf.distribute strategies, TF_CONFIG, batching, chief-only writes.
 
 Real engines throughout: MirroredStrategy over two logical CPUs and
 MultiWorkerMirroredStrategy over two processes on 127.0.0.1 run in fresh
@@ -18,8 +18,9 @@ import pytest
 import tensorflow as tf
 
 import tfft
+from tfft import distribute
+from tfft.distribute import StrategyError
 from tfft.distribute import strategy as strategy_lib
-from tfft.distribute.strategy import StrategyError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TWO_WORKERS = {"worker": ["127.0.0.1:2222", "127.0.0.1:2223"]}
@@ -77,18 +78,18 @@ def no_cluster(monkeypatch):
 ])
 def test_malformed_tf_config_is_a_clear_error(value, message):
     with pytest.raises(StrategyError, match="TF_CONFIG") as info:
-        strategy_lib.parse_tf_config(value)
+        distribute.parse_tf_config(value)
     assert message in str(info.value)
 
 
 def test_valid_tf_config(no_cluster, monkeypatch):
-    assert strategy_lib.parse_tf_config() is None
+    assert distribute.parse_tf_config() is None
     monkeypatch.setenv("TF_CONFIG", "   ")
-    assert strategy_lib.parse_tf_config() is None
-    config = strategy_lib.parse_tf_config(tf_config(TWO_WORKERS, "worker", 1))
+    assert distribute.parse_tf_config() is None
+    config = distribute.parse_tf_config(tf_config(TWO_WORKERS, "worker", 1))
     assert config["task"] == {"type": "worker", "index": 1}
     # An evaluator runs beside the cluster without being listed in it.
-    assert strategy_lib.parse_tf_config(tf_config(TWO_WORKERS, "evaluator", 0))
+    assert distribute.parse_tf_config(tf_config(TWO_WORKERS, "evaluator", 0))
 
 
 def test_get_strategy_rejects_bad_settings_before_any_work(no_cluster, monkeypatch):
@@ -173,38 +174,38 @@ def test_real_tpu_resolver_fails_fast_and_auto_falls_back():
 
 def test_batch_and_learning_rate_helpers_on_one_replica(no_cluster):
     one = tf.distribute.MirroredStrategy(["/cpu:0"])
-    assert strategy_lib.global_batch_size(32, one) == 32
-    assert strategy_lib.per_replica_batch_size(7, one) == 7
-    assert strategy_lib.scale_learning_rate(0.1, one) == pytest.approx(0.1)
-    assert strategy_lib.scale_learning_rate(0.1, one, base_replicas=4) == pytest.approx(0.025)
+    assert distribute.global_batch_size(32, one) == 32
+    assert distribute.per_replica_batch_size(7, one) == 7
+    assert distribute.scale_learning_rate(0.1, one) == pytest.approx(0.1)
+    assert distribute.scale_learning_rate(0.1, one, base_replicas=4) == pytest.approx(0.025)
     with pytest.raises(StrategyError, match="positive integer"):
-        strategy_lib.global_batch_size(0, one)
+        distribute.global_batch_size(0, one)
     with pytest.raises(StrategyError, match="positive integer"):
-        strategy_lib.global_batch_size(True, one)
+        distribute.global_batch_size(True, one)
     with pytest.raises(StrategyError, match=r"Unknown learning-rate scaling rule.*'cube'"):
-        strategy_lib.scale_learning_rate(0.1, one, rule="cube")
+        distribute.scale_learning_rate(0.1, one, rule="cube")
     with pytest.raises(StrategyError, match="learning_rate must be a positive"):
-        strategy_lib.scale_learning_rate(-1.0, one)
+        distribute.scale_learning_rate(-1.0, one)
 
 
 def test_distribute_dataset_sets_data_sharding_and_batches(no_cluster):
     ds = tf.data.Dataset.from_tensor_slices((np.arange(10), np.arange(10)))
-    out = strategy_lib.distribute_dataset(ds, global_batch_size=4, drop_remainder=True)
+    out = distribute.distribute_dataset(ds, global_batch_size=4, drop_remainder=True)
     policy = out.options().experimental_distribute.auto_shard_policy
     assert policy == tf.data.experimental.AutoShardPolicy.DATA
     assert [b[0].numpy().tolist() for b in out] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    files = strategy_lib.distribute_dataset(ds.batch(2), shard_policy="file")
+    files = distribute.distribute_dataset(ds.batch(2), shard_policy="file")
     assert (files.options().experimental_distribute.auto_shard_policy
             == tf.data.experimental.AutoShardPolicy.FILE)
     one = tf.distribute.MirroredStrategy(["/cpu:0"])
-    distributed = strategy_lib.distribute_dataset(ds, one, global_batch_size=5, distribute=True)
+    distributed = distribute.distribute_dataset(ds, one, global_batch_size=5, distribute=True)
     assert isinstance(distributed, tf.distribute.DistributedDataset)
     assert [one.experimental_local_results(b[1])[0].numpy().tolist() for b in distributed] == [
         [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     with pytest.raises(StrategyError, match="Unknown shard policy"):
-        strategy_lib.distribute_dataset(ds, shard_policy="rows")
+        distribute.distribute_dataset(ds, shard_policy="rows")
     with pytest.raises(TypeError, match="expects a tf.data.Dataset"):
-        strategy_lib.distribute_dataset(np.arange(10))
+        distribute.distribute_dataset(np.arange(10))
 
 
 @pytest.mark.parametrize("cluster, task_type, index, chief", [
@@ -219,9 +220,9 @@ def test_is_chief_and_chief_only_writes(no_cluster, monkeypatch, tmp_path, clust
                                          index, chief):
     if cluster is not None:
         monkeypatch.setenv("TF_CONFIG", tf_config(cluster, task_type, index))
-    assert strategy_lib.is_chief() is chief
+    assert distribute.is_chief() is chief
     wanted = str(tmp_path / "export")
-    with strategy_lib.chief_writes(wanted) as target:
+    with distribute.chief_writes(wanted) as target:
         os.makedirs(target)
         with open(os.path.join(target, "weights"), "w") as f:
             f.write("x")

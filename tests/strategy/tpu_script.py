@@ -10,13 +10,14 @@ Prints one JSON object as its last line.
 import json
 
 import tfft
+from tfft import distribute
 from tfft.distribute import strategy as strategy_lib
 
 result = {}
 try:
     strategy_lib.get_strategy("tpu", tpu="local", timeout=60)
     result["explicit"] = "no error"
-except strategy_lib.StrategyError as error:
+except distribute.StrategyError as error:
     result["explicit"] = str(error)
 
 real_glob = strategy_lib.glob.glob

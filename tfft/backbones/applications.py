@@ -26,15 +26,9 @@ import os
 import re
 
 import keras
-import tensorflow as tf
 
 from tfft.backbones.base import Backbone, BackboneInfo
-from tfft.layers.image_preprocessor import (
-    _IMAGENET_MEAN,
-    _IMAGENET_STD,
-    NORMALISATIONS,
-    ImagePreprocessor,
-)
+from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor, _as_size
 from tfft.utils.network import require_network
 
 _BLOCK_PATTERNS = [

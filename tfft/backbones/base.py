@@ -4,6 +4,8 @@ import dataclasses
 
 import keras
 
+from tfft.utils.walk import walk_layers
+
 MODALITIES = ("text", "image")
 
 
@@ -94,7 +96,7 @@ class Backbone:
 
     def blocks(self):
         """Returns the backbone's blocks bottom to top, each a list of layers."""
-        by_name = {layer.name: layer for layer in _all_layers(self.model)}
+        by_name = {layer.name: layer for layer in walk_layers(self.model, nested=False)}
         groups = []
         for entry in self.block_names:
             names = [entry] if isinstance(entry, str) else list(entry)
@@ -113,12 +115,5 @@ class Backbone:
 
 
 def _all_layers(model):
-    """Walks nested layers depth-first (Keras 3 `_flatten_layers` is private)."""
-    seen = []
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        seen.append(layer)
-        children = getattr(layer, "layers", None) or []
-        stack.extend(reversed(list(children)))
-    return seen
+    # Still imported by tfft.adapt.freeze; it moves to tfft.utils.walk.walk_layers.
+    return list(walk_layers(model, nested=False))

@@ -25,13 +25,9 @@ import os
 
 import keras
 
-from tfft.backbones.applications import (
-    NORMALISATIONS,
-    ImagePreprocessor,
-    _as_size,
-    cnn_block_names,
-)
+from tfft.backbones.applications import cnn_block_names
 from tfft.backbones.base import Backbone, BackboneInfo
+from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor, _as_size
 from tfft.utils.network import require_network
 
 # Not single-image classification backbones: point clouds, video, detection pyramids.

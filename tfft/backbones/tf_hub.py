@@ -1,9 +1,12 @@
 """The `tfhub:` backbone source: TF Hub handles and local TF2 SavedModels as backbones."""
 
+import os
+
 import keras
+import tensorflow as tf
 
 from tfft.backbones.base import Backbone, BackboneInfo
-from tfft.layers.hub_layer import HubLayer, is_url, resolve_handle
+from tfft.layers.hub_layer import HubLayer, is_url
 
 # -- the `tfhub:` backbone source ----------------------------------------------
 

@@ -15,7 +15,9 @@ normalises them.
 import numpy as np
 import tensorflow as tf
 
+from tfft.backbones import load_backbone
 from tfft.data.datasets import LabeledData
+from tfft.utils.checks import check_int
 
 AUTOTUNE = tf.data.AUTOTUNE
 _BOUNDARY_STEPS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -34,8 +36,6 @@ def _as_arrays(data):
 
 def _resolve_backbone(backbone):
     if isinstance(backbone, str):
-        from tfft.backbones import load_backbone
-
         return load_backbone(backbone)
     return backbone
 
@@ -148,8 +148,7 @@ def make_dataset(
     >>> train = tfft.data.load("bbc_news", split="train")
     >>> ds = tfft.data.make_dataset(train, backbone, shuffle=True)
     """
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)
     x, y = _as_arrays(data)
     if len(x) == 0:
         raise ValueError("Cannot make a dataset from 0 examples.")

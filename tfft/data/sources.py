@@ -8,12 +8,12 @@ reported in a log warning, never silently.
 
 import logging
 import os
-import socket
 
 import numpy as np
 
 from tfft.data.datasets import LabeledData
 from tfft.data.labels import LabelEncoder
+from tfft.utils.network import network_reachable
 
 logger = logging.getLogger("tfft.data")
 
@@ -436,14 +436,6 @@ def _image_reader(image_size, channels):
     return read
 
 
-def _network_reachable(host=TFDS_HOST, timeout=3.0):
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def from_tfds(name, split=None, data_dir=None, download=True):
     """Reads a TFDS dataset's split(s) into `LabeledData` via its `supervised_keys`."""
     import tensorflow_datasets as tfds
@@ -469,7 +461,7 @@ def from_tfds(name, split=None, data_dir=None, download=True):
                 f"The TFDS dataset {name!r} is not prepared in data_dir={where!r} and "
                 f"download=False. {offline_hint}"
             )
-        if name not in BUILDERS and not _network_reachable():
+        if name not in BUILDERS and not network_reachable(TFDS_HOST):
             raise DatasetUnavailableError(
                 f"The TFDS dataset {name!r} is not prepared in data_dir={where!r} and the "
                 f"network ({TFDS_HOST}) is unreachable, so it cannot be downloaded. "

@@ -1,4 +1,4 @@
-"""Distribution strategies: one call picks TPU, several GPUs, many workers or one device.
+"""Choosing the strategy: one call picks TPU, several GPUs, many workers or one device.
 
 Everything here is `tf.distribute`: `get_strategy()` returns a real
 `tf.distribute.Strategy` (TPUStrategy, MirroredStrategy,
@@ -7,9 +7,10 @@ Keras 3 on TensorFlow does the rest: a model built under `strategy.scope()`
 (`tfft.build_model(..., strategy=strategy)`) trains with `model.fit` on every
 replica, and `fit` splits each global batch across them.
 
-The helpers cover what the recipe needs around it: the global batch size and
-learning-rate scaling, sharding a `tf.data` pipeline, a validated `TF_CONFIG`,
-and the "only the chief writes" rule of multi-worker training.
+The rest of `tfft.distribute` covers what the recipe needs around it:
+`cluster` (a validated `TF_CONFIG`, the "only the chief writes" rule),
+`batching` (global batch size, learning-rate scaling, sharding `tf.data`) and
+`model` (building a model under a strategy).
 
 Example:
 
@@ -18,29 +19,17 @@ Example:
 >>> batch = tfft.global_batch_size(32, strategy)
 """
 
-import contextlib
 import glob
 import importlib.util
-import json
-import math
 import os
-import re
-import shutil
-import tempfile
 import threading
-import types
 
 import tensorflow as tf
 
+from tfft.distribute.cluster import parse_tf_config, training_tasks
+from tfft.distribute.errors import StrategyError
+
 STRATEGY_NAMES = ("auto", "tpu", "mirrored", "multi_worker", "gpu", "cpu", "default")
-TASK_TYPES = ("chief", "worker", "ps", "evaluator")
-LR_RULES = ("linear", "sqrt", None)
-SHARD_POLICIES = {
-    "auto": tf.data.experimental.AutoShardPolicy.AUTO,
-    "data": tf.data.experimental.AutoShardPolicy.DATA,
-    "file": tf.data.experimental.AutoShardPolicy.FILE,
-    "off": tf.data.experimental.AutoShardPolicy.OFF,
-}
 TPU_INIT_TIMEOUT = 300.0
 
 # initialize_tpu_system wipes the TPU's memory and collectives are configured at
@@ -48,221 +37,9 @@ TPU_INIT_TIMEOUT = 300.0
 _STRATEGIES = {}
 
 
-class StrategyError(ValueError):
-    """A distribution setting is invalid, or the hardware it asks for is not here."""
-
-
 def _log(verbose, message):
     if verbose:
         print(f"tfft strategy: {message}", flush=True)
-
-
-# ---------------------------------------------------------------------------- TF_CONFIG
-
-
-def parse_tf_config(value=None):
-    """Reads and validates `TF_CONFIG`; returns the dict, or None when unset.
-
-    Args:
-        value: str or dict. The config to check; defaults to the `TF_CONFIG`
-            environment variable.
-
-    Raises:
-        StrategyError: bad JSON, a missing `cluster` or `task`, an unknown task
-            type, a task index out of range, addresses that are not
-            `host:port`, or more than one chief.
-
-    Example:
-
-    >>> parse_tf_config('{"cluster": {"worker": ["h1:2222", "h2:2222"]},'
-    ...                 ' "task": {"type": "worker", "index": 0}}')["task"]
-    {'type': 'worker', 'index': 0}
-    """
-    if value is None:
-        value = os.environ.get("TF_CONFIG", "")
-        if not value.strip():
-            return None
-    where = "TF_CONFIG"
-    if isinstance(value, str):
-        try:
-            config = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise StrategyError(
-                f"{where} is not valid JSON ({error.msg} at character {error.pos}). Expected "
-                'e.g. {"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
-                f'"task": {{"type": "worker", "index": 0}}}}. Received: {value[:200]!r}'
-            ) from None
-    else:
-        config = value
-    if not isinstance(config, dict):
-        raise StrategyError(
-            f"{where} must be a JSON object with 'cluster' and 'task'. Received: "
-            f"{type(config).__name__} {config!r}"
-        )
-    missing = [key for key in ("cluster", "task") if key not in config]
-    if missing:
-        raise StrategyError(
-            f"{where} is missing {missing}: it needs 'cluster' (task type -> list of "
-            "'host:port') and 'task' ({'type': ..., 'index': ...}). Received keys: "
-            f"{sorted(config)}"
-        )
-    cluster, task = config["cluster"], config["task"]
-    if not isinstance(cluster, dict) or not cluster:
-        raise StrategyError(
-            f"{where}['cluster'] must be a non-empty object mapping task types to lists of "
-            f"'host:port'. Received: {cluster!r}"
-        )
-    for task_type, addresses in cluster.items():
-        if task_type not in TASK_TYPES:
-            raise StrategyError(
-                f"Unknown task type {task_type!r} in {where}['cluster']. Expected types from "
-                f"{list(TASK_TYPES)}. Received cluster keys: {sorted(cluster)}"
-            )
-        if not isinstance(addresses, list) or not addresses:
-            raise StrategyError(
-                f"{where}['cluster'][{task_type!r}] must be a non-empty list of 'host:port'. "
-                f"Received: {addresses!r}"
-            )
-        for address in addresses:
-            if not isinstance(address, str) or not re.fullmatch(r".+:\d+", address):
-                raise StrategyError(
-                    f"Each address in {where}['cluster'][{task_type!r}] must be 'host:port'. "
-                    f"Received: {address!r}"
-                )
-    if len(cluster.get("chief", [])) > 1:
-        raise StrategyError(
-            f"{where} may name at most one chief. Received: chief={cluster['chief']!r}"
-        )
-    if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise StrategyError(
-            f"{where}['task'] must be an object with 'type' and 'index'. Received: {task!r}"
-        )
-    task_type, index = task["type"], task["index"]
-    if task_type not in TASK_TYPES:
-        raise StrategyError(
-            f"Unknown task type in {where}['task']. Expected one of {list(TASK_TYPES)}. "
-            f"Received: type={task_type!r}"
-        )
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise StrategyError(
-            f"{where}['task']['index'] must be an integer. Received: index={index!r}"
-        )
-    # The evaluator runs beside the cluster; it need not be listed in it.
-    if task_type != "evaluator" or "evaluator" in cluster:
-        if task_type not in cluster:
-            raise StrategyError(
-                f"{where}['task'] is a {task_type!r}, but the cluster has no {task_type!r} "
-                f"tasks. Cluster task types: {sorted(cluster)}"
-            )
-        size = len(cluster[task_type])
-        if not 0 <= index < size:
-            raise StrategyError(
-                f"{where}['task']['index'] is out of range: the cluster has {size} "
-                f"{task_type!r} task(s), so valid indices are 0..{size - 1}. Received: "
-                f"index={index}"
-            )
-    return config
-
-
-def _training_tasks(config):
-    """Number of chief + worker tasks (the ones that hold replicas)."""
-    if config is None:
-        return 1
-    cluster = config["cluster"]
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-
-
-def task_info(strategy=None):
-    """`(task_type, task_index)` of this process; `(None, None)` outside a cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
-    if resolver is not None and getattr(resolver, "task_type", None) is not None:
-        # TPUClusterResolver says "worker" 0 for the single host that drives the TPU.
-        if isinstance(resolver, tf.distribute.cluster_resolver.TPUClusterResolver):
-            return None, None
-        return resolver.task_type, resolver.task_id
-    config = parse_tf_config()
-    if config is None:
-        return None, None
-    return config["task"]["type"], config["task"]["index"]
-
-
-def is_chief(strategy=None):
-    """True when this process should write checkpoints, exports and reports.
-
-    The chief is the `"chief"` task, or worker 0 when the cluster has no chief;
-    a process outside any cluster (no `TF_CONFIG`) is its own chief.
-
-    Args:
-        strategy: tf.distribute.Strategy. Read its cluster resolver when it
-            has one; defaults to `TF_CONFIG`.
-    """
-    task_type, index = task_info(strategy)
-    if task_type is None:
-        return True
-    if task_type == "chief":
-        return True
-    if task_type == "worker" and index == 0:
-        config = parse_tf_config()
-        resolver = getattr(strategy, "cluster_resolver", None)
-        if resolver is not None and hasattr(resolver, "cluster_spec"):
-            jobs = resolver.cluster_spec().as_dict()
-        else:
-            jobs = config["cluster"] if config else {}
-        return "chief" not in jobs
-    return False
-
-
-def chief_only_path(path, strategy=None):
-    """Where this process should write `path`: `path` itself on the chief.
-
-    Under MultiWorkerMirroredStrategy every worker must take part in a save
-    (reading variables can need collective ops), but only the chief's copy is
-    kept. Other workers get a fresh temporary directory with the same base
-    name; remove it afterwards with `discard_worker_path`, or use the
-    `chief_writes` context manager, which does both.
-
-    Example:
-
-    >>> target = tfft.chief_only_path("runs/model.keras")
-    >>> model.save(target)
-    >>> tfft.discard_worker_path(target)
-    """
-    if is_chief(strategy):
-        return path
-    task_type, index = task_info(strategy)
-    base = os.path.basename(os.path.normpath(path)) or "output"
-    scratch = tempfile.mkdtemp(prefix=f"tfft-{task_type}-{index}-")
-    return os.path.join(scratch, base)
-
-
-def discard_worker_path(path, strategy=None):
-    """Deletes a non-chief worker's scratch copy made by `chief_only_path`."""
-    if is_chief(strategy):
-        return
-    scratch = os.path.dirname(path)
-    if os.path.basename(scratch).startswith("tfft-") and scratch.startswith(
-        tempfile.gettempdir()
-    ):
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def chief_writes(path, strategy=None):
-    """Yields the path to write to; a non-chief worker's copy is deleted afterwards.
-
-    Example:
-
-    >>> with tfft.chief_writes("runs/weights.weights.h5") as target:
-    ...     model.save_weights(target)
-    """
-    target = chief_only_path(path, strategy)
-    try:
-        yield target
-    finally:
-        discard_worker_path(target, strategy)
-
-
-# ---------------------------------------------------------------------------- detection
 
 
 def detect_tpu():
@@ -340,9 +117,6 @@ def _describe(strategy):
     return f"{name} with {strategy.num_replicas_in_sync} replica(s)"
 
 
-# ---------------------------------------------------------------------------- strategies
-
-
 def get_strategy(name="auto", tpu=None, devices=None, verbose=True, timeout=TPU_INIT_TIMEOUT):
     """Returns the `tf.distribute.Strategy` for this machine or the one asked for.
 
@@ -399,7 +173,7 @@ def get_strategy(name="auto", tpu=None, devices=None, verbose=True, timeout=TPU_
         raise StrategyError(f"timeout must be a positive number. Received: timeout={timeout!r}")
     # A malformed TF_CONFIG fails here, before any device or collective is touched.
     config = parse_tf_config()
-    tasks = _training_tasks(config)
+    tasks = training_tasks(config)
 
     if name == "auto":
         strategy, why = _auto(tpu, config, tasks, verbose, timeout)
@@ -495,212 +269,13 @@ def _auto(tpu, config, tasks, verbose, timeout):
     return tf.distribute.get_strategy(), why
 
 
-def num_replicas(strategy=None):
-    """Replicas that train in sync under `strategy` (the current one if None)."""
-    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
-    return int(strategy.num_replicas_in_sync)
-
-
-def _positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise StrategyError(f"{name} must be a positive integer. Received: {name}={value!r}")
-
-
-def global_batch_size(per_replica, strategy=None):
-    """The global batch for `per_replica` examples on each replica.
-
-    Example:
-
-    >>> tfft.global_batch_size(32, tf.distribute.MirroredStrategy(["/cpu:0"]))
-    32
-    """
-    _positive_int(per_replica, "per_replica")
-    return per_replica * num_replicas(strategy)
-
-
-def per_replica_batch_size(global_batch, strategy=None):
-    """Examples per replica; raises `StrategyError` unless the split is exact."""
-    _positive_int(global_batch, "global_batch")
-    replicas = num_replicas(strategy)
-    if global_batch % replicas:
-        raise StrategyError(
-            f"The global batch size must divide evenly across the {replicas} replicas, so "
-            f"every replica gets the same number of examples. Received: global batch "
-            f"{global_batch}; use a multiple of {replicas}, e.g. "
-            f"{max(global_batch // replicas, 1) * replicas} or "
-            f"tfft.global_batch_size(per_replica, strategy)."
-        )
-    return global_batch // replicas
-
-
-def scale_learning_rate(learning_rate, strategy=None, rule="linear", base_replicas=1):
-    """Scales a learning rate tuned on `base_replicas` to the strategy's replicas.
-
-    Args:
-        learning_rate: float. The rate tuned for `base_replicas` replicas.
-        strategy: tf.distribute.Strategy. Defaults to the current one.
-        rule: str. `"linear"` (Goyal et al.: rate grows with the global
-            batch), `"sqrt"` (common for Adam), or None (unchanged).
-        base_replicas: int. Replicas the rate was tuned on. Defaults to 1.
-    """
-    if rule not in LR_RULES:
-        raise StrategyError(
-            f"Unknown learning-rate scaling rule. Expected one of {list(LR_RULES)}. "
-            f"Received: rule={rule!r}"
-        )
-    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool) or not (
-        learning_rate > 0
-    ):
-        raise StrategyError(
-            f"learning_rate must be a positive number. Received: learning_rate={learning_rate!r}"
-        )
-    _positive_int(base_replicas, "base_replicas")
-    factor = num_replicas(strategy) / base_replicas
-    if rule == "linear":
-        return learning_rate * factor
-    if rule == "sqrt":
-        return learning_rate * math.sqrt(factor)
-    return learning_rate
-
-
-def distribute_dataset(dataset, strategy=None, global_batch_size=None, shard_policy="data",
-                       drop_remainder=False, distribute=False):
-    """Prepares a `tf.data` pipeline for a strategy, with the right sharding.
-
-    Sets the auto-shard policy (`"data"` by default: every worker reads the
-    pipeline and keeps its share of each global batch, which is what
-    in-memory sources such as `from_tensor_slices` need; `"file"` for
-    pipelines that read many files), batches to the global batch when asked,
-    and checks the global batch divides across the replicas.
-
-    Args:
-        dataset: tf.data.Dataset. Unbatched when `global_batch_size` is set,
-            else already batched with the global batch.
-        strategy: tf.distribute.Strategy. Defaults to the current one.
-        global_batch_size: int. Batch the dataset to this size.
-        shard_policy: str. `"data"`, `"file"`, `"auto"` or `"off"`.
-        drop_remainder: bool. Drop a last partial batch.
-        distribute: bool. Return `strategy.experimental_distribute_dataset(...)`
-            for custom training loops; `model.fit` wants the plain dataset
-            (the default) and distributes it itself.
-
-    Example:
-
-    >>> ds = tf.data.Dataset.from_tensor_slices((x, y))
-    >>> ds = tfft.distribute_dataset(ds, strategy, global_batch_size=64)
-    >>> model.fit(ds)
-    """
-    if not isinstance(dataset, tf.data.Dataset):
-        raise TypeError(
-            f"distribute_dataset expects a tf.data.Dataset. Received: {type(dataset).__name__}; "
-            "wrap arrays with tf.data.Dataset.from_tensor_slices((x, y))."
-        )
-    if shard_policy not in SHARD_POLICIES:
-        raise StrategyError(
-            f"Unknown shard policy. Expected one of {sorted(SHARD_POLICIES)}. Received: "
-            f"shard_policy={shard_policy!r}"
-        )
-    strategy = strategy if strategy is not None else tf.distribute.get_strategy()
-    if global_batch_size is not None:
-        per_replica_batch_size(global_batch_size, strategy)
-        dataset = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
-    else:
-        batch = _static_batch(dataset)
-        if batch is not None:
-            per_replica_batch_size(batch, strategy)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = SHARD_POLICIES[shard_policy]
-    dataset = dataset.with_options(options)
-    if distribute:
-        return strategy.experimental_distribute_dataset(dataset)
-    return dataset
-
-
-def _static_batch(dataset):
-    """The static batch size of a batched dataset, or None when unknown."""
-    specs = tf.nest.flatten(dataset.element_spec)
-    sizes = {s.shape[0] for s in specs if getattr(s, "shape", None) is not None
-             and s.shape.rank and s.shape[0] is not None}
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def check_built_in_scope(model, strategy):
-    """Raises `StrategyError` unless every variable of `model` belongs to `strategy`.
-
-    A layer built outside `strategy.scope()` keeps plain variables: replicas
-    would not share its updates. Build (or load) it inside the scope.
-    """
-    extended = strategy.extended
-    outside = [w.path if hasattr(w, "path") else w.name for w in model.weights
-               if not extended.variable_created_in_scope(_tf_variable(w))]
-    if outside:
-        raise StrategyError(
-            f"{len(outside)} of {len(model.weights)} variables of {model.name!r} were created "
-            f"outside the scope of the {type(strategy).__name__} (e.g. {outside[0]!r}), so the "
-            "replicas would not share their updates. Pass the backbone as a spec string to "
-            "tfft.build_model(..., strategy=strategy), or create it inside "
-            "`with strategy.scope():`."
-        )
-
-
-def prepare_model(model, strategy):
-    """Lets `model.fit` run under `strategy`; returns `model`.
-
-    Keras 3.15's `fit` under MultiWorkerMirroredStrategy first all-reduces one
-    input batch to build the model, which fails for (x, y) tuples and dict
-    inputs ("Attempt to convert a value ... PerReplica", keras-team/keras#20329).
-    For that strategy the build uses this worker's local batch instead: only
-    its shapes and dtypes matter. Other strategies are left alone.
-    `tfft.build_model(..., strategy=...)` calls this.
-    """
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return model
-
-    def build_from_local_batch(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None:
-            return
-        if iterator is not None:
-            for _, _, it in iterator:
-                data_batch = tf.nest.map_structure(_local_value, next(it))
-                break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    # Set on the instance, past Keras's attribute tracking: it is not model state.
-    object.__setattr__(model, "_maybe_symbolic_build",
-                       types.MethodType(build_from_local_batch, model))
-    return model
-
-
-def _local_value(value):
-    if isinstance(value, tf.distribute.DistributedValues):
-        return value.values[0]
-    return value
-
-
-def _tf_variable(weight):
-    # A Keras 3 variable holds its tf.Variable (a distributed one under a strategy).
-    value = getattr(weight, "_value", None)
-    return value if value is not None else weight
-
-
-__all__ = [
-    "KerasMultiWorkerMirroredStrategy",
-    "STRATEGY_NAMES",
-    "StrategyError",
-    "check_built_in_scope",
-    "chief_only_path",
-    "chief_writes",
-    "detect_tpu",
-    "discard_worker_path",
-    "distribute_dataset",
-    "get_strategy",
-    "global_batch_size",
-    "is_chief",
-    "num_replicas",
-    "parse_tf_config",
-    "per_replica_batch_size",
-    "prepare_model",
-    "scale_learning_rate",
-    "task_info",
-]
+# Moved to tfft.distribute.{cluster,batching,model}; still imported from here by
+# tfft.models.builder, tfft.training.{recipes,feature_cache} and tfft.jobs.finetune
+# until they import them from `tfft.distribute`. Remove then.
+from tfft.distribute.batching import distribute_dataset, global_batch_size  # noqa: E402, F401
+from tfft.distribute.cluster import (  # noqa: E402, F401
+    chief_only_path,
+    discard_worker_path,
+    is_chief,
+)
+from tfft.distribute.model import check_built_in_scope, prepare_model  # noqa: E402, F401

@@ -160,7 +160,7 @@ def _run(args):
     import tensorflow as tf
 
     from tfft.data import stratified_split
-    from tfft.evaluation.report import evaluate
+    from tfft.evaluation.evaluator import evaluate
 
     model_dir = os.path.normpath(args.model)
     if not os.path.isdir(model_dir):

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from tfft.evaluation.tasks import CLASSIFICATION_TASKS
+
 _TRAINING_KEYS_SKIPPED = ("learning_rate", "lr")
 
 
@@ -29,10 +31,13 @@ def _save(fig, path):
     return path
 
 
-def _check_report(report, what):
-    from tfft.evaluation.report import CLASSIFICATION_TASKS, EvaluationReport
+def _is_report(report):
+    # Duck-typed: the metrics module draws its reports with these functions.
+    return isinstance(getattr(report, "metrics", None), dict) and hasattr(report, "task")
 
-    if not isinstance(report, EvaluationReport):
+
+def _check_report(report, what):
+    if not _is_report(report):
         raise TypeError(
             f"{what} takes an EvaluationReport. Received: {type(report).__name__}"
         )
@@ -151,9 +156,7 @@ def plot_per_class_f1(report, path):
 
 def plot_predicted_vs_true(report, path):
     """Scatters a regression report's predictions against the targets; writes a PNG."""
-    from tfft.evaluation.report import EvaluationReport
-
-    if not isinstance(report, EvaluationReport) or report.task != "regression":
+    if not _is_report(report) or report.task != "regression":
         raise ValueError("plot_predicted_vs_true needs a regression EvaluationReport.")
     if report.y_true is None or report.y_pred is None:
         raise ValueError(

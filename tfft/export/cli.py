@@ -3,11 +3,12 @@
     tfft export --model runs/x/model.keras --out saved_models/bbc_news \\
         --backbone minilm --sequence-length 128 --class-names business,entertainment,...
 
-The `.keras` file holds the model but not its preprocessor (tokenizer or image
-normalisation), which is rebuilt from `--backbone` (the spec the model was
-built from). Class names come from `--class-names`, else from a metadata file
-beside the model (`tfft_metadata.json`, or `NAME.json` for `NAME.keras`) or
-from the latest version already exported under `--out`.
+A `tfft.Task` saved as `.keras` holds its preprocessor (tokenizer or image
+normalisation); for other models it is rebuilt from `--backbone` (the spec the
+model was built from), which also overrides a Task's. Class names come from
+`--class-names`, else from a metadata file beside the model
+(`tfft_metadata.json`, or `NAME.json` for `NAME.keras`) or from the latest
+version already exported under `--out`.
 """
 
 import json
@@ -112,7 +113,7 @@ def _modality_of(model):
 def run_export(args):
     import keras
 
-    import tfft  # noqa: F401  registers tfft's layers for loading
+    import tfft.models  # noqa: F401  registers Task and tfft's layers for loading
     from tfft.export.saved_model import export
 
     try:
@@ -141,6 +142,11 @@ def run_export(args):
                 tuple(model.inputs[0].shape[1:3]) if modality == "image" else None)
             preprocessor, modality = preprocessor_for_spec(
                 args.backbone, args.sequence_length, image_size)
+        elif getattr(model, "preprocessor", None) is not None:
+            # A tfft.Task saves its preprocessor with it.
+            preprocessor = model.preprocessor
+            info = getattr(model, "backbone_info", None)
+            modality = info.modality if info is not None else modality
         elif modality == "text":
             raise _UsageError(
                 "A text model needs its tokenizer: pass --backbone SPEC (the backbone it "

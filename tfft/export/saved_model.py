@@ -36,7 +36,6 @@ tfft/TensorFlow/Keras versions and the evaluation report when given.
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,10 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tfft.adapt.lora import has_lora, merge_lora
+from tfft.utils.files import staged_directory
+from tfft.utils.version import __version__
 
 METADATA_FILE = "tfft_metadata.json"
 TEXT_INPUT = "inputs"
@@ -244,10 +247,8 @@ def _describe(obj):
 
 
 def _backbone_metadata(model):
-    backbone = getattr(model, "tfft_backbone", None)
-    if backbone is None:
-        return None
-    return backbone.info.to_dict()
+    info = getattr(model, "backbone_info", None)
+    return info.to_dict() if info is not None else None
 
 
 def export(model, directory, preprocessor=None, class_names=None, task=None,
@@ -262,7 +263,7 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
             version goes below it.
         preprocessor: keras.Layer. Raw inputs -> model inputs (a KerasHub
             text preprocessor, or an `ImagePreprocessor`); defaults to
-            `model.tfft_backbone.preprocessor`.
+            `model.preprocessor` (a `tfft.Task`'s).
         class_names: list of str. Required for binary (2 names) and
             multiclass (one per output) exports; optional for multilabel.
         task: str. `"binary"`, `"multiclass"`, `"multilabel"` or `"regression"`.
@@ -299,13 +300,11 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
         not isinstance(version, int) or isinstance(version, bool) or version < 1
     ):
         raise ValueError(f"version must be a positive int. Received: version={version!r}")
-    from tfft.adapt.lora import has_lora, merge_lora
-
     if has_lora(model):
         # Serve plain kernels (kernel + A @ B * scale): same outputs, no adapter ops.
         model = merge_lora(model)
-    if preprocessor is None and getattr(model, "tfft_backbone", None) is not None:
-        preprocessor = model.tfft_backbone.preprocessor
+    if preprocessor is None:
+        preprocessor = getattr(model, "preprocessor", None)
     _ensure_built(preprocessor, modality)
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
@@ -320,9 +319,7 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
         )
     if evaluation is not None and hasattr(evaluation, "to_dict"):
         evaluation = evaluation.to_dict()
-    os.makedirs(directory, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=directory, prefix=f".tmp-{version}-")
-    try:
+    with staged_directory(target, replace=overwrite) as staging:
         fns = _serving_fns(model, preprocessor, modality, task, class_names, image_size)
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -347,7 +344,7 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
             "preprocessor": type(preprocessor).__name__ if preprocessor is not None else None,
             "preprocessing": _describe(preprocessor),
             "version": version,
-            "tfft_version": _tfft_version(),
+            "tfft_version": __version__,
             "tensorflow_version": tf.__version__,
             "keras_version": keras.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -363,26 +360,7 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
             serve = fns["serving_default"][0]
             expected = serve(tf.constant(_as_input_array(sample_inputs)))
             verify_in_fresh_process(staging, sample_inputs, expected, atol=atol)
-        _move_into_place(staging, target, directory, version)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
-
-
-def _move_into_place(staging, target, directory, version):
-    if os.path.exists(target):
-        old = tempfile.mkdtemp(dir=directory, prefix=f".old-{version}-")
-        os.rename(target, os.path.join(old, "v"))
-        try:
-            os.rename(staging, target)
-        except BaseException:
-            os.rename(os.path.join(old, "v"), target)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, target)
 
 
 def read_metadata(path):
@@ -401,12 +379,6 @@ def _as_input_array(sample_inputs):
     array = np.asarray(sample_inputs, dtype=object)
     return np.array([s if isinstance(s, bytes) else str(s).encode("utf-8") for s in array],
                     dtype=object)
-
-
-def _tfft_version():
-    import tfft
-
-    return tfft.__version__
 
 
 def _json_default(value):

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfft.export.saved_model import ExportError
+from tfft.utils.files import write_bytes_atomic
 
 
 def _input_spec(model, batch_size):
@@ -63,7 +64,7 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
         model: keras.Model. The model, float32, one fixed-size image input.
         path: str. Output `.tflite` file.
         preprocessor: `ImagePreprocessor`. Used with `include_preprocessing`;
-            defaults to `model.tfft_backbone.preprocessor`.
+            defaults to `model.preprocessor` (a `tfft.Task`'s).
         include_preprocessing: bool. Take raw uint8 images of the model's input
             size and normalise inside the TFLite graph. Defaults to False.
         sample_inputs: array. Inputs for the parity check (the `.tflite`
@@ -93,8 +94,8 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
         )
     shape = _input_spec(model, batch_size)
     if include_preprocessing:
-        if preprocessor is None and getattr(model, "tfft_backbone", None) is not None:
-            preprocessor = model.tfft_backbone.preprocessor
+        if preprocessor is None:
+            preprocessor = getattr(model, "preprocessor", None)
         if preprocessor is None or not hasattr(preprocessor, "scale"):
             raise ValueError(
                 "include_preprocessing=True needs an ImagePreprocessor (scale, offset, "
@@ -129,8 +130,7 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
         if include_preprocessing:
             sample_inputs = raw
         else:
-            pre = preprocessor or getattr(getattr(model, "tfft_backbone", None),
-                                          "preprocessor", None)
+            pre = preprocessor or getattr(model, "preprocessor", None)
             sample_inputs = (np.asarray(pre(raw)) if pre is not None
                              else raw.astype(np.float32) / 255.0)
     sample_inputs = np.asarray(sample_inputs)
@@ -142,17 +142,7 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
             f"The TFLite model differs from the Keras model by {diff:.2e} (allowed "
             f"{atol:.0e}); nothing was written to {path!r}."
         )
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".tflite")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(flatbuffer)
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
+    write_bytes_atomic(path, flatbuffer)
     return {"path": os.path.abspath(path), "bytes": len(flatbuffer), "max_abs_diff": diff}
 
 

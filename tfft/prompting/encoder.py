@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from tfft.backbones import load_backbone
+from tfft.models import build_model
 from tfft.prompting.templates import LabelTemplate, as_templates, as_verbalizer
 
 
@@ -36,10 +38,8 @@ class SentenceEmbedder:
     """
 
     def __init__(self, backbone="minilm", sequence_length=128, batch_size=32):
-        import tfft
-
         if isinstance(backbone, str):
-            backbone = tfft.load_backbone(backbone, sequence_length=sequence_length)
+            backbone = load_backbone(backbone, sequence_length=sequence_length)
         if backbone.preprocessor is None:
             raise ValueError(
                 "A sentence encoder needs a backbone with a text preprocessor. "
@@ -171,19 +171,17 @@ def build_zero_shot_model(backbone, class_names, template="This article is about
     Returns:
         An uncompiled `keras.Model` with a frozen backbone.
     """
-    import tfft
-
     if isinstance(backbone, str):
-        backbone = tfft.load_backbone(backbone)
+        backbone = load_backbone(backbone)
     verbalizer = verbalizer or {name: [name.replace("_", " ")] for name in class_names}
     classifier = ZeroShotEncoderClassifier(
         backbone, template=template, verbalizer=verbalizer, class_names=list(class_names),
         temperature=temperature,
     )
     kernel = classifier.class_embeddings().mean(axis=0).T / classifier.temperature
-    model = tfft.build_model(backbone, task="multiclass", num_classes=len(class_names),
-                             freeze="feature_extraction", pooling="mean", dropout=0.0,
-                             normalize_features=True, compile=False)
+    model = build_model(backbone, task="multiclass", num_classes=len(class_names),
+                        freeze="feature_extraction", pooling="mean", dropout=0.0,
+                        normalize_features=True, compile=False)
     output = model.get_layer("head").output_layer
     output.kernel.assign(kernel.astype("float32"))
     output.bias.assign(np.zeros(len(class_names), "float32"))

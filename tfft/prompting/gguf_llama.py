@@ -16,12 +16,11 @@ Two details matter for correct outputs:
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from tfft import assets
+from tfft.utils.files import staged_directory
 
 SMOLLM2_CACHE_NAME = "smollm2_135m_instruct"
 _DONE_MARKER = "tfft_conversion_done"
@@ -206,6 +205,10 @@ def convert_gguf_to_hf(gguf_path, output_dir):
     return output_dir
 
 
+def _converted(path):
+    return os.path.exists(os.path.join(path, _DONE_MARKER))
+
+
 def smollm2_preset_dir():
     """Returns the cached HF folder of the offline SmolLM2-135M-Instruct, converting once.
 
@@ -215,24 +218,11 @@ def smollm2_preset_dir():
     """
     parent = assets.cache_dir("presets")
     target = os.path.join(parent, SMOLLM2_CACHE_NAME)
-    if os.path.exists(os.path.join(target, _DONE_MARKER)):
+    if _converted(target):
         return target
     gguf_path = assets.asset_path("smollm2")
-    tmp = tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=parent)
-    try:
-        convert_gguf_to_hf(gguf_path, tmp)
-        with open(os.path.join(tmp, _DONE_MARKER), "w") as f:
+    with staged_directory(target, is_complete=_converted) as staging:
+        convert_gguf_to_hf(gguf_path, staging)
+        with open(os.path.join(staging, _DONE_MARKER), "w") as f:
             f.write(os.path.basename(gguf_path) + "\n")
-        if os.path.isdir(target) and not os.path.exists(os.path.join(target, _DONE_MARKER)):
-            # An empty or unfinished entry (e.g. made by `cache_dir(...)`) is replaced.
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished first; its complete copy wins.
-            if not os.path.exists(os.path.join(target, _DONE_MARKER)):
-                raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return target

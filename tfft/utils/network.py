@@ -15,7 +15,23 @@ class NetworkUnavailableError(OSError):
     """A backbone spec needs a download and the network cannot be reached."""
 
 
-def require_network(source, spec, local_hint, url=None, timeout=3.0):
+def network_reachable(host: str, timeout: float = 3.0) -> bool:
+    """True when `host` accepts a TLS-port (443) connection within `timeout` seconds."""
+    return _probe(host, timeout) is None
+
+
+def _probe(host, timeout):
+    """None when `host:443` answers, else the OSError the connection raised."""
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return None
+    except OSError as error:
+        return error
+
+
+def require_network(
+    source: str, spec: str, local_hint: str, url: str | None = None, timeout: float = 3.0
+) -> None:
     """Raises `NetworkUnavailableError` unless the download host answers.
 
     Args:
@@ -26,12 +42,10 @@ def require_network(source, spec, local_hint, url=None, timeout=3.0):
         timeout: float. Seconds to wait for the connection.
     """
     host = urlparse(url).hostname if url else _HOSTS.get(source, "www.kaggle.com")
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return
-    except OSError as error:
+    error = _probe(host, timeout)
+    if error is not None:
         raise NetworkUnavailableError(
             f"The backbone spec {spec!r} needs a download from {host}, but the network "
             f"is unreachable ({error.__class__.__name__}: {error}). Pass a local copy "
             f"instead: {local_hint}"
-        ) from None
+        )

@@ -1,4 +1,4 @@
-"""Evaluation reports: scikit-learn metrics on a model's predictions.
+"""Evaluation metrics: scikit-learn metrics on a model's predictions.
 
 Every number comes from `sklearn.metrics`; this module only shapes the
 inputs (probabilities to labels, one-hot to ids), checks them and lays the
@@ -9,14 +9,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 from sklearn import metrics as skm
 
-TASKS = ("binary", "multiclass", "multilabel", "regression")
-CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
-_AVERAGES = ("macro", "micro", "weighted")
+from tfft.evaluation import plots
+from tfft.evaluation.tasks import AVERAGES, CLASSIFICATION_TASKS, TASKS
+from tfft.utils.files import write_json_atomic
 
 
 @dataclasses.dataclass
@@ -79,22 +78,7 @@ class EvaluationReport:
         The JSON goes to a temporary file in the same folder that then replaces
         `path`, so a reader never sees a half-written report.
         """
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(prefix=".report-", suffix=".json.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, allow_nan=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
-        return path
+        return write_json_atomic(path, self.to_dict(), allow_nan=False)
 
     @classmethod
     def load_json(cls, path):
@@ -109,8 +93,6 @@ class EvaluationReport:
         multilabel) and `per_class_f1.png`. Regression: `predicted_vs_true.png`
         when the report holds its predictions.
         """
-        from tfft.evaluation import plots
-
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         paths = []
@@ -148,7 +130,7 @@ class EvaluationReport:
         label_width = max(len(label) for label, _ in summary) + 2
         lines += [f"  {label:<{label_width}}{_fmt(value)}" for label, value in summary]
         lines.append("")
-        averages = list(_AVERAGES) + (["samples"] if self.task == "multilabel" else [])
+        averages = list(AVERAGES) + (["samples"] if self.task == "multilabel" else [])
         lines.append(f"  {'average':<10}{'precision':>10}{'recall':>10}{'f1':>10}")
         for avg in averages:
             lines.append(
@@ -180,8 +162,10 @@ class EvaluationReport:
         return self.table()
 
 
-def report_from_predictions(y_true, y_pred_or_prob, task="multiclass", class_names=None,
-                            threshold=0.5):
+def report_from_predictions(
+    y_true, y_pred_or_prob, task: str = "multiclass", class_names: list | None = None,
+    threshold: float = 0.5,
+) -> EvaluationReport:
     """Builds an `EvaluationReport` from labels and predictions.
 
     Args:
@@ -230,7 +214,7 @@ def report_from_predictions(y_true, y_pred_or_prob, task="multiclass", class_nam
     return _single_label_report(y_true, y_pred, task, class_names, threshold)
 
 
-def infer_task(y_true, y_score):
+def infer_task(y_true, y_score) -> str:
     """Guesses the task from labels and model outputs.
 
     One-hot or integer labels with `k > 1` output columns: multiclass; 0/1
@@ -370,7 +354,7 @@ def _single_label_report(y_true, y_pred, task, class_names, threshold):
 
     labels = list(range(num_classes))
     metrics = {"accuracy": float(skm.accuracy_score(y_true, pred_ids))}
-    for avg in _AVERAGES:
+    for avg in AVERAGES:
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, pred_ids, labels=labels, average=avg, zero_division=0
         )
@@ -459,7 +443,7 @@ def _multilabel_report(y_true, y_pred, class_names, threshold):
         "subset_accuracy": subset,
         "hamming_loss": float(skm.hamming_loss(y_true, pred)),
     }
-    for avg in _AVERAGES + ("samples",):
+    for avg in AVERAGES + ("samples",):
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, pred, average=avg, zero_division=0
         )
@@ -524,222 +508,3 @@ def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def evaluate(model, data, task=None, class_names=None, batch_size=32, preprocess=None,
-             threshold=0.5):
-    """Runs `model` over labelled `data` and returns an `EvaluationReport`.
-
-    Args:
-        model: a Keras model; a SavedModel reloaded with
-            `tf.saved_model.load` whose `serving_default` signature takes the
-            raw inputs and returns a dict holding `probabilities` (or a single
-            output); or any callable (e.g. `keras.layers.TFSMLayer`) mapping a
-            batch to scores or such a dict.
-        data: a `tf.data.Dataset` of `(x, y)` batches (unbatched datasets with
-            scalar labels are batched here), a tuple `(x, y)` of arrays, or a
-            `tfft.data.LabeledData`.
-        task: str or None. `"binary"`, `"multiclass"`, `"multilabel"` or
-            `"regression"`; None guesses it from the labels and outputs.
-            Defaults to None.
-        class_names: list of str or None. Defaults to `data.class_names` for a
-            `LabeledData`, else class ids.
-        batch_size: int. Batch size for array inputs. Defaults to 32.
-        preprocess: callable or None. Maps a batch of raw inputs to model
-            inputs inside a `tf.data` map, e.g. a tokenizer. Defaults to None.
-        threshold: float. Decision threshold for binary and multilabel
-            probabilities. Defaults to 0.5.
-
-    Returns:
-        An `EvaluationReport`.
-
-    Example:
-
-    >>> import keras, numpy as np
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    >>> x, y = np.random.rand(10, 4).astype("float32"), np.arange(10) % 3
-    >>> evaluate(model, (x, y)).metrics["num_examples"]
-    10
-    """
-    import tensorflow as tf
-
-    from tfft.data import LabeledData
-
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int. Received: batch_size={batch_size!r}")
-    if preprocess is not None and not callable(preprocess):
-        raise TypeError(f"preprocess must be callable or None. Received: {type(preprocess)}")
-    if isinstance(data, LabeledData):
-        if class_names is None:
-            class_names = list(data.class_names)
-        data = (data.x, data.y)
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2:
-            raise ValueError(
-                f"data as a tuple must be (x, y). Received a {type(data).__name__} "
-                f"of {len(data)} items."
-            )
-        x, y = data
-        n_x = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-        if n_x != len(y):
-            raise ValueError(
-                f"Inputs and labels differ in length: {n_x} inputs, {len(y)} labels."
-            )
-        if n_x == 0:
-            raise ValueError("Cannot evaluate on an empty set: data has no examples.")
-        dataset = tf.data.Dataset.from_tensor_slices((_tensorable(x), np.asarray(y)))
-        dataset = dataset.batch(int(batch_size))
-    elif isinstance(data, tf.data.Dataset):
-        dataset = data
-        spec = dataset.element_spec
-        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-            raise ValueError(
-                "A dataset for evaluate() must yield (x, y) or (x, y, sample_weight). "
-                f"Received element_spec={spec}"
-            )
-        if len(spec) == 3:
-            dataset = dataset.map(lambda x, y, w: (x, y))
-        label_spec = dataset.element_spec[1]
-        if getattr(label_spec, "shape", None) is not None and label_spec.shape.rank == 0:
-            dataset = dataset.batch(int(batch_size))
-    else:
-        raise TypeError(
-            "data must be a tf.data.Dataset of (x, y) batches, a tuple (x, y) or a "
-            f"tfft.data.LabeledData. Received: {type(data).__name__}"
-        )
-    if preprocess is not None:
-        dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-
-    predict = _predict_fn(model)
-    outputs, labels = [], []
-    for x_batch, y_batch in dataset:
-        outputs.append(np.asarray(predict(x_batch)))
-        labels.append(np.asarray(y_batch))
-    if not labels:
-        raise ValueError("Cannot evaluate on an empty set: the dataset yielded no batches.")
-    y_score = np.concatenate(outputs, axis=0)
-    y_true = np.concatenate(labels, axis=0)
-    if task is None:
-        task = infer_task(y_true, y_score)
-    if task in ("multiclass", "binary") and y_score.ndim == 2 and y_score.shape[1] > 1:
-        # Named now so the message speaks of the model's outputs, not "predictions".
-        if class_names is not None and len(class_names) != y_score.shape[1]:
-            raise ValueError(
-                f"class_names has {len(class_names)} names but the model outputs "
-                f"{y_score.shape[1]} classes. Received: class_names={list(class_names)}"
-            )
-    if y_score.dtype.kind == "f" and y_score.dtype != np.float64:
-        y_score = y_score.astype(np.float64)
-    return report_from_predictions(y_true, y_score, task=task, class_names=class_names,
-                                   threshold=threshold)
-
-
-def _tensorable(x):
-    if isinstance(x, dict):
-        return {k: _tensorable(v) for k, v in x.items()}
-    x = np.asarray(x)
-    if x.dtype.kind in "OU":
-        # tf.data takes text as bytes/str objects, not numpy's fixed-width unicode.
-        x = x.astype(object)
-    return x
-
-
-def _predict_fn(model):
-    """Returns `batch -> np.ndarray` for a Keras model or a reloaded SavedModel."""
-    import keras
-    import tensorflow as tf
-
-    signatures = getattr(model, "signatures", None)
-    if signatures is not None and not isinstance(model, keras.Model):
-        if "serving_default" not in signatures:
-            raise ValueError(
-                "The SavedModel has no 'serving_default' signature. Available "
-                f"signatures: {sorted(signatures.keys())}"
-            )
-        signature = signatures["serving_default"]
-        _, input_specs = signature.structured_input_signature
-        output_keys = sorted(signature.structured_outputs.keys())
-        if "probabilities" in output_keys:
-            output_key = "probabilities"
-        elif len(output_keys) == 1:
-            output_key = output_keys[0]
-        else:
-            raise ValueError(
-                "The serving signature returns several outputs and none is named "
-                f"'probabilities'. Outputs: {output_keys}"
-            )
-
-        def predict(x):
-            if isinstance(x, dict):
-                missing = sorted(set(input_specs) - set(x))
-                if missing:
-                    raise ValueError(
-                        f"The serving signature needs inputs {sorted(input_specs)}; the "
-                        f"batch lacks {missing}."
-                    )
-                feed = {k: _fit_spec(x[k], input_specs[k]) for k in input_specs}
-            else:
-                if len(input_specs) != 1:
-                    raise ValueError(
-                        "The serving signature takes several inputs "
-                        f"{sorted(input_specs)}; give x as a dict with those keys."
-                    )
-                (name, spec), = input_specs.items()
-                feed = {name: _fit_spec(x, spec)}
-            return signature(**feed)[output_key].numpy()
-
-        return predict
-
-    if isinstance(model, keras.Model) or hasattr(model, "predict_on_batch"):
-        call = model.predict_on_batch
-    elif callable(model):
-        # Layers such as keras.layers.TFSMLayer, tf.Modules and plain functions.
-        call = model
-    else:
-        raise TypeError(
-            "model must be a Keras model, a SavedModel loaded with tf.saved_model.load "
-            "(with a 'serving_default' signature) or a callable returning scores. "
-            f"Received: {type(model).__name__}"
-        )
-
-    def predict(x):
-        out = call(x)
-        if isinstance(out, dict):
-            if "probabilities" in out:
-                out = out["probabilities"]
-            elif len(out) == 1:
-                out = next(iter(out.values()))
-            else:
-                raise ValueError(
-                    "The model returns several outputs and none is named "
-                    f"'probabilities'. Outputs: {sorted(out)}"
-                )
-        return tf.convert_to_tensor(out).numpy()
-
-    return predict
-
-
-def _fit_spec(x, spec):
-    """Casts and reshapes one input batch to the signature's TensorSpec."""
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(x)
-    if spec.dtype == tf.string and x.dtype == tf.uint8 and x.shape.rank in (3, 4):
-        # Image exports take encoded bytes; PNG keeps the pixels exact.
-        if x.shape.rank == 3:
-            x = x[..., tf.newaxis]
-        x = tf.map_fn(tf.io.encode_png, x, fn_output_signature=tf.string)
-    if (x.dtype == tf.string) != (spec.dtype == tf.string):
-        raise TypeError(
-            f"The serving signature's input {spec.name!r} takes {spec.dtype.name} but the "
-            f"data holds {x.dtype.name}. Pass raw inputs of the kind the export expects."
-        )
-    if x.dtype != spec.dtype:
-        x = tf.cast(x, spec.dtype)
-    rank = spec.shape.rank
-    if rank is not None:
-        if rank == x.shape.rank + 1 and spec.shape[-1] == 1:
-            x = tf.expand_dims(x, -1)
-        elif rank == x.shape.rank - 1 and x.shape[-1] == 1:
-            x = tf.squeeze(x, -1)
-    return x

@@ -1,0 +1,166 @@
+"""Each private Keras/TensorFlow API in tfft._compat still works on the installed Keras.
+
+A failure here means a Keras upgrade changed an internal tfft relies on: fix the
+function in tfft/_compat.py that the test names.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfft import _compat
+
+
+def broke(function, what):
+    return (
+        f"tfft._compat.{function} no longer works with Keras {keras.__version__} "
+        f"(TensorFlow {tf.__version__}): {what}. Update tfft/_compat.py."
+    )
+
+
+def _dense_model():
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, name="dense")(keras.layers.Dense(4, name="hidden")(inputs))
+    return keras.Model(inputs, outputs)
+
+
+class Block(keras.layers.Layer):
+    """A plain layer holding two layers as attributes, as a transformer block does."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(2, name="first")
+        self.second = keras.layers.Dense(2, name="second")
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+
+def test_sublayers():
+    model = _dense_model()
+    assert [layer.name for layer in _compat.sublayers(model)][-2:] == ["hidden", "dense"], broke(
+        "sublayers", "a functional model's `layers` changed"
+    )
+    block = Block()
+    assert [layer.name for layer in _compat.sublayers(block)] == ["first", "second"], broke(
+        "sublayers", "a plain layer no longer tracks its sublayers in `_layers`"
+    )
+    assert _compat.sublayers(keras.layers.Dense(1)) == [], broke(
+        "sublayers", "a leaf layer reports sublayers"
+    )
+
+
+def test_track_layer_variable():
+    layer = keras.layers.Layer(name="holder")
+    variable = keras.Variable(np.ones(3, "float32"), name="extra")
+    _compat.track_layer_variable(layer, variable)
+    assert variable in layer.trainable_weights, broke(
+        "track_layer_variable", "Layer._track_variable no longer adds to `weights`"
+    )
+    layer.trainable = False
+    assert variable in layer.non_trainable_weights, broke(
+        "track_layer_variable", "a tracked variable no longer follows `layer.trainable`"
+    )
+
+
+def test_dense_kernel_variable():
+    layer = keras.layers.Dense(3)
+    layer.build((None, 4))
+    layer.enable_lora(2)
+    kernel = _compat.dense_kernel_variable(layer)
+    assert isinstance(kernel, keras.Variable) and tuple(kernel.shape) == (4, 3), broke(
+        "dense_kernel_variable", "Dense no longer stores its kernel variable as `_kernel`"
+    )
+    layer.lora_kernel_b.assign(np.ones((2, 3), "float32"))
+    assert not np.allclose(layer.kernel, kernel.numpy()), broke(
+        "dense_kernel_variable", "with LoRA `kernel` no longer differs from the stored one"
+    )
+
+
+def test_variable_value_is_the_tf_variable():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        weight = keras.Variable(np.zeros(2, "float32"))
+    value = _compat.variable_value(weight)
+    assert isinstance(value, tf.Variable), broke(
+        "variable_value", "a Keras variable no longer holds a tf.Variable in `_value`"
+    )
+    assert strategy.extended.variable_created_in_scope(value), broke(
+        "variable_value", "the held tf.Variable is not the strategy's"
+    )
+    plain = tf.Variable(1.0)
+    assert _compat.variable_value(plain) is plain
+
+
+def test_optimizer_internals():
+    variables = [keras.Variable(np.ones(2, "float32")), keras.Variable(np.ones(3, "float32"))]
+    optimizer = keras.optimizers.Adam(0.1)
+    assert not _compat.optimizer_knows(optimizer, variables[:1])
+    optimizer.build(variables[:1])
+    assert _compat.optimizer_knows(optimizer, variables[:1]), broke(
+        "optimizer_knows", "`_trainable_variables_indices`/`_var_key` changed"
+    )
+    assert not _compat.optimizer_knows(optimizer, variables), broke(
+        "optimizer_knows", "an unknown variable counts as known"
+    )
+    assert _compat.optimizer_knows(keras.optimizers.LossScaleOptimizer(optimizer),
+                                   variables[:1])
+    key = _compat.optimizer_variable_key(optimizer, variables[0])
+    assert key == _compat.optimizer_variable_key(optimizer, variables[0]), broke(
+        "optimizer_variable_key", "`_var_key` is not stable"
+    )
+    assert key != _compat.optimizer_variable_key(optimizer, variables[1])
+    assert _compat.optimizer_built_variables(optimizer) == variables[:1], broke(
+        "optimizer_built_variables", "`_trainable_variables` changed"
+    )
+    slot = keras.Variable(np.zeros(2, "float32"), name="slot")
+    _compat.track_optimizer_variable(optimizer, slot)
+    assert any(v is slot for v in optimizer.variables), broke(
+        "track_optimizer_variable", "Optimizer._track_variable no longer adds to `variables`"
+    )
+
+
+def test_set_symbolic_build_batch_builds_from_the_transformed_batch():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    seen = []
+
+    def transform(batch):
+        seen.append(batch)
+        return batch
+
+    with strategy.scope():
+        model = _dense_model()
+        model.compile("sgd", "mse")
+    _compat.set_symbolic_build_batch(model, transform)
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert seen, broke(
+        "set_symbolic_build_batch",
+        "fit no longer builds through Trainer._maybe_symbolic_build(iterator=...)",
+    )
+    assert model.optimizer.built
+
+
+def test_saving_loads_graph_layers_first():
+    assert _compat.saving_loads_graph_layers_first(), broke(
+        "saving_loads_graph_layers_first",
+        "keras.saving no longer loads a Functional model's `layers` before its other "
+        f"attributes (order: {_compat.saving_load_order(_dense_model())[:4]})",
+    )
+
+
+def test_saving_load_order_lists_attributes():
+    order = _compat.saving_load_order(_dense_model())
+    assert order[0] == "layers" and len(order) > 1, broke(
+        "saving_load_order", f"saving_lib._walk_saveable changed (order: {order[:6]})"
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in dir(_compat) if not n.startswith("_")
+                                  and callable(getattr(_compat, n))
+                                  and getattr(_compat, n).__module__ == "tfft._compat"])
+def test_every_function_is_documented_and_tested(name):
+    assert getattr(_compat, name).__doc__, f"tfft._compat.{name} needs a docstring"
+    source = open(__file__).read()
+    assert f"_compat.{name}(" in source, f"tfft._compat.{name} has no test in {__file__}"

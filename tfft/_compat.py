@@ -1,0 +1,169 @@
+"""Every private Keras/TensorFlow API tfft relies on, one small function each.
+
+Keras 3 has no public way to do these few things, so tfft reaches into its
+internals here and nowhere else. `tests/test_compat.py` checks each function
+against the installed Keras and fails with the Keras version in the message
+when an upgrade changes what a function relies on: one file to fix.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+KERAS_VERSION = keras.__version__
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+def sublayers(layer) -> list:
+    """Returns the direct sublayers of a Keras layer or model.
+
+    Models list them publicly (`model.layers`); a plain `keras.Layer` that
+    holds layers as attributes (a transformer block, a wrapper) keeps them
+    only in the private `_layers` list Keras tracks them in.
+    """
+    children = getattr(layer, "layers", None) or getattr(layer, "_layers", None) or []
+    return list(children)
+
+
+def track_layer_variable(layer, variable) -> None:
+    """Makes `layer` own `variable` as if it had created it with `add_weight`.
+
+    For variables made outside `build` (e.g. wrapping a SavedModel's
+    tf.Variables): they then appear in `layer.weights`, follow
+    `layer.trainable` and are saved with the layer. Uses
+    `Layer._track_variable`.
+    """
+    layer._track_variable(variable)
+
+
+def dense_kernel_variable(layer):
+    """Returns the stored kernel variable of a Dense/EinsumDense layer.
+
+    With LoRA enabled, `layer.kernel` is the merged tensor
+    `kernel + lora_a @ lora_b * scale`, not a variable; the variable the
+    layer stores is `layer._kernel`.
+    """
+    return layer._kernel
+
+
+# ---------------------------------------------------------------------------- variables
+
+
+def variable_value(weight):
+    """Returns the backend variable inside a Keras 3 variable (`weight._value`).
+
+    On TensorFlow it is a `tf.Variable`, a distributed one when the weight was
+    created under a `tf.distribute` strategy. Anything that is not a Keras
+    variable is returned unchanged.
+    """
+    value = getattr(weight, "_value", None) if isinstance(weight, keras.Variable) else None
+    return value if value is not None else weight
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+def optimizer_variable_key(optimizer, variable) -> Any:
+    """The key a Keras optimizer files `variable` under (`Optimizer._var_key`)."""
+    return optimizer._var_key(variable)
+
+
+def optimizer_knows(optimizer, variables) -> bool:
+    """True when `optimizer` was built with every one of `variables`.
+
+    A Keras 3 optimizer refuses variables it was not built with; it keeps the
+    ones it was built with in the private `_trainable_variables_indices`.
+    A wrapper with an `inner_optimizer` (LossScaleOptimizer) is looked through.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    index = getattr(inner, "_trainable_variables_indices", None)
+    if index is None:
+        return False
+    return all(inner._var_key(v) in index for v in variables)
+
+
+def optimizer_built_variables(optimizer) -> list:
+    """The trainable variables a built optimizer was built with (`_trainable_variables`)."""
+    return list(optimizer._trainable_variables)
+
+
+def track_optimizer_variable(optimizer, variable) -> None:
+    """Makes `optimizer` own `variable`: it is saved and listed in `optimizer.variables`.
+
+    For the slot variables of optimizers nested inside another (per-group
+    learning rates). Uses `Optimizer._track_variable`.
+    """
+    optimizer._track_variable(variable)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def set_symbolic_build_batch(model, transform: Callable[[Any], Any]) -> None:
+    """Makes `model.fit` build `model` from `transform(first batch)` under its strategy.
+
+    Keras 3 on TensorFlow builds a model at the start of `fit`/`evaluate` in
+    `Trainer._maybe_symbolic_build`, from one batch of the distributed
+    iterator; under MultiWorkerMirroredStrategy it all-reduces that batch
+    first, which fails for `(x, y)` tuples and dicts
+    (keras-team/keras#20329). This replaces that step on `model` only: the
+    first batch goes through `transform` (e.g. take this worker's local
+    value) and then to `Trainer._symbolic_build`. Without a strategy
+    (`model._distribute_strategy is None`) nothing is built early, as in
+    Keras.
+    """
+
+    def build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = transform(next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    # Set on the instance, past Keras's attribute tracking: it is not model state.
+    object.__setattr__(model, "_maybe_symbolic_build", types.MethodType(build, model))
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def saving_load_order(saveable) -> list[str]:
+    """The attribute names `keras.saving` walks on `saveable`, in the order it loads them.
+
+    `keras.saving.load_model` restores the weights of a model's children in
+    the order of `keras/src/saving/saving_lib.py:_walk_saveable`.
+    """
+    from keras.src.saving import saving_lib
+
+    return [name for name, _ in saving_lib._walk_saveable(saveable)]
+
+
+def saving_loads_graph_layers_first() -> bool:
+    """True when `keras.saving` loads a functional model's graph layers before anything else.
+
+    Keras (3.x, `_walk_saveable`) restores a Sequential or Functional model's
+    `layers` first, then its other attributes in sorted order, so a
+    Functional subclass can keep extra attributes pointing at layers of its
+    graph (a Task's `backbone`, `head`): their weights are already restored
+    from the graph and are not read twice.
+    """
+
+    class Probe(keras.Model):
+        """A Functional subclass with an extra attribute sorted before "layers", as a Task."""
+
+        def __init__(self, inputs, outputs):
+            super().__init__(inputs, outputs)
+            self.aaa_head = self.layers[-1]
+
+    inputs = keras.Input((2,))
+    order = saving_load_order(Probe(inputs, keras.layers.Dense(1)(inputs)))
+    return bool(order) and order[0] == "layers"
