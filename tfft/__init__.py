@@ -20,6 +20,7 @@ Example:
 import importlib
 
 from tfft._backend import check_environment, ensure_tensorflow_backend
+from tfft.utils.version import __version__  # noqa: F401  (tfft.__version__)
 
 check_environment()
 ensure_tensorflow_backend()
@@ -27,8 +28,6 @@ ensure_tensorflow_backend()
 # Registers tfft's Keras classes (layers, Task, LoRA state, schedules, the
 # layer-wise optimizer) with Keras' serialisation, for `.keras` reloads.
 import tfft.models  # noqa: E402, F401
-
-__version__ = "0.1.0"
 
 # The core path a user meets first, each name -> the module that defines it.
 _EXPORTS = {
@@ -76,7 +75,7 @@ _EXPORTS = {
     "EvaluationReport": "tfft.evaluation",
     "evaluate": "tfft.evaluation",
     "report_from_predictions": "tfft.evaluation",
-    "export": "tfft.export",
+    "export_saved_model": "tfft.export",
     "to_tflite": "tfft.export",
     # tf.distribute
     "get_strategy": "tfft.distribute",

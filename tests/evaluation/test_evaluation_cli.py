@@ -173,7 +173,7 @@ def test_image_export_from_tfft_export(tmp_path, capsys):
     import keras
 
     from tfft.data import load_digits
-    from tfft.export import export
+    from tfft.export import export_saved_model
 
     data = load_digits()
     _, _, test_idx = stratified_split(data.y, 0.15, 0.15, 0)
@@ -185,7 +185,7 @@ def test_image_export_from_tfft_export(tmp_path, capsys):
     ])
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
     model.fit(images, data.y, epochs=2, batch_size=128, verbose=0)
-    path = export(model, str(tmp_path / "digits"), class_names=data.class_names,
+    path = export_saved_model(model, str(tmp_path / "digits"), class_names=data.class_names,
                   modality="image", image_size=(8, 8), verify=False,
                   metadata={"dataset": "digits",
                             "split": {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}})

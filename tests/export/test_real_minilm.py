@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfft.export import export
+from tfft.export import export_saved_model
 from tfft.export.saved_model import read_metadata
 from tfft.jobs.finetune import text_dataset
 from tfft.models import build_model
@@ -26,7 +26,7 @@ def test_minilm_cached_head_then_serving_export(minilm, bbc, tmp_path):
                                        make_dataset=make_ds, epochs=2, batch_size=16,
                                        directory=str(tmp_path / "cache"), verbose=0)
     assert history.cache_hits == (False, False)
-    path = export(model, str(tmp_path / "bbc"), class_names=bbc.class_names,
+    path = export_saved_model(model, str(tmp_path / "bbc"), class_names=bbc.class_names,
                   sample_inputs=[str(t) for t in x[30:34]])  # verified in a fresh process
     serve = tf.saved_model.load(path).signatures["serving_default"]
     texts = [str(t)[:500] for t in x[34:]]

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.export import export as export_saved_model
+from tfft.export import export_saved_model
 from tfft.export import saved_model
 from tfft.export import saved_model as tfft_export
 

@@ -12,7 +12,7 @@ def test_lora_model_exports_merged_kernels_with_the_same_outputs(tiny_text_backb
     tokens = tiny_text_backbone.preprocessor(texts)
     model.fit(tokens, np.array([0, 1, 2]), epochs=2, verbose=0)
     expected = model.predict(tokens, verbose=0)
-    path = tfft.export(model, str(tmp_path / "lora"), class_names=["a", "b", "c"],
+    path = tfft.export_saved_model(model, str(tmp_path / "lora"), class_names=["a", "b", "c"],
                        sample_inputs=texts)
     got = load_serving_outputs_in_fresh_process(path, texts)
     assert np.max(np.abs(got["probabilities"] - expected)) <= 1e-5

@@ -77,7 +77,7 @@ def main(out_dir):
         np.save(os.path.join(out_dir, "chief_probs.npy"), probs)
     # Every worker exports (the standard pattern); only the chief's copy is kept.
     with chief_writes(os.path.join(out_dir, "export"), strategy) as target:
-        written = tfft.export(model, target, preprocessor=preprocessor,
+        written = tfft.export_saved_model(model, target, preprocessor=preprocessor,
                                      class_names=CLASS_NAMES, task="multiclass", verify=False)
     with open(os.path.join(out_dir, f"written_{task['index']}.txt"), "w") as f:
         f.write(written)

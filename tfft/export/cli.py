@@ -114,7 +114,7 @@ def run_export(args):
     import keras
 
     import tfft.models  # noqa: F401  registers Task and tfft's layers for loading
-    from tfft.export.saved_model import export
+    from tfft.export.saved_model import export_saved_model
 
     try:
         if not args.model.endswith(".keras") or not os.path.isfile(args.model):
@@ -152,7 +152,7 @@ def run_export(args):
                 "A text model needs its tokenizer: pass --backbone SPEC (the backbone it "
                 "was built from, e.g. --backbone minilm --sequence-length 128)."
             )
-        path = export(
+        path = export_saved_model(
             model, out, preprocessor=preprocessor, class_names=class_names, task=args.task,
             modality=modality, version=args.version, overwrite=args.overwrite,
             verify=not args.no_verify,

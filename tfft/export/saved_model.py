@@ -1,6 +1,6 @@
 """SavedModel export for serving, with preprocessing inside the graph.
 
-`export(model, "saved_models/NAME")` writes TF Serving's layout
+`export_saved_model(model, "saved_models/NAME")` writes TF Serving's layout
 `saved_models/NAME/<version>/` (versions 1, 2, ...) whose signatures take raw
 inputs and return predictions:
 
@@ -91,7 +91,7 @@ def _model_output_units(model):
         return None  # a subclassed model that was never called symbolically
     if isinstance(shape, list) or isinstance(shape, dict):
         raise ValueError(
-            "export() serves models with a single output tensor. Received a model with "
+            "export_saved_model() serves models with a single output tensor. Received a model with "
             f"outputs shaped {shape}."
         )
     return shape[-1]
@@ -251,7 +251,7 @@ def _backbone_metadata(model):
     return info.to_dict() if info is not None else None
 
 
-def export(model, directory, preprocessor=None, class_names=None, task=None,
+def export_saved_model(model, directory, preprocessor=None, class_names=None, task=None,
            modality="text", version=None, overwrite=False, metadata=None,
            sample_inputs=None, verify=True, image_size=(224, 224), evaluation=None,
            atol=1e-5):
@@ -290,7 +290,7 @@ def export(model, directory, preprocessor=None, class_names=None, task=None,
 
     Example:
 
-    >>> path = tfft.export(model, "saved_models/bbc_news", class_names=names)
+    >>> path = tfft.export_saved_model(model, "saved_models/bbc_news", class_names=names)
     >>> serve = tf.saved_model.load(path).signatures["serving_default"]
     >>> serve(tf.constant(["Shares rose after the profit report"]))["class_names"]
     """

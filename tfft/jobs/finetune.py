@@ -36,7 +36,7 @@ from tfft.distribute.strategy import (
     is_chief,
 )
 from tfft.evaluation import plot_training_curves, report_from_predictions
-from tfft.export import export
+from tfft.export import export_saved_model
 from tfft.models.builder import build_model, check_labels
 from tfft.prompting import (
     build_soft_prompt_classifier,
@@ -474,7 +474,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     export_path = None
     if config.export_dir and chief:
         sample = np.asarray(test.x[:8]).astype(str)
-        export_path = export(
+        export_path = export_saved_model(
             model, config.export_dir, preprocessor=backbone.preprocessor,
             class_names=data.class_names, task="multiclass", sample_inputs=sample,
             metadata={
