@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.models.builder import check_labels
 from tfft.layers import TASKS
+from tfft.models.builder import check_labels
 
 
 def _labels(task, n, num_classes, seed=0):

@@ -55,7 +55,7 @@ def test_feature_extraction_keeps_batchnorm_statistics(tiny_cnn):
     before = [np.array(w.numpy()) for w in stats]
     x = np.random.default_rng(1).uniform(0, 1, (16, 32, 32, 3)).astype("float32") * 5
     model.fit(x, np.arange(16) % 2, epochs=2, batch_size=8, verbose=0)
-    for w, b in zip(stats, before):
+    for w, b in zip(stats, before, strict=True):
         np.testing.assert_array_equal(w.numpy(), b)
 
 

@@ -16,7 +16,7 @@ def test_malformed_specs_list_the_valid_forms(spec):
 
 
 def test_non_string_spec_is_a_type_error():
-    with pytest.raises(TypeError, match="must be a string or a keras.Model"):
+    with pytest.raises(TypeError, match=r"must be a string or a keras\.Model"):
         tfft.load_backbone(42)
 
 
@@ -35,7 +35,7 @@ def test_online_preset_fails_fast_offline(monkeypatch):
 
 
 def test_directory_without_config_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="expected a config.json"):
+    with pytest.raises(ValueError, match=r"expected a config\.json"):
         tfft.load_backbone(f"keras_hub:{tmp_path}")
 
 

@@ -122,7 +122,7 @@ def test_lora_adapters_come_back_unmerged(tiny_text_backbone, reload_in_fresh_pr
     np.testing.assert_allclose(got, want, atol=1e-6)
     # Keras alone would reload merged kernels with zero adapters; the task keeps them.
     assert len(described["lora_b"]) == len(adapted)
-    for saved, layer in zip(described["lora_b"], adapted):
+    for saved, layer in zip(described["lora_b"], adapted, strict=True):
         np.testing.assert_allclose(saved, layer.lora_kernel_b.numpy(), atol=0)
     assert described["trainable"] == _trainable_paths(task)
     assert described["freeze_policy"] == {"policy": "lora", "rank": 2, "alpha": None,
@@ -142,7 +142,7 @@ def test_lora_training_goes_on_after_a_reload(tiny_text_backbone, tmp_path):
         if w.path in frozen:
             np.testing.assert_array_equal(w.numpy(), frozen[w.path])
     b_after = [layer.lora_kernel_b.numpy() for layer in lora_layers(reloaded.backbone)]
-    assert any(not np.array_equal(a, b) for a, b in zip(b_before, b_after))
+    assert any(not np.array_equal(a, b) for a, b in zip(b_before, b_after, strict=True))
 
 
 def test_merged_lora_task_is_a_plain_task_with_the_same_outputs(tiny_text_backbone):

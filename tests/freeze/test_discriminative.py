@@ -53,7 +53,7 @@ def test_sgd_step_is_lr_times_decay_power_times_gradient(bert_no_dropout, text_b
     before = [w.numpy().copy() for w in model.trainable_weights]
     model.train_on_batch(text_batch, LABELS)
     checked = 0
-    for w, g, b in zip(model.trainable_weights, grads, before):
+    for w, g, b in zip(model.trainable_weights, grads, before, strict=True):
         expected = b - np.float32(0.1 * multipliers[w.path]) * g
         np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=w.path)
         big = np.abs(g) > 1e-4
@@ -76,7 +76,7 @@ def test_adam_first_step_moves_lower_blocks_less_by_the_decay(bert_no_dropout, t
     before = [w.numpy().copy() for w in model.trainable_weights]
     model.train_on_batch(text_batch, LABELS)
     depths = set()
-    for w, g, b in zip(model.trainable_weights, grads, before):
+    for w, g, b in zip(model.trainable_weights, grads, before, strict=True):
         if g is None:
             continue
         big = np.abs(g) > 1e-3
@@ -124,7 +124,7 @@ def test_layerwise_model_saves_and_reloads_with_optimizer_state(tmp_path):
     assert isinstance(reloaded.optimizer, LayerwiseOptimizer)
     assert reloaded.optimizer.multipliers == model.optimizer.multipliers
     assert len(reloaded.optimizer.variables) == len(model.optimizer.variables)
-    for a, b in zip(reloaded.optimizer.variables, model.optimizer.variables):
+    for a, b in zip(reloaded.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     reloaded.run_eagerly = True
     reloaded.train_on_batch(text_batch, LABELS)

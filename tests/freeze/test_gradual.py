@@ -94,7 +94,7 @@ def test_gradual_every_steps_and_max_blocks(tiny_bert, text_batch):
     model = tfft.build_model(tiny_bert, num_classes=3,
                              freeze=Gradual(every_steps=1, start=1, max_blocks=2))
     model.run_eagerly = True
-    callback = GradualUnfreezing(model, model.tfft_freeze_policy, verbose=0)
+    callback = GradualUnfreezing(model, model.freeze_policy, verbose=0)
     model.fit(text_batch, LABELS, epochs=1, batch_size=4, verbose=0, callbacks=[callback])
     print(callback.changes)
     assert [(c["step"], c["block"]) for c in callback.changes] == [
@@ -117,14 +117,14 @@ def test_gradual_in_compiled_fit_keeps_frozen_batchnorm_statistics(cnn_backbone,
     callback = gradual_callback(model, verbose=0)
     model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[callback])
     assert not callback.changes
-    for w, b in zip(stats + kernels, before + kernels_before):
+    for w, b in zip(stats + kernels, before + kernels_before, strict=True):
         np.testing.assert_array_equal(w.numpy(), b, err_msg=w.path)
     model.fit(x, y, epochs=2, initial_epoch=1, batch_size=8, verbose=0, callbacks=[callback])
     assert len(callback.changes) == 1 and callback.changes[0]["block"] in top
-    for w, b, is_top in zip(stats, before, in_top):
+    for w, b, is_top in zip(stats, before, in_top, strict=True):
         assert np.array_equal(w.numpy(), b) != is_top, w.path
     assert kernels and all(not np.array_equal(w.numpy(), b)
-                           for w, b in zip(kernels, kernels_before))
+                           for w, b in zip(kernels, kernels_before, strict=True))
 
 
 def test_gradual_replaces_an_optimizer_built_on_the_head_only(tiny_bert, text_batch):

@@ -63,7 +63,8 @@ def test_merge_lora_gives_plain_kernels_with_the_same_outputs(tiny_bert, text_ba
     merged = merge_lora(model)
     assert merged is not model and not has_lora(merged) and has_lora(model)
     assert merged.count_params() == plain_params
-    assert merged.tfft_backbone.model is find_backbone_layer(merged).backbone
+    assert isinstance(merged, tfft.Task) and merged.backbone is find_backbone_layer(merged).backbone
+    assert merged.backbone_info == model.backbone_info
     np.testing.assert_allclose(merged.predict(text_batch, verbose=0), want, atol=1e-5)
     layer = lora_layers(model)[0]
     copy = {w.path: w for w in merged.weights}[layer._kernel.path]
@@ -82,8 +83,11 @@ def test_lora_model_keras_round_trip(tiny_bert, text_batch, assert_round_trip):
     model.train_on_batch(text_batch, LABELS)
     model.train_on_batch(text_batch, LABELS)
     reloaded = assert_round_trip(model, text_batch, atol=1e-5)
-    # KerasHub rebuilds its layers from its own config: the reload has merged, plain kernels.
-    assert not has_lora(reloaded)
+    # KerasHub rebuilds its layers without adapters; the task puts them back, unmerged.
+    assert has_lora(reloaded) and reloaded.freeze_policy == LoRA(2)
+    for got, want in zip(lora_layers(reloaded), lora_layers(model), strict=True):
+        np.testing.assert_array_equal(got.lora_kernel_a.numpy(), want.lora_kernel_a.numpy())
+        np.testing.assert_array_equal(got.lora_kernel_b.numpy(), want.lora_kernel_b.numpy())
 
 
 def _functional_backbone():
@@ -108,11 +112,14 @@ def test_lora_on_a_functional_backbone_reloads_and_rearms(tmp_path):
     reloaded = keras.saving.load_model(path, compile=False)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
-    # Dense keeps lora_rank in its config: the reload has zero adapters, where no gradient flows.
+    # The adapters come back as trained (unmerged), and training can go on.
     layers = lora_layers(reloaded)
-    assert len(layers) == 2 and not np.any(layers[0].lora_kernel_a.numpy())
+    assert len(layers) == 2
+    for got, want in zip(layers, lora_layers(model), strict=True):
+        np.testing.assert_array_equal(got.lora_kernel_b.numpy(), want.lora_kernel_b.numpy())
     tfft.apply_freeze(reloaded, "lora:2")
-    assert np.any(layers[0].lora_kernel_a.numpy())
+    np.testing.assert_array_equal(layers[0].lora_kernel_a.numpy(),
+                                  lora_layers(model)[0].lora_kernel_a.numpy())
     assert tfft.trainable_summary(reloaded)["trainable"] == tfft.trainable_summary(model)[
         "trainable"]
     with pytest.raises(ValueError, match="already has LoRA of rank 2"):

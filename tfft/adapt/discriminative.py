@@ -31,6 +31,11 @@ import json
 
 import keras
 
+from tfft._compat import (
+    optimizer_built_variables,
+    optimizer_variable_key,
+    track_optimizer_variable,
+)
 from tfft.adapt.freeze import find_backbone_layer
 
 
@@ -197,7 +202,7 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
                 f"copy per group). Received a built {type(template).__name__}."
             )
         multipliers = dict(multipliers or {})
-        for path, value in list(multipliers.items()) + [("default", default_multiplier)]:
+        for path, value in [*list(multipliers.items()), ("default", default_multiplier)]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(
                     "Learning-rate multipliers must be non-negative numbers. "
@@ -254,10 +259,10 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
             optimizer = self._make_group(index, factor)
             optimizer.build(members)
             for v in optimizer.variables:
-                self._track_variable(v)
+                track_optimizer_variable(self, v)
             groups.optimizers.append((factor, optimizer))
             for v in members:
-                groups.index[self._var_key(v)] = index
+                groups.index[optimizer_variable_key(self, v)] = index
         self._groups = groups
         super().build(variables)
 
@@ -267,7 +272,7 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
                 raise ValueError(
                     "LayerwiseOptimizer.apply needs trainable_variables before it is built."
                 )
-            trainable_variables = self._trainable_variables
+            trainable_variables = optimizer_built_variables(self)
         trainable_variables = list(trainable_variables)
         grads = list(grads)
         if not grads:
@@ -276,14 +281,15 @@ class LayerwiseOptimizer(keras.optimizers.Optimizer):
             self.build(trainable_variables)
         self._check_variables_are_known(trainable_variables)
         per_group = [([], []) for _ in self._groups.optimizers]
-        for grad, variable in zip(grads, trainable_variables):
-            index = self._groups.index[self._var_key(variable)]
+        for grad, variable in zip(grads, trainable_variables, strict=True):
+            index = self._groups.index[optimizer_variable_key(self, variable)]
             per_group[index][0].append(grad)
             per_group[index][1].append(variable)
-        for (_, optimizer), (group_grads, group_vars) in zip(self._groups.optimizers, per_group):
+        groups = zip(self._groups.optimizers, per_group, strict=True)
+        for (_, optimizer), (group_grads, group_vars) in groups:
             if group_vars:
                 optimizer.apply(group_grads, group_vars)
-        self._iterations.assign_add(1)
+        self.iterations.assign_add(1)
 
     def get_config(self):
         return {

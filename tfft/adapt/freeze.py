@@ -15,8 +15,8 @@ import re
 
 import keras
 
-from tfft.backbones.base import _all_layers
 from tfft.layers import BackboneLayer
+from tfft.utils.walk import leaf_layers, walk_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +173,8 @@ class TopK(FreezePolicy):
         # Units in order, looking inside nested models (EfficientNet's blocks sit in
         # an inner functional model); a layer with sublayers of its own, such as a
         # transformer block, is one unit.
-        units = [layer for layer in _all_layers(inner)[1:] if not isinstance(layer, keras.Model)]
+        units = [layer for layer in walk_layers(inner, nested=False, include_root=False)
+                 if not isinstance(layer, keras.Model)]
         names = [layer.name for layer in units]
         if self.k == 0:
             first = len(names)
@@ -216,7 +217,7 @@ class Regex(FreezePolicy):
         inner.trainable = True
         regex = re.compile(self.pattern)
         matched = 0
-        for layer in _leaf_layers(inner):
+        for layer in leaf_layers(inner):
             train = any(regex.search(w.path) for w in layer.weights)
             layer.trainable = train
             matched += train
@@ -229,7 +230,7 @@ class Regex(FreezePolicy):
 
 
 def string_forms():
-    """The string forms of every registered policy, e.g. `'top_k:K'`, generated from the registry."""
+    """Every registered policy's string forms (`'top_k:K'` ...), read from the registry."""
     forms = []
     for name, cls in FREEZE_POLICIES.items():
         forms.extend(cls.string_forms(name))
@@ -329,13 +330,3 @@ def _set_all(layer, value):
     layer.trainable = value
     for sub in getattr(layer, "layers", []) or []:
         _set_all(sub, value)
-
-
-def _leaf_layers(layer):
-    children = getattr(layer, "layers", None) or list(getattr(layer, "_layers", []))
-    if not children:
-        return [layer]
-    out = []
-    for child in children:
-        out.extend(_leaf_layers(child))
-    return out

@@ -36,6 +36,7 @@ import logging
 
 import keras
 
+from tfft._compat import optimizer_knows
 from tfft.adapt.freeze import (
     FeatureExtraction,
     FreezePolicy,
@@ -251,7 +252,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         optimizer = model.optimizer
         if not optimizer.built:
             optimizer.build(future)
-        elif not _knows(optimizer, future):
+        elif not optimizer_knows(optimizer, future):
             if int(optimizer.iterations.numpy()) != 0:
                 raise ValueError(
                     "The model's optimizer has already trained on other variables, so it "
@@ -262,12 +263,3 @@ class GradualUnfreezing(keras.callbacks.Callback):
             fresh.build(future)
             model.optimizer = fresh
         model.make_train_function(force=True)
-
-
-def _knows(optimizer, variables):
-    # Keras 3 keeps the variables an optimizer was built with in this index.
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    index = getattr(inner, "_trainable_variables_indices", None)
-    if index is None:
-        return False
-    return all(inner._var_key(v) in index for v in variables)

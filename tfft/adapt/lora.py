@@ -20,6 +20,7 @@ import re
 import keras
 import numpy as np
 
+from tfft._compat import dense_kernel_variable
 from tfft.adapt.freeze import (
     FreezePolicy,
     _set_all,
@@ -27,6 +28,7 @@ from tfft.adapt.freeze import (
     find_backbone_layer,
     register_policy,
 )
+from tfft.utils.walk import walk_layers
 
 LORA_LAYER_TYPES = (keras.layers.Dense, keras.layers.EinsumDense)
 
@@ -156,14 +158,14 @@ def merge_lora(model):
     Example:
 
     >>> plain = tfft.merge_lora(model)
-    >>> tfft.export(plain, "export_dir", ...)
+    >>> tfft.export_saved_model(plain, "export_dir", ...)
     """
     adapted = lora_layers(model)
     if not adapted:
         return model
     merged = {}
     for layer in adapted:
-        merged[id(layer._kernel)] = keras.ops.convert_to_numpy(layer.kernel)
+        merged[id(dense_kernel_variable(layer))] = keras.ops.convert_to_numpy(layer.kernel)
     lora_ids = {id(v) for layer in adapted for v in (layer.lora_kernel_a, layer.lora_kernel_b)}
     config = _strip_lora(keras.saving.serialize_keras_object(model))
     if isinstance(config.get("config"), dict) and "freeze_policy" in config["config"]:
@@ -180,7 +182,7 @@ def merge_lora(model):
             f"merge_lora could not match weights: the model has {len(source)} non-LoRA "
             f"weights, its plain copy {len(target)}."
         )
-    for src, dst in zip(source, target):
+    for src, dst in zip(source, target, strict=True):
         value = merged.get(id(src))
         if value is None:
             value = src.numpy()
@@ -190,7 +192,7 @@ def merge_lora(model):
                 f"{dst.path!r} {tuple(dst.shape)}."
             )
         dst.assign(value)
-    for layer, original in zip(_all_layers(clone), _all_layers(model)):
+    for layer, original in zip(walk_layers(clone), walk_layers(model), strict=True):
         layer.trainable = original.trainable
     return clone
 
@@ -208,16 +210,9 @@ def _strip_lora(config):
     return config
 
 
-def _all_layers(layer):
-    out = [layer]
-    for child in getattr(layer, "layers", None) or list(getattr(layer, "_layers", [])):
-        out.extend(_all_layers(child))
-    return out
-
-
 def _dense_layers(layer):
     seen, out = set(), []
-    for x in _all_layers(layer):
+    for x in walk_layers(layer):
         if isinstance(x, LORA_LAYER_TYPES) and id(x) not in seen:
             seen.add(id(x))
             out.append(x)

@@ -2,6 +2,8 @@
 
 import keras
 
+from tfft.utils.walk import leaf_layers
+
 
 @keras.saving.register_keras_serializable(package="tfft")
 class BackboneLayer(keras.layers.Layer):
@@ -79,13 +81,7 @@ class BackboneLayer(keras.layers.Layer):
 
 def _restore_frozen(model, frozen_paths):
     """Freezes every leaf layer of `model` whose weights are all in `frozen_paths`."""
-    stack = [model]
-    while stack:
-        layer = stack.pop()
-        children = list(getattr(layer, "_layers", None) or getattr(layer, "layers", []) or [])
-        if children:
-            stack.extend(children)
-            continue
+    for layer in leaf_layers(model):
         paths = {w.path for w in layer.weights}
         if paths and paths <= frozen_paths:
             layer.trainable = False

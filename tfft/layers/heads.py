@@ -65,7 +65,7 @@ class TaskHead(keras.layers.Layer):
         shape = tuple(input_shape)
         if self.hidden is not None:
             self.hidden.build(shape)
-            shape = shape[:-1] + (self.hidden_units,)
+            shape = (*shape[:-1], self.hidden_units)
         self.output_layer.build(shape)
         self.built = True
 
@@ -77,7 +77,7 @@ class TaskHead(keras.layers.Layer):
         return self.output_layer(x)
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.output_units,)
+        return (*tuple(input_shape[:-1]), self.output_units)
 
     def get_config(self):
         return {

@@ -20,6 +20,7 @@ import re
 import keras
 import tensorflow as tf
 
+from tfft._compat import track_layer_variable
 from tfft.utils.network import require_network
 
 URL_PREFIXES = ("https://", "http://", "gs://")
@@ -254,7 +255,7 @@ class HubLayer(keras.layers.Layer):
 
     def _setup_callable(self, loaded):
         signatures = dict(getattr(loaded, "signatures", {}) or {})
-        has_call = callable(loaded) and hasattr(type(loaded), "__call__") and not self.is_tf1
+        has_call = callable(loaded) and not self.is_tf1
         if self.signature is not None:
             if self.signature not in signatures:
                 raise ValueError(
@@ -370,7 +371,7 @@ class HubLayer(keras.layers.Layer):
                     initializer=v, shape=v.shape, dtype=v.dtype.name,
                     trainable=id(v) in trainable_ids, name=_clean_name(v.name),
                 )
-                self._track_variable(wrapped)
+                track_layer_variable(self, wrapped)
 
     # -- trainable ------------------------------------------------------------
 

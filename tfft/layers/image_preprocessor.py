@@ -14,7 +14,7 @@ NORMALISATIONS = {
     # mode "torch": [0, 1] then ImageNet mean / std.
     "torch": {
         "scale": [1.0 / (255.0 * s) for s in _IMAGENET_STD],
-        "offset": [-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD)],
+        "offset": [-m / s for m, s in zip(_IMAGENET_MEAN, _IMAGENET_STD, strict=True)],
         "channel_order": "rgb",
     },
     # mode "caffe": BGR, ImageNet BGR means subtracted, no scaling.

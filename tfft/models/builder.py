@@ -1,12 +1,11 @@
 """build_model(): backbone + pooling + head -> a `tfft.Task`, frozen and compiled."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft.adapt import apply_freeze, parse_freeze
 from tfft.backbones import Backbone, load_backbone
 from tfft.distribute import check_built_in_scope, prepare_model
-from tfft.adapt import apply_freeze, parse_freeze
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
 from tfft.models.task import Task
 from tfft.training.presets import compile_model

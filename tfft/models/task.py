@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft._compat import dense_kernel_variable
 from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
@@ -365,7 +366,7 @@ class _LoRAState(keras.layers.Layer):
         if task is None:
             return
         for index, layer in enumerate(lora_layers(task.backbone)):
-            kernel = _base_kernel(layer)
+            kernel = dense_kernel_variable(layer)
             store[f"{index}_kernel"] = keras.ops.convert_to_numpy(kernel)
             store[f"{index}_a"] = keras.ops.convert_to_numpy(layer.lora_kernel_a)
             store[f"{index}_b"] = keras.ops.convert_to_numpy(layer.lora_kernel_b)
@@ -374,7 +375,8 @@ class _LoRAState(keras.layers.Layer):
         task = self._task()
         if task is None or store is None:
             return
-        saved = [key for key in store.keys() if key.endswith("_kernel")]
+        # Keras weight stores are not dicts: they iterate over nothing, keys() lists.
+        saved = [key for key in store.keys() if key.endswith("_kernel")]  # noqa: SIM118
         layers = lora_layers(task.backbone)
         if len(saved) != len(layers):
             raise ValueError(
@@ -382,7 +384,7 @@ class _LoRAState(keras.layers.Layer):
                 f"{len(layers)} LoRA layers; it was saved from a different model."
             )
         for index, layer in enumerate(layers):
-            _base_kernel(layer).assign(store[f"{index}_kernel"])
+            dense_kernel_variable(layer).assign(store[f"{index}_kernel"])
             layer.lora_kernel_a.assign(store[f"{index}_a"])
             layer.lora_kernel_b.assign(store[f"{index}_b"])
 
@@ -392,11 +394,6 @@ class _LoRAState(keras.layers.Layer):
 
     def call(self, inputs):
         return inputs
-
-
-def _base_kernel(layer):
-    # Keras' Dense/EinsumDense keep the unmerged kernel variable as `_kernel`.
-    return layer._kernel
 
 
 def _info_from_dict(data):
