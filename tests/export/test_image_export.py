@@ -24,7 +24,9 @@ def keras_probabilities(model, images):
 @pytest.fixture(scope="module")
 def exported(image_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("img") / "animals"
-    path = export_saved_model(image_model, str(directory), class_names=CLASSES, modality="image")
+    image_model.class_names = CLASSES
+    # The task knows its modality (image backbone), preprocessor and class names.
+    path = export_saved_model(image_model, str(directory))
     return image_model, path
 
 

@@ -252,9 +252,9 @@ def _backbone_metadata(model):
 
 
 def export_saved_model(model, directory, preprocessor=None, class_names=None, task=None,
-           modality="text", version=None, overwrite=False, metadata=None,
-           sample_inputs=None, verify=True, image_size=(224, 224), evaluation=None,
-           atol=1e-5):
+                       modality=None, version=None, overwrite=False, metadata=None,
+                       sample_inputs=None, verify=True, image_size=(224, 224), evaluation=None,
+                       atol=1e-5):
     """Exports `model` with its preprocessing as a versioned SavedModel.
 
     Args:
@@ -266,12 +266,14 @@ def export_saved_model(model, directory, preprocessor=None, class_names=None, ta
             `model.preprocessor` (a `tfft.Task`'s).
         class_names: list of str. Required for binary (2 names) and
             multiclass (one per output) exports; optional for multilabel.
+            Defaults to `model.class_names` (a `tfft.Task`'s).
         task: str. `"binary"`, `"multiclass"`, `"multilabel"` or `"regression"`.
             Defaults to the task of the model's `"head"` layer (tfft models),
             else `"multiclass"`.
         modality: str. `"text"` (input: `tf.string` texts) or `"image"`
             (inputs: encoded image bytes, or uint8 arrays via
-            `serving_arrays`).
+            `serving_arrays`). Defaults to the backbone's modality
+            (`model.backbone_info`), else `"text"`.
         version: int. Version number; defaults to the next free one.
         overwrite: bool. Replace an existing version. Defaults to False.
         metadata: dict. Extra JSON metadata (backbone spec, dataset ...).
@@ -295,6 +297,11 @@ def export_saved_model(model, directory, preprocessor=None, class_names=None, ta
     >>> serve(tf.constant(["Shares rose after the profit report"]))["class_names"]
     """
     task = task or _head_task(model)
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
+    if modality is None:
+        info = getattr(model, "backbone_info", None)
+        modality = info.modality if info is not None else "text"
     class_names = _check_arguments(model, task, modality, class_names)
     if version is not None and (
         not isinstance(version, int) or isinstance(version, bool) or version < 1
