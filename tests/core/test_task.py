@@ -170,3 +170,27 @@ def test_image_task_reloads_with_its_preprocessor(tiny_cnn, reload_in_fresh_proc
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert described["preprocessor"] == "ImagePreprocessor"
     assert described["trainable"] == _trainable_paths(task)
+
+
+def test_batch_methods_take_raw_inputs(tiny_text_backbone):
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="full")
+    tokens = tiny_text_backbone.preprocessor(tf.constant(TEXTS[:6]))
+    np.testing.assert_allclose(task.predict_on_batch(TEXTS[:6]),
+                               task.predict_on_batch(tokens), atol=1e-6)
+    raw_loss = task.test_on_batch(TEXTS[:6], LABELS[:6])[0]
+    assert np.isclose(raw_loss, task.test_on_batch(tokens, LABELS[:6])[0], rtol=1e-6)
+    before = task.head.output_layer.kernel.numpy().copy()
+    task.train_on_batch(TEXTS[:6], LABELS[:6])
+    assert not np.array_equal(task.head.output_layer.kernel.numpy(), before)
+
+
+def test_evaluate_takes_labeled_data_of_raw_inputs(tiny_text_backbone):
+    from tfft.data import LabeledData
+
+    task = tfft.build_model(tiny_text_backbone, num_classes=3, class_names=CLASSES)
+    data = LabeledData(np.asarray(TEXTS), LABELS, CLASSES)
+    report = tfft.evaluate(task, data)
+    expected = tfft.report_from_predictions(LABELS, task.predict(TEXTS, verbose=0),
+                                            class_names=CLASSES)
+    assert report["accuracy"] == expected["accuracy"]
+    assert report["macro_f1"] == expected["macro_f1"]

@@ -195,6 +195,8 @@ class Task(keras.Model):
         """Maps one batch of raw inputs to the backbone's inputs (identity if none)."""
         if self.preprocessor is None or self._is_preprocessed(x):
             return x
+        if isinstance(x, (list, tuple)):
+            x = _as_array_tree(x)
         return self.preprocessor(x)
 
     def make_dataset(
@@ -294,6 +296,21 @@ class Task(keras.Model):
             return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
         data = self.make_dataset(x, batch_size=batch_size or DEFAULT_BATCH_SIZE)
         return super().predict(data, verbose=verbose, **kwargs)
+
+    def predict_on_batch(self, x):
+        """`keras.Model.predict_on_batch` that also takes one batch of raw inputs."""
+        return super().predict_on_batch(self.preprocess(x))
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """`keras.Model.test_on_batch` that also takes one batch of raw inputs."""
+        return super().test_on_batch(self.preprocess(x), y, sample_weight=sample_weight,
+                                     return_dict=return_dict)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        """`keras.Model.train_on_batch` that also takes one batch of raw inputs."""
+        return super().train_on_batch(self.preprocess(x), y, sample_weight=sample_weight,
+                                      class_weight=class_weight, return_dict=return_dict)
 
     def _as_eval_dataset(self, data, batch_size):
         if isinstance(data, tf.data.Dataset):
