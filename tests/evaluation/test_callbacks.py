@@ -136,7 +136,7 @@ def test_missing_monitor_fails_fast(tmp_path, opposed_data):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Unknown monitor mode.*'auto', 'min', 'max'.*'best'"):
         default_callbacks(tmp_path, mode="best")
-    with pytest.raises(ValueError, match="patience must be an int >= 0"):
+    with pytest.raises(ValueError, match="patience must be a non-negative integer"):
         default_callbacks(tmp_path, patience=-1)
     with pytest.raises(ValueError, match="patience"):
         default_callbacks(tmp_path, patience=2.5)
@@ -168,5 +168,5 @@ def test_epoch_seeding_derives_dropout_state_from_seed_and_epoch():
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(masks(7, 4)[1], first)
     assert not np.array_equal(masks(8, 3)[1], first)
-    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         EpochSeeding(-1)

@@ -85,13 +85,13 @@ def test_fine_tune_with_gradual_unfreezing_and_layerwise_rates(tiny_bert, text_b
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"epochs": -1}, ValueError, "epochs must be an int >= 0"),
+    ({"epochs": -1}, ValueError, "epochs must be a non-negative integer. Received: epochs=-1"),
     ({"epochs": 0, "freeze_epochs": 0}, ValueError, "epochs \\+ freeze_epochs > 0"),
-    ({"freeze_epochs": 1.5}, ValueError, "freeze_epochs must be an int"),
+    ({"freeze_epochs": 1.5}, ValueError, "freeze_epochs must be a non-negative integer"),
     ({"unfreeze": "feature_extraction"}, ValueError, "must unfreeze something"),
     ({"unfreeze": "top_k:9"}, ValueError, "top_k asks for 9 blocks"),
     ({"unfreeze": "unfreeze_all"}, ValueError, "Unknown freeze policy"),
-    ({"lr": 0}, ValueError, "lr must be None or a positive number"),
+    ({"lr": 0}, ValueError, "lr must be a positive number or None. Received: lr=0"),
     ({"base_lr_divisor": -2}, ValueError, "base_lr_divisor must be a positive"),
     ({"verbose": 3}, ValueError, "verbose must be one of"),
     ({"callbacks": keras.callbacks.History()}, TypeError, "callbacks must be a list"),

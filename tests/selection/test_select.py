@@ -278,7 +278,7 @@ def test_bad_data_and_settings(news):
         select(["tfidf_logreg"], train, other)
     for kwargs, match in [({"budget_seconds": 0}, "budget_seconds must be a positive"),
                           ({"metric": "auc"}, "Unknown metric"),
-                          ({"finalists": -1}, "finalists must be an int >= 0"),
+                          ({"finalists": -1}, "finalists must be a non-negative integer"),
                           ({"fine_tune_seconds": -3}, "fine_tune_seconds must be")]:
         with pytest.raises(ValueError, match=match):
             select(["tfidf_logreg"], train, val, verbose=False, **kwargs)

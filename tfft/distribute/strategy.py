@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tfft.distribute.cluster import parse_tf_config, training_tasks
 from tfft.distribute.errors import StrategyError
+from tfft.utils.checks import check_positive_number
 
 STRATEGY_NAMES = ("auto", "tpu", "mirrored", "multi_worker", "gpu", "cpu", "default")
 TPU_INIT_TIMEOUT = 300.0
@@ -169,8 +170,7 @@ def get_strategy(name="auto", tpu=None, devices=None, verbose=True, timeout=TPU_
             "tpu= is a TPU name, 'local' or 'grpc://host:port' and only applies to "
             f"name='tpu' or 'auto'. Received: name={name!r}, tpu={tpu!r}"
         )
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise StrategyError(f"timeout must be a positive number. Received: timeout={timeout!r}")
+    check_positive_number("timeout", timeout, error=StrategyError)
     # A malformed TF_CONFIG fails here, before any device or collective is touched.
     config = parse_tf_config()
     tasks = training_tasks(config)

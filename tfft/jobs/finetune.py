@@ -46,6 +46,7 @@ from tfft.prompting import (
 from tfft.training.callbacks import EpochSeeding, default_callbacks
 from tfft.training.feature_cache import fit_cached
 from tfft.training.recipes import epoch_datasets, fine_tune
+from tfft.utils.files import write_json_atomic
 
 METHODS = ("fine_tune", "prompt", "soft_prompt")
 # Old setting name -> new one. The old names keep working, with a DeprecationWarning.
@@ -379,9 +380,7 @@ class _RunState:
         self._write()
 
     def _write(self):
-        with open(self.path + ".tmp", "w") as f:
-            json.dump(self.data, f, indent=2, default=str)
-        os.replace(self.path + ".tmp", self.path)
+        write_json_atomic(self.path, self.data, default=str)
 
 
 def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
@@ -454,8 +453,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
                batch_size=batch_size)
 
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    write_json_atomic(os.path.join(run_dir, "config.json"), config.to_dict())
     state._write()
 
     model = task
@@ -499,9 +497,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     }
     model.save_weights(os.path.join(run_dir, "final.weights.h5"))
     report_path = os.path.join(run_dir, "report.json")
-    with open(report_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2, default=str)
-    os.replace(report_path + ".tmp", report_path)
+    write_json_atomic(report_path, result, default=str)
     _save_plots(report, stages, run_dir)
     if chief:
         print(f"Report written to {report_path} ({result['seconds']:.0f} s in all)")

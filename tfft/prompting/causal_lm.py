@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfft.prompting.encoder import _as_texts, softmax
 from tfft.prompting.templates import PromptTemplate, as_templates, as_verbalizer
+from tfft.utils.checks import check_int
 
 SMOLLM2_SPECS = ("offline:smollm2", "smollm2", "smollm2_135m_instruct")
 CAUSAL_LM_SPEC_FORMS = (
@@ -365,9 +366,7 @@ class CausalLMClassifier:
                 f"Unknown reduction. Expected 'sum' or 'mean'. Received: reduction={reduction!r}"
             )
         self.reduction = reduction
-        if not isinstance(k_shot, (int, np.integer)) or k_shot < 0:
-            raise ValueError(f"k_shot must be an int >= 0. Received: k_shot={k_shot!r}")
-        self.k_shot = int(k_shot)
+        self.k_shot = check_int("k_shot", k_shot, minimum=0)
         if self.k_shot and examples is None:
             raise ValueError(
                 f"k_shot={k_shot} needs examples=(texts, labels) to draw in-context "

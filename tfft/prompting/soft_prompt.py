@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfft.utils.checks import check_int
+
 _PACKAGE = "tfft"
 
 
@@ -37,9 +39,7 @@ class SoftPrompt(keras.layers.Layer):
 
     def __init__(self, num_tokens, initializer=None, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(num_tokens, (int, np.integer)) or num_tokens < 1:
-            raise ValueError(f"num_tokens must be an int >= 1. Received: num_tokens={num_tokens!r}")
-        self.num_tokens = int(num_tokens)
+        self.num_tokens = check_int("num_tokens", num_tokens)
         self.initializer = keras.initializers.get(
             initializer or keras.initializers.RandomUniform(-0.5, 0.5)
         )
@@ -359,8 +359,7 @@ def build_soft_prompt_classifier(backbone, num_classes, num_tokens=20, pooling="
     >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> model.fit(backbone.preprocess(texts), labels, epochs=2)
     """
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
+    check_int("num_classes", num_classes, minimum=2)
     if init not in ("vocab", "random"):
         raise ValueError(f"Unknown init. Expected 'vocab' or 'random'. Received: init={init!r}")
     model, family = _backbone_model(backbone)

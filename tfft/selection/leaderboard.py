@@ -7,6 +7,7 @@ import math
 import os
 
 from tfft.models import build_model
+from tfft.utils.files import write_json_atomic
 
 FREEZE_STRATEGIES = ("feature_extraction", "full")
 STATUSES = ("ok", "skipped")
@@ -190,8 +191,7 @@ class Leaderboard:
         return path
 
     def to_json(self, path):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_json_atomic(path, self.to_dict())
         return path
 
     def plot(self, path):

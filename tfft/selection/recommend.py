@@ -8,6 +8,7 @@ from tfft.backbones.base import MODALITIES
 from tfft.layers import TASKS
 from tfft.selection import rules as R
 from tfft.selection.metrics import check_metric
+from tfft.utils.checks import check_positive_number
 
 COMPUTE = ("cpu", "gpu", "tpu")
 ZERO_SHOT_TASKS = ("binary", "multiclass")
@@ -99,13 +100,7 @@ def _check_request(task, modality, num_examples, compute, latency_ms):
             f"compute must be one of {list(COMPUTE)} or a budget in seconds (a positive "
             f"number). Received: compute={compute!r}"
         )
-    if latency_ms is not None and (
-        isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float))
-        or latency_ms <= 0
-    ):
-        raise ValueError(
-            f"latency_ms must be a positive number or None. Received: latency_ms={latency_ms!r}"
-        )
+    check_positive_number("latency_ms", latency_ms, allow_none=True)
     return compute, budget
 
 

@@ -14,6 +14,7 @@ from tfft.selection.budget import Budget, prior_estimate
 from tfft.selection.candidates import Candidate, parse_candidates
 from tfft.selection.leaderboard import Leaderboard
 from tfft.selection.runners import Runners, RunSettings
+from tfft.utils.checks import check_int, check_positive_number
 
 
 def _check_data(train, val):
@@ -44,14 +45,6 @@ def _check_data(train, val):
         raise ValueError(
             f"train holds {train.modality} and val holds {val.modality}; they must match."
         )
-
-
-def _positive(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number. Received: {name}={value!r}")
-    return float(value)
 
 
 def select(candidates, train, val, budget_seconds=600, metric="macro_f1", finalists=1,
@@ -116,11 +109,12 @@ def select(candidates, train, val, budget_seconds=600, metric="macro_f1", finali
     ...     budget_seconds=120, finalists=0)
     >>> board.winner.candidate
     """
-    budget = _positive("budget_seconds", budget_seconds)
-    fine_tune_seconds = _positive("fine_tune_seconds", fine_tune_seconds, allow_none=True)
+    budget = check_positive_number("budget_seconds", budget_seconds)
+    fine_tune_seconds = check_positive_number(
+        "fine_tune_seconds", fine_tune_seconds, allow_none=True
+    )
     M.check_metric(metric)
-    if isinstance(finalists, bool) or not isinstance(finalists, int) or finalists < 0:
-        raise ValueError(f"finalists must be an int >= 0. Received: finalists={finalists!r}")
+    check_int("finalists", finalists, minimum=0)
     _check_data(train, val)
     candidates = parse_candidates(candidates)
     account = Budget(budget, metric, verbose=verbose)

@@ -11,6 +11,8 @@ import os
 import keras
 import numpy as np
 
+from tfft.utils.checks import check_int
+
 MODES = ("auto", "min", "max")
 
 
@@ -65,9 +67,7 @@ class EpochSeeding(keras.callbacks.Callback):
 
     def __init__(self, seed: int):
         super().__init__()
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0. Received: seed={seed!r}")
-        self.seed = seed
+        self.seed = check_int("seed", seed, minimum=0)
 
     def on_epoch_begin(self, epoch, logs=None):
         states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
@@ -120,10 +120,7 @@ def default_callbacks(run_dir, monitor="val_loss", mode="auto", tensorboard=True
         raise ValueError(
             f"Unknown monitor mode. Expected one of {list(MODES)}. Received: mode={mode!r}"
         )
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-        raise ValueError(
-            f"patience must be an int >= 0. Received: patience={patience!r}"
-        )
+    check_int("patience", patience, minimum=0)
     for name, value in (("tensorboard", tensorboard), ("checkpoint", checkpoint),
                         ("early_stopping", early_stopping), ("backup", backup),
                         ("terminate_on_nan", terminate_on_nan),

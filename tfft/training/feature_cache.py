@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +29,7 @@ from tfft import assets
 from tfft.adapt.freeze import find_backbone_layer
 from tfft.distribute.strategy import prepare_model
 from tfft.training.presets import TASK_PRESETS, task_metrics
+from tfft.utils.files import staged_directory
 
 
 class CacheRefusedError(ValueError):
@@ -160,18 +160,17 @@ def cached_features(model, x, make_dataset, preprocessing=None, directory=None,
     if os.path.exists(path):
         return np.load(path, mmap_mode="r"), True
     features = compute_features(model, make_dataset(x), verbose=verbose)
-    os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=root, prefix=".tmp-")
-    try:
+    # Several processes may fill the same entry at once: the first complete copy wins.
+    with staged_directory(entry, is_complete=_entry_complete) as staging:
         np.save(os.path.join(staging, "features.npy"), features)
+        meta = {**parts, "shape": list(features.shape), "created": time.time()}
         with open(os.path.join(staging, "key.json"), "w") as f:
-            json.dump({**parts, "shape": list(features.shape), "created": time.time()}, f)
-        os.replace(staging, entry)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not os.path.exists(path):
-            raise
+            json.dump(meta, f)
     return features, False
+
+
+def _entry_complete(entry):
+    return os.path.exists(os.path.join(entry, "features.npy"))
 
 
 def list_cached(directory=None):

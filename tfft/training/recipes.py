@@ -42,6 +42,7 @@ from tfft.training.presets import (
     resolve_preset,
     task_metrics,
 )
+from tfft.utils.checks import check_int, check_positive_number
 
 logger = logging.getLogger(__name__)
 
@@ -153,19 +154,15 @@ def fine_tune(
     >>> tfft.fine_tune(task, (texts, labels), epochs=3, freeze_epochs=0,
     ...                unfreeze="top_k:2", fine_tune_lr=5e-5, backup_dir="runs/a/backup")
     """
-    _check_int("epochs", epochs, low=0)
-    _check_int("freeze_epochs", freeze_epochs, low=0)
+    check_int("epochs", epochs, minimum=0)
+    check_int("freeze_epochs", freeze_epochs, minimum=0)
     if epochs + freeze_epochs == 0:
         raise ValueError("fine_tune needs epochs + freeze_epochs > 0. Received: 0 and 0.")
-    _check_int("batch_size", batch_size, low=1)
-    _check_int("seed", seed, low=0)
-    _check_rate("lr", lr)
-    _check_rate("fine_tune_lr", fine_tune_lr)
-    if (isinstance(base_lr_divisor, bool) or not isinstance(base_lr_divisor, (int, float))
-            or base_lr_divisor <= 0):
-        raise ValueError(
-            f"base_lr_divisor must be a positive number. Received: {base_lr_divisor!r}"
-        )
+    check_int("batch_size", batch_size)
+    check_int("seed", seed, minimum=0)
+    check_positive_number("lr", lr, allow_none=True)
+    check_positive_number("fine_tune_lr", fine_tune_lr, allow_none=True)
+    check_positive_number("base_lr_divisor", base_lr_divisor)
     if verbose not in VERBOSE:
         raise ValueError(f"verbose must be one of {list(VERBOSE)}. Received: {verbose!r}")
     if callbacks is not None and not isinstance(callbacks, (list, tuple)):
@@ -402,17 +399,6 @@ def _take(values, order):
     if isinstance(values, tf.Tensor):
         return tf.gather(values, order)
     return np.asarray(values)[order]
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}. Received: {name}={value!r}")
-
-
-def _check_rate(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not value > 0 or not math.isfinite(value)):
-        raise ValueError(f"{name} must be None or a positive number. Received: {name}={value!r}")
 
 
 def _task_head(model):
