@@ -101,6 +101,9 @@ def test_get_strategy_rejects_bad_settings_before_any_work(no_cluster, monkeypat
         tfft.distribute.strategy.get_strategy("mirrored", devices="/cpu:0")
     with pytest.raises(StrategyError, match="only applies to name='tpu' or 'auto'"):
         tfft.distribute.strategy.get_strategy("gpu", tpu="local")
+    for timeout in (0, -1.0, float("inf"), True, "60"):
+        with pytest.raises(StrategyError, match="timeout must be a positive number"):
+            distribute.get_strategy("tpu", timeout=timeout)
     monkeypatch.setenv("TF_CONFIG", tf_config(TWO_WORKERS, "worker", 5))
     for name in ("auto", "multi_worker", "cpu"):
         with pytest.raises(StrategyError, match="out of range"):
