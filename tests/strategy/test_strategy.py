@@ -94,20 +94,20 @@ def test_valid_tf_config(no_cluster, monkeypatch):
 
 def test_get_strategy_rejects_bad_settings_before_any_work(no_cluster, monkeypatch):
     with pytest.raises(StrategyError, match=r"Unknown strategy.*Received: name='tpus'"):
-        tfft.distribute.strategy.get_strategy("tpus")
+        distribute.get_strategy("tpus")
     with pytest.raises(StrategyError, match="only applies to name='mirrored'"):
-        tfft.distribute.strategy.get_strategy("cpu", devices=["/cpu:0"])
+        distribute.get_strategy("cpu", devices=["/cpu:0"])
     with pytest.raises(StrategyError, match="non-empty list"):
-        tfft.distribute.strategy.get_strategy("mirrored", devices="/cpu:0")
+        distribute.get_strategy("mirrored", devices="/cpu:0")
     with pytest.raises(StrategyError, match="only applies to name='tpu' or 'auto'"):
-        tfft.distribute.strategy.get_strategy("gpu", tpu="local")
+        distribute.get_strategy("gpu", tpu="local")
     for timeout in (0, -1.0, float("inf"), True, "60"):
         with pytest.raises(StrategyError, match="timeout must be a positive number"):
             distribute.get_strategy("tpu", timeout=timeout)
     monkeypatch.setenv("TF_CONFIG", tf_config(TWO_WORKERS, "worker", 5))
     for name in ("auto", "multi_worker", "cpu"):
         with pytest.raises(StrategyError, match="out of range"):
-            tfft.distribute.strategy.get_strategy(name, verbose=False)
+            distribute.get_strategy(name, verbose=False)
 
 
 # ------------------------------------------------------------------------- choice

@@ -268,14 +268,3 @@ def _auto(tpu, config, tasks, verbose, timeout):
     why = "one GPU" if gpus else f"no TPU ({reason}), no GPU"
     return tf.distribute.get_strategy(), why
 
-
-# Moved to tfft.distribute.{cluster,batching,model}; still imported from here by
-# tfft.models.builder, tfft.training.{recipes,feature_cache} and tfft.jobs.finetune
-# until they import them from `tfft.distribute`. Remove then.
-from tfft.distribute.batching import distribute_dataset, global_batch_size  # noqa: E402, F401
-from tfft.distribute.cluster import (  # noqa: E402, F401
-    chief_only_path,
-    discard_worker_path,
-    is_chief,
-)
-from tfft.distribute.model import check_built_in_scope, prepare_model  # noqa: E402, F401

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tfft.adapt.freeze import TopK, trainable_summary
 from tfft.backbones import load_backbone, parse_spec
 from tfft.data import TEXT_DATASETS, stratified_split
-from tfft.distribute.strategy import (
+from tfft.distribute import (
     STRATEGY_NAMES,
     chief_only_path,
     discard_worker_path,

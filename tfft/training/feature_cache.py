@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tfft import assets
 from tfft.adapt.freeze import find_backbone_layer
-from tfft.distribute.strategy import prepare_model
+from tfft.distribute import prepare_model
 from tfft.training.presets import TASK_PRESETS, task_metrics
 from tfft.utils.files import staged_directory
 

@@ -32,7 +32,7 @@ from tfft.adapt.freeze import (
     trainable_summary,
 )
 from tfft.adapt.gradual import Gradual, GradualUnfreezing
-from tfft.distribute.strategy import distribute_dataset, prepare_model
+from tfft.distribute import distribute_dataset, prepare_model
 from tfft.training.callbacks import EpochSeeding
 from tfft.training.presets import (
     OPTIMIZER_PRESETS,
