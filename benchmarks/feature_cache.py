@@ -33,7 +33,6 @@ import numpy as np  # noqa: E402
 
 from tfft.training import feature_cache  # noqa: E402
 from tfft.data import load_bbc_news, stratified_split  # noqa: E402
-from tfft.jobs.finetune import text_dataset  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -61,8 +60,8 @@ def build(backbone, num_classes, seed):
                             freeze="feature_extraction", compile=False)
 
 
-def accuracy(model, make_ds, data):
-    probs = model.predict(make_ds(data.x), verbose=0)
+def accuracy(model, data, batch_size):
+    probs = model.predict(model.make_dataset(data.x, batch_size=batch_size), verbose=0)
     return float(np.mean(probs.argmax(-1) == data.y))
 
 
@@ -82,12 +81,7 @@ def main():
     data = load_bbc_news()
     train, val, test = subset(data, args.train, args.val, args.test, args.seed)
     backbone = tfft.load_backbone("minilm", sequence_length=args.sequence_length)
-    pre = backbone.preprocessor
     bs = args.batch_size
-
-    def make_ds(x):
-        return text_dataset(x, None, pre, bs)
-
     num_classes = len(data.class_names)
 
     # Uncached: the frozen backbone runs on every batch of every epoch.
@@ -95,14 +89,18 @@ def main():
     model.compile(keras.optimizers.Adam(args.learning_rate), "sparse_categorical_crossentropy",
                   metrics=["sparse_categorical_accuracy"])
     timer = EpochTimer()
-    model.fit(text_dataset(train.x, train.y, pre, bs, shuffle=True, seed=args.seed),
-              validation_data=text_dataset(val.x, val.y, pre, bs), epochs=args.epochs,
-              callbacks=[timer], verbose=0)
+    model.fit(model.make_dataset(train.x, train.y, batch_size=bs, shuffle=True, seed=args.seed),
+              validation_data=model.make_dataset(val.x, val.y, batch_size=bs),
+              epochs=args.epochs, callbacks=[timer], verbose=0)
     uncached_epochs = timer.seconds
-    uncached_accuracy = accuracy(model, make_ds, test)
+    uncached_accuracy = accuracy(model, test, bs)
 
     # Cached: one backbone pass, then the head alone.
     model = build(backbone, num_classes, args.seed)
+
+    def make_ds(x):
+        return model.make_dataset(x, batch_size=bs)
+
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as cache:
         history = feature_cache.fit_cached(
@@ -120,7 +118,7 @@ def main():
             directory=cache, verbose=0)
         hit_seconds = time.perf_counter() - t0
     cached_epochs = timer.seconds
-    cached_accuracy = accuracy(model, make_ds, test)
+    cached_accuracy = accuracy(model, test, bs)
 
     uncached_after_first = statistics.median(uncached_epochs[1:] or uncached_epochs)
     cached_after_first = statistics.median(cached_epochs[1:] or cached_epochs)

@@ -6,7 +6,6 @@ import tensorflow as tf
 
 from tfft.export import export_saved_model
 from tfft.export.saved_model import read_metadata
-from tfft.jobs.finetune import text_dataset
 from tfft.models import build_model
 from tfft.training import feature_cache
 
@@ -20,7 +19,7 @@ def test_minilm_cached_head_then_serving_export(minilm, bbc, tmp_path):
                         compile=False)
 
     def make_ds(texts):
-        return text_dataset(texts, None, minilm.preprocessor, 16)
+        return model.make_dataset(texts, batch_size=16)
 
     history = feature_cache.fit_cached(model, x[:30], y[:30], (x[30:], y[30:]),
                                        make_dataset=make_ds, epochs=2, batch_size=16,

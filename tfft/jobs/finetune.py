@@ -297,26 +297,6 @@ def _check_writable(path, what):
         ) from None
 
 
-def text_dataset(texts, labels, preprocessor, batch_size, shuffle=False, seed=0):
-    """A batched tf.data pipeline tokenising raw strings in parallel.
-
-    The job itself uses `Task.make_dataset`; this stays for callers that hold
-    a bare preprocessor.
-    """
-    inputs = tf.data.Dataset.from_tensor_slices(np.asarray(texts, dtype=object).astype(str))
-    ds = inputs if labels is None else tf.data.Dataset.zip(
-        inputs, tf.data.Dataset.from_tensor_slices(np.asarray(labels))
-    )
-    if shuffle:
-        ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if labels is None:
-        ds = ds.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y: (preprocessor(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 class NumericalError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
@@ -714,5 +694,5 @@ def _save_plots(report, stages, run_dir):
 
 __all__ = [
     "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "NumericalError",
-    "renamed_settings", "run_job", "text_dataset",
+    "renamed_settings", "run_job",
 ]
