@@ -319,10 +319,20 @@ class Task(keras.Model):
         return self.make_dataset(x, y, batch_size=batch_size, sample_weight=sample_weight)
 
     def _takes_arrays_as_is(self, x):
-        """True when Keras' own input handling applies: nothing to preprocess."""
+        """True when Keras' own input handling applies: nothing to preprocess.
+
+        Arrays, lists, dicts and tensors are checked; a `tf.data.Dataset` is
+        mapped through `make_dataset`. Anything else (a distributed dataset,
+        a generator, a `keras.utils.PyDataset`) goes to Keras as it is: make
+        it from `task.make_dataset(...)` first.
+        """
+        if self.preprocessor is None:
+            return True
         if isinstance(x, tf.data.Dataset):
             return False
-        return self.preprocessor is None or self._is_preprocessed(x)
+        if isinstance(x, (np.ndarray, list, tuple, Mapping, tf.Tensor)):
+            return self._is_preprocessed(x)
+        return True
 
     def _is_preprocessed(self, x):
         """Text batches already tokenised: a dict with the backbone's input keys."""
