@@ -39,7 +39,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tfft tests benchmarks
+	$(VENV)/bin/ruff check --config ruff.toml tfft tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -23,17 +23,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tfft  # noqa: E402,I001  (sets the Keras backend first)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.metrics import f1_score  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import tfft  # noqa: I001  (sets the Keras backend first)
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
 
-import tfft.data as td  # noqa: E402
+import tfft.data as td
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from input_pipeline import build_classifier  # noqa: E402
+from input_pipeline import build_classifier
 
 
 def make_model(backbone, initial_weights, learning_rate):

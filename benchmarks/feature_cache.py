@@ -27,12 +27,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tfft  # noqa: E402,I001  (sets the Keras backend first)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import tfft  # noqa: I001  (sets the Keras backend first)
+import keras
+import numpy as np
 
-from tfft.training import feature_cache  # noqa: E402
-from tfft.data import load_bbc_news, stratified_split  # noqa: E402
+from tfft.training import feature_cache
+from tfft.data import load_bbc_news, stratified_split
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -22,11 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tfft  # noqa: E402,I001  (sets the Keras backend first)
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import tfft  # noqa: I001  (sets the Keras backend first)
+import keras
+import tensorflow as tf
 
-import tfft.data as td  # noqa: E402
+import tfft.data as td
 
 
 class MaskedMean(keras.layers.Layer):

@@ -29,16 +29,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tfft  # noqa: E402,I001  (sets the Keras backend first)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import tfft  # noqa: I001  (sets the Keras backend first)
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
 
-from tfft.data import load_bbc_news, load_rotten_tomatoes  # noqa: E402
-from tfft.prompting.causal_lm import CONTENT_FREE_INPUTS  # noqa: E402
-from tfft.prompting import (  # noqa: E402
+from tfft.data import load_bbc_news, load_rotten_tomatoes
+from tfft.prompting.causal_lm import CONTENT_FREE_INPUTS
+from tfft.prompting import (
     CausalLMClassifier,
     SentenceEmbedder,
     TemplateEnsemble,

@@ -26,11 +26,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import tfft  # noqa: E402,I001  (sets the Keras backend first)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import tfft  # noqa: I001  (sets the Keras backend first)
+import numpy as np
+import tensorflow as tf
 
-from tfft.data import load_bbc_news  # noqa: E402
+from tfft.data import load_bbc_news
 
 
 def latencies(fn, texts, requests, warmup=3):

@@ -4,6 +4,8 @@ A failure here means a Keras upgrade changed an internal tfft relies on: fix the
 function in tfft/_compat.py that the test names.
 """
 
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -162,5 +164,5 @@ def test_saving_load_order_lists_attributes():
                                   and getattr(_compat, n).__module__ == "tfft._compat"])
 def test_every_function_is_documented_and_tested(name):
     assert getattr(_compat, name).__doc__, f"tfft._compat.{name} needs a docstring"
-    source = open(__file__).read()
+    source = pathlib.Path(__file__).read_text()
     assert f"_compat.{name}(" in source, f"tfft._compat.{name} has no test in {__file__}"

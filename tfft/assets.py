@@ -38,7 +38,7 @@ def package_dir(module_name):
     spec = importlib.util.find_spec(module_name)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return list(spec.submodule_search_locations)[0]
+    return next(iter(spec.submodule_search_locations))
 
 
 def asset_path(name):

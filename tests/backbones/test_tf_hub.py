@@ -263,7 +263,7 @@ def test_frozen_layer_keeps_batchnorm_in_inference_mode(models):
     model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
     before = [v.numpy().copy() for v in layer.weights]
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    for old, new in zip(before, layer.weights):
+    for old, new in zip(before, layer.weights, strict=True):
         np.testing.assert_array_equal(old, new.numpy())
 
 
@@ -469,7 +469,8 @@ def test_bert_like_fine_tunes_without_hub_attributes(models):
     model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
     before = [w.numpy().copy() for w in layer.trainable_weights]
     model.fit(_bert_batch(), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
-    assert all(not np.allclose(b, w.numpy()) for b, w in zip(before, layer.trainable_weights))
+    assert all(not np.allclose(b, w.numpy())
+               for b, w in zip(before, layer.trainable_weights, strict=True))
 
 
 def test_named_signature_of_tf2_model(models):
@@ -504,14 +505,14 @@ def test_tf1_model_refuses_training(models):
     with pytest.raises(ValueError, match="cannot be fine-tuned"):
         model.trainable = True
     assert not layer.trainable
-    with pytest.raises(ValueError, match="no restored __call__.*serving_default"):
+    with pytest.raises(ValueError, match=r"no restored __call__.*serving_default"):
         HubLayer(models["tf1"])
 
 
 def test_signature_only_model(models):
     with pytest.raises(ValueError, match="no restored __call__"):
         HubLayer(models["sigonly"])
-    with pytest.raises(ValueError, match="several outputs.*'scores', 'sum'"):
+    with pytest.raises(ValueError, match=r"several outputs.*'scores', 'sum'"):
         HubLayer(models["sigonly"], signature="serving_default")
     layer = HubLayer(models["sigonly"], signature="serving_default", output_key="sum")
     x, _ = _vectors(3)
@@ -524,13 +525,13 @@ def test_signature_only_model(models):
 
 
 def test_error_messages(models, tmp_path):
-    with pytest.raises(ValueError, match="expected saved_model.pb"):
+    with pytest.raises(ValueError, match=r"expected saved_model.pb"):
         HubLayer(str(tmp_path))
     with pytest.raises(ValueError, match="neither a URL nor an existing directory"):
         HubLayer(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="Unknown signature.*serving_default"):
+    with pytest.raises(ValueError, match=r"Unknown signature.*serving_default"):
         HubLayer(models["bert"], signature="nope")
-    with pytest.raises(ValueError, match="Unknown output_key.*pooled_output"):
+    with pytest.raises(ValueError, match=r"Unknown output_key.*pooled_output"):
         HubLayer(models["bert"], output_key="pooler")
     with pytest.raises(ValueError, match="returns a single tensor"):
         HubLayer(models["vector"], output_key="x")
@@ -540,7 +541,7 @@ def test_error_messages(models, tmp_path):
     with pytest.raises(TypeError, match="trainable"):
         HubLayer(models["vector"], trainable="yes")
     layer = HubLayer(models["bert"])
-    with pytest.raises(ValueError, match="Missing inputs.*input_word_ids"):
+    with pytest.raises(ValueError, match=r"Missing inputs.*input_word_ids"):
         layer({"input_word_ids": np.zeros((1, SEQ), "int32")})
 
 
@@ -550,7 +551,7 @@ def test_url_offline_fails_fast_without_download(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     url = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
-    with pytest.raises(NetworkUnavailableError, match="tfhub.dev.*tfhub:/path/to"):
+    with pytest.raises(NetworkUnavailableError, match=r"tfhub.dev.*tfhub:/path/to"):
         HubLayer(url)
     with pytest.raises(NetworkUnavailableError):
         tfft.load_backbone("tfhub:mobilenet_v2_100_224_feature_vector")
@@ -599,7 +600,7 @@ def test_hub_keras_layer_is_rejected_by_keras3_while_hub_layer_works(models):
     """Documents why HubLayer exists: `tensorflow_hub.KerasLayer` is a tf_keras
     (Keras 2) layer, which Keras 3 models refuse (tensorflow/hub#903)."""
     hub = pytest.importorskip("tensorflow_hub")
-    with pytest.raises((TypeError, ValueError), match="Only instances of `keras.Layer`"):
+    with pytest.raises((TypeError, ValueError), match=r"Only instances of `keras.Layer`"):
         keras.Sequential([keras.Input((4,)), hub.KerasLayer(models["vector"])])
     inputs = keras.Input((4,))
     with pytest.raises((TypeError, ValueError), match="KerasTensor"):

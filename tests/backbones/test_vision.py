@@ -233,7 +233,7 @@ def test_keras_app_local_weights_file_round_trip(tiny_mobilenet, tmp_path):
 
 
 def test_keras_app_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="MobileNetV2.*Received: keras_app:MobileNetV9"):
+    with pytest.raises(ValueError, match=r"MobileNetV2.*Received: keras_app:MobileNetV9"):
         load_backbone("keras_app:MobileNetV9", weights=None)
 
 
@@ -313,7 +313,7 @@ def test_keras_cv_presets_and_aliases_fail_fast_offline(offline, name):
 
 
 def test_keras_cv_errors():
-    with pytest.raises(ValueError, match="Unknown KerasCV backbone.*Received: keras_cv:NoSuch"):
+    with pytest.raises(ValueError, match=r"Unknown KerasCV backbone.*Received: keras_cv:NoSuch"):
         load_backbone("keras_cv:NoSuchBackbone")
     with pytest.raises(TypeError, match="explicit config"):
         load_backbone("keras_cv:MobileNetV3Backbone")
@@ -456,14 +456,14 @@ def test_efficientnet_pytorch_renaming_follows_timm():
         "blocks.2.0.conv_pwl.weight", "blocks.6.0.conv_dw.weight",
         "bn2.weight", "classifier.bias",
     ])
-    with pytest.raises(ValueError, match="Received: _blocks.16"):
+    with pytest.raises(ValueError, match=r"Received: _blocks.16"):
         offline_vision.efficientnet_pytorch_to_timm({"_blocks.16._bn1.weight": np.zeros(1)})
-    with pytest.raises(ValueError, match="Received: _head.weight"):
+    with pytest.raises(ValueError, match=r"Received: _head.weight"):
         offline_vision.efficientnet_pytorch_to_timm({"_head.weight": np.zeros(1)})
 
 
 def test_offline_unknown_name_and_arguments():
-    with pytest.raises(ValueError, match="efficientnet_lite0.*Received: offline:resnet"):
+    with pytest.raises(ValueError, match=r"efficientnet_lite0.*Received: offline:resnet"):
         load_backbone("offline:resnet")
     with pytest.raises(TypeError, match="weights"):
         load_backbone("offline:efficientnet_lite0", weights=None)

@@ -53,7 +53,7 @@ def test_split_is_deterministic_and_stratified():
     data = load_bbc_news()
     a = stratified_split(data.y, 0.15, 0.15, seed=0)
     b = stratified_split(data.y, 0.15, 0.15, seed=0)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
     assert sum(len(s) for s in a) == len(data)
     assert not set(a[0]) & set(a[2])

@@ -5,9 +5,11 @@ import pytest
 
 import tfft  # noqa: F401  (sets the Keras backend first)
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
-    "the a movie was good bad very not at all fun boring plot and end great film".split()
-)
+VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    "the", "a", "movie", "was", "good", "bad", "very", "not", "at", "all", "fun", "boring",
+    "plot", "and", "end", "great", "film",
+]
 
 
 @pytest.fixture(scope="session")

@@ -72,7 +72,7 @@ def test_stratified_split_is_deterministic_and_stratified():
     first = stratified_split(labels, 0.2, 0.2, seed=3)
     second = stratified_split(labels, 0.2, 0.2, seed=3)
     other = stratified_split(labels, 0.2, 0.2, seed=4)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first[0], other[0])
     train, val, test = first
@@ -98,7 +98,7 @@ def test_stratified_split_class_too_small_for_every_split():
 
 def test_stratified_split_too_small_split_raises():
     labels = np.repeat(np.arange(10), 3)
-    with pytest.raises(ValueError, match="every split holds every class|no examples"):
+    with pytest.raises(ValueError, match=r"every split holds every class|no examples"):
         stratified_split(labels, 0.05, 0.05)
 
 

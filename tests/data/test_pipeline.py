@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tfft  # noqa: F401
+import tfft
 import tfft.data as td
 from tfft.backbones.base import Backbone, BackboneInfo
 

@@ -50,7 +50,7 @@ def test_missing_column_names_column_and_available(tmp_path):
 def test_empty_sources(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    with pytest.raises(ValueError, match="empty.csv is empty"):
+    with pytest.raises(ValueError, match=r"empty.csv is empty"):
         td.load(str(empty))
     header_only = tmp_path / "header.csv"
     header_only.write_text("text,label\n")
@@ -167,7 +167,7 @@ def test_images_of_different_sizes_need_image_size(tmp_path):
     for cls, shape in (("a", (4, 4, 3)), ("b", (5, 4, 3))):
         (tmp_path / cls).mkdir()
         _write_png(str(tmp_path / cls / "x.png"), np.zeros(shape, np.uint8))
-    with pytest.raises(ValueError, match="differ in size.*image_size"):
+    with pytest.raises(ValueError, match=r"differ in size.*image_size"):
         td.load(str(tmp_path))
     assert td.load(str(tmp_path), image_size=(4, 4)).x.shape == (2, 4, 4, 3)
 

@@ -14,7 +14,7 @@ def test_offline_datasets_registered_with_tfds():
     for name in ("bbc_news", "rotten_tomatoes", "mnist_5k", "lfw_subset", "digits",
                  "fashion_mnist_local"):
         assert name in names
-    assert td.OFFLINE_DATASETS == sorted(tfds_builders.BUILDERS)
+    assert sorted(tfds_builders.BUILDERS) == td.OFFLINE_DATASETS
     # Builder bases are not datasets.
     assert "_offline_builder" not in names and "_text_builder" not in names
 

@@ -32,7 +32,7 @@ def _names(callbacks):
 
 
 def test_fit_writes_tensorboard_and_best_checkpoint(tmp_path, opposed_data):
-    x, y, y_val = opposed_data
+    x, y, _ = opposed_data
     model = _model()
     history = model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=16, verbose=0,
                         callbacks=default_callbacks(tmp_path))
@@ -88,7 +88,7 @@ def test_backup_resumes_an_interrupted_fit(tmp_path, opposed_data):
     model = _model()
     with pytest.raises(RuntimeError, match="simulated crash"):
         model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
-                  callbacks=default_callbacks(tmp_path, tensorboard=False) + [Interrupt()])
+                  callbacks=[*default_callbacks(tmp_path, tensorboard=False), Interrupt()])
     resumed = _model(seed=5).fit(x, y, validation_data=(x, y), epochs=4, verbose=0,
                                  callbacks=default_callbacks(tmp_path, tensorboard=False))
     # Epochs 0 and 1 finished (the backup callback runs before the crash), so the
@@ -106,7 +106,7 @@ def test_each_callback_switches_off(tmp_path, switch, name):
     assert name in everything
     without = _names(default_callbacks(tmp_path, **{switch: False}))
     assert name not in without
-    assert sorted(without + [name]) == sorted(everything)
+    assert sorted([*without, name]) == sorted(everything)
 
 
 def test_everything_off_and_paths(tmp_path):
@@ -125,16 +125,16 @@ def test_everything_off_and_paths(tmp_path):
 
 def test_missing_monitor_fails_fast(tmp_path, opposed_data):
     x, y, _ = opposed_data
-    with pytest.raises(ValueError, match="'val_loss' is not in the epoch logs.*validation_data"):
+    with pytest.raises(ValueError, match=r"'val_loss' is not in the epoch logs.*validation_data"):
         _model().fit(x, y, epochs=3, verbose=0,
                      callbacks=default_callbacks(tmp_path, tensorboard=False, backup=False))
-    with pytest.raises(ValueError, match="'val_acc' is not in.*'val_accuracy'"):
+    with pytest.raises(ValueError, match=r"'val_acc' is not in.*'val_accuracy'"):
         _model().fit(x, y, validation_data=(x, y), epochs=1, verbose=0,
                      callbacks=[MonitorCheck("val_acc")])
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="Unknown monitor mode.*'auto', 'min', 'max'.*'best'"):
+    with pytest.raises(ValueError, match=r"Unknown monitor mode.*'auto', 'min', 'max'.*'best'"):
         default_callbacks(tmp_path, mode="best")
     with pytest.raises(ValueError, match="patience must be a non-negative integer"):
         default_callbacks(tmp_path, patience=-1)

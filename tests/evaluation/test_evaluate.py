@@ -150,14 +150,14 @@ def test_labels_out_of_range(digits_model):
 
 
 def test_bad_arguments(digits_model, digits_saved_model):
-    model, x, y, raw = digits_model
-    with pytest.raises(TypeError, match="data must be a tf.data.Dataset"):
+    model, x, y, _ = digits_model
+    with pytest.raises(TypeError, match=r"data must be a tf.data.Dataset"):
         evaluate(model, x)
     with pytest.raises(ValueError, match="batch_size"):
         evaluate(model, (x, y), batch_size=0)
     with pytest.raises(TypeError, match="model must be a Keras model"):
         evaluate(object(), (x, y))
-    with pytest.raises(ValueError, match="several outputs.*\\['a', 'b'\\]"):
+    with pytest.raises(ValueError, match=r"several outputs.*\['a', 'b'\]"):
         evaluate(lambda batch: {"a": batch, "b": batch}, (x, y))
     with pytest.raises(TypeError, match="takes float32 but the data holds string"):
         evaluate(digits_saved_model, (np.array(["a"] * 3, dtype=object), y[:3]))
@@ -169,7 +169,7 @@ def test_saved_model_without_serving_default(tmp_path):
                            input_signature=[tf.TensorSpec([None, 2], tf.float32)])
     tf.saved_model.save(module, str(tmp_path), signatures={"other": module.f})
     loaded = tf.saved_model.load(str(tmp_path))
-    with pytest.raises(ValueError, match="no 'serving_default' signature.*\\['other'\\]"):
+    with pytest.raises(ValueError, match=r"no 'serving_default' signature.*\['other'\]"):
         evaluate(loaded, (np.eye(2, dtype="float32"), np.array([0, 1])))
 
 

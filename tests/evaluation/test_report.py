@@ -194,12 +194,12 @@ def test_infer_task():
 
 
 def test_length_mismatch():
-    with pytest.raises(ValueError, match="differ in length.*len\\(y_true\\)=3.*=2"):
+    with pytest.raises(ValueError, match=r"differ in length.*len\(y_true\)=3.*=2"):
         report_from_predictions([0, 1, 2], [0, 1])
 
 
 def test_class_names_count_mismatch():
-    with pytest.raises(ValueError, match="class_names has 2 names but .* 3 classes"):
+    with pytest.raises(ValueError, match=r"class_names has 2 names but .* 3 classes"):
         report_from_predictions([0, 1, 2], np.eye(3), class_names=["a", "b"])
     with pytest.raises(ValueError, match="class_names has 3 names but a binary task"):
         report_from_predictions([0, 1], [0.2, 0.8], task="binary", class_names=["a", "b", "c"])

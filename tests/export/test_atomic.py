@@ -6,8 +6,7 @@ import shutil
 import keras
 import pytest
 
-from tfft.export import export_saved_model
-from tfft.export import saved_model
+from tfft.export import export_saved_model, saved_model
 from tfft.export.saved_model import ExportError
 
 CLASSES = ["a", "b", "c"]

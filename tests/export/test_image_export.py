@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfft.export import export_saved_model
-from tfft.export import saved_model
+from tfft.export import export_saved_model, saved_model
 from tfft.export.saved_model import encode_image, load_serving_outputs_in_fresh_process
 
 CLASSES = ["cat", "dog", "fox"]

@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.export import export_saved_model
-from tfft.export import saved_model
+from tfft.export import export_saved_model, saved_model
 from tfft.export import saved_model as tfft_export
 
 CLASSES = ["business", "sport", "tech"]
@@ -146,7 +145,7 @@ def test_bad_class_names_or_task(make_text_model, tmp_path, task, names, error, 
 
 def test_binary_needs_two_class_names(make_text_model, tmp_path):
     model = make_text_model(task="binary", num_classes=1)
-    with pytest.raises(ValueError, match="gives 2 classes. Received 1 names"):
+    with pytest.raises(ValueError, match=r"gives 2 classes. Received 1 names"):
         export_saved_model(model, str(tmp_path / "m"), class_names=["pos"], verify=False)
 
 

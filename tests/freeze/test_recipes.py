@@ -108,7 +108,7 @@ def test_fine_tune_rejects_bad_arguments_before_training(kwargs, error, message,
     with pytest.raises(error, match=message):
         fine_tune(model, **kwargs)
     assert int(model.optimizer.iterations.numpy()) == 0
-    for w, b in zip(model.weights, before):
+    for w, b in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(w.numpy(), b)
 
 

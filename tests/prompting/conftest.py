@@ -46,7 +46,7 @@ def bpe_vocab_and_merges(words, suffix="", space_prefix=""):
 def tiny_clip():
     import keras_hub
 
-    vocab, merges = bpe_vocab_and_merges(WORDS + ["."], suffix="</w>")
+    vocab, merges = bpe_vocab_and_merges([*WORDS, "."], suffix="</w>")
     for p in [".", "</w>"]:
         if p not in vocab:
             vocab.append(p)

@@ -134,7 +134,7 @@ def test_default_max_length_is_the_backbone_limit(tiny_gpt2):
 def test_verbalizer_errors(tiny_gpt2):
     with pytest.raises(ValueError, match=r"\['tech'\]"):
         CausalLMClassifier(tiny_gpt2, TEMPLATE, VERBALIZER, class_names=["fresh", "tech"])
-    with pytest.raises(ValueError, match="needs a {input} slot"):
+    with pytest.raises(ValueError, match=r"needs a {input} slot"):
         CausalLMClassifier(tiny_gpt2, "sentiment: {label}", VERBALIZER)
     with pytest.raises(TypeError, match="list of texts"):
         CausalLMClassifier(tiny_gpt2, TEMPLATE, VERBALIZER).predict("one string")
@@ -144,7 +144,7 @@ def test_load_causal_lm_rejects_bad_specs(tiny_gpt2, tmp_path):
     assert load_causal_lm(tiny_gpt2) is tiny_gpt2
     with pytest.raises(ValueError, match="does not exist"):
         load_causal_lm("./no/such/folder")
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config.json"):
         load_causal_lm(str(tmp_path))
     with pytest.raises(TypeError):
         load_causal_lm(3)

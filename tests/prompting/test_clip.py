@@ -74,6 +74,6 @@ def test_bad_arguments(tiny_clip):
     with pytest.raises(ValueError, match="not both"):
         ZeroShotImageClassifier(backbone, tokenizer=tokenizer, verbalizer=CLASSES,
                                 class_prompts={"cat": "a cat"})
-    with pytest.raises(ValueError, match="needs a {label} slot"):
+    with pytest.raises(ValueError, match=r"needs a {label} slot"):
         ZeroShotImageClassifier(backbone, tokenizer=tokenizer, verbalizer=CLASSES,
                                 template="a photo")

@@ -66,7 +66,7 @@ def test_class_names_select_and_order(tiny_text_backbone):
 
 
 def test_errors(tiny_text_backbone):
-    with pytest.raises(ValueError, match="needs a {label} slot"):
+    with pytest.raises(ValueError, match=r"needs a {label} slot"):
         ZeroShotEncoderClassifier(tiny_text_backbone, "no slot", VERBALIZER)
     with pytest.raises(ValueError, match="temperature"):
         ZeroShotEncoderClassifier(tiny_text_backbone, verbalizer=VERBALIZER, temperature=0)

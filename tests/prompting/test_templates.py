@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 import tfft  # noqa: F401
@@ -47,14 +49,14 @@ def test_prompt_template_rejects_bad_text(text, message):
 
 def test_prompt_template_is_frozen_and_round_trips():
     template = PromptTemplate("{input} => {label}")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         template.text = "x"
     assert PromptTemplate.from_dict(template.to_dict()) == template
 
 
 def test_label_template_validation():
     assert LabelTemplate("About {label}.").format("tech") == "About tech."
-    with pytest.raises(ValueError, match="needs a {label} slot"):
+    with pytest.raises(ValueError, match=r"needs a {label} slot"):
         LabelTemplate("About nothing.")
     with pytest.raises(ValueError, match="Unknown slot"):
         LabelTemplate("{input} is about {label}")

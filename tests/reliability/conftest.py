@@ -4,12 +4,14 @@
 import keras
 import pytest
 
-WORDS = (
-    "the a of to and in is on for with said was it by at from has have be are that "
-    "government minister party election labour tory vote company market shares bank "
-    "profit sales firm growth film music star award show band album game match team "
-    "win player cup season club phone software computer internet mobile technology users"
-).split()
+WORDS = [
+    "the", "a", "of", "to", "and", "in", "is", "on", "for", "with", "said", "was", "it", "by", "at",
+    "from", "has", "have", "be", "are", "that", "government", "minister", "party", "election",
+    "labour", "tory", "vote", "company", "market", "shares", "bank", "profit", "sales", "firm",
+    "growth", "film", "music", "star", "award", "show", "band", "album", "game", "match", "team",
+    "win", "player", "cup", "season", "club", "phone", "software", "computer", "internet", "mobile",
+    "technology", "users",
+]
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +19,7 @@ def small_preset(tmp_path_factory):
     import keras_hub
 
     folder = tmp_path_factory.mktemp("small_bert_preset")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(vocab), num_layers=2, num_heads=2, hidden_dim=64,

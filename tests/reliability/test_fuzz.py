@@ -41,7 +41,7 @@ def _raised_by_tfft(error):
 def _check(call, *args, **kwargs):
     try:
         return call(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001  every failure must be a tfft error
+    except Exception as error:  # every failure must be a tfft error
         _raised_by_tfft(error)
         return None
 

@@ -111,7 +111,7 @@ def main(out_dir, kinds):
         other = train(kind, mirrored, initial)
         arrays = {}
         for i, (w0, ws, wm) in enumerate(zip(initial, reference.get_weights(),
-                                              other.get_weights())):
+                                              other.get_weights(), strict=True)):
             arrays[f"initial_{i}"], arrays[f"single_{i}"], arrays[f"mirrored_{i}"] = w0, ws, wm
         arrays["replicas"] = np.array(mirrored.num_replicas_in_sync)
         arrays["variable_type"] = np.array(type(other.weights[0]._value).__name__)

@@ -28,10 +28,12 @@ from tfft.distribute import (
 # Set up the strategy before TensorFlow runs anything else (collectives need it).
 strategy = get_strategy("auto")
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
-    "the a of to and in is on for with news sport game team win match election vote "
-    "party minister market shares profit bank film music star award".split()
-)
+VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    "the", "a", "of", "to", "and", "in", "is", "on", "for", "with", "news", "sport", "game",
+    "team", "win", "match", "election", "vote", "party", "minister", "market", "shares",
+    "profit", "bank", "film", "music", "star", "award",
+]
 TEXTS = [
     "the team win the match", "election vote for the party", "market shares and profit",
     "film music star award", "the game is on", "minister and the vote",

@@ -81,9 +81,9 @@ def cnn_block_names(model):
             pending.append(layer.name)
             continue
         if groups and groups[-1][0] == key:
-            groups[-1][1].extend(pending + [layer.name])
+            groups[-1][1].extend([*pending, layer.name])
         else:
-            groups.append([key, pending + [layer.name]])
+            groups.append([key, [*pending, layer.name]])
         pending = []
     if not groups:
         return []

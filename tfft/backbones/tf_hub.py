@@ -151,10 +151,7 @@ def load(
     else:
         model = layer
     local = not is_url(handle)
-    if catalog is not None:
-        feature_dim = catalog.feature_dim
-    else:
-        feature_dim = _feature_dim(layer, output_key)
+    feature_dim = catalog.feature_dim if catalog is not None else _feature_dim(layer, output_key)
     modality = modality or (catalog.modality if catalog else _guess_modality(spec))
     first = tf.nest.flatten(spec)[0] if spec is not None else None
     input_size = None

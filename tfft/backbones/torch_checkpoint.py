@@ -197,8 +197,5 @@ def load_state_dict(path):
     >>> weights["_conv_stem.weight"].shape
     (32, 3, 3, 3)
     """
-    if zipfile.is_zipfile(path):
-        obj = _read_zip(path)
-    else:
-        obj = _read_legacy(path)
+    obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
     return _materialise(obj)

@@ -5,6 +5,7 @@ prints one paragraph naming it and the valid forms, and exits with status 2.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import warnings
@@ -211,10 +212,8 @@ def _run_predict(args):
         print(f"tfft predict: error: {args.model!r} is not a SavedModel directory "
               "(expected saved_model.pb inside, e.g. saved_models/NAME/1).", file=sys.stderr)
         return EXIT_USAGE
-    try:
+    with contextlib.suppress(ImportError):
         import tensorflow_text  # noqa: F401  registers the tokenizer ops
-    except ImportError:
-        pass
     import tensorflow as tf
 
     loaded = tf.saved_model.load(args.model)

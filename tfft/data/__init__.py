@@ -31,12 +31,12 @@ from tfft.data.tfds_builders import OFFLINE_DATASETS
 
 __all__ = [
     "AUTOTUNE",
-    "DatasetUnavailableError",
     "IMAGE_DATASETS",
-    "LabelEncoder",
-    "LabeledData",
     "OFFLINE_DATASETS",
     "TEXT_DATASETS",
+    "DatasetUnavailableError",
+    "LabelEncoder",
+    "LabeledData",
     "bucket_by_length",
     "class_weights",
     "default_bucket_boundaries",

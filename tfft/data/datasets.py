@@ -86,7 +86,7 @@ def _fresh(data):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bbc_news():
     root = assets.asset_path("bbc_news")
     class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -121,7 +121,7 @@ def load_bbc_news():
     return _fresh(_bbc_news())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rotten_tomatoes():
     import pandas as pd
 
@@ -172,7 +172,7 @@ def select_classes(data, classes):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mnist_5k():
     import pandas as pd
 
@@ -188,7 +188,7 @@ def load_mnist_5k():
     return _fresh(_mnist_5k())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lfw_subset():
     faces = np.load(assets.asset_path("lfw_subset"))
     images = np.round(faces * 255.0).astype(np.uint8)
@@ -202,7 +202,7 @@ def load_lfw_subset():
     return _fresh(_lfw_subset())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits():
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -243,7 +243,7 @@ def fashion_mnist_files(root=FASHION_MNIST_DIR):
     return paths
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fashion_mnist(root):
     paths = fashion_mnist_files(root)
     result = {}

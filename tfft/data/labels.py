@@ -166,7 +166,7 @@ def class_weights(labels, num_classes=None):
     require_all_classes(labels, num_classes, where="the labels given to class_weights")
     classes = np.arange(num_classes)
     weights = compute_class_weight("balanced", classes=classes, y=labels)
-    return {int(c): float(w) for c, w in zip(classes, weights)}
+    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
 
 def require_all_classes(labels, num_classes, where="the data", class_names=None):

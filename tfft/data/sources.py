@@ -365,7 +365,7 @@ def from_directory(
         )
     reader = _read_text if kinds == {True} else _image_reader(image_size, channels)
     xs, ys, bad, problem = [], [], 0, None
-    for path, label in zip(files, labels):
+    for path, label in zip(files, labels, strict=True):
         try:
             xs.append(reader(path, encoding))
             ys.append(label)
@@ -482,7 +482,7 @@ def from_tfds(name, split=None, data_dir=None, download=True):
             f"The TFDS dataset {name!r} has no supervised_keys, so its input and label "
             "features are unknown; load it with tfds.load and build a LabeledData."
         )
-    input_key, label_key = info.supervised_keys[:2]
+    _, label_key = info.supervised_keys[:2]
     label_feature = info.features[label_key]
     names = list(getattr(label_feature, "names", None) or [])
     if split is None:

@@ -47,7 +47,7 @@ def stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0):
         raise ValueError(
             f"Classes {few} have fewer than {needed} examples, so some split would have "
             f"none of them: each class needs one example per split. Class counts: "
-            f"{dict(zip(classes.tolist(), counts.tolist()))}."
+            f"{dict(zip(classes.tolist(), counts.tolist(), strict=True))}."
         )
     try:
         train_idx, rest_idx = train_test_split(
@@ -69,7 +69,7 @@ def stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0):
             f"val_fraction={val_fraction}, test_fraction={test_fraction} so that every "
             f"split holds every class: {error}"
         ) from None
-    for name, split in zip(("train", "validation", "test"), splits):
+    for name, split in zip(("train", "validation", "test"), splits, strict=True):
         if len(split):
             missing = np.setdiff1d(classes, labels[split])
             if len(missing):

@@ -13,6 +13,7 @@ copy registers as `fashion_mnist_local`.
 """
 
 import inspect
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -29,7 +30,7 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base for builders whose examples come from a `tfft.data.datasets` loader."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release, splits drawn with seed 0."}
+    RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release, splits drawn with seed 0."}
     DESCRIPTION = ""
     HOMEPAGE = ""
     LICENSE = ""

@@ -467,7 +467,7 @@ class CausalLMClassifier:
         token_log_probs = self.scorer.score(pairs)
         totals = np.zeros((len(texts), len(self.templates), len(self.class_names)))
         counts = np.zeros_like(totals)
-        for (n, t, c), lp in zip(index, token_log_probs):
+        for (n, t, c), lp in zip(index, token_log_probs, strict=True):
             totals[n, t, c] += lp.sum() if self.reduction == "sum" else lp.mean()
             counts[n, t, c] += 1
         return (totals / counts).mean(axis=1)

@@ -93,7 +93,7 @@ def _tokenizer_files(reader):
             "id": i, "content": tok, "single_word": False, "lstrip": False,
             "rstrip": False, "normalized": False, "special": True,
         }
-        for i, (tok, kind) in enumerate(zip(tokens, token_types))
+        for i, (tok, kind) in enumerate(zip(tokens, token_types, strict=True))
         if kind == control
     ]
     tokenizer_json = {

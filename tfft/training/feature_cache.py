@@ -235,13 +235,13 @@ def features_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0
     def rows(indices):
         # Sorted reads are sequential on disk; the batch keeps the shuffled order.
         sort = np.argsort(indices)
-        batch = np.empty((len(indices),) + dim, dtype="float32")
+        batch = np.empty((len(indices), *dim), dtype="float32")
         batch[sort] = features[indices[sort]]
         return batch
 
     def read(indices):
         x = tf.numpy_function(rows, [indices], tf.float32)
-        x.set_shape((None,) + dim)
+        x.set_shape((None, *dim))
         if labels is None:
             return x
         y = tf.gather(tf.constant(labels), indices)

@@ -80,7 +80,7 @@ def get_preset(name, **overrides):
     """Returns a copy of the optimizer preset `name` with `overrides` applied."""
     if name not in OPTIMIZER_PRESETS:
         raise ValueError(
-            f"Unknown compile preset. Expected one of {sorted(OPTIMIZER_PRESETS) + ['auto']}. "
+            f"Unknown compile preset. Expected one of {[*sorted(OPTIMIZER_PRESETS), 'auto']}. "
             f"Received: preset={name!r}"
         )
     preset = copy.deepcopy(OPTIMIZER_PRESETS[name])
