@@ -5,7 +5,10 @@ source understands (a preset name, a URL, a local path, a constructor name).
 A bare alias (`minilm`) or a `keras.Model` object is also accepted.
 """
 
+from __future__ import annotations
+
 import importlib
+from typing import Any
 
 import keras
 
@@ -34,7 +37,7 @@ SPEC_FORMS = (
 )
 
 
-def parse_spec(spec):
+def parse_spec(spec: str) -> tuple[str, str]:
     """Splits a spec into `(source, name)`, raising ValueError on bad specs."""
     if not isinstance(spec, str):
         raise TypeError(
@@ -64,7 +67,7 @@ def _module(source):
         raise
 
 
-def load_backbone(spec, **kwargs):
+def load_backbone(spec: str | keras.Model | Backbone, **kwargs: Any) -> Backbone:
     """Loads a backbone with its matching preprocessing from a spec.
 
     Args:
@@ -122,7 +125,9 @@ def _wrap_model(model, modality=None, preprocessor=None, block_names=None, **_):
     return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
 
 
-def list_backbones(modality=None, source=None):
+def list_backbones(
+    modality: str | None = None, source: str | None = None
+) -> list[BackboneInfo]:
     """Lists the known backbones' metadata as `BackboneInfo` objects.
 
     Args:

@@ -4,11 +4,14 @@ Every subcommand validates its arguments before doing any work: a bad value
 prints one paragraph naming it and the valid forms, and exits with status 2.
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 
 EXIT_USAGE = 2
 
@@ -227,7 +230,7 @@ def _run_predict(args):
     return 0
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tfft",
         description="tfft: fine-tune pretrained models (BERT, ResNet, TF Hub, ...) with "
@@ -247,7 +250,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     import tfft  # noqa: F401  selects the TensorFlow backend first
 
     parser = build_parser()

@@ -1,5 +1,7 @@
 """Batches and data under a strategy: global batch size, learning-rate scaling, sharding."""
 
+from __future__ import annotations
+
 import math
 
 import tensorflow as tf
@@ -16,13 +18,13 @@ SHARD_POLICIES = {
 }
 
 
-def num_replicas(strategy=None):
+def num_replicas(strategy: tf.distribute.Strategy | None = None) -> int:
     """Replicas that train in sync under `strategy` (the current one if None)."""
     strategy = strategy if strategy is not None else tf.distribute.get_strategy()
     return int(strategy.num_replicas_in_sync)
 
 
-def global_batch_size(per_replica, strategy=None):
+def global_batch_size(per_replica: int, strategy: tf.distribute.Strategy | None = None) -> int:
     """The global batch for `per_replica` examples on each replica.
 
     Example:
@@ -34,7 +36,9 @@ def global_batch_size(per_replica, strategy=None):
     return per_replica * num_replicas(strategy)
 
 
-def per_replica_batch_size(global_batch, strategy=None):
+def per_replica_batch_size(
+    global_batch: int, strategy: tf.distribute.Strategy | None = None
+) -> int:
     """Examples per replica; raises `StrategyError` unless the split is exact."""
     check_int("global_batch", global_batch, error=StrategyError)
     replicas = num_replicas(strategy)
@@ -49,7 +53,12 @@ def per_replica_batch_size(global_batch, strategy=None):
     return global_batch // replicas
 
 
-def scale_learning_rate(learning_rate, strategy=None, rule="linear", base_replicas=1):
+def scale_learning_rate(
+    learning_rate: float,
+    strategy: tf.distribute.Strategy | None = None,
+    rule: str | None = "linear",
+    base_replicas: int = 1,
+) -> float:
     """Scales a learning rate tuned on `base_replicas` to the strategy's replicas.
 
     Args:
@@ -74,8 +83,14 @@ def scale_learning_rate(learning_rate, strategy=None, rule="linear", base_replic
     return learning_rate
 
 
-def distribute_dataset(dataset, strategy=None, global_batch_size=None, shard_policy="data",
-                       drop_remainder=False, distribute=False):
+def distribute_dataset(
+    dataset: tf.data.Dataset,
+    strategy: tf.distribute.Strategy | None = None,
+    global_batch_size: int | None = None,
+    shard_policy: str = "data",
+    drop_remainder: bool = False,
+    distribute: bool = False,
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """Prepares a `tf.data` pipeline for a strategy, with the right sharding.
 
     Sets the auto-shard policy (`"data"` by default: every worker reads the

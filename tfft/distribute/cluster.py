@@ -6,12 +6,16 @@ exports and reports, the other workers write to scratch copies that are
 thrown away.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
 
@@ -20,7 +24,7 @@ from tfft.distribute.errors import StrategyError
 TASK_TYPES = ("chief", "worker", "ps", "evaluator")
 
 
-def parse_tf_config(value=None):
+def parse_tf_config(value: str | dict | None = None) -> dict[str, Any] | None:
     """Reads and validates `TF_CONFIG`; returns the dict, or None when unset.
 
     Args:
@@ -132,7 +136,7 @@ def training_tasks(config):
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
 
 
-def task_info(strategy=None):
+def task_info(strategy: tf.distribute.Strategy | None = None) -> tuple[str | None, int | None]:
     """`(task_type, task_index)` of this process; `(None, None)` outside a cluster."""
     resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
     if resolver is not None and getattr(resolver, "task_type", None) is not None:
@@ -146,7 +150,7 @@ def task_info(strategy=None):
     return config["task"]["type"], config["task"]["index"]
 
 
-def is_chief(strategy=None):
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True when this process should write checkpoints, exports and reports.
 
     The chief is the `"chief"` task, or worker 0 when the cluster has no chief;
@@ -172,7 +176,7 @@ def is_chief(strategy=None):
     return False
 
 
-def chief_only_path(path, strategy=None):
+def chief_only_path(path: str, strategy: tf.distribute.Strategy | None = None) -> str:
     """Where this process should write `path`: `path` itself on the chief.
 
     Under MultiWorkerMirroredStrategy every worker must take part in a save
@@ -195,7 +199,7 @@ def chief_only_path(path, strategy=None):
     return os.path.join(scratch, base)
 
 
-def discard_worker_path(path, strategy=None):
+def discard_worker_path(path: str, strategy: tf.distribute.Strategy | None = None) -> None:
     """Deletes a non-chief worker's scratch copy made by `chief_only_path`."""
     if is_chief(strategy):
         return
@@ -207,7 +211,7 @@ def discard_worker_path(path, strategy=None):
 
 
 @contextlib.contextmanager
-def chief_writes(path, strategy=None):
+def chief_writes(path: str, strategy: tf.distribute.Strategy | None = None) -> Iterator[str]:
     """Yields the path to write to; a non-chief worker's copy is deleted afterwards.
 
     Example:

@@ -1,12 +1,15 @@
 """Models under a strategy: variables created in its scope, and `fit` under multi-worker."""
 
+from __future__ import annotations
+
+import keras
 import tensorflow as tf
 
 from tfft import _compat
 from tfft.distribute.errors import StrategyError
 
 
-def check_built_in_scope(model, strategy):
+def check_built_in_scope(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
     """Raises `StrategyError` unless every variable of `model` belongs to `strategy`.
 
     A layer built outside `strategy.scope()` keeps plain variables: replicas
@@ -25,7 +28,7 @@ def check_built_in_scope(model, strategy):
         )
 
 
-def prepare_model(model, strategy):
+def prepare_model(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
     """Lets `model.fit` run under `strategy`; returns `model`.
 
     Keras 3.15's `fit` under MultiWorkerMirroredStrategy first all-reduces one

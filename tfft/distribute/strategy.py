@@ -19,6 +19,8 @@ Example:
 >>> batch = tfft.global_batch_size(32, strategy)
 """
 
+from __future__ import annotations
+
 import glob
 import importlib.util
 import os
@@ -43,7 +45,7 @@ def _log(verbose, message):
         print(f"tfft strategy: {message}", flush=True)
 
 
-def detect_tpu():
+def detect_tpu() -> tuple[str | bool | None, str]:
     """Cheaply finds a TPU without contacting one.
 
     Returns `(tpu, reason)`: the `tpu` argument for `TPUClusterResolver`
@@ -118,7 +120,13 @@ def _describe(strategy):
     return f"{name} with {strategy.num_replicas_in_sync} replica(s)"
 
 
-def get_strategy(name="auto", tpu=None, devices=None, verbose=True, timeout=TPU_INIT_TIMEOUT):
+def get_strategy(
+    name: str = "auto",
+    tpu: str | None = None,
+    devices: list[str] | None = None,
+    verbose: bool = True,
+    timeout: float = TPU_INIT_TIMEOUT,
+) -> tf.distribute.Strategy:
     """Returns the `tf.distribute.Strategy` for this machine or the one asked for.
 
     `"auto"` picks, in order: a TPU when one is reachable; MultiWorkerMirrored

@@ -1,7 +1,10 @@
 """Bake-off candidates: what to try, parsed from strings like `"minilm:top_k:2"`."""
 
+from __future__ import annotations
+
 import dataclasses
 import re
+from collections.abc import Sequence
 
 from tfft.backbones import Backbone, list_backbones, parse_spec
 from tfft.backbones.registry import ALIASES
@@ -112,7 +115,7 @@ def _catalog_modality(spec):
     return info.modality if info is not None else None
 
 
-def parse_candidate(item):
+def parse_candidate(item: str | Candidate) -> Candidate:
     """Turns a string (see `CANDIDATE_FORMS`) or a `Candidate` into a `Candidate`."""
     if isinstance(item, Candidate):
         return item
@@ -135,7 +138,7 @@ def parse_candidate(item):
         raise ValueError(f"Bad candidate {item!r}: {error}") from None
 
 
-def parse_candidates(items):
+def parse_candidates(items: str | Sequence[str | Candidate]) -> list[Candidate]:
     """Parses a list (or a comma-separated string) of candidates; names must be unique."""
     if isinstance(items, str):
         items = [part for part in items.split(",") if part.strip()]

@@ -1,10 +1,13 @@
 """`recommend()`: ranked backbone + strategy suggestions from catalog metadata."""
 
+from __future__ import annotations
+
 import dataclasses
 import math
+from collections.abc import Sequence
 
 from tfft.backbones import list_backbones
-from tfft.backbones.base import MODALITIES
+from tfft.backbones.base import MODALITIES, BackboneInfo
 from tfft.layers import TASKS
 from tfft.selection import rules as R
 from tfft.selection.metrics import check_metric
@@ -60,8 +63,14 @@ def _is_sentence_encoder(info):
     return info.modality == "text" and ("sentence" in text or "minilm" in text)
 
 
-def estimate_seconds(info_or_params, modality, strategy, num_examples, compute="cpu",
-                     sequence_length=128):
+def estimate_seconds(
+    info_or_params: BackboneInfo | int | None,
+    modality: str,
+    strategy: str,
+    num_examples: int,
+    compute: str = "cpu",
+    sequence_length: int = 128,
+) -> float:
     """Rough training time of `strategy` on `num_examples` (see the cost model in `rules`)."""
     params = getattr(info_or_params, "params", info_or_params) or 0
     if params <= 0 or num_examples <= 0:
@@ -152,8 +161,17 @@ def _apply_backbone_rules(info, context):
     return strategy, score, fired, None
 
 
-def recommend(task, modality, num_examples, compute="cpu", metric="macro_f1", latency_ms=None,
-              labels_available=True, limit=5, backbones=None):
+def recommend(
+    task: str,
+    modality: str,
+    num_examples: int,
+    compute: str | float = "cpu",
+    metric: str = "macro_f1",
+    latency_ms: float | None = None,
+    labels_available: bool = True,
+    limit: int | None = 5,
+    backbones: Sequence[BackboneInfo] | None = None,
+) -> list[Recommendation]:
     """Ranks backbones and adaptation strategies for a task from catalog metadata.
 
     The rules are data in `tfft.selection.rules` (`STRATEGY_RULES`,

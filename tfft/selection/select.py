@@ -6,6 +6,10 @@ rows. The runners live in `tfft.selection.runners`, the budget model
 (estimates, time accounting, skipped rows) in `tfft.selection.budget`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import numpy as np
 
 from tfft.data import LabeledData
@@ -47,9 +51,22 @@ def _check_data(train, val):
         )
 
 
-def select(candidates, train, val, budget_seconds=600, metric="macro_f1", finalists=1,
-           fine_tune_seconds=None, out_dir=None, sequence_length=128, batch_size=32,
-           zero_shot_template=None, label_words=None, seed=0, verbose=True):
+def select(
+    candidates: str | Sequence[str | Candidate],
+    train: LabeledData,
+    val: LabeledData,
+    budget_seconds: float = 600,
+    metric: str = "macro_f1",
+    finalists: int = 1,
+    fine_tune_seconds: float | None = None,
+    out_dir: str | None = None,
+    sequence_length: int = 128,
+    batch_size: int = 32,
+    zero_shot_template: str | None = None,
+    label_words: dict[str, list[str]] | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> Leaderboard:
     """Runs an empirical bake-off of candidates within a time budget.
 
     Cheap candidates run first: TF-IDF + logistic regression, zero-shot

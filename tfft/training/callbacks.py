@@ -6,6 +6,8 @@
       backup/                        BackupAndRestore state (removed after a clean finish)
 """
 
+from __future__ import annotations
+
 import os
 
 import keras
@@ -77,9 +79,18 @@ class EpochSeeding(keras.callbacks.Callback):
             state.assign(value.astype(state.dtype))
 
 
-def default_callbacks(run_dir, monitor="val_loss", mode="auto", tensorboard=True,
-                      checkpoint=True, early_stopping=True, patience=3, backup=True,
-                      terminate_on_nan=True, check_monitor=True):
+def default_callbacks(
+    run_dir: str | os.PathLike,
+    monitor: str = "val_loss",
+    mode: str = "auto",
+    tensorboard: bool = True,
+    checkpoint: bool = True,
+    early_stopping: bool = True,
+    patience: int = 3,
+    backup: bool = True,
+    terminate_on_nan: bool = True,
+    check_monitor: bool = True,
+) -> list[keras.callbacks.Callback]:
     """Returns the usual fine-tuning callbacks writing under `run_dir`.
 
     Args:

@@ -13,6 +13,8 @@ them never reuses stale features. Entries live under `$TFFT_CACHE_DIR/features`
 them.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -131,8 +133,15 @@ def compute_features(model, dataset, verbose="auto"):
     return feature_model(model).predict(dataset, verbose=verbose)
 
 
-def cached_features(model, x, make_dataset, preprocessing=None, directory=None,
-                    verbose="auto", augment=None):
+def cached_features(
+    model: keras.Model,
+    x: Any,
+    make_dataset: Callable[[Any], tf.data.Dataset],
+    preprocessing: Any = None,
+    directory: str | None = None,
+    verbose: str | int = "auto",
+    augment: Any = None,
+) -> tuple[np.ndarray, bool]:
     """Features of raw inputs `x`, from the cache or computed once and stored.
 
     Refuses (`CacheRefusedError`) when the backbone has trainable weights or
@@ -173,7 +182,7 @@ def _entry_complete(entry):
     return os.path.exists(os.path.join(entry, "features.npy"))
 
 
-def list_cached(directory=None):
+def list_cached(directory: str | None = None) -> list[dict[str, Any]]:
     """Lists cache entries: `[{"key", "backbone", "shape", "bytes", ...}]`."""
     root = cache_root(directory)
     entries = []
@@ -188,7 +197,7 @@ def list_cached(directory=None):
     return entries
 
 
-def clear_cache(directory=None, key=None):
+def clear_cache(directory: str | None = None, key: str | None = None) -> int:
     """Deletes every cache entry (or only `key`); returns how many were removed."""
     root = cache_root(directory)
     if key is not None:
@@ -211,7 +220,13 @@ def head_model(model):
     return keras.Sequential([keras.Input((dim,)), head], name="cached_head")
 
 
-def features_dataset(features, labels=None, batch_size=32, shuffle=False, seed=0):
+def features_dataset(
+    features: np.ndarray,
+    labels: Any = None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int | None = 0,
+) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` reading rows of a (memory-mapped) feature array.
 
     Rows are read batch by batch, so features larger than memory (an `np.load(...,

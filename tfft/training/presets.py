@@ -6,7 +6,10 @@ task=...)` picks both from the task and the backbone, like KerasHub's
 `compile(optimizer="auto")`.
 """
 
+from __future__ import annotations
+
 import copy
+from typing import Any
 
 import keras
 
@@ -68,7 +71,7 @@ TASK_PRESETS = {
 MIXED_PRECISION = ("auto", "mixed_bfloat16", "mixed_float16", "float32", None)
 
 
-def list_presets():
+def list_presets() -> dict[str, str]:
     """Returns `{name: description}` for every optimizer and task preset."""
     return {
         **{f"optimizer:{k}": v["description"] for k, v in OPTIMIZER_PRESETS.items()},
@@ -76,7 +79,7 @@ def list_presets():
     }
 
 
-def get_preset(name, **overrides):
+def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
     """Returns a copy of the optimizer preset `name` with `overrides` applied."""
     if name not in OPTIMIZER_PRESETS:
         raise ValueError(
@@ -103,7 +106,9 @@ def resolve_preset(preset, family="transformer", backbone_trainable=True):
     return preset
 
 
-def make_optimizer(preset, total_steps=None):
+def make_optimizer(
+    preset: dict[str, Any], total_steps: int | None = None
+) -> keras.optimizers.Optimizer:
     """Builds the Keras optimizer a preset dict describes."""
     lr = preset["learning_rate"]
     schedule = preset.get("schedule", "constant")
@@ -183,8 +188,16 @@ def task_metrics(task, num_classes=None):
     return metrics
 
 
-def compile_model(model, preset="auto", task="multiclass", family="transformer",
-                  total_steps=None, jit_compile="auto", num_classes=None, **overrides):
+def compile_model(
+    model: keras.Model,
+    preset: str = "auto",
+    task: str = "multiclass",
+    family: str = "transformer",
+    total_steps: int | None = None,
+    jit_compile: bool | str = "auto",
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Compiles `model` with a named preset.
 
     Args:
@@ -233,7 +246,7 @@ def _find_backbone(model):
     return None
 
 
-def set_mixed_precision(mode="auto"):
+def set_mixed_precision(mode: str | None = "auto") -> str:
     """Sets Keras' global dtype policy before a model is built.
 
     Args:
