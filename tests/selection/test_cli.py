@@ -22,7 +22,7 @@ def test_recommend_prints_ranked_reasons(capsys):
                   "--num-examples", "2000", "--compute", "cpu", "--latency-ms", "50"])
     assert cli.run(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("1. keras_hub:all_minilm_l6_v2  strategy=top_k:2")
+    assert out[0].startswith("1. keras_hub:all_minilm_l6_v2  method=top_k:2")
     assert "[medium_data]" in out[1]
 
 
@@ -31,7 +31,7 @@ def test_recommend_json_and_budget_in_seconds(capsys):
                   "--num-examples", "300", "--compute", "600", "--json"])
     assert cli.run(args) == 0
     recs = json.loads(capsys.readouterr().out)
-    assert recs and all(r["strategy"] == "feature_extraction" for r in recs)
+    assert recs and all(r["method"] == "feature_extraction" for r in recs)
     assert all(r["estimated_seconds"] <= 600 for r in recs)
 
 

@@ -25,8 +25,8 @@ CATALOG = [
 ]
 
 
-def strategies(recs):
-    return {r.backbone_spec: r.strategy for r in recs}
+def methods(recs):
+    return {r.backbone_spec: r.method for r in recs}
 
 
 @pytest.mark.parametrize("num_examples, labels, compute, expected, rule", [
@@ -40,10 +40,10 @@ def strategies(recs):
     (50_000, True, "tpu", "full", "large_data"),
     (50_000, True, "cpu", "top_k:2", "large_data_cpu"),
 ])
-def test_strategy_rules_fire_on_their_thresholds(num_examples, labels, compute, expected, rule):
+def test_method_rules_fire_on_their_thresholds(num_examples, labels, compute, expected, rule):
     recs = recommend("multiclass", "text", num_examples, compute=compute,
                      labels_available=labels, backbones=CATALOG, limit=None)
-    assert recs and all(r.strategy == expected for r in recs)
+    assert recs and all(r.method == expected for r in recs)
     assert all(r.rules[0] == rule and r.reason.startswith(f"[{rule}]") for r in recs)
     # The reason cites the number the rule looked at.
     assert str(num_examples) in recs[0].reason or not labels
@@ -79,23 +79,23 @@ def test_latency_budget_filters_by_params():
     more = recommend("multiclass", "text", 5000, compute="gpu", latency_ms=10,
                      backbones=CATALOG, limit=None)
     # A GPU runs 10M params per ms: 100M allowed, so only the 110M one goes.
-    assert set(strategies(more)) == {"keras_hub:tiny", "keras_hub:small",
+    assert set(methods(more)) == {"keras_hub:tiny", "keras_hub:small",
                                      "keras_hub:minilm_sentence"}
     with pytest.raises(ValueError, match=r"latency_ms=1.*0\.6M allowed"):
         recommend("multiclass", "text", 5000, compute="cpu", latency_ms=1, backbones=CATALOG)
 
 
-def test_time_budget_steps_strategies_down_then_excludes():
+def test_time_budget_steps_methods_down_then_excludes():
     # 5,000 examples with a 60 s budget on the cost model: top_k:2 does not fit.
     recs = recommend("multiclass", "text", 5000, compute=60.0, backbones=CATALOG, limit=None)
     by_spec = {r.backbone_spec: r for r in recs}
     for rec in recs:
         assert rec.estimated_seconds <= 60.0
-        assert "over_budget" in rec.rules or rec.strategy == "top_k:2"
-    assert by_spec["keras_hub:tiny"].strategy in ("top_k:2", "feature_extraction")
+        assert "over_budget" in rec.rules or rec.method == "top_k:2"
+    assert by_spec["keras_hub:tiny"].method in ("top_k:2", "feature_extraction")
     assert "keras_hub:base" not in by_spec  # even its feature pass exceeds 60 s
     small = by_spec.get("keras_hub:small")
-    assert small is None or small.strategy == "feature_extraction"
+    assert small is None or small.method == "feature_extraction"
     assert estimate_seconds(110e6, "text", "feature_extraction", 5000) > 60.0
 
 
@@ -119,7 +119,7 @@ def test_offline_bonus_and_limit():
 
 def test_real_catalog_recommends_offline_minilm_on_cpu():
     recs = recommend("multiclass", "text", 2000, compute="cpu")
-    assert recs[0].backbone_spec == MINILM and recs[0].strategy == "top_k:2"
+    assert recs[0].backbone_spec == MINILM and recs[0].method == "top_k:2"
     assert all(r.params < 30e6 for r in recs[:4])  # the >30M ones ranked below
     images = recommend("binary", "image", 200, compute="cpu", latency_ms=10, limit=None)
     assert images and all(0 < r.params <= 6e6 for r in images)
@@ -142,14 +142,14 @@ def test_bad_requests_raise_with_valid_values(kwargs, match):
 
 
 def test_rules_are_validated_data():
-    assert all(isinstance(r, rules.Rule) for r in rules.STRATEGY_RULES + rules.BACKBONE_RULES)
-    assert rules.STRATEGY_RULES[-1].when == {}  # a catch-all ends the strategy rules
-    assert {r.name for r in rules.STRATEGY_RULES} >= {"no_labels", "small_data",
+    assert all(isinstance(r, rules.Rule) for r in rules.METHOD_RULES + rules.BACKBONE_RULES)
+    assert rules.METHOD_RULES[-1].when == {}  # a catch-all ends the method rules
+    assert {r.name for r in rules.METHOD_RULES} >= {"no_labels", "small_data",
                                                       "medium_data", "large_data"}
     with pytest.raises(ValueError, match="Unknown rule condition"):
-        rules.Rule("x", "strategy", {"moon_phase": "full"}, {"strategy": "full"}, "")
-    with pytest.raises(ValueError, match="Unknown strategy"):
-        rules.Rule("x", "strategy", {}, {"strategy": "lora"}, "")
+        rules.Rule("x", "method", {"moon_phase": "full"}, {"method": "full"}, "")
+    with pytest.raises(ValueError, match="Unknown method"):
+        rules.Rule("x", "method", {}, {"method": "lora"}, "")
     with pytest.raises(ValueError, match="output must use"):
-        rules.Rule("x", "backbone", {}, {"strategy": "full"}, "")
-    assert rules.STRATEGY_RULES[2].to_dict()["then"] == {"strategy": "feature_extraction"}
+        rules.Rule("x", "backbone", {}, {"method": "full"}, "")
+    assert rules.METHOD_RULES[2].to_dict()["then"] == {"method": "feature_extraction"}

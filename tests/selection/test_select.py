@@ -88,7 +88,7 @@ def test_tfidf_and_backbone_probe_rows_and_files(news, tiny_text_backbone, tmp_p
 
 def test_budget_skips_what_would_not_fit_without_running_it(news):
     train, val = news
-    slow = Candidate(strategy="custom", name="slow_model", fit_predict=never_called,
+    slow = Candidate(method="custom", name="slow_model", fit_predict=never_called,
                      estimated_seconds=10_000)
     board = select(["tfidf_logreg", slow], train, val, budget_seconds=60, verbose=False)
     rows = {r.candidate: r for r in board.rows}
@@ -111,9 +111,9 @@ def test_budget_counts_time_already_spent(news):
         time.sleep(1.5)
         return {"predictions": np.zeros(len(val), np.int64), "params": 1}
 
-    first = Candidate(strategy="custom", name="a_sleepy", fit_predict=sleepy,
+    first = Candidate(method="custom", name="a_sleepy", fit_predict=sleepy,
                       estimated_seconds=0.1)
-    second = Candidate(strategy="custom", name="b_needs_2s", fit_predict=never_called,
+    second = Candidate(method="custom", name="b_needs_2s", fit_predict=never_called,
                        estimated_seconds=1.0)
     board = select([first, second], train, val, budget_seconds=2.0, verbose=False)
     rows = {r.candidate: r for r in board.rows}
@@ -124,7 +124,7 @@ def test_budget_counts_time_already_spent(news):
 
 def test_budget_too_small_for_any_candidate_raises(news):
     train, val = news
-    big = Candidate(strategy="custom", name="big", fit_predict=never_called,
+    big = Candidate(method="custom", name="big", fit_predict=never_called,
                     estimated_seconds=100)
     with pytest.raises(ValueError, match=r"budget_seconds=5 is too small.*big ~100 s"):
         select([big, "minilm:feature_extraction"], train, val, budget_seconds=5,
@@ -138,7 +138,7 @@ def test_modality_mismatch_is_a_skipped_row(news, digits):
     row = {r.candidate: r for r in board.rows}["offline:efficientnet_lite0:feature_extraction"]
     assert row.status == "skipped"
     assert row.reason == "modality mismatch: the candidate takes image, the data is text"
-    custom = Candidate(strategy="custom", fit_predict=lambda tr, va: {
+    custom = Candidate(method="custom", fit_predict=lambda tr, va: {
         "predictions": np.zeros(len(va), np.int64)}, estimated_seconds=0.1)
     board = select(["tfidf_logreg", custom], *digits, budget_seconds=60, verbose=False)
     rows = {r.candidate: r for r in board.rows}
@@ -246,7 +246,7 @@ def test_zero_shot_on_images_and_unappliable_freeze_are_skipped_rows(digits):
                               load_kwargs=tiny),
                     Candidate("keras_app:MobileNetV2", "top_k:99", name="mnv2:top_k:99",
                               load_kwargs=tiny),
-                    Candidate(strategy="custom", name="zeros", estimated_seconds=0.1,
+                    Candidate(method="custom", name="zeros", estimated_seconds=0.1,
                               fit_predict=lambda tr, va: {
                                   "predictions": np.zeros(len(va), np.int64)})],
                    *digits, budget_seconds=120, finalists=0, verbose=False)
@@ -283,7 +283,7 @@ def test_bad_data_and_settings(news):
         with pytest.raises(ValueError, match=match):
             select(["tfidf_logreg"], train, val, verbose=False, **kwargs)
     with pytest.raises(TypeError, match="custom' candidate needs a callable"):
-        Candidate(strategy="custom")
+        Candidate(method="custom")
 
 
 def test_leaderboard_ranking_table_and_build_errors(tmp_path):
@@ -303,7 +303,7 @@ def test_leaderboard_ranking_table_and_build_errors(tmp_path):
     assert board.winner.candidate == "fast_good" and board.winner.freeze is None
     assert board.best(buildable=True).candidate == "slow_good"
     table = board.table().splitlines()
-    assert table[0].split()[:4] == ["rank", "candidate", "strategy", "macro_f1"]
+    assert table[0].split()[:4] == ["rank", "candidate", "method", "macro_f1"]
     assert table[1].startswith("1 ") and table[-1].startswith("- ")
     assert "estimated 900 s > 10 s left" in table[-1]
     paths = board.save(str(tmp_path / "out"))

@@ -1,7 +1,7 @@
 """Model selection: rule-based recommendations and an empirical bake-off.
 
 - `recommend(task, modality, num_examples, compute=...)`: ranked backbone +
-  strategy suggestions from catalog metadata; the rules are data in
+  method suggestions from catalog metadata; the rules are data in
   `tfft.selection.rules`.
 - `select(candidates, train, val, budget_seconds=...)`: runs the candidates
   (TF-IDF baseline, zero-shot prompts, linear probes on cached features,

@@ -71,7 +71,7 @@ class Budget:
         """Records `candidate` as skipped, with the reason."""
         self.log(f"skip {candidate.name}: {reason}")
         self.rows.append(LeaderboardRow(
-            candidate=candidate.name, strategy=candidate.strategy,
+            candidate=candidate.name, method=candidate.method,
             backbone_spec=spec_text(candidate), metric=self.metric, status="skipped",
             reason=reason, estimated_seconds=_round(estimate),
             load_kwargs=dict(candidate.load_kwargs),
@@ -83,7 +83,7 @@ class Budget:
         """Records a finished candidate: its score, seconds, size and predictor."""
         self.log(f"done {candidate.name}: {self.metric}={value:.4f} in {seconds:.1f} s")
         self.rows.append(LeaderboardRow(
-            candidate=candidate.name, strategy=candidate.strategy,
+            candidate=candidate.name, method=candidate.method,
             backbone_spec=spec_text(candidate), metric=self.metric, value=round(value, 6),
             train_seconds=round(seconds, 3), params=None if params is None else int(params),
             inference_per_second=_round(per_second), estimated_seconds=_round(estimate),
@@ -102,23 +102,23 @@ def prior_estimate(candidate, num_train: int, num_val: int,
     """
     if candidate.estimated_seconds is not None:
         return float(candidate.estimated_seconds)
-    if candidate.strategy == TFIDF:
+    if candidate.method == TFIDF:
         return 1.0 + 0.002 * (num_train + num_val)
-    if candidate.strategy == "custom":
+    if candidate.method == "custom":
         return None
     info = catalog_info(candidate.backbone_spec)
     if info is None or not info.params:
         return None
 
-    def cost(strategy, n):
-        return estimate_seconds(info.params, info.modality, strategy, n, "cpu", sequence_length)
+    def cost(method, n):
+        return estimate_seconds(info.params, info.modality, method, n, "cpu", sequence_length)
 
-    if candidate.strategy == "zero_shot":
+    if candidate.method == "zero_shot":
         return LOAD_OVERHEAD_SECONDS + cost("zero_shot", num_val)
     probe = LOAD_OVERHEAD_SECONDS + cost("feature_extraction", num_train + num_val)
     if not candidate.is_fine_tune:
         return probe
-    kind = "full" if candidate.strategy == "full" else "top_k:2"
+    kind = "full" if candidate.method == "full" else "top_k:2"
     one_epoch = cost(kind, num_train) / 3.0
     return (probe + LOAD_OVERHEAD_SECONDS + TRACE_OVERHEAD_SECONDS + one_epoch
             + cost("feature_extraction", num_val))
@@ -158,7 +158,7 @@ class FineTunePlan:
     step_seconds: float
 
 
-def plan_fine_tune(budget: Budget, strategy: str, per_example: float, batch_size: int,
+def plan_fine_tune(budget: Budget, method: str, per_example: float, batch_size: int,
                    num_train: int, num_val: int, load_seconds: float,
                    fine_tune_seconds: float | None) -> tuple[FineTunePlan | None, str | None]:
     """The step plan of a fine-tune that fits the time left, or the reason none does.
@@ -171,7 +171,7 @@ def plan_fine_tune(budget: Budget, strategy: str, per_example: float, batch_size
     Returns:
         `(plan, None)` or `(None, reason)`.
     """
-    passes = 4.0 if strategy == "full" else 2.0
+    passes = 4.0 if method == "full" else 2.0
     step_seconds = per_example * batch_size * passes
     eval_seconds = per_example * num_val
     overhead = load_seconds + TRACE_OVERHEAD_SECONDS + eval_seconds

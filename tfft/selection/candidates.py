@@ -10,14 +10,13 @@ from tfft.backbones import Backbone, list_backbones, parse_spec
 from tfft.backbones.registry import ALIASES
 
 TFIDF = "tfidf_logreg"
-STRATEGY_FORMS = ("feature_extraction", "top_k:N", "full", "zero_shot")
+METHOD_FORMS = ("feature_extraction", "top_k:N", "full", "zero_shot")
 CANDIDATE_FORMS = (
     "SPEC:feature_extraction, SPEC:top_k:N, SPEC:full, SPEC:zero_shot (SPEC a backbone spec "
     "such as minilm, keras_hub:all_minilm_l6_v2, offline:efficientnet_lite0, "
     "keras_app:MobileNetV2), 'tfidf_logreg', or a tfft.selection.Candidate"
 )
-_STRATEGY_RE = re.compile(r"^(?P<spec>.+?):(?P<strategy>feature_extraction|zero_shot|full|"
-                          r"top_k:\d+)$")
+_METHOD_RE = re.compile(r"^(?P<spec>.+?):(?P<method>feature_extraction|zero_shot|full|top_k:\d+)$")
 
 
 @dataclasses.dataclass
@@ -26,9 +25,9 @@ class Candidate:
 
     Args:
         backbone_spec: str or `tfft.Backbone`. None for non-deep candidates.
-        strategy: str. `"feature_extraction"`, `"top_k:N"`, `"full"`,
+        method: str. `"feature_extraction"`, `"top_k:N"`, `"full"`,
             `"zero_shot"`, `"tfidf_logreg"` or `"custom"`.
-        name: str. Shown in the leaderboard. Defaults to `"spec:strategy"`.
+        name: str. Shown in the leaderboard. Defaults to `"spec:method"`.
         load_kwargs: dict. Passed to `tfft.load_backbone`, e.g.
             `{"weights": None}` for a randomly initialised keras_app CNN.
         modality: str. `"text"` or `"image"`; looked up in the catalog (or
@@ -41,7 +40,7 @@ class Candidate:
     """
 
     backbone_spec: object = None
-    strategy: str = "feature_extraction"
+    method: str = "feature_extraction"
     name: str = None
     load_kwargs: dict = dataclasses.field(default_factory=dict)
     modality: str = None
@@ -49,40 +48,40 @@ class Candidate:
     estimated_seconds: float = None
 
     def __post_init__(self):
-        strategy = self.strategy
-        valid = (strategy in ("feature_extraction", "full", "zero_shot", TFIDF, "custom")
-                 or re.fullmatch(r"top_k:\d+", str(strategy)))
+        method = self.method
+        valid = (method in ("feature_extraction", "full", "zero_shot", TFIDF, "custom")
+                 or re.fullmatch(r"top_k:\d+", str(method)))
         if not valid:
             raise ValueError(
-                f"Unknown candidate strategy. Expected one of {list(STRATEGY_FORMS)}, "
-                f"'{TFIDF}' or 'custom'. Received: strategy={strategy!r}"
+                f"Unknown candidate method. Expected one of {list(METHOD_FORMS)}, "
+                f"'{TFIDF}' or 'custom'. Received: method={method!r}"
             )
-        if strategy == "custom" and not callable(self.fit_predict):
+        if method == "custom" and not callable(self.fit_predict):
             raise TypeError("A 'custom' candidate needs a callable fit_predict(train, val).")
-        if strategy == TFIDF:
+        if method == TFIDF:
             self.modality = "text"
-        elif strategy != "custom":
+        elif method != "custom":
             if self.backbone_spec is None:
-                raise ValueError(f"A {strategy!r} candidate needs a backbone_spec.")
+                raise ValueError(f"A {method!r} candidate needs a backbone_spec.")
             if isinstance(self.backbone_spec, str):
                 parse_spec(self.backbone_spec)
         if self.name is None:
-            if strategy in (TFIDF, "custom"):
-                self.name = strategy
+            if method in (TFIDF, "custom"):
+                self.name = method
             else:
                 spec = (self.backbone_spec if isinstance(self.backbone_spec, str)
                         else self.backbone_spec.name)
-                self.name = f"{spec}:{strategy}"
+                self.name = f"{spec}:{method}"
         if self.modality is None:
             self.modality = _catalog_modality(self.backbone_spec)
 
     @property
     def is_backbone(self):
-        return self.strategy not in (TFIDF, "custom")
+        return self.method not in (TFIDF, "custom")
 
     @property
     def is_fine_tune(self):
-        return self.strategy == "full" or self.strategy.startswith("top_k:")
+        return self.method == "full" or self.method.startswith("top_k:")
 
     @property
     def spec_key(self):
@@ -126,14 +125,14 @@ def parse_candidate(item: str | Candidate) -> Candidate:
         )
     text = item.strip()
     if text == TFIDF:
-        return Candidate(strategy=TFIDF)
-    match = _STRATEGY_RE.match(text)
+        return Candidate(method=TFIDF)
+    match = _METHOD_RE.match(text)
     if not match:
         raise ValueError(
             f"Unknown candidate. Expected {CANDIDATE_FORMS}. Received: {item!r}"
         )
     try:
-        return Candidate(match["spec"], match["strategy"], name=text)
+        return Candidate(match["spec"], match["method"], name=text)
     except (ValueError, TypeError) as error:
         raise ValueError(f"Bad candidate {item!r}: {error}") from None
 

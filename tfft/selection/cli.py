@@ -19,7 +19,7 @@ EXIT_USAGE = 2
 def add_parser(subparsers):
     """Registers the `recommend` and `select` subcommands."""
     rec = subparsers.add_parser(
-        "recommend", help="Suggest backbones and fine-tuning strategies for a task.",
+        "recommend", help="Suggest backbones and fine-tuning methods for a task.",
         description=(
             "Rank the catalog's backbones (tfft.list_backbones) for a task with the rules "
             "in tfft.selection.rules: zero-shot without labels, feature extraction under "
@@ -42,7 +42,7 @@ def add_parser(subparsers):
     rec.set_defaults(func=run, selection_command="recommend")
 
     sel = subparsers.add_parser(
-        "select", help="Bake off candidate backbones/strategies on a dataset within a budget.",
+        "select", help="Bake off candidate backbones/methods on a dataset within a budget.",
         description=(
             "Run candidates (TF-IDF baseline, zero-shot prompts, linear probes on cached "
             "features, short top-k fine-tunes) on a stratified train/validation split "
@@ -103,7 +103,7 @@ def _recommend(args):
         print(json.dumps([r.to_dict() for r in recs], indent=2))
         return 0
     for i, rec in enumerate(recs, 1):
-        print(f"{i}. {rec.backbone_spec}  strategy={rec.strategy}  score={rec.score:.2f}  "
+        print(f"{i}. {rec.backbone_spec}  method={rec.method}  score={rec.score:.2f}  "
               f"~{rec.estimated_seconds:.0f} s")
         print(f"   {rec.reason}")
     return 0

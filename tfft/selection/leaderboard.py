@@ -9,12 +9,12 @@ import os
 from tfft.models import build_model
 from tfft.utils.files import write_json_atomic
 
-FREEZE_STRATEGIES = ("feature_extraction", "full")
+FREEZE_METHODS = ("feature_extraction", "full")
 STATUSES = ("ok", "skipped")
 
 
-def _is_freeze(strategy):
-    return strategy in FREEZE_STRATEGIES or str(strategy).startswith("top_k:")
+def _is_freeze(method):
+    return method in FREEZE_METHODS or str(method).startswith("top_k:")
 
 
 @dataclasses.dataclass
@@ -23,7 +23,7 @@ class LeaderboardRow:
 
     Args:
         candidate: str. The candidate's name, e.g. `"minilm:feature_extraction"`.
-        strategy: str. `"feature_extraction"`, `"top_k:2"`, `"full"`,
+        method: str. `"feature_extraction"`, `"top_k:2"`, `"full"`,
             `"zero_shot"`, `"tfidf_logreg"` or `"custom"`.
         backbone_spec: str. Spec for `tfft.build_model`, None for non-deep ones.
         metric: str. Name of the metric in `value`.
@@ -39,7 +39,7 @@ class LeaderboardRow:
     """
 
     candidate: str
-    strategy: str
+    method: str
     backbone_spec: str = None
     metric: str = "macro_f1"
     value: float = None
@@ -54,7 +54,7 @@ class LeaderboardRow:
     @property
     def freeze(self):
         """The `build_model` freeze policy, or None when this is not a backbone run."""
-        return self.strategy if _is_freeze(self.strategy) else None
+        return self.method if _is_freeze(self.method) else None
 
     @property
     def ok(self):
@@ -154,12 +154,12 @@ class Leaderboard:
 
     def table(self):
         """The rows as a fixed-width text table."""
-        header = ["rank", "candidate", "strategy", self.metric, "train_s", "params", "infer/s",
+        header = ["rank", "candidate", "method", self.metric, "train_s", "params", "infer/s",
                   "status", "reason"]
         lines = []
         for i, row in enumerate(self.rows, 1):
             lines.append([
-                str(i) if row.ok else "-", row.candidate, row.strategy,
+                str(i) if row.ok else "-", row.candidate, row.method,
                 _fmt(row.value, "{:.4f}"), _fmt(row.train_seconds, "{:.1f}"),
                 _fmt(row.params, "{:,}"), _fmt(row.inference_per_second, "{:.1f}"),
                 row.status, row.reason,

@@ -1,4 +1,4 @@
-"""`recommend()`: ranked backbone + strategy suggestions from catalog metadata."""
+"""`recommend()`: ranked backbone + method suggestions from catalog metadata."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class Recommendation:
 
     Args:
         backbone_spec: str. Loads with `tfft.build_model(backbone_spec, ...)`.
-        strategy: str. `"zero_shot"`, `"feature_extraction"`, `"top_k:2"` or
+        method: str. `"zero_shot"`, `"feature_extraction"`, `"top_k:2"` or
             `"full"`; the last three are `build_model` freeze policies.
         score: float. Higher ranks first: log10 of the parameter count in
             millions (capped at 2.5) plus the scores of the rules that fired.
@@ -35,7 +35,7 @@ class Recommendation:
     """
 
     backbone_spec: str
-    strategy: str
+    method: str
     score: float
     reason: str
     estimated_seconds: float = 0.0
@@ -45,12 +45,12 @@ class Recommendation:
     @property
     def freeze(self):
         """The `build_model` freeze policy, or None for zero-shot."""
-        return None if self.strategy == "zero_shot" else self.strategy
+        return None if self.method == "zero_shot" else self.method
 
     @property
     def candidate(self):
         """The `tfft.selection.select` candidate string for this suggestion."""
-        return f"{self.backbone_spec}:{self.strategy}"
+        return f"{self.backbone_spec}:{self.method}"
 
     def to_dict(self):
         data = dataclasses.asdict(self)
@@ -66,19 +66,19 @@ def _is_sentence_encoder(info):
 def estimate_seconds(
     info_or_params: BackboneInfo | int | None,
     modality: str,
-    strategy: str,
+    method: str,
     num_examples: int,
     compute: str = "cpu",
     sequence_length: int = 128,
 ) -> float:
-    """Rough training time of `strategy` on `num_examples` (see the cost model in `rules`)."""
+    """Rough training time of `method` on `num_examples` (see the cost model in `rules`)."""
     params = getattr(info_or_params, "params", info_or_params) or 0
     if params <= 0 or num_examples <= 0:
         return 0.0
     rate = R.CPU_FORWARD_RATE[modality] / (params / 1e6) * R.SPEEDUP[compute]
     if modality == "text":
         rate *= 128.0 / max(int(sequence_length), 1)
-    passes = R.TRAIN_COST[strategy] * R.TRAIN_EPOCHS[strategy]
+    passes = R.TRAIN_COST[method] * R.TRAIN_EPOCHS[method]
     return num_examples * passes / rate
 
 
@@ -113,15 +113,15 @@ def _check_request(task, modality, num_examples, compute, latency_ms):
     return compute, budget
 
 
-def _strategy_for(context):
-    for rule in R.STRATEGY_RULES:
+def _method_for(context):
+    for rule in R.METHOD_RULES:
         if rule.matches(context):
             return rule
-    raise ValueError("No strategy rule matched; STRATEGY_RULES must end with a catch-all rule.")
+    raise ValueError("No method rule matched; METHOD_RULES must end with a catch-all rule.")
 
 
 def _apply_backbone_rules(info, context):
-    """Returns `(strategy, score, fired, excluded_by)` for one backbone."""
+    """Returns `(method, score, fired, excluded_by)` for one backbone."""
     ctx = dict(context)
     params = int(info.params or 0)
     ctx.update(
@@ -129,36 +129,35 @@ def _apply_backbone_rules(info, context):
         sentence_encoder=_is_sentence_encoder(info),
     )
     score = min(max(math.log10(params / 1e6), 0.0), 2.5) if params > 0 else 0.0
-    strategy = context["strategy"]
+    method = context["method"]
     fired = []
     for rule in R.BACKBONE_RULES:
-        ctx["strategy"] = strategy
+        ctx["method"] = method
         ctx["estimated_seconds"] = estimate_seconds(
-            params, info.modality, strategy, context["num_examples"], context["compute"],
+            params, info.modality, method, context["num_examples"], context["compute"],
         )
         if not rule.matches(ctx):
             continue
         if rule.then.get("exclude"):
-            return strategy, score, [*fired, (rule, rule.explain(ctx))], rule
+            return method, score, [*fired, (rule, rule.explain(ctx))], rule
         if rule.then.get("downgrade"):
             note = rule.explain(ctx)
-            while strategy in R.STRATEGY_LADDER[:-1] and ctx["estimated_seconds"] > ctx[
-                "budget_seconds"
-            ]:
-                strategy = R.STRATEGY_LADDER[R.STRATEGY_LADDER.index(strategy) + 1]
-                ctx["strategy"] = strategy
+            while (method in R.METHOD_LADDER[:-1]
+                   and ctx["estimated_seconds"] > ctx["budget_seconds"]):
+                method = R.METHOD_LADDER[R.METHOD_LADDER.index(method) + 1]
+                ctx["method"] = method
                 ctx["estimated_seconds"] = estimate_seconds(
-                    params, info.modality, strategy, context["num_examples"],
+                    params, info.modality, method, context["num_examples"],
                     context["compute"],
                 )
             if ctx["estimated_seconds"] > ctx["budget_seconds"]:
                 note += " even as feature_extraction: excluded"
-                return strategy, score, [*fired, (rule, note)], rule
-            fired.append((rule, f"{note} -> {strategy} ({ctx['estimated_seconds']:.0f} s)"))
+                return method, score, [*fired, (rule, note)], rule
+            fired.append((rule, f"{note} -> {method} ({ctx['estimated_seconds']:.0f} s)"))
             continue
         score += rule.then.get("score", 0.0)
         fired.append((rule, rule.explain(ctx)))
-    return strategy, score, fired, None
+    return method, score, fired, None
 
 
 def recommend(
@@ -172,14 +171,14 @@ def recommend(
     limit: int | None = 5,
     backbones: Sequence[BackboneInfo] | None = None,
 ) -> list[Recommendation]:
-    """Ranks backbones and adaptation strategies for a task from catalog metadata.
+    """Ranks backbones and adaptation methods for a task from catalog metadata.
 
-    The rules are data in `tfft.selection.rules` (`STRATEGY_RULES`,
+    The rules are data in `tfft.selection.rules` (`METHOD_RULES`,
     `BACKBONE_RULES`): no labels -> zero-shot prompts; fewer than 1,000
     examples -> feature extraction; up to 20,000 -> fine-tune the top 2
     blocks; more -> full fine-tuning (top 2 blocks on CPU). A CPU ranks
     backbones over 30M parameters down; a latency budget drops backbones
-    larger than `latency_ms` allows; a budget in seconds steps strategies
+    larger than `latency_ms` allows; a budget in seconds steps methods
     down (and drops backbones) whose estimated training time exceeds it.
     Ties rank by spec, so the order is deterministic.
 
@@ -203,7 +202,7 @@ def recommend(
     Example:
 
     >>> recs = tfft.selection.recommend("multiclass", "text", 2000, compute="cpu")
-    >>> recs[0].backbone_spec, recs[0].strategy
+    >>> recs[0].backbone_spec, recs[0].method
     ('keras_hub:all_minilm_l6_v2', 'top_k:2')
     """
     compute, budget = _check_request(task, modality, num_examples, compute, latency_ms)
@@ -215,15 +214,15 @@ def recommend(
         "max_params_latency": (latency_ms or 0) * R.PARAMS_PER_MS[compute],
         "max_params_latency_m": (latency_ms or 0) * R.PARAMS_PER_MS[compute] / 1e6,
     }
-    strategy_rule = _strategy_for(context)
-    strategy = strategy_rule.then["strategy"]
-    if strategy == "zero_shot" and task not in ZERO_SHOT_TASKS:
+    method_rule = _method_for(context)
+    method = method_rule.then["method"]
+    if method == "zero_shot" and task not in ZERO_SHOT_TASKS:
         raise ValueError(
             f"Zero-shot prompting (no labelled examples) supports tasks {list(ZERO_SHOT_TASKS)}. "
             f"Received: task={task!r} with num_examples={num_examples}, "
             f"labels_available={labels_available}"
         )
-    context["strategy"] = strategy
+    context["method"] = method
     catalog = list_backbones(modality) if backbones is None else [
         b for b in backbones if b.modality == modality
     ]
@@ -233,14 +232,14 @@ def recommend(
         if excluded_by is not None:
             excluded.append(f"{info.spec}: {fired[-1][1]}")
             continue
-        ctx = dict(context, strategy=final)
-        reason = "; ".join([strategy_rule.explain(ctx)] + [text for _, text in fired])
+        ctx = dict(context, method=final)
+        reason = "; ".join([method_rule.explain(ctx)] + [text for _, text in fired])
         results.append(Recommendation(
-            backbone_spec=info.spec, strategy=final, score=round(score, 4), reason=reason,
+            backbone_spec=info.spec, method=final, score=round(score, 4), reason=reason,
             estimated_seconds=round(estimate_seconds(info, modality, final, num_examples,
                                                      compute), 1),
             params=int(info.params or 0),
-            rules=tuple([strategy_rule.name] + [rule.name for rule, _ in fired]),
+            rules=tuple([method_rule.name] + [rule.name for rule, _ in fired]),
         ))
     if not results:
         shown = "; ".join(excluded[:6]) + (" ..." if len(excluded) > 6 else "")

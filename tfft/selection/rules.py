@@ -2,12 +2,12 @@
 
 Two kinds of rule, each a `Rule` with conditions (`when`) and an output (`then`):
 
-- `STRATEGY_RULES` pick how to adapt a backbone from the labels and the amount
+- `METHOD_RULES` pick how to adapt a backbone from the labels and the amount
   of data. They are tried in order; the first whose conditions all hold wins.
 - `BACKBONE_RULES` filter and score each backbone of `tfft.list_backbones()`
   for the request. Every rule whose conditions hold applies: `exclude` drops
-  the backbone, `score` adds to its score, `downgrade` steps its strategy down
-  the `STRATEGY_LADDER` (full -> top_k:2 -> feature_extraction) while the
+  the backbone, `score` adds to its score, `downgrade` steps its method down
+  the `METHOD_LADDER` (full -> top_k:2 -> feature_extraction) while the
   estimated training time exceeds the budget.
 
 Each rule's `reason` is a format string over the request and the backbone
@@ -28,15 +28,15 @@ import dataclasses
 CPU_FORWARD_RATE = {"text": 24.9 * 22.7, "image": 60.0 * 3.4}
 # Training costs this many forward passes per example (backward included).
 TRAIN_COST = {"feature_extraction": 1.0, "top_k:2": 2.0, "full": 4.0, "zero_shot": 1.0}
-# Epochs a strategy's estimate assumes: one backbone pass for feature
+# Epochs a method's estimate assumes: one backbone pass for feature
 # extraction (the head then trains on cached features), three otherwise.
 TRAIN_EPOCHS = {"feature_extraction": 1, "top_k:2": 3, "full": 3, "zero_shot": 1}
 SPEEDUP = {"cpu": 1.0, "gpu": 20.0, "tpu": 40.0}
 # Parameters a device runs per millisecond of single-example latency budget.
 PARAMS_PER_MS = {"cpu": 0.6e6, "gpu": 10e6, "tpu": 20e6}
 CPU_MAX_PARAMS = 30e6
-STRATEGY_LADDER = ("full", "top_k:2", "feature_extraction")
-STRATEGIES = ("zero_shot", "feature_extraction", "top_k:2", "full")
+METHOD_LADDER = ("full", "top_k:2", "feature_extraction")
+METHODS = ("zero_shot", "feature_extraction", "top_k:2", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +45,9 @@ class Rule:
 
     Args:
         name: str. Short name cited in reasons, e.g. `"small_data"`.
-        kind: str. `"strategy"` or `"backbone"`.
+        kind: str. `"method"` or `"backbone"`.
         when: dict. Conditions, all of which must hold (see `CONDITIONS`).
-        then: dict. Output: `{"strategy": ...}` for strategy rules;
+        then: dict. Output: `{"method": ...}` for method rules;
             `{"exclude": True}`, `{"score": float}` or `{"downgrade": True}`
             for backbone rules.
         reason: str. A format string for the one-line reason.
@@ -60,9 +60,9 @@ class Rule:
     reason: str
 
     def __post_init__(self):
-        if self.kind not in ("strategy", "backbone"):
+        if self.kind not in ("method", "backbone"):
             raise ValueError(
-                f"Rule kind must be 'strategy' or 'backbone'. Received: kind={self.kind!r}"
+                f"Rule kind must be 'method' or 'backbone'. Received: kind={self.kind!r}"
             )
         unknown = set(self.when) - set(CONDITIONS)
         if unknown:
@@ -70,16 +70,16 @@ class Rule:
                 f"Unknown rule condition(s) {sorted(unknown)} in rule {self.name!r}. "
                 f"Expected keys of {sorted(CONDITIONS)}."
             )
-        outputs = {"strategy"} if self.kind == "strategy" else {"exclude", "score", "downgrade"}
+        outputs = {"method"} if self.kind == "method" else {"exclude", "score", "downgrade"}
         if not self.then or set(self.then) - outputs:
             raise ValueError(
                 f"A {self.kind} rule's output must use {sorted(outputs)}. "
                 f"Received: then={self.then!r} in rule {self.name!r}"
             )
-        if self.kind == "strategy" and self.then["strategy"] not in STRATEGIES:
+        if self.kind == "method" and self.then["method"] not in METHODS:
             raise ValueError(
-                f"Unknown strategy {self.then['strategy']!r} in rule {self.name!r}. "
-                f"Expected one of {list(STRATEGIES)}."
+                f"Unknown method {self.then['method']!r} in rule {self.name!r}. "
+                f"Expected one of {list(METHODS)}."
             )
 
     def matches(self, context):
@@ -100,7 +100,7 @@ def _params_known(context):
 # Condition name -> predicate(context, value). The context holds the request
 # (task, modality, num_examples, labels_available, compute, budget_seconds,
 # latency_ms) and, for backbone rules, the backbone's facts (params, offline,
-# sentence_encoder, strategy, estimated_seconds).
+# sentence_encoder, method, estimated_seconds).
 CONDITIONS = {
     "labels_available": lambda c, v: c["labels_available"] == v,
     "min_examples": lambda c, v: c["num_examples"] >= v,
@@ -110,7 +110,7 @@ CONDITIONS = {
     "compute": lambda c, v: c["compute"] in v,
     "has_latency_budget": lambda c, v: (c["latency_ms"] is not None) == v,
     "has_time_budget": lambda c, v: (c["budget_seconds"] is not None) == v,
-    "strategies": lambda c, v: c["strategy"] in v,
+    "methods": lambda c, v: c["method"] in v,
     "offline": lambda c, v: c["offline"] == v,
     "sentence_encoder": lambda c, v: c["sentence_encoder"] == v,
     "params_known": lambda c, v: _params_known(c) == v,
@@ -121,29 +121,29 @@ CONDITIONS = {
     "over_time_budget": lambda c, v: (c["estimated_seconds"] > c["budget_seconds"]) == v,
 }
 
-STRATEGY_RULES = [
-    Rule("no_labels", "strategy", {"labels_available": False}, {"strategy": "zero_shot"},
+METHOD_RULES = [
+    Rule("no_labels", "method", {"labels_available": False}, {"method": "zero_shot"},
          "no labels: zero-shot prompts (class names as label words), nothing to train"),
-    Rule("no_examples", "strategy", {"max_examples": 1}, {"strategy": "zero_shot"},
+    Rule("no_examples", "method", {"max_examples": 1}, {"method": "zero_shot"},
          "num_examples={num_examples}: zero-shot prompts, nothing to train"),
-    Rule("small_data", "strategy", {"max_examples": 1000}, {"strategy": "feature_extraction"},
+    Rule("small_data", "method", {"max_examples": 1000}, {"method": "feature_extraction"},
          "num_examples={num_examples} < 1,000: frozen backbone + linear head on cached "
          "features (fine-tuning this few examples overfits)"),
-    Rule("medium_data", "strategy", {"max_examples": 20000}, {"strategy": "top_k:2"},
+    Rule("medium_data", "method", {"max_examples": 20000}, {"method": "top_k:2"},
          "1,000 <= num_examples={num_examples} < 20,000: fine-tune the top 2 blocks"),
-    Rule("large_data_cpu", "strategy", {"compute": ("cpu",)}, {"strategy": "top_k:2"},
+    Rule("large_data_cpu", "method", {"compute": ("cpu",)}, {"method": "top_k:2"},
          "num_examples={num_examples} >= 20,000 but compute=cpu: top 2 blocks only "
          "(full fine-tuning runs ~4x slower than a forward pass)"),
-    Rule("large_data", "strategy", {}, {"strategy": "full"},
+    Rule("large_data", "method", {}, {"method": "full"},
          "num_examples={num_examples} >= 20,000 on {compute}: full fine-tuning"),
 ]
 
 BACKBONE_RULES = [
     Rule("zero_shot_needs_sentence_encoder", "backbone",
-         {"strategies": ("zero_shot",), "sentence_encoder": False}, {"exclude": True},
+         {"methods": ("zero_shot",), "sentence_encoder": False}, {"exclude": True},
          "zero-shot text scoring needs a sentence-embedding model"),
     Rule("zero_shot_text_only", "backbone",
-         {"strategies": ("zero_shot",), "modalities": ("image",)}, {"exclude": True},
+         {"methods": ("zero_shot",), "modalities": ("image",)}, {"exclude": True},
          "no image backbone in the catalog does zero-shot (CLIP weights are not bundled)"),
     Rule("latency_cap", "backbone",
          {"has_latency_budget": True, "params_above_latency_cap": True}, {"exclude": True},
@@ -154,13 +154,13 @@ BACKBONE_RULES = [
          "parameter count unknown, cannot check latency_ms={latency_ms}"),
     Rule("over_budget", "backbone",
          {"has_time_budget": True, "over_time_budget": True}, {"downgrade": True},
-         "{strategy} estimated {estimated_seconds:.0f} s > budget {budget_seconds:.0f} s"),
+         "{method} estimated {estimated_seconds:.0f} s > budget {budget_seconds:.0f} s"),
     Rule("cpu_prefers_small", "backbone",
          {"compute": ("cpu",), "params_above": CPU_MAX_PARAMS}, {"score": -2.0},
          "{params_m:.1f}M params > 30M on cpu: ranked down"),
     Rule("offline_weights", "backbone", {"offline": True}, {"score": 0.5},
          "pretrained weights load offline"),
     Rule("sentence_encoder_features", "backbone",
-         {"sentence_encoder": True, "strategies": ("feature_extraction", "zero_shot")},
+         {"sentence_encoder": True, "methods": ("feature_extraction", "zero_shot")},
          {"score": 0.5}, "sentence-embedding model: strong pooled features"),
 ]

@@ -92,9 +92,9 @@ class Runners:
         reason = budget.over(estimate)
         if reason:
             return budget.skip(candidate, reason, estimate)
-        if candidate.strategy == TFIDF:
+        if candidate.method == TFIDF:
             return self.run_tfidf(candidate, estimate)
-        if candidate.strategy == "custom":
+        if candidate.method == "custom":
             return self.run_custom(candidate, estimate)
         try:
             state = self.load(candidate)
@@ -107,7 +107,7 @@ class Runners:
         if state.backbone.modality != self.modality:
             return budget.skip(candidate, f"modality mismatch: the backbone takes "
                                f"{state.backbone.modality}, the data is {self.modality}")
-        if candidate.strategy == "zero_shot":
+        if candidate.method == "zero_shot":
             return self.run_zero_shot(candidate, state, t0, estimate)
         if candidate.is_fine_tune:
             return self.run_fine_tune(candidate, state, t0, estimate)
@@ -301,7 +301,7 @@ class Runners:
             return budget.skip(candidate, "fine-tuning loads a fresh copy of the backbone, "
                                "which needs a spec string; a Backbone object would be "
                                "changed in place", estimate)
-        if not state.backbone.block_names and candidate.strategy.startswith("top_k:"):
+        if not state.backbone.block_names and candidate.method.startswith("top_k:"):
             return budget.skip(candidate, "the backbone declares no blocks, so top_k cannot "
                                "choose layers")
         earlier_probe = state.probe is not None
@@ -309,7 +309,7 @@ class Runners:
         if reason:
             return budget.skip(candidate, f"its linear probe does not fit: {reason}", estimate)
         plan, reason = plan_fine_tune(
-            budget, candidate.strategy, state.seconds_per_example, settings.batch_size,
+            budget, candidate.method, state.seconds_per_example, settings.batch_size,
             len(self.train), len(self.val), state.load_seconds, settings.fine_tune_seconds,
         )
         if reason:
@@ -321,11 +321,11 @@ class Runners:
                             freeze="feature_extraction", compile=False)
         model.get_layer("head").set_weights(state.model.get_layer("head").get_weights())
         try:
-            apply_freeze(model, parse_freeze(candidate.strategy))
+            apply_freeze(model, parse_freeze(candidate.method))
         except ValueError as error:
             # Reported as the row's reason: the policy cannot be applied to
             # this backbone, and the rest of the bake-off goes on.
-            return budget.skip(candidate, f"freeze={candidate.strategy!r} cannot be applied to "
+            return budget.skip(candidate, f"freeze={candidate.method!r} cannot be applied to "
                                f"this backbone: {_first_line(error)}", estimate)
         family = fresh.info.family
         rate = FINE_TUNE_LEARNING_RATE.get(family, 5e-5)
@@ -339,7 +339,7 @@ class Runners:
         # The head is trained already (the probe's), so the recipe runs its
         # unfreeze stage only, at `rate` (lr / base_lr_divisor), with the
         # backbone family's preset.
-        fine_tune(model, train_ds, epochs=1, freeze_epochs=0, unfreeze=candidate.strategy,
+        fine_tune(model, train_ds, epochs=1, freeze_epochs=0, unfreeze=candidate.method,
                   lr=rate, base_lr_divisor=1, callbacks=[limit], verbose=0,
                   preset=resolve_preset("auto", family, backbone_trainable=True))
         fit_seconds = time.perf_counter() - t_fit
@@ -350,7 +350,7 @@ class Runners:
             candidate, self.score(np.argmax(probs, axis=-1)),
             time.perf_counter() - t0 + (probe["seconds"] if earlier_probe else 0.0),
             model.count_params(), infer,
-            f"head from the linear probe, then {candidate.strategy} fine-tuning: "
+            f"head from the linear probe, then {candidate.method} fine-tuning: "
             f"{limit.steps} steps of {settings.batch_size} ({fit_seconds:.0f} s, stopped by "
             f"{limit.stopped_by}; planned {plan.steps}), lr {rate:g}; time includes the probe",
             estimate, model=model,

@@ -179,7 +179,7 @@ def select(
 def _finalists(rows, candidates, fine_tunes, states, count):
     """`top_k:2` fine-tunes of the best `count` probed backbones not fine-tuned already."""
     covered = {c.spec_key for c in fine_tunes}
-    probed = sorted([r for r in rows if r.ok and r.strategy == "feature_extraction"],
+    probed = sorted([r for r in rows if r.ok and r.method == "feature_extraction"],
                     key=Leaderboard._rank_key)
     by_name = {c.name: c for c in candidates}
     already = sum(c.name.endswith("(finalist)") for c in fine_tunes)
