@@ -26,8 +26,11 @@ Example:
 >>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
 """
 
+from __future__ import annotations
+
 import functools
 import json
+from typing import Any
 
 import keras
 
@@ -83,7 +86,7 @@ def block_depths(model):
     return depths
 
 
-def layerwise_multipliers(model, decay=0.8):
+def layerwise_multipliers(model: keras.Model, decay: float = 0.8) -> dict[str, float]:
     """Learning-rate multipliers per variable: head 1.0, then `decay**depth` down the backbone.
 
     See `block_depths` for the depths: the top block gets `decay`, the one
@@ -102,7 +105,9 @@ def layerwise_multipliers(model, decay=0.8):
     return {path: float(decay) ** depth for path, depth in block_depths(model).items()}
 
 
-def layerwise_lr(model, base_lr, decay=0.8, optimizer="adam", **optimizer_kwargs):
+def layerwise_lr(model: keras.Model, base_lr: float, decay: float = 0.8,
+                optimizer: str | keras.optimizers.Optimizer = "adam",
+                **optimizer_kwargs: Any) -> LayerwiseOptimizer:
     """An optimizer with layer-wise learning rates for a tfft model.
 
     Args:

@@ -10,8 +10,11 @@ after changing flags, recompile (`tfft.compile_model`) before `fit`. tfft's
 training entry points do that for you.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import re
+from collections.abc import Callable
 
 import keras
 
@@ -74,7 +77,7 @@ class FreezePolicy:
 FREEZE_POLICIES = {}
 
 
-def register_policy(name):
+def register_policy(name: str) -> Callable[[type], type]:
     """Class decorator: registers a `FreezePolicy` under its string-form name.
 
     Each adaptation method registers itself (like PEFT's method registry); a
@@ -229,7 +232,7 @@ class Regex(FreezePolicy):
         _set_head_trainable(model, True)
 
 
-def string_forms():
+def string_forms() -> str:
     """Every registered policy's string forms (`'top_k:K'` ...), read from the registry."""
     forms = []
     for name, cls in FREEZE_POLICIES.items():
@@ -237,7 +240,7 @@ def string_forms():
     return ", ".join(repr(f) for f in forms)
 
 
-def parse_freeze(policy):
+def parse_freeze(policy: str | FreezePolicy) -> FreezePolicy:
     """Turns a string form or a policy object into a `FreezePolicy`.
 
     Example:
@@ -278,7 +281,7 @@ def parse_freeze(policy):
     return cls(**{field.name: value})
 
 
-def apply_freeze(model, policy):
+def apply_freeze(model: keras.Model, policy: str | FreezePolicy) -> FreezePolicy:
     """Applies a freeze policy to a `tfft.Task` (or any model with a `BackboneLayer`).
 
     A task records the policy in `task.freeze_policy`, which its `.keras`
@@ -294,14 +297,14 @@ def apply_freeze(model, policy):
     return policy
 
 
-def trainable_summary(model):
+def trainable_summary(model: keras.Model) -> dict[str, int]:
     """Counts trainable and frozen parameters: `{"trainable": n, "frozen": m}`."""
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     frozen = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
     return {"trainable": trainable, "frozen": frozen}
 
 
-def find_backbone_layer(model):
+def find_backbone_layer(model: keras.Model) -> BackboneLayer:
     """Returns the `BackboneLayer` named "backbone" inside a tfft model."""
     for layer in getattr(model, "layers", []):
         if isinstance(layer, BackboneLayer):

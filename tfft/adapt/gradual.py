@@ -31,6 +31,8 @@ Example:
 >>> model.fit(train, epochs=4, callbacks=[tfft.gradual_callback(model)])
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
 
@@ -155,7 +157,7 @@ def _adds_weights(model, smaller, larger):
     return trainable_summary(model)["trainable"] > before
 
 
-def gradual_callback(model, verbose=1):
+def gradual_callback(model: keras.Model, verbose: int = 1) -> GradualUnfreezing:
     """Returns the unfreezing callback for a model built with `freeze="gradual..."`.
 
     Args:

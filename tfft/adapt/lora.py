@@ -14,6 +14,8 @@ come back plain. Applying `"lora:R"` again re-arms zero adapters so training
 can go on.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import re
 
@@ -130,17 +132,17 @@ def lora_targets(model, target=None):
     return layers
 
 
-def lora_layers(model):
+def lora_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
     """Every layer of `model` with LoRA enabled."""
     return [layer for layer in _dense_layers(model) if getattr(layer, "lora_enabled", False)]
 
 
-def has_lora(model):
+def has_lora(model: keras.layers.Layer) -> bool:
     """True when any layer of `model` has LoRA enabled."""
     return bool(lora_layers(model))
 
 
-def merge_lora(model):
+def merge_lora(model: keras.Model) -> keras.Model:
     """Returns a copy of `model` with LoRA merged into plain kernels.
 
     Each adapted kernel becomes `kernel + A @ B * alpha / rank`; the copy

@@ -106,13 +106,14 @@ def evaluate(
     y_true = np.concatenate(labels, axis=0)
     if task is None:
         task = infer_task(y_true, y_score)
-    if task in ("multiclass", "binary") and y_score.ndim == 2 and y_score.shape[1] > 1:
-        # Named now so the message speaks of the model's outputs, not "predictions".
-        if class_names is not None and len(class_names) != y_score.shape[1]:
-            raise ValueError(
-                f"class_names has {len(class_names)} names but the model outputs "
-                f"{y_score.shape[1]} classes. Received: class_names={list(class_names)}"
-            )
+    # Checked here so the message speaks of the model's outputs, not "predictions".
+    several_outputs = y_score.ndim == 2 and y_score.shape[1] > 1
+    if (task in ("multiclass", "binary") and several_outputs and class_names is not None
+            and len(class_names) != y_score.shape[1]):
+        raise ValueError(
+            f"class_names has {len(class_names)} names but the model outputs "
+            f"{y_score.shape[1]} classes. Received: class_names={list(class_names)}"
+        )
     if y_score.dtype.kind == "f" and y_score.dtype != np.float64:
         y_score = y_score.astype(np.float64)
     return report_from_predictions(y_true, y_score, task=task, class_names=class_names,

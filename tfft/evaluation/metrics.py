@@ -154,7 +154,7 @@ class EvaluationReport:
             cell = max([len(n) for n in names] + [len(str(v)) for r in m["confusion_matrix"]
                                                    for v in r]) + 2
             lines.append("  " + " " * width + "".join(f"{n:>{cell}}" for n in names))
-            for name, row in zip(names, m["confusion_matrix"]):
+            for name, row in zip(names, m["confusion_matrix"], strict=True):
                 lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
         return "\n".join(lines)
 
@@ -370,7 +370,7 @@ def _single_label_report(y_true, y_pred, task, class_names, threshold):
     metrics["roc_auc"] = _roc_auc(y_true, scores, task, num_classes)
     metrics["confusion_matrix"] = skm.confusion_matrix(y_true, pred_ids, labels=labels).tolist()
     metrics["per_class"] = _per_class(y_true, pred_ids, labels, class_names)
-    metrics["num_examples"] = int(len(y_true))
+    metrics["num_examples"] = len(y_true)
     return EvaluationReport(metrics, task, class_names, y_true=y_true, y_pred=pred_ids)
 
 
@@ -443,7 +443,7 @@ def _multilabel_report(y_true, y_pred, class_names, threshold):
         "subset_accuracy": subset,
         "hamming_loss": float(skm.hamming_loss(y_true, pred)),
     }
-    for avg in AVERAGES + ("samples",):
+    for avg in (*AVERAGES, "samples"):
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, pred, average=avg, zero_division=0
         )
@@ -460,7 +460,7 @@ def _multilabel_report(y_true, y_pred, class_names, threshold):
         y_true, pred
     ).tolist()
     metrics["per_class"] = _per_class(y_true, pred, list(range(num_labels)), class_names)
-    metrics["num_examples"] = int(len(y_true))
+    metrics["num_examples"] = len(y_true)
     return EvaluationReport(metrics, "multilabel", class_names, y_true=y_true, y_pred=pred)
 
 
@@ -483,7 +483,7 @@ def _regression_report(y_true, y_pred):
         "rmse": math.sqrt(mse),
         # R^2 is undefined for a single example; sklearn warns and returns NaN.
         "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else None,
-        "num_examples": int(len(y_true)),
+        "num_examples": len(y_true),
     }
     return EvaluationReport(metrics, "regression", None, y_true=y_true, y_pred=y_pred)
 

@@ -5,7 +5,10 @@ canvas, never through `pyplot`: nothing opens a window, and the user's own
 matplotlib backend and pyplot state are left as they were.
 """
 
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +51,7 @@ def _check_report(report, what):
         )
 
 
-def plot_confusion_matrix(report, path, normalize=False):
+def plot_confusion_matrix(report: Any, path: str, normalize: bool = False) -> str:
     """Draws the report's confusion matrix with class names and writes a PNG.
 
     Args:
@@ -120,7 +123,7 @@ def _plot_multilabel_confusion(report, names, path):
     return _save(fig, path)
 
 
-def plot_per_class_f1(report, path):
+def plot_per_class_f1(report: Any, path: str) -> str:
     """Draws a bar per class with its F1 and the macro F1 as a line; writes a PNG.
 
     Args:
@@ -139,7 +142,7 @@ def plot_per_class_f1(report, path):
     ax = fig.subplots()
     y = np.arange(len(names))
     bars = ax.barh(y, f1, color="tab:blue")
-    for bar, value, count in zip(bars, f1, support):
+    for bar, value, count in zip(bars, f1, support, strict=True):
         inside = value > 0.45
         ax.text(value - 0.01 if inside else value + 0.01, bar.get_y() + bar.get_height() / 2,
                 f"{value:.3f} (n={count})", va="center", ha="right" if inside else "left",
@@ -154,7 +157,7 @@ def plot_per_class_f1(report, path):
     return _save(fig, path)
 
 
-def plot_predicted_vs_true(report, path):
+def plot_predicted_vs_true(report: Any, path: str) -> str:
     """Scatters a regression report's predictions against the targets; writes a PNG."""
     if not _is_report(report) or report.task != "regression":
         raise ValueError("plot_predicted_vs_true needs a regression EvaluationReport.")
@@ -233,7 +236,7 @@ def _pick_metric(stages, metric):
     return None
 
 
-def plot_training_curves(histories, path, metric=None):
+def plot_training_curves(histories: Any, path: str, metric: str | None = None) -> str:
     """Plots loss and one metric per epoch across consecutive training stages.
 
     Stages (e.g. "head" then "full fine-tune") are drawn one after another on
@@ -271,7 +274,7 @@ def plot_training_curves(histories, path, metric=None):
     fig = _new_figure(max(7.0, 2.0 + 0.25 * total), 3.6 * len(panels))
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
     colours = {"train": "tab:blue", "val": "tab:orange"}
-    for ax, key in zip(axes, panels):
+    for ax, key in zip(axes, panels, strict=True):
         start = 0
         for s, (name, values, n_epochs) in enumerate(stages):
             epochs_x = np.arange(start + 1, start + n_epochs + 1)
@@ -290,7 +293,7 @@ def plot_training_curves(histories, path, metric=None):
             start += n_epochs
         ax.set_ylabel(key)
         ax.set_xlim(0.5, total + 0.5)
-        handles, labels = ax.get_legend_handles_labels()
+        handles, _ = ax.get_legend_handles_labels()
         if handles:
             ax.legend(loc="best")
         ax.grid(True, alpha=0.3)

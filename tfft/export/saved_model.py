@@ -33,12 +33,15 @@ version records class names, task, the backbone, the preprocessing settings,
 tfft/TensorFlow/Keras versions and the evaluation report when given.
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import keras
 import numpy as np
@@ -62,7 +65,7 @@ class ExportError(RuntimeError):
     """An export failed verification or could not be written."""
 
 
-def list_versions(directory):
+def list_versions(directory: str) -> list[int]:
     """The integer versions under `directory`, ascending (empty when none)."""
     if not os.path.isdir(directory):
         return []
@@ -70,12 +73,12 @@ def list_versions(directory):
                   if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
 
 
-def next_version(directory):
+def next_version(directory: str) -> int:
     """The next integer version under `directory` (1 when there is none)."""
     return max(list_versions(directory), default=0) + 1
 
 
-def output_names(task, class_names=None):
+def output_names(task: str, class_names: list[str] | None = None) -> list[str]:
     """The output keys of `serving_default` for `task`."""
     if task == "regression":
         return ["value"]
@@ -89,7 +92,7 @@ def _model_output_units(model):
         shape = model.output_shape
     except (AttributeError, ValueError):
         return None  # a subclassed model that was never called symbolically
-    if isinstance(shape, list) or isinstance(shape, dict):
+    if isinstance(shape, (list, dict)):
         raise ValueError(
             "export_saved_model() serves models with a single output tensor. Received a model with "
             f"outputs shaped {shape}."
@@ -219,7 +222,7 @@ def _default_sample_inputs(modality):
     ], dtype=object)
 
 
-def encode_image(array, format="png"):
+def encode_image(array: Any, format: str = "png") -> bytes:
     """Encodes a uint8 `(H, W, 3)` array as PNG or JPEG bytes."""
     array = np.asarray(array, dtype=np.uint8)
     if format == "png":
@@ -251,10 +254,14 @@ def _backbone_metadata(model):
     return info.to_dict() if info is not None else None
 
 
-def export_saved_model(model, directory, preprocessor=None, class_names=None, task=None,
-                       modality=None, version=None, overwrite=False, metadata=None,
-                       sample_inputs=None, verify=True, image_size=(224, 224), evaluation=None,
-                       atol=1e-5):
+def export_saved_model(model: keras.Model, directory: str,
+                       preprocessor: keras.layers.Layer | None = None,
+                       class_names: list[str] | None = None, task: str | None = None,
+                       modality: str | None = None, version: int | None = None,
+                       overwrite: bool = False, metadata: dict | None = None,
+                       sample_inputs: Any = None, verify: bool = True,
+                       image_size: tuple[int, int] = (224, 224), evaluation: Any = None,
+                       atol: float = 1e-5) -> str:
     """Exports `model` with its preprocessing as a versioned SavedModel.
 
     Args:
@@ -370,7 +377,7 @@ def export_saved_model(model, directory, preprocessor=None, class_names=None, ta
     return target
 
 
-def read_metadata(path):
+def read_metadata(path: str) -> dict:
     """Reads `tfft_metadata.json` of an exported version directory."""
     meta_path = os.path.join(path, METADATA_FILE)
     if not os.path.exists(meta_path):
@@ -419,8 +426,8 @@ np.savez(out_file, **{k: plain(v) for k, v in outputs.items()})
 """
 
 
-def load_serving_outputs_in_fresh_process(path, sample_inputs, timeout=600,
-                                          signature="serving_default"):
+def load_serving_outputs_in_fresh_process(path: str, sample_inputs: Any, timeout: int = 600,
+                                          signature: str = "serving_default") -> dict:
     """Loads the SavedModel at `path` in a new Python process and runs it.
 
     Args:
@@ -456,8 +463,8 @@ def load_serving_outputs_in_fresh_process(path, sample_inputs, timeout=600,
             return {k: data[k] for k in data.files}
 
 
-def verify_in_fresh_process(path, sample_inputs, expected, atol=1e-5,
-                            signature="serving_default"):
+def verify_in_fresh_process(path: str, sample_inputs: Any, expected: dict, atol: float = 1e-5,
+                            signature: str = "serving_default") -> dict:
     """Checks the reloaded SavedModel reproduces `expected` on `sample_inputs`."""
     got = load_serving_outputs_in_fresh_process(path, sample_inputs, signature=signature)
     for key, value in expected.items():

@@ -13,9 +13,12 @@ normalises them inside (resizing stays outside: TFLite lacks the antialiased
 resize op).
 """
 
+from __future__ import annotations
+
 import os
 import tempfile
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
@@ -56,8 +59,10 @@ def _normaliser(preprocessor):
     return normalise
 
 
-def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
-              sample_inputs=None, atol=1e-4, batch_size=None, optimizations=None):
+def to_tflite(model: keras.Model, path: str, preprocessor: keras.layers.Layer | None = None,
+              include_preprocessing: bool = False, sample_inputs: Any = None,
+              atol: float = 1e-4, batch_size: int | None = None,
+              optimizations: list | None = None) -> str:
     """Converts a float32 Keras image model to a `.tflite` file and checks parity.
 
     Args:
@@ -102,12 +107,12 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
                 f"channel_order). Received: preprocessor={type(preprocessor).__name__}"
             )
         normalise = _normaliser(preprocessor)
-        spec = tf.TensorSpec((batch_size,) + shape, tf.uint8, name="images")
+        spec = tf.TensorSpec((batch_size, *shape), tf.uint8, name="images")
 
         def serve(images):
             return model(normalise(images), training=False)
     else:
-        spec = tf.TensorSpec((batch_size,) + shape, tf.float32, name="inputs")
+        spec = tf.TensorSpec((batch_size, *shape), tf.float32, name="inputs")
 
         def serve(inputs):
             return model(inputs, training=False)
@@ -126,7 +131,7 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
 
     if sample_inputs is None:
         rng = np.random.default_rng(0)
-        raw = rng.integers(0, 256, (4,) + shape).astype(np.uint8)
+        raw = rng.integers(0, 256, (4, *shape)).astype(np.uint8)
         if include_preprocessing:
             sample_inputs = raw
         else:
@@ -146,7 +151,7 @@ def to_tflite(model, path, preprocessor=None, include_preprocessing=False,
     return {"path": os.path.abspath(path), "bytes": len(flatbuffer), "max_abs_diff": diff}
 
 
-def run_tflite(model, inputs):
+def run_tflite(model: str | bytes, inputs: Any) -> np.ndarray:
     """Runs a `.tflite` file (path) or flatbuffer (bytes) on a batch of inputs.
 
     The interpreter's input is resized to the batch, so any batch size works.

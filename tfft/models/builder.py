@@ -1,9 +1,14 @@
 """build_model(): backbone + pooling + head -> a `tfft.Task`, frozen and compiled."""
 
+from __future__ import annotations
+
+from typing import Any
+
+import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.adapt import apply_freeze, parse_freeze
+from tfft.adapt import FreezePolicy, apply_freeze, parse_freeze
 from tfft.backbones import Backbone, load_backbone
 from tfft.distribute import check_built_in_scope, prepare_model
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
@@ -11,10 +16,14 @@ from tfft.models.task import Task
 from tfft.training.presets import compile_model
 
 
-def build_model(backbone, task="multiclass", num_classes=2, freeze="feature_extraction",
-                preset="auto", pooling="mean", dropout=0.1, hidden_units=None,
-                compile=True, total_steps=None, strategy=None, normalize_features=False,
-                class_names=None, **backbone_kwargs):
+def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass",
+                num_classes: int = 2, freeze: str | FreezePolicy = "feature_extraction",
+                preset: str = "auto", pooling: str = "mean", dropout: float = 0.1,
+                hidden_units: int | None = None, compile: bool = True,
+                total_steps: int | None = None,
+                strategy: tf.distribute.Strategy | None = None,
+                normalize_features: bool = False, class_names: list[str] | None = None,
+                **backbone_kwargs: Any) -> Task:
     """Builds a `tfft.Task` for a task from any backbone, in one call.
 
     The task is a functional `keras.Model` whose layers are `"backbone"`
@@ -123,7 +132,7 @@ def _check_poolable(features, task, backbone):
         )
 
 
-def check_labels(labels, task, num_classes):
+def check_labels(labels: Any, task: str, num_classes: int) -> None:
     """Checks labels fit the task and `num_classes` before training starts."""
     labels = np.asarray(labels)
     if labels.size == 0:
