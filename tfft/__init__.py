@@ -80,7 +80,7 @@ _EXPORTS = {
     # tf.distribute
     "get_strategy": "tfft.distribute",
     # the main job
-    "JobConfig": "tfft.jobs.finetune",
+    "JobConfig": "tfft.jobs.config",
     "run_job": "tfft.jobs.finetune",
 }
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import math
 import os
-import tempfile
 import time
-import warnings
 from typing import Any
 
 import keras
@@ -24,10 +21,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfft.adapt.freeze import TopK, trainable_summary
-from tfft.backbones import load_backbone, parse_spec
+from tfft.backbones import load_backbone
 from tfft.data import TEXT_DATASETS, stratified_split
 from tfft.distribute import (
-    STRATEGY_NAMES,
     chief_only_path,
     discard_worker_path,
     distribute_dataset,
@@ -37,6 +33,15 @@ from tfft.distribute import (
 )
 from tfft.evaluation import plot_training_curves, report_from_predictions
 from tfft.export import export_saved_model
+from tfft.jobs.config import (
+    DEPRECATED_SETTINGS,
+    METHODS,
+    ConfigError,
+    JobConfig,
+    check_writable,
+    renamed_settings,
+)
+from tfft.jobs.state import RunState, resumable_stage
 from tfft.models.builder import build_model, check_labels
 from tfft.prompting import (
     build_soft_prompt_classifier,
@@ -47,254 +52,6 @@ from tfft.training.callbacks import EpochSeeding, default_callbacks
 from tfft.training.feature_cache import fit_cached
 from tfft.training.recipes import epoch_datasets, fine_tune
 from tfft.utils.files import write_json_atomic
-
-METHODS = ("fine_tune", "prompt", "soft_prompt")
-# Old setting name -> new one. The old names keep working, with a DeprecationWarning.
-DEPRECATED_SETTINGS = {"strategy": "method"}
-
-
-class ConfigError(ValueError):
-    """A run setting is invalid; the message names the setting and valid values."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-    """Settings of the main job (also the CLI's flags and config files' keys).
-
-    Args:
-        backbone: str. Backbone spec. Defaults to the offline all-MiniLM-L6-v2.
-        dataset: str. A dataset in `tfft.data.TEXT_DATASETS`.
-        sequence_length: int. Tokens per example.
-        batch_size: int. Examples per batch (per replica).
-        head_epochs: int. Epochs of head training on the frozen backbone.
-        epochs: int. Epochs of fine-tuning with the top blocks unfrozen
-            (0 skips that stage).
-        unfreeze_top: int. Transformer blocks unfrozen in the second stage.
-        head_learning_rate: float. Adam learning rate for the head stage.
-        learning_rate: float. Peak AdamW learning rate for fine-tuning
-            (linear warmup over 10% of the stage's steps, then linear decay).
-        val_fraction: float. Validation share of the stratified split.
-        test_fraction: float. Test share of the stratified split.
-        seed: int. Seed for the split, initialisation and shuffling.
-        max_examples: int. Use a stratified subset of this many examples
-            (None: all).
-        export_dir: str. Model directory; the version goes below it (None
-            skips the export).
-        run_dir: str. Where the report, logs and checkpoints go. Defaults to
-            `runs/<timestamp>`.
-        feature_cache: bool. Train the head on cached backbone features.
-        method: str. How to adapt the backbone: `"fine_tune"` (head on the
-            frozen backbone, then the top blocks), `"prompt"` (zero-shot:
-            label prompts embedded by the backbone become the head; no
-            parameter updates) or `"soft_prompt"` (learnable prompt vectors
-            before a frozen backbone, trained for `epochs`). The config key
-            `strategy` is a deprecated alias.
-        distribution: str. A `tfft.get_strategy` name: `"auto"` (TPU,
-            several GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
-            `"mirrored"`, `"multi_worker"`, `"gpu"`, `"cpu"`, `"default"`.
-            `batch_size` is per replica; the global batch is
-            `batch_size * replicas`.
-        tpu: str. TPU address for `distribution="tpu"` (`"local"` on a TPU VM).
-        prompt_template: str. Label prompt for `method="prompt"`.
-        prompt_tokens: int. Learnable prompt vectors for `"soft_prompt"`.
-        prompt_learning_rate: float. Adam learning rate for `"soft_prompt"`.
-
-    Example:
-
-    >>> config = JobConfig.from_dict({"max_examples": 300, "method": "fine_tune"})
-    >>> config.to_dict()["head_epochs"]
-    30
-    """
-
-    backbone: str = "keras_hub:all_minilm_l6_v2"
-    dataset: str = "bbc_news"
-    sequence_length: int = 128
-    batch_size: int = 32
-    head_epochs: int = 30
-    epochs: int = 1
-    unfreeze_top: int = 2
-    head_learning_rate: float = 3e-3
-    learning_rate: float = 5e-5
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
-    max_examples: int | None = None
-    export_dir: str | None = "saved_models/bbc_news_minilm"
-    run_dir: str | None = None
-    feature_cache: bool = True
-    method: str = "fine_tune"
-    distribution: str = "auto"
-    tpu: str | None = None
-    prompt_template: str = "This article is about {label}."
-    prompt_tokens: int = 20
-    prompt_learning_rate: float = 3e-2
-
-    def __post_init__(self):
-        for name, (kind, low) in _FIELD_RULES.items():
-            _check_field(name, getattr(self, name), kind, low)
-        if self.max_examples is not None and self.max_examples < 10:
-            raise ConfigError(
-                f"max_examples: expected an integer >= 10, or null for all. Received: "
-                f"{self.max_examples!r}"
-            )
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError(
-                "val_fraction + test_fraction must leave examples for training. Received: "
-                f"{self.val_fraction} + {self.test_fraction}"
-            )
-        if self.dataset not in TEXT_DATASETS:
-            raise ConfigError(
-                f"dataset: unknown dataset. Expected one of {sorted(TEXT_DATASETS)}. "
-                f"Received: {self.dataset!r}"
-            )
-        try:
-            parse_spec(self.backbone)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"backbone: {error}") from None
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"method: unknown adaptation method. Expected one of {list(METHODS)}. "
-                f"Received: {self.method!r}"
-            )
-        if self.distribution not in STRATEGY_NAMES:
-            raise ConfigError(
-                f"distribution: unknown distribution strategy. Expected one of "
-                f"{list(STRATEGY_NAMES)}. Received: {self.distribution!r}"
-            )
-        if self.method == "prompt" and "{label}" not in self.prompt_template:
-            raise ConfigError(
-                "prompt_template: must contain the {label} slot. Received: "
-                f"{self.prompt_template!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], path: str = "") -> JobConfig:
-        """Builds a config from a mapping (e.g. a parsed YAML file).
-
-        The deprecated key `strategy` is read as `method`, with a
-        `DeprecationWarning`.
-
-        Args:
-            data: dict. Setting name to value.
-            path: str. Where `data` sits in a larger file, for messages.
-        """
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"{path or 'config'}: expected a mapping of settings. Received: "
-                f"{type(data).__name__}"
-            )
-        data = renamed_settings(data, path)
-        valid = sorted(f.name for f in dataclasses.fields(cls))
-        unknown = sorted(str(k) for k in set(data) - set(valid))
-        if unknown:
-            where = ", ".join(f"{path}{k}" for k in unknown)
-            raise ConfigError(f"Unknown setting(s) {unknown} at {where}. Valid settings: {valid}")
-        try:
-            return cls(**data)
-        except ConfigError as error:
-            if path:
-                raise ConfigError(f"{path}{error}") from None
-            raise
-
-
-def renamed_settings(data: dict[str, Any], path: str = "") -> dict[str, Any]:
-    """Maps deprecated setting names (`strategy`) to their new names (`method`).
-
-    Warns with a `DeprecationWarning` per old name used; raises `ConfigError`
-    when an old and a new name are both given with different values.
-    """
-    data = dict(data)
-    for old, new in DEPRECATED_SETTINGS.items():
-        if old not in data:
-            continue
-        value = data.pop(old)
-        if new in data and data[new] != value:
-            raise ConfigError(
-                f"{path}{old} is a deprecated alias of {new}, and they disagree. Received: "
-                f"{old}={value!r}, {new}={data[new]!r}. Keep only {new}."
-            )
-        warnings.warn(
-            f"The setting {path}{old!r} is deprecated: use {new!r} ({new}: {value!r}); "
-            f"{old!r} now means tf.distribute only (the setting 'distribution').",
-            DeprecationWarning, stacklevel=3,
-        )
-        data[new] = value
-    return data
-
-
-# name -> (kind, lowest allowed value)
-_FIELD_RULES = {
-    "backbone": ("str", None),
-    "dataset": ("str", None),
-    "sequence_length": ("int", 1),
-    "batch_size": ("int", 1),
-    "head_epochs": ("int", 1),
-    "epochs": ("int", 0),
-    "unfreeze_top": ("int", 0),
-    "head_learning_rate": ("positive_float", None),
-    "learning_rate": ("positive_float", None),
-    "val_fraction": ("fraction", None),
-    "test_fraction": ("fraction", None),
-    "seed": ("int", 0),
-    "max_examples": ("optional_int", None),
-    "export_dir": ("optional_str", None),
-    "run_dir": ("optional_str", None),
-    "feature_cache": ("bool", None),
-    "method": ("str", None),
-    "distribution": ("str", None),
-    "tpu": ("optional_str", None),
-    "prompt_template": ("str", None),
-    "prompt_tokens": ("int", 1),
-    "prompt_learning_rate": ("positive_float", None),
-}
-
-
-def _check_field(name, value, kind, low):
-    """Checks one setting's type and range; the message starts with its key."""
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "int" and (not is_int or value < low):
-        what = "a positive integer" if low == 1 else "a non-negative integer"
-        raise ConfigError(f"{name}: expected {what}. Received: {value!r}")
-    if kind == "optional_int" and value is not None and not is_int:
-        raise ConfigError(f"{name}: expected an integer or null. Received: {value!r}")
-    if kind == "positive_float" and (
-        not is_number or not value > 0 or value != value or value == float("inf")
-    ):
-        raise ConfigError(f"{name}: expected a positive finite number. Received: {value!r}")
-    if kind == "fraction" and (not is_number or not 0.0 < value < 1.0):
-        raise ConfigError(f"{name}: expected a number between 0 and 1. Received: {value!r}")
-    if kind == "str" and (not isinstance(value, str) or not value.strip()):
-        raise ConfigError(f"{name}: expected a non-empty string. Received: {value!r}")
-    if kind == "optional_str" and value is not None and (
-        not isinstance(value, str) or not value.strip()
-    ):
-        raise ConfigError(f"{name}: expected a non-empty string or null. Received: {value!r}")
-    if kind == "bool" and not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false. Received: {value!r}")
-
-
-def _check_writable(path, what):
-    """Fails before any work when `path` cannot be created or written."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if os.path.exists(probe) and not os.path.isdir(probe):
-        raise ConfigError(f"The {what} {path!r} is inside a file ({probe!r}), not a directory.")
-    try:
-        # os.access says yes to root everywhere; a real probe directory does not lie.
-        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".tfft-write-probe-"))
-    except OSError as error:
-        raise ConfigError(
-            f"The {what} {path!r} is not writable ({error.strerror} in {probe!r}). "
-            "Choose a directory you can write to."
-        ) from None
 
 
 class NumericalError(RuntimeError):
@@ -315,52 +72,6 @@ def _check_finite(history, stage, run_dir, learning_rate):
 
 def _history(history):
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
-
-
-class _RunState:
-    """What a run directory records about finished stages, for resuming."""
-
-    def __init__(self, run_dir, config):
-        self.path = os.path.join(run_dir, "state.json")
-        self.weights_dir = os.path.join(run_dir, "stage_weights")
-        self.data = {"config": config.to_dict(), "stages": []}
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                saved = json.load(f)
-            # Run directories written before the rename keep resuming.
-            for old, new in DEPRECATED_SETTINGS.items():
-                if old in saved["config"]:
-                    saved["config"].setdefault(new, saved["config"].pop(old))
-            ignore = {"run_dir", "export_dir"}
-            old = {k: v for k, v in saved["config"].items() if k not in ignore}
-            new = {k: v for k, v in config.to_dict().items() if k not in ignore}
-            if old != new:
-                changed = sorted(k for k in new if old.get(k) != new[k])
-                raise ConfigError(
-                    f"The run directory {run_dir!r} holds a run with other settings "
-                    f"({', '.join(changed)} differ). Resume it with the same settings, or "
-                    "pass a new --run-dir."
-                )
-            self.data = saved
-
-    def stage(self, name):
-        return next((s for s in self.data["stages"] if s["name"] == name), None)
-
-    def weights_path(self, name):
-        return os.path.join(self.weights_dir, f"{name}.weights.h5")
-
-    def finish_stage(self, record, model):
-        os.makedirs(self.weights_dir, exist_ok=True)
-        # Weights first, then the record that points at them: a kill in between
-        # only means the stage runs again.
-        tmp = self.weights_path(record["name"]) + ".tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, self.weights_path(record["name"]))
-        self.data["stages"].append(record)
-        self._write()
-
-    def _write(self):
-        write_json_atomic(self.path, self.data, default=str)
 
 
 def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
@@ -398,9 +109,9 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     run_dir = config.run_dir or os.path.join(
         "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     )
-    _check_writable(run_dir, "run directory")
+    check_writable(run_dir, "run directory")
     if config.export_dir:
-        _check_writable(config.export_dir, "export directory")
+        check_writable(config.export_dir, "export directory")
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
             raise ConfigError(f"export_dir: {config.export_dir!r} is a file, not a directory.")
     # Before any other TensorFlow work: TPU and multi-worker set-up must come first.
@@ -408,7 +119,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     chief = is_chief(strategy)
     final_run_dir = run_dir
     run_dir = chief_only_path(run_dir, strategy)
-    state = _RunState(run_dir, config)
+    state = RunState(run_dir, config)
 
     started = time.time()
     keras.utils.set_random_seed(config.seed)
@@ -442,12 +153,13 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     elif config.method == "soft_prompt":
         model, stages = _soft_prompt_stage(run)
     else:
-        stages = [_resumable_stage(state, "head", "Stage 1/2 head", task,
-                                   lambda: _head_stage(run))]
+        stages = [resumable_stage(state, "head", "Stage 1/2 head", task,
+                                  lambda: _head_stage(run), on_reload=run.forget_report)]
         if config.epochs > 0 and config.unfreeze_top > 0:
-            stages.append(_resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", task,
-                                           lambda: _fine_tune_stage(run)))
-    report = run.evaluate(model)
+            stages.append(resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", task,
+                                          lambda: _fine_tune_stage(run),
+                                          on_reload=run.forget_report))
+    report = run.evaluate(model)  # the last stage's report unless weights were reloaded since
 
     export_path = None
     if config.export_dir and chief:
@@ -540,6 +252,7 @@ class _Run:
     verbose: Any
     strategy: tf.distribute.Strategy
     batch_size: int
+    last_report: Any = None
 
     def batches(self, x, y=None, batch_size=None):
         """Preprocessed batches of raw texts (and labels), in order."""
@@ -547,9 +260,18 @@ class _Run:
                                       batch_size=batch_size or self.batch_size)
 
     def evaluate(self, model):
+        """The test report of `model`, reused while its weights stay as they were."""
+        if self.last_report is not None and self.last_report[0] is model:
+            return self.last_report[1]
         probs = model.predict(self.batches(self.test.x), verbose=self.verbose)
-        return report_from_predictions(self.test.y, probs, task="multiclass",
-                                       class_names=self.data.class_names)
+        report = report_from_predictions(self.test.y, probs, task="multiclass",
+                                         class_names=self.data.class_names)
+        self.last_report = (model, report)
+        return report
+
+    def forget_report(self):
+        """Called when weights change outside a stage (a finished stage reloaded)."""
+        self.last_report = None
 
     def record(self, name, started, history, model=None, **fields):
         """A stage record for state.json and report.json, with `model`'s test metrics."""
@@ -669,20 +391,6 @@ def _soft_prompt_stage(run):
     print(f"Soft prompt: {trainable:,} trainable parameters, test accuracy "
           f"{stage['test']['accuracy']:.4f}, macro F1 {stage['test']['macro_f1']:.4f}")
     return model, [stage]
-
-
-def _resumable_stage(state, name, label, model, run):
-    """Runs a stage, or reloads its weights when the run directory says it finished."""
-    done = state.stage(name)
-    if done:
-        model.load_weights(state.weights_path(name))
-        print(f"{label}: already finished in {os.path.dirname(state.path)}, weights reloaded")
-    else:
-        done = run()
-        state.finish_stage(done, model)
-    print(f"{label}: test accuracy {done['test']['accuracy']:.4f}, "
-          f"macro F1 {done['test']['macro_f1']:.4f}")
-    return done
 
 
 def _save_plots(report, stages, run_dir):

@@ -1,0 +1,264 @@
+"""The main job's settings: `JobConfig`, its checks, and the renamed settings it still takes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import warnings
+from typing import Any
+
+from tfft.backbones import parse_spec
+from tfft.data import TEXT_DATASETS
+from tfft.distribute import STRATEGY_NAMES
+
+METHODS = ("fine_tune", "prompt", "soft_prompt")
+# Old setting name -> new one. The old names keep working, with a DeprecationWarning.
+DEPRECATED_SETTINGS = {"strategy": "method"}
+
+
+class ConfigError(ValueError):
+    """A run setting is invalid; the message names the setting and valid values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """Settings of the main job (also the CLI's flags and config files' keys).
+
+    Args:
+        backbone: str. Backbone spec. Defaults to the offline all-MiniLM-L6-v2.
+        dataset: str. A dataset in `tfft.data.TEXT_DATASETS`.
+        sequence_length: int. Tokens per example.
+        batch_size: int. Examples per batch (per replica).
+        head_epochs: int. Epochs of head training on the frozen backbone.
+        epochs: int. Epochs of fine-tuning with the top blocks unfrozen
+            (0 skips that stage).
+        unfreeze_top: int. Transformer blocks unfrozen in the second stage.
+        head_learning_rate: float. Adam learning rate for the head stage.
+        learning_rate: float. Peak AdamW learning rate for fine-tuning
+            (linear warmup over 10% of the stage's steps, then linear decay).
+        val_fraction: float. Validation share of the stratified split.
+        test_fraction: float. Test share of the stratified split.
+        seed: int. Seed for the split, initialisation and shuffling.
+        max_examples: int. Use a stratified subset of this many examples
+            (None: all).
+        export_dir: str. Model directory; the version goes below it (None
+            skips the export).
+        run_dir: str. Where the report, logs and checkpoints go. Defaults to
+            `runs/<timestamp>`.
+        feature_cache: bool. Train the head on cached backbone features.
+        method: str. How to adapt the backbone: `"fine_tune"` (head on the
+            frozen backbone, then the top blocks), `"prompt"` (zero-shot:
+            label prompts embedded by the backbone become the head; no
+            parameter updates) or `"soft_prompt"` (learnable prompt vectors
+            before a frozen backbone, trained for `epochs`). The config key
+            `strategy` is a deprecated alias.
+        distribution: str. A `tfft.get_strategy` name: `"auto"` (TPU,
+            several GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
+            `"mirrored"`, `"multi_worker"`, `"gpu"`, `"cpu"`, `"default"`.
+            `batch_size` is per replica; the global batch is
+            `batch_size * replicas`.
+        tpu: str. TPU address for `distribution="tpu"` (`"local"` on a TPU VM).
+        prompt_template: str. Label prompt for `method="prompt"`.
+        prompt_tokens: int. Learnable prompt vectors for `"soft_prompt"`.
+        prompt_learning_rate: float. Adam learning rate for `"soft_prompt"`.
+
+    Example:
+
+    >>> config = JobConfig.from_dict({"max_examples": 300, "method": "fine_tune"})
+    >>> config.to_dict()["head_epochs"]
+    30
+    """
+
+    backbone: str = "keras_hub:all_minilm_l6_v2"
+    dataset: str = "bbc_news"
+    sequence_length: int = 128
+    batch_size: int = 32
+    head_epochs: int = 30
+    epochs: int = 1
+    unfreeze_top: int = 2
+    head_learning_rate: float = 3e-3
+    learning_rate: float = 5e-5
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    max_examples: int | None = None
+    export_dir: str | None = "saved_models/bbc_news_minilm"
+    run_dir: str | None = None
+    feature_cache: bool = True
+    method: str = "fine_tune"
+    distribution: str = "auto"
+    tpu: str | None = None
+    prompt_template: str = "This article is about {label}."
+    prompt_tokens: int = 20
+    prompt_learning_rate: float = 3e-2
+
+    def __post_init__(self):
+        for name, (kind, low) in _FIELD_RULES.items():
+            _check_field(name, getattr(self, name), kind, low)
+        if self.max_examples is not None and self.max_examples < 10:
+            raise ConfigError(
+                f"max_examples: expected an integer >= 10, or null for all. Received: "
+                f"{self.max_examples!r}"
+            )
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                "val_fraction + test_fraction must leave examples for training. Received: "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        if self.dataset not in TEXT_DATASETS:
+            raise ConfigError(
+                f"dataset: unknown dataset. Expected one of {sorted(TEXT_DATASETS)}. "
+                f"Received: {self.dataset!r}"
+            )
+        try:
+            parse_spec(self.backbone)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"backbone: {error}") from None
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"method: unknown adaptation method. Expected one of {list(METHODS)}. "
+                f"Received: {self.method!r}"
+            )
+        if self.distribution not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"distribution: unknown distribution strategy. Expected one of "
+                f"{list(STRATEGY_NAMES)}. Received: {self.distribution!r}"
+            )
+        if self.method == "prompt" and "{label}" not in self.prompt_template:
+            raise ConfigError(
+                "prompt_template: must contain the {label} slot. Received: "
+                f"{self.prompt_template!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: str = "") -> JobConfig:
+        """Builds a config from a mapping (e.g. a parsed YAML file).
+
+        The deprecated key `strategy` is read as `method`, with a
+        `DeprecationWarning`.
+
+        Args:
+            data: dict. Setting name to value.
+            path: str. Where `data` sits in a larger file, for messages.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path or 'config'}: expected a mapping of settings. Received: "
+                f"{type(data).__name__}"
+            )
+        data = renamed_settings(data, path)
+        valid = sorted(f.name for f in dataclasses.fields(cls))
+        unknown = sorted(str(k) for k in set(data) - set(valid))
+        if unknown:
+            where = ", ".join(f"{path}{k}" for k in unknown)
+            raise ConfigError(f"Unknown setting(s) {unknown} at {where}. Valid settings: {valid}")
+        try:
+            return cls(**data)
+        except ConfigError as error:
+            if path:
+                raise ConfigError(f"{path}{error}") from None
+            raise
+
+
+def renamed_settings(data: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Maps deprecated setting names (`strategy`) to their new names (`method`).
+
+    Warns with a `DeprecationWarning` per old name used; raises `ConfigError`
+    when an old and a new name are both given with different values.
+    """
+    data = dict(data)
+    for old, new in DEPRECATED_SETTINGS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if new in data and data[new] != value:
+            raise ConfigError(
+                f"{path}{old} is a deprecated alias of {new}, and they disagree. Received: "
+                f"{old}={value!r}, {new}={data[new]!r}. Keep only {new}."
+            )
+        warnings.warn(
+            f"The setting {path}{old!r} is deprecated: use {new!r} ({new}: {value!r}); "
+            f"{old!r} now means tf.distribute only (the setting 'distribution').",
+            DeprecationWarning, stacklevel=3,
+        )
+        data[new] = value
+    return data
+
+
+# name -> (kind, lowest allowed value)
+_FIELD_RULES = {
+    "backbone": ("str", None),
+    "dataset": ("str", None),
+    "sequence_length": ("int", 1),
+    "batch_size": ("int", 1),
+    "head_epochs": ("int", 1),
+    "epochs": ("int", 0),
+    "unfreeze_top": ("int", 0),
+    "head_learning_rate": ("positive_float", None),
+    "learning_rate": ("positive_float", None),
+    "val_fraction": ("fraction", None),
+    "test_fraction": ("fraction", None),
+    "seed": ("int", 0),
+    "max_examples": ("optional_int", None),
+    "export_dir": ("optional_str", None),
+    "run_dir": ("optional_str", None),
+    "feature_cache": ("bool", None),
+    "method": ("str", None),
+    "distribution": ("str", None),
+    "tpu": ("optional_str", None),
+    "prompt_template": ("str", None),
+    "prompt_tokens": ("int", 1),
+    "prompt_learning_rate": ("positive_float", None),
+}
+
+
+def _check_field(name, value, kind, low):
+    """Checks one setting's type and range; the message starts with its key."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int" and (not is_int or value < low):
+        what = "a positive integer" if low == 1 else "a non-negative integer"
+        raise ConfigError(f"{name}: expected {what}. Received: {value!r}")
+    if kind == "optional_int" and value is not None and not is_int:
+        raise ConfigError(f"{name}: expected an integer or null. Received: {value!r}")
+    if kind == "positive_float" and (
+        not is_number or not value > 0 or value != value or value == float("inf")
+    ):
+        raise ConfigError(f"{name}: expected a positive finite number. Received: {value!r}")
+    if kind == "fraction" and (not is_number or not 0.0 < value < 1.0):
+        raise ConfigError(f"{name}: expected a number between 0 and 1. Received: {value!r}")
+    if kind == "str" and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{name}: expected a non-empty string. Received: {value!r}")
+    if kind == "optional_str" and value is not None and (
+        not isinstance(value, str) or not value.strip()
+    ):
+        raise ConfigError(f"{name}: expected a non-empty string or null. Received: {value!r}")
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false. Received: {value!r}")
+
+
+def check_writable(path, what):
+    """Fails before any work when `path` cannot be created or written."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise ConfigError(f"The {what} {path!r} is inside a file ({probe!r}), not a directory.")
+    try:
+        # os.access says yes to root everywhere; a real probe directory does not lie.
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".tfft-write-probe-"))
+    except OSError as error:
+        raise ConfigError(
+            f"The {what} {path!r} is not writable ({error.strerror} in {probe!r}). "
+            "Choose a directory you can write to."
+        ) from None
+
+
+__all__ = ["DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "renamed_settings"]
