@@ -5,11 +5,14 @@ returns a fresh `LabeledData` over copies of the cached arrays, so callers may
 modify what they get back.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import gzip
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -63,7 +66,7 @@ class LabeledData:
     def __len__(self):
         return len(self.y)
 
-    def take(self, indices):
+    def take(self, indices: Sequence[int] | np.ndarray) -> LabeledData:
         """Returns the examples at `indices` as a new `LabeledData`."""
         indices = np.asarray(indices)
         return LabeledData(
@@ -71,11 +74,11 @@ class LabeledData:
         )
 
     @property
-    def modality(self):
+    def modality(self) -> str:
         return "text" if self.x.dtype.kind in "OUS" else "image"
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         return len(self.class_names)
 
 
@@ -112,7 +115,7 @@ def _bbc_news():
     )
 
 
-def load_bbc_news():
+def load_bbc_news() -> LabeledData:
     """BBC News topic classification: 2,225 articles, 5 classes.
 
     Class folders are read in sorted order, so label ids are stable across
@@ -140,7 +143,7 @@ def _rotten_tomatoes():
     )
 
 
-def load_rotten_tomatoes(classes=None):
+def load_rotten_tomatoes(classes: Sequence[str] | None = None) -> LabeledData:
     """Rotten Tomatoes snippets: 13,891 texts labelled fresh, plot or rotten.
 
     Rows with no text (14 in the file) are skipped and counted in `skipped`.
@@ -154,7 +157,7 @@ def load_rotten_tomatoes(classes=None):
     return select_classes(data, classes) if classes is not None else data
 
 
-def select_classes(data, classes):
+def select_classes(data: LabeledData, classes: Sequence[str]) -> LabeledData:
     """Keeps the examples of `classes`, relabelled 0..len(classes)-1 in that order."""
     classes = list(classes)
     unknown = [c for c in classes if c not in data.class_names]
@@ -183,7 +186,7 @@ def _mnist_5k():
     )
 
 
-def load_mnist_5k():
+def load_mnist_5k() -> LabeledData:
     """MNIST 5k: 5,000 handwritten digits, 28x28 uint8, 500 per class."""
     return _fresh(_mnist_5k())
 
@@ -197,7 +200,7 @@ def _lfw_subset():
     return LabeledData(images, labels, ["face", "not_face"], "lfw_subset")
 
 
-def load_lfw_subset():
+def load_lfw_subset() -> LabeledData:
     """LFW faces vs non-faces: 200 grayscale 25x25 uint8 images, 2 classes."""
     return _fresh(_lfw_subset())
 
@@ -214,7 +217,7 @@ def _digits():
     )
 
 
-def load_digits():
+def load_digits() -> LabeledData:
     """scikit-learn digits: 1,797 8x8 images (pixels scaled 0-16 -> 0-255), 10 classes."""
     return _fresh(_digits())
 
@@ -224,7 +227,7 @@ def _read_idx(path, offset):
         return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
 
 
-def fashion_mnist_files(root=FASHION_MNIST_DIR):
+def fashion_mnist_files(root: str = FASHION_MNIST_DIR) -> dict[str, str]:
     """Returns the four Fashion-MNIST IDX paths, or raises with the install line."""
     names = {
         "train_images": "train-images-idx3-ubyte.gz",
@@ -256,7 +259,7 @@ def _fashion_mnist(root):
     return result
 
 
-def load_fashion_mnist(split="train", root=FASHION_MNIST_DIR):
+def load_fashion_mnist(split: str = "train", root: str = FASHION_MNIST_DIR) -> LabeledData:
     """Fashion-MNIST from the Debian package: 60,000 train / 10,000 test, 28x28 uint8.
 
     Args:

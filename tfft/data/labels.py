@@ -1,6 +1,12 @@
 """Label encoding, class weights and multilabel targets."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 
 class LabelEncoder:
@@ -19,7 +25,7 @@ class LabelEncoder:
     ['neg', 'pos']
     """
 
-    def __init__(self, class_names=None):
+    def __init__(self, class_names: Sequence[str] | None = None) -> None:
         self.class_names = None
         self._ids = None
         if class_names is not None:
@@ -38,7 +44,7 @@ class LabelEncoder:
         self.class_names = names
         self._ids = {name: i for i, name in enumerate(names)}
 
-    def fit(self, labels):
+    def fit(self, labels: npt.ArrayLike) -> LabelEncoder:
         """Takes the class names from `labels` (sorted) unless they were declared."""
         if self.class_names is None:
             values = [str(v) for v in _flatten(labels)]
@@ -53,7 +59,7 @@ class LabelEncoder:
                 "This LabelEncoder has no classes yet: pass class_names or call fit()."
             )
 
-    def encode(self, labels):
+    def encode(self, labels: Sequence[Any] | np.ndarray) -> np.ndarray:
         """Returns int64 ids; a label outside the classes raises ValueError naming its row."""
         self._require_classes()
         ids = np.empty(len(labels), dtype=np.int64)
@@ -70,7 +76,7 @@ class LabelEncoder:
             )
         return self._ids[key]
 
-    def decode(self, ids):
+    def decode(self, ids: npt.ArrayLike) -> list[str]:
         """Returns the class names of integer `ids`."""
         self._require_classes()
         names = []
@@ -83,7 +89,7 @@ class LabelEncoder:
             names.append(self.class_names[int(i)])
         return names
 
-    def encode_multilabel(self, label_lists):
+    def encode_multilabel(self, label_lists: Sequence[Sequence[str] | str]) -> np.ndarray:
         """Returns a float32 multi-hot array `(n, num_classes)` from lists of labels."""
         self._require_classes()
         targets = np.zeros((len(label_lists), len(self.class_names)), dtype=np.float32)
@@ -94,22 +100,24 @@ class LabelEncoder:
                 targets[row, self._id(label, row)] = 1.0
         return targets
 
-    def decode_multilabel(self, targets, threshold=0.5):
+    def decode_multilabel(
+        self, targets: npt.ArrayLike, threshold: float = 0.5
+    ) -> list[list[str]]:
         """Returns, per row, the class names whose score is above `threshold`."""
         self._require_classes()
         targets = np.asarray(targets)
         return [[self.class_names[j] for j in np.flatnonzero(row > threshold)] for row in targets]
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         self._require_classes()
         return len(self.class_names)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"class_names": list(self.class_names) if self.class_names else None}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> LabelEncoder:
         return cls(**config)
 
 
@@ -121,7 +129,9 @@ def _flatten(labels):
             yield label
 
 
-def multi_hot(label_lists, class_names=None):
+def multi_hot(
+    label_lists: Sequence[Sequence[str] | str], class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Multi-hot targets from lists of labels.
 
     Args:
@@ -137,7 +147,7 @@ def multi_hot(label_lists, class_names=None):
     return encoder.encode_multilabel(label_lists), list(encoder.class_names)
 
 
-def class_weights(labels, num_classes=None):
+def class_weights(labels: npt.ArrayLike, num_classes: int | None = None) -> dict[int, float]:
     """Balanced class weights for Keras `fit(class_weight=...)`.
 
     Uses scikit-learn's `compute_class_weight("balanced")`: a class's weight is
@@ -169,7 +179,12 @@ def class_weights(labels, num_classes=None):
     return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
 
-def require_all_classes(labels, num_classes, where="the data", class_names=None):
+def require_all_classes(
+    labels: npt.ArrayLike,
+    num_classes: int,
+    where: str = "the data",
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """Raises ValueError when a class in `range(num_classes)` has no example."""
     labels = np.asarray(labels)
     counts = np.bincount(labels.astype(np.int64), minlength=num_classes)

@@ -12,10 +12,15 @@ layers run on training datasets only, then the backbone's preprocessor
 normalises them.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
-from tfft.backbones import load_backbone
+from tfft.backbones import Backbone, load_backbone
 from tfft.data.datasets import LabeledData
 from tfft.utils.checks import check_int
 
@@ -97,21 +102,21 @@ def _augmenter(augment):
 
 
 def make_dataset(
-    data,
-    backbone=None,
-    preprocess=None,
-    batch_size=32,
-    shuffle=False,
-    seed=0,
-    cache=False,
-    prefetch=True,
-    deterministic=True,
-    augment=None,
-    num_parallel_calls=AUTOTUNE,
-    training=None,
-    image_size=None,
-    drop_remainder=False,
-):
+    data: LabeledData | tuple[Any, Any],
+    backbone: Backbone | str | None = None,
+    preprocess: Callable[[Any], Any] | None = None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    cache: bool = False,
+    prefetch: bool = True,
+    deterministic: bool = True,
+    augment: Callable[..., Any] | Sequence[Callable[..., Any]] | None = None,
+    num_parallel_calls: int = AUTOTUNE,
+    training: bool | None = None,
+    image_size: tuple[int, int] | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of `(inputs, labels)` ready for `model.fit`.
 
     Args:
@@ -204,7 +209,7 @@ def make_dataset(
     return dataset
 
 
-def default_bucket_boundaries(sequence_length):
+def default_bucket_boundaries(sequence_length: int) -> list[int]:
     """Bucket edges below `sequence_length`: 8, 16, 24, 32, 48, 64, 96, ..."""
     return [b for b in _BOUNDARY_STEPS if b < sequence_length]
 
@@ -227,9 +232,13 @@ def _padding_values(element_spec, pad_token_id):
 
 
 def bucket_by_length(
-    dataset, batch_size=32, bucket_boundaries=None, length_key="padding_mask",
-    pad_token_id=0, drop_remainder=False,
-):
+    dataset: tf.data.Dataset,
+    batch_size: int = 32,
+    bucket_boundaries: Sequence[int] | None = None,
+    length_key: str = "padding_mask",
+    pad_token_id: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Batches unbatched `(features, label)` examples by length, padding per batch.
 
     Args:
@@ -285,20 +294,20 @@ def _token_lengths(inputs, tokenize, num_parallel_calls):
 
 
 def make_text_dataset(
-    data,
-    backbone=None,
-    preprocessor=None,
-    batch_size=32,
-    bucketing=False,
-    bucket_boundaries=None,
-    shuffle=False,
-    seed=0,
-    cache=False,
-    prefetch=True,
-    deterministic=True,
-    num_parallel_calls=AUTOTUNE,
-    drop_remainder=False,
-):
+    data: LabeledData | tuple[Any, Any],
+    backbone: Backbone | str | None = None,
+    preprocessor: Callable[..., Any] | None = None,
+    batch_size: int = 32,
+    bucketing: bool = False,
+    bucket_boundaries: Sequence[int] | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    cache: bool = False,
+    prefetch: bool = True,
+    deterministic: bool = True,
+    num_parallel_calls: int = AUTOTUNE,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """A text dataset, optionally length-bucketed with per-batch padding.
 
     Without bucketing this is `make_dataset`. With `bucketing=True` each

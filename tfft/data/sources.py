@@ -6,10 +6,15 @@ wrong; with `on_error="skip"` they are dropped, counted in `skipped` and
 reported in a log warning, never silently.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tfft.data.datasets import LabeledData
 from tfft.data.labels import LabelEncoder
@@ -29,22 +34,22 @@ class DatasetUnavailableError(OSError):
 
 
 def load(
-    source,
-    split=None,
+    source: Any,
+    split: str | None = None,
     *,
-    data_dir=None,
-    download=True,
-    labels=None,
-    text_column="text",
-    label_column="label",
-    class_names=None,
-    label_separator=None,
-    image_size=None,
-    channels=None,
-    encoding="utf-8",
-    on_error="raise",
-    name=None,
-):
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    labels: npt.ArrayLike | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    class_names: Sequence[str] | None = None,
+    label_separator: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    encoding: str = "utf-8",
+    on_error: str = "raise",
+    name: str | None = None,
+) -> LabeledData | dict[str, LabeledData]:
     """Loads labelled examples from a TFDS name, a CSV file, a DataFrame, a folder or arrays.
 
     Args:

@@ -1,10 +1,17 @@
 """Deterministic stratified splits."""
 
+from __future__ import annotations
+
 import numpy as np
+import numpy.typing as npt
 from sklearn.model_selection import train_test_split
 
+from tfft.data.datasets import LabeledData
 
-def stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0):
+
+def stratified_split(
+    labels: npt.ArrayLike, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Splits example indices into stratified train/validation/test sets.
 
     The same labels and seed always give the same split.
@@ -80,7 +87,9 @@ def stratified_split(labels, val_fraction=0.15, test_fraction=0.15, seed=0):
     return splits
 
 
-def split_data(data, val_fraction=0.15, test_fraction=0.15, seed=0):
+def split_data(
+    data: LabeledData, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> tuple[LabeledData, LabeledData, LabeledData]:
     """Splits a `LabeledData` into stratified `(train, validation, test)` parts.
 
     Args:

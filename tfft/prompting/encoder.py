@@ -1,11 +1,22 @@
 """Zero-shot text classification with a sentence encoder (embedding similarity)."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.backbones import load_backbone
+from tfft.backbones import Backbone, load_backbone
 from tfft.models import build_model
-from tfft.prompting.templates import LabelTemplate, as_templates, as_verbalizer
+from tfft.prompting.templates import (
+    LabelTemplate,
+    TemplateLike,
+    VerbalizerLike,
+    as_templates,
+    as_verbalizer,
+)
 
 
 def softmax(scores, temperature=1.0):
@@ -37,7 +48,10 @@ class SentenceEmbedder:
         batch_size: int. Texts per forward pass. Defaults to 32.
     """
 
-    def __init__(self, backbone="minilm", sequence_length=128, batch_size=32):
+    def __init__(
+        self, backbone: Backbone | str = "minilm", sequence_length: int = 128,
+        batch_size: int = 32,
+    ) -> None:
         if isinstance(backbone, str):
             backbone = load_backbone(backbone, sequence_length=sequence_length)
         if backbone.preprocessor is None:
@@ -63,7 +77,7 @@ class SentenceEmbedder:
 
         self._embed = _embed
 
-    def __call__(self, texts):
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Returns `(len(texts), dim)` float32 unit vectors."""
         texts = _as_texts(texts)
         chunks = []
@@ -106,9 +120,16 @@ class ZeroShotEncoderClassifier:
     ['sport']
     """
 
-    def __init__(self, backbone="minilm", template="This article is about {label}.",
-                 verbalizer=None, class_names=None, temperature=0.05, sequence_length=128,
-                 batch_size=32):
+    def __init__(
+        self,
+        backbone: Backbone | SentenceEmbedder | str = "minilm",
+        template: TemplateLike = "This article is about {label}.",
+        verbalizer: VerbalizerLike | None = None,
+        class_names: Sequence[str] | None = None,
+        temperature: float = 0.05,
+        sequence_length: int = 128,
+        batch_size: int = 32,
+    ) -> None:
         self.verbalizer = as_verbalizer(verbalizer, class_names)
         self.class_names = self.verbalizer.class_names
         self.templates = as_templates(template, LabelTemplate)
@@ -124,7 +145,7 @@ class ZeroShotEncoderClassifier:
             self.verbalizer.check_tokens(lambda w: np.asarray(tokenizer(w)).reshape(-1))
         self._class_embeddings = None
 
-    def class_embeddings(self):
+    def class_embeddings(self) -> np.ndarray:
         """Returns `(num_templates, num_classes, dim)` unit vectors (computed once)."""
         if self._class_embeddings is None:
             per_template = []
@@ -138,21 +159,26 @@ class ZeroShotEncoderClassifier:
             self._class_embeddings = np.stack(per_template).astype(np.float32)
         return self._class_embeddings
 
-    def scores(self, texts):
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Cosine similarity of each text to each class, `(n, num_classes)`."""
         embeddings = self.embedder(texts)
         return np.einsum("nd,tcd->nc", embeddings, self.class_embeddings()) / len(self.templates)
 
-    def predict_proba(self, texts):
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return softmax(self.scores(texts), self.temperature)
 
-    def predict(self, texts):
+    def predict(self, texts: Sequence[str]) -> list[str]:
         """Returns the predicted class names."""
         return [self.class_names[i] for i in self.scores(texts).argmax(axis=-1)]
 
 
-def build_zero_shot_model(backbone, class_names, template="This article is about {label}.",
-                          verbalizer=None, temperature=0.05):
+def build_zero_shot_model(
+    backbone: Backbone | str,
+    class_names: Sequence[str],
+    template: TemplateLike = "This article is about {label}.",
+    verbalizer: VerbalizerLike | None = None,
+    temperature: float = 0.05,
+) -> keras.Model:
     """A zero-shot classifier as an ordinary tfft model: prompts, no parameter updates.
 
     The head's weights are the label prompts' embeddings: pooled features are

@@ -14,6 +14,8 @@ Two details matter for correct outputs:
   `layer_norm_epsilon` explicitly.
 """
 
+from __future__ import annotations
+
 import json
 import os
 
@@ -162,7 +164,9 @@ def _hf_config(reader, has_lm_head, bos_id, eos_id):
     }
 
 
-def convert_gguf_to_hf(gguf_path, output_dir):
+def convert_gguf_to_hf(
+    gguf_path: str | os.PathLike, output_dir: str | os.PathLike
+) -> str | os.PathLike:
     """Writes a llama GGUF file as a Hugging Face llama folder (float32).
 
     Args:
@@ -209,7 +213,7 @@ def _converted(path):
     return os.path.exists(os.path.join(path, _DONE_MARKER))
 
 
-def smollm2_preset_dir():
+def smollm2_preset_dir() -> str:
     """Returns the cached HF folder of the offline SmolLM2-135M-Instruct, converting once.
 
     The conversion writes into a temporary folder next to the cache entry and

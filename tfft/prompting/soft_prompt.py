@@ -14,11 +14,20 @@ The models are functional Keras models built from the backbone's own layers,
 so they save to `.keras`, reload and export with `tf.saved_model.save`.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 from keras import ops
 
+from tfft.backbones import Backbone
 from tfft.utils.checks import check_int
+
+# A Keras shape: `(batch, ...)` with None for unknown sizes.
+Shape = tuple[int | None, ...]
 
 _PACKAGE = "tfft"
 
@@ -37,20 +46,20 @@ class SoftPrompt(keras.layers.Layer):
         embeddings: `(batch, seq, dim)`. Returns `(batch, num_tokens + seq, dim)`.
     """
 
-    def __init__(self, num_tokens, initializer=None, **kwargs):
+    def __init__(self, num_tokens: int, initializer: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_tokens = check_int("num_tokens", num_tokens)
         self.initializer = keras.initializers.get(
             initializer or keras.initializers.RandomUniform(-0.5, 0.5)
         )
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         self.prompt = self.add_weight(
             shape=(self.num_tokens, input_shape[-1]), initializer=self.initializer,
             trainable=True, name="prompt",
         )
 
-    def call(self, embeddings):
+    def call(self, embeddings: Any) -> Any:
         batch = ops.shape(embeddings)[0]
         prompt = ops.cast(self.prompt, embeddings.dtype)
         prompt = ops.broadcast_to(
@@ -58,11 +67,11 @@ class SoftPrompt(keras.layers.Layer):
         )
         return ops.concatenate([prompt, embeddings], axis=1)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         seq = None if input_shape[1] is None else input_shape[1] + self.num_tokens
         return (input_shape[0], seq, input_shape[2])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({
             "num_tokens": self.num_tokens,
@@ -75,19 +84,19 @@ class SoftPrompt(keras.layers.Layer):
 class PromptPaddingMask(keras.layers.Layer):
     """Extends a `(batch, seq)` padding mask with `num_tokens` leading ones."""
 
-    def __init__(self, num_tokens, **kwargs):
+    def __init__(self, num_tokens: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_tokens = int(num_tokens)
 
-    def call(self, padding_mask):
+    def call(self, padding_mask: Any) -> Any:
         ones = ops.ones((ops.shape(padding_mask)[0], self.num_tokens), padding_mask.dtype)
         return ops.concatenate([ones, padding_mask], axis=1)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         seq = None if input_shape[1] is None else input_shape[1] + self.num_tokens
         return (input_shape[0], seq)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"num_tokens": self.num_tokens})
         return config
@@ -110,7 +119,7 @@ class SoftPromptPooling(keras.layers.Layer):
         inputs: `[sequence (batch, num_tokens + seq, dim), padding_mask (batch, seq)]`.
     """
 
-    def __init__(self, num_tokens, mode="mean", **kwargs):
+    def __init__(self, num_tokens: int, mode: str = "mean", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in POOLING_MODES:
             raise ValueError(
@@ -119,7 +128,7 @@ class SoftPromptPooling(keras.layers.Layer):
         self.num_tokens = int(num_tokens)
         self.mode = mode
 
-    def call(self, inputs):
+    def call(self, inputs: Sequence[Any]) -> Any:
         sequence, padding_mask = inputs
         if self.mode == "first":
             return sequence[:, self.num_tokens, :]
@@ -129,10 +138,10 @@ class SoftPromptPooling(keras.layers.Layer):
         mask = ops.expand_dims(ops.cast(padding_mask, real.dtype), -1)
         return ops.sum(real * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Sequence[Shape]) -> Shape:
         return (input_shape[0][0], input_shape[0][-1])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"num_tokens": self.num_tokens, "mode": self.mode})
         return config
@@ -142,18 +151,18 @@ class SoftPromptPooling(keras.layers.Layer):
 class StripPrompt(keras.layers.Layer):
     """Drops the leading `num_tokens` positions of a sequence."""
 
-    def __init__(self, num_tokens, **kwargs):
+    def __init__(self, num_tokens: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_tokens = int(num_tokens)
 
-    def call(self, sequence):
+    def call(self, sequence: Any) -> Any:
         return sequence[:, self.num_tokens:]
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         seq = None if input_shape[1] is None else input_shape[1] - self.num_tokens
         return (input_shape[0], seq, *input_shape[2:])
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"num_tokens": self.num_tokens})
         return config
@@ -172,7 +181,7 @@ class SoftPromptModel(keras.Model):
         frozen_layers: list of str. Names of the layers to keep frozen.
     """
 
-    def __init__(self, *args, frozen_layers=(), **kwargs):
+    def __init__(self, *args: Any, frozen_layers: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.frozen_layers = list(frozen_layers)
         for name in self.frozen_layers:
@@ -183,7 +192,7 @@ class SoftPromptModel(keras.Model):
             for variable in layer.weights:
                 variable.trainable = False
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["frozen_layers"] = list(self.frozen_layers)
         return config
@@ -207,7 +216,14 @@ class SoftPromptDecoder(keras.Model):
             `"prompt_mean"`. Defaults to `"mean"`.
     """
 
-    def __init__(self, backbone, num_tokens, num_classes=None, pooling="mean", **kwargs):
+    def __init__(
+        self,
+        backbone: keras.Model | dict[str, Any],
+        num_tokens: int,
+        num_classes: int | None = None,
+        pooling: str = "mean",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -228,7 +244,7 @@ class SoftPromptDecoder(keras.Model):
         for variable in self.backbone.weights:
             variable.trainable = False
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
         backbone = self.backbone
         x = self.soft_prompt(backbone.token_embedding(inputs["token_ids"]))
         mask = self.prompt_padding_mask(inputs["padding_mask"])
@@ -239,7 +255,7 @@ class SoftPromptDecoder(keras.Model):
             return backbone.token_embedding(self.strip_prompt(x), reverse=True)
         return self.head(self.pool([x, inputs["padding_mask"]]))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
@@ -249,7 +265,7 @@ class SoftPromptDecoder(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> SoftPromptDecoder:
         return cls(**config)
 
 
@@ -284,7 +300,7 @@ def _backbone_model(backbone):
     return model, family
 
 
-def count_trainable_params(model):
+def count_trainable_params(model: keras.Model) -> int:
     """Number of trainable scalars in `model`."""
     return int(sum(np.prod(w.shape) for w in model.trainable_weights))
 
@@ -330,8 +346,16 @@ def _inputs(family):
     return {n: keras.Input(shape=(None,), dtype="int32", name=n) for n in names}
 
 
-def build_soft_prompt_classifier(backbone, num_classes, num_tokens=20, pooling="mean",
-                                 init="vocab", seed=0, dropout=0.0, verbose=True):
+def build_soft_prompt_classifier(
+    backbone: Backbone | keras.Model,
+    num_classes: int,
+    num_tokens: int = 20,
+    pooling: str = "mean",
+    init: str = "vocab",
+    seed: int = 0,
+    dropout: float = 0.0,
+    verbose: bool = True,
+) -> keras.Model:
     """A frozen transformer with a trainable soft prompt and classification head.
 
     Args:
@@ -394,7 +418,13 @@ def build_soft_prompt_classifier(backbone, num_classes, num_tokens=20, pooling="
     return classifier
 
 
-def build_soft_prompt_causal_lm(backbone, num_tokens=20, init="vocab", seed=0, verbose=True):
+def build_soft_prompt_causal_lm(
+    backbone: Backbone | keras.Model,
+    num_tokens: int = 20,
+    init: str = "vocab",
+    seed: int = 0,
+    verbose: bool = True,
+) -> keras.Model:
     """A frozen Llama-family decoder with a trainable soft prompt, returning LM logits.
 
     The model maps `{"token_ids", "padding_mask"}` to `(batch, seq, vocab)` logits

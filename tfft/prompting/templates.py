@@ -4,8 +4,12 @@ These are plain frozen dataclasses (validated in `__post_init__`, with
 `to_dict()`/`from_dict()`), shared by every prompting classifier.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 INPUT_SLOT = "input"
 LABEL_SLOT = "label"
@@ -71,16 +75,16 @@ class PromptTemplate:
         _check_slots(self.text, (INPUT_SLOT, LABEL_SLOT), (INPUT_SLOT,), "prompt template")
 
     @property
-    def has_label_slot(self):
+    def has_label_slot(self) -> bool:
         return LABEL_SLOT in _slots(self.text)
 
-    def format(self, input, label=""):
+    def format(self, input: str, label: str = "") -> str:
         """Fills the template; a template without `{label}` gets the label appended."""
         if self.has_label_slot:
             return self.text.format(input=input, label=label)
         return self.text.format(input=input) + label
 
-    def split(self):
+    def split(self) -> tuple[str, str, str]:
         """Returns `(before_input, between_input_and_label, label_prefix)`.
 
         `label_prefix` is the whitespace moved from the prompt into the label
@@ -92,11 +96,11 @@ class PromptTemplate:
         label_prefix = between[len(stripped):]
         return _unescape(head), _unescape(stripped), label_prefix
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"text": self.text}
 
     @classmethod
-    def from_dict(cls, config):
+    def from_dict(cls, config: dict[str, Any]) -> PromptTemplate:
         return cls(**config)
 
 
@@ -114,14 +118,14 @@ class LabelTemplate:
     def __post_init__(self):
         _check_slots(self.text, (LABEL_SLOT,), (LABEL_SLOT,), "label template")
 
-    def format(self, label):
+    def format(self, label: str) -> str:
         return self.text.format(label=label)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"text": self.text}
 
     @classmethod
-    def from_dict(cls, config):
+    def from_dict(cls, config: dict[str, Any]) -> LabelTemplate:
         return cls(**config)
 
 
@@ -188,15 +192,15 @@ class Verbalizer:
         object.__setattr__(self, "mapping", tuple(normalised))
 
     @classmethod
-    def from_class_names(cls, class_names):
+    def from_class_names(cls, class_names: Sequence[str]) -> Verbalizer:
         """Each class is verbalized by its own name (underscores become spaces)."""
         return cls({name: [str(name).replace("_", " ")] for name in class_names})
 
     @property
-    def class_names(self):
+    def class_names(self) -> list[str]:
         return [name for name, _ in self.mapping]
 
-    def words(self, class_name):
+    def words(self, class_name: str) -> tuple[str, ...]:
         for name, words in self.mapping:
             if name == class_name:
                 return words
@@ -204,7 +208,7 @@ class Verbalizer:
             f"Unknown class. Expected one of {self.class_names}. Received: {class_name!r}"
         )
 
-    def for_classes(self, class_names):
+    def for_classes(self, class_names: Sequence[str]) -> Verbalizer:
         """Returns this verbalizer restricted to and ordered by `class_names`.
 
         Raises:
@@ -219,7 +223,7 @@ class Verbalizer:
             )
         return Verbalizer({c: list(self.words(c)) for c in class_names})
 
-    def check_tokens(self, tokenize):
+    def check_tokens(self, tokenize: Callable[[str], Sequence[Any]]) -> None:
         """Raises ValueError for words that `tokenize` maps to no tokens."""
         empty = [
             (name, word) for name, words in self.mapping for word in words
@@ -231,11 +235,11 @@ class Verbalizer:
                 f"{empty}. Use words the model's vocabulary covers."
             )
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"mapping": {name: list(words) for name, words in self.mapping}}
 
     @classmethod
-    def from_dict(cls, config):
+    def from_dict(cls, config: dict[str, Any]) -> Verbalizer:
         return cls(**config)
 
 
@@ -289,12 +293,20 @@ class TemplateEnsemble:
     def __iter__(self):
         return iter(self.templates)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"templates": [t if isinstance(t, str) else t.text for t in self.templates]}
 
     @classmethod
-    def from_dict(cls, config):
+    def from_dict(cls, config: dict[str, Any]) -> TemplateEnsemble:
         return cls(**config)
+
+
+# The forms a `template` / `verbalizer` argument of the prompting classifiers takes.
+TemplateLike = (
+    str | PromptTemplate | LabelTemplate | TemplateEnsemble
+    | Sequence[str | PromptTemplate | LabelTemplate]
+)
+VerbalizerLike = Verbalizer | Mapping[str, str | Sequence[str]] | Sequence[str]
 
 
 def as_templates(template, kind):

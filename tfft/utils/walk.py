@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import keras
+
 from tfft import _compat
 
 
-def walk_layers(root, *, nested: bool = True, include_root: bool = True) -> Iterator:
+def walk_layers(
+    root: keras.layers.Layer, *, nested: bool = True, include_root: bool = True
+) -> Iterator[keras.layers.Layer]:
     """Yields the layers inside `root` depth-first, parents before children, each once.
 
     Args:
@@ -35,7 +39,7 @@ def walk_layers(root, *, nested: bool = True, include_root: bool = True) -> Iter
         stack.extend(reversed(children))
 
 
-def leaf_layers(root) -> list:
+def leaf_layers(root: keras.layers.Layer) -> list[keras.layers.Layer]:
     """Returns the layers inside `root` that hold no sublayers (`root` itself if it holds none).
 
     Example:
