@@ -92,23 +92,25 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(small_preset,
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    from tfft.jobs.finetune import ConfigError, JobConfig, _RunState
+    from tfft.jobs.config import ConfigError, JobConfig
+    from tfft.jobs.state import RunState
 
     first = JobConfig(epochs=1, run_dir=str(tmp_path))
     tmp_path.mkdir(exist_ok=True)
-    _RunState(str(tmp_path), first)._write()
+    RunState(str(tmp_path), first)._write()
     with pytest.raises(ConfigError, match="epochs differ"):
-        _RunState(str(tmp_path), JobConfig(epochs=2, run_dir=str(tmp_path)))
-    _RunState(str(tmp_path), JobConfig(epochs=1, run_dir=str(tmp_path), export_dir="x"))
+        RunState(str(tmp_path), JobConfig(epochs=2, run_dir=str(tmp_path)))
+    RunState(str(tmp_path), JobConfig(epochs=1, run_dir=str(tmp_path), export_dir="x"))
 
 
 def test_run_dirs_from_before_the_method_rename_still_resume(tmp_path):
-    from tfft.jobs.finetune import ConfigError, JobConfig, _RunState
+    from tfft.jobs.config import ConfigError, JobConfig
+    from tfft.jobs.state import RunState
 
-    state = _RunState(str(tmp_path), JobConfig(method="prompt", run_dir=str(tmp_path)))
+    state = RunState(str(tmp_path), JobConfig(method="prompt", run_dir=str(tmp_path)))
     saved = dict(state.data, config={
         ("strategy" if k == "method" else k): v for k, v in state.data["config"].items()})
     (tmp_path / "state.json").write_text(json.dumps(saved))
-    _RunState(str(tmp_path), JobConfig(method="prompt", run_dir=str(tmp_path)))
+    RunState(str(tmp_path), JobConfig(method="prompt", run_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="method differ"):
-        _RunState(str(tmp_path), JobConfig(method="fine_tune", run_dir=str(tmp_path)))
+        RunState(str(tmp_path), JobConfig(method="fine_tune", run_dir=str(tmp_path)))

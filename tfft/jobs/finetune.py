@@ -159,7 +159,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
             stages.append(resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", task,
                                           lambda: _fine_tune_stage(run),
                                           on_reload=run.forget_report))
-    report = run.evaluate(model)  # the last stage's report unless weights were reloaded since
+    report = run.final_report(model)
 
     export_path = None
     if config.export_dir and chief:
@@ -260,14 +260,18 @@ class _Run:
                                       batch_size=batch_size or self.batch_size)
 
     def evaluate(self, model):
-        """The test report of `model`, reused while its weights stay as they were."""
-        if self.last_report is not None and self.last_report[0] is model:
-            return self.last_report[1]
+        """The test report of `model`; remembered for `final_report`."""
         probs = model.predict(self.batches(self.test.x), verbose=self.verbose)
         report = report_from_predictions(self.test.y, probs, task="multiclass",
                                          class_names=self.data.class_names)
         self.last_report = (model, report)
         return report
+
+    def final_report(self, model):
+        """The last stage's report when it scored `model` as it is now, else a new one."""
+        if self.last_report is not None and self.last_report[0] is model:
+            return self.last_report[1]
+        return self.evaluate(model)
 
     def forget_report(self):
         """Called when weights change outside a stage (a finished stage reloaded)."""
