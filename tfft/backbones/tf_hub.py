@@ -144,7 +144,7 @@ def load(
     layer = HubLayer(
         handle, trainable=trainable, signature=signature, output_key=output_key, **kwargs
     )
-    spec = layer._input_spec_structure
+    spec = layer.input_structure
     inputs = _model_inputs(spec)
     if inputs is not None:
         model = keras.Model(inputs, layer(inputs), name=f"{layer.name}_model")
@@ -177,7 +177,7 @@ def load(
 
 
 def _dict_feature_key(layer):
-    outputs = layer._output_structure()
+    outputs = layer.output_structure()
     if isinstance(outputs, dict) and layer.output_key is None:
         for key in ("pooled_output", "default", "sequence_output"):
             if key in outputs:
@@ -186,7 +186,7 @@ def _dict_feature_key(layer):
 
 
 def _feature_dim(layer, output_key):
-    outputs = layer._output_structure()
+    outputs = layer.output_structure()
     if isinstance(outputs, dict):
         key = output_key or _dict_feature_key(layer)
         outputs = outputs.get(key) if key else None

@@ -305,13 +305,19 @@ class HubLayer(keras.layers.Layer):
                 return args[0]
         return None
 
-    def _output_structure(self):
+    @property
+    def input_structure(self):
+        """The SavedModel function's input specs (a `tf.TensorSpec` or a dict of them)."""
+        return self._input_spec_structure
+
+    def output_structure(self):
+        """The SavedModel function's output structure (specs, possibly a dict)."""
         for concrete in self._concrete_functions():
             return concrete.structured_outputs
         return None
 
     def _validate_output_key(self):
-        outputs = self._output_structure()
+        outputs = self.output_structure()
         if self.output_key is None:
             if (
                 self.signature is not None
