@@ -38,6 +38,8 @@ def test_build_model_returns_a_task_with_its_parts(tiny_text_backbone):
 def test_class_names_must_match_the_head(tiny_text_backbone):
     with pytest.raises(ValueError, match="class_names has 2 names"):
         tfft.build_model(tiny_text_backbone, num_classes=3, class_names=["a", "b"])
+    with pytest.raises(ValueError, match="binary head has 2 classes"):
+        tfft.build_model(tiny_text_backbone, task="binary", num_classes=1, class_names=["a"])
 
 
 def test_raw_strings_fit_predict_evaluate_like_preprocessed_inputs(tiny_text_backbone):

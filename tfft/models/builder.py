@@ -12,7 +12,7 @@ from tfft.adapt import FreezePolicy, apply_freeze, parse_freeze
 from tfft.backbones import Backbone, load_backbone
 from tfft.distribute import check_built_in_scope, prepare_model
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
-from tfft.models.task import Task
+from tfft.models.task import Task, backbone_input_spec
 from tfft.training.presets import compile_model
 
 
@@ -96,7 +96,8 @@ def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, 
     )
     head = TaskHead(task, num_classes, dropout=dropout, hidden_units=hidden_units, name="head")
     pool = Pooling(pooling, normalize=normalize_features, name="pooling")
-    _check_poolable(wrapper.compute_output_spec(_input_spec(backbone.model)), task, backbone)
+    _check_poolable(wrapper.compute_output_spec(backbone_input_spec(backbone.model)), task,
+                    backbone)
     model = Task(wrapper, pool, head, preprocessor=backbone.preprocessor,
                  backbone_info=backbone.info, class_names=class_names,
                  name=f"{backbone.name}_{task}")
@@ -105,16 +106,6 @@ def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, 
         compile_model(model, preset=preset, task=task, family=backbone.info.family,
                       total_steps=total_steps, num_classes=num_classes)
     return model
-
-
-def _input_spec(model):
-    spec = getattr(model, "input", None)
-    if spec is None:
-        raise ValueError(
-            f"The backbone {model.name!r} has no defined inputs; load it as a functional "
-            "keras.Model (tfft.load_backbone does)."
-        )
-    return spec
 
 
 def _check_poolable(features, task, backbone):

@@ -77,10 +77,11 @@ class Task(keras.Model):
             backbone_info = _info_from_dict(backbone_info)
         if class_names is not None:
             class_names = [str(name) for name in class_names]
-            if len(class_names) != head.output_units and head.task != "binary":
+            expected = 2 if head.task == "binary" else head.output_units
+            if len(class_names) != expected:
                 raise ValueError(
-                    f"class_names has {len(class_names)} names but the head has "
-                    f"{head.output_units} outputs. Received: class_names={class_names!r}"
+                    f"class_names has {len(class_names)} names but the {head.task} head has "
+                    f"{expected} classes. Received: class_names={class_names!r}"
                 )
         inputs = _symbolic_inputs(backbone_layer.backbone)
         features = backbone_layer(inputs)
@@ -436,13 +437,19 @@ def _as_policy(policy):
     return parse_freeze(policy)
 
 
-def _symbolic_inputs(backbone):
+def backbone_input_spec(backbone: keras.Model) -> Any:
+    """The backbone model's symbolic inputs (a KerasTensor or a dict of them)."""
     spec = getattr(backbone, "input", None)
     if spec is None:
         raise ValueError(
             f"The backbone {backbone.name!r} has no defined inputs; load it as a functional "
             "keras.Model (tfft.load_backbone does)."
         )
+    return spec
+
+
+def _symbolic_inputs(backbone):
+    spec = backbone_input_spec(backbone)
     if isinstance(spec, dict):
         return {k: keras.Input(shape=v.shape[1:], dtype=v.dtype, name=k) for k, v in spec.items()}
     return keras.Input(shape=spec.shape[1:], dtype=spec.dtype)
