@@ -297,11 +297,39 @@ def apply_freeze(model: keras.Model, policy: str | FreezePolicy) -> FreezePolicy
     return policy
 
 
-def trainable_summary(model: keras.Model) -> dict[str, int]:
-    """Counts trainable and frozen parameters: `{"trainable": n, "frozen": m}`."""
+class TrainableSummary(dict):
+    """`{"trainable": n, "frozen": m}` parameter counts that print as one readable line.
+
+    A plain dict for code (`summary["trainable"]`, `==`, `json.dumps`);
+    `print(summary)` and `str(summary)` give
+    `"1,925 trainable / 22,565,376 frozen parameters (0.01% trainable)"`.
+    """
+
+    def __str__(self):
+        total = self["trainable"] + self["frozen"]
+        share = 100.0 * self["trainable"] / total if total else 0.0
+        return (f"{self['trainable']:,} trainable / {self['frozen']:,} frozen parameters "
+                f"({share:.2f}% trainable)")
+
+
+def trainable_summary(model: keras.Model) -> TrainableSummary:
+    """Counts the trainable and frozen parameters of `model`.
+
+    Returns:
+        A `TrainableSummary`: the dict `{"trainable": n, "frozen": m}`, which
+        prints as one line (`print(tfft.trainable_summary(task))`).
+
+    Example:
+
+    >>> counts = tfft.trainable_summary(task)
+    >>> counts["trainable"]
+    1925
+    >>> print(counts)
+    1,925 trainable / 22,565,376 frozen parameters (0.01% trainable)
+    """
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     frozen = sum(int(keras.ops.size(w)) for w in model.non_trainable_weights)
-    return {"trainable": trainable, "frozen": frozen}
+    return TrainableSummary(trainable=trainable, frozen=frozen)
 
 
 def find_backbone_layer(model: keras.Model) -> BackboneLayer:
