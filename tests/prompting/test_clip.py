@@ -62,7 +62,14 @@ def test_logit_scale_is_used(tiny_clip, tiny_images):
     backbone({"images": tiny_images[:1], "token_ids": np.ones((1, 12), "int32")})  # builds head
     clf = ZeroShotImageClassifier(backbone, tokenizer=tokenizer, verbalizer=CLASSES)
     cosine = clf.image_embeddings(tiny_images) @ clf.class_embeddings().T
-    np.testing.assert_allclose(clf.logits(tiny_images), cosine / 0.07, rtol=1e-4)
+    # A learnt scale unlike CLIP's initial 1/0.07, so the fallback cannot pass for it.
+    scale = backbone.clip_head.logit_scale
+    initial = np.asarray(scale).copy()
+    scale.assign(np.log(25.0).astype(initial.dtype))
+    try:
+        np.testing.assert_allclose(clf.logits(tiny_images), cosine * 25.0, rtol=1e-4)
+    finally:
+        scale.assign(initial)
 
 
 def test_bad_arguments(tiny_clip):

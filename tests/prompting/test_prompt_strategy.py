@@ -49,3 +49,13 @@ def test_job_soft_prompt_method_trains_only_prompts(tmp_path):
     model = report["model"]
     probs = model.predict(report["preprocessor"](np.array(["Shares fell."])), verbose=0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    # Only the prompt and the head trained: every backbone weight still equals the
+    # pretrained MiniLM's, loaded afresh.
+    pretrained = {w.path: w for w in tfft.load_backbone("minilm", sequence_length=32).model.weights}
+    shared = [w for w in model.weights if w.path in pretrained]
+    assert len(shared) >= 100, [w.path for w in model.weights]
+    for weight in shared:
+        np.testing.assert_array_equal(weight.numpy(), pretrained[weight.path].numpy(),
+                                      err_msg=weight.path)
+    trained = {w.path.split("/")[0] for w in model.weights if w.path not in pretrained}
+    assert trained == {"soft_prompt", "head"}, trained
