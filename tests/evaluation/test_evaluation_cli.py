@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as skm
 
-import tfft  # noqa: F401  (sets the Keras backend first)
+import tfft
 from tfft.data import load_bbc_news, stratified_split
 from tfft.evaluation import cli
 
@@ -212,3 +212,52 @@ def test_registered_in_the_tfft_command(topic_model, topic_csv, tmp_path, capsys
         main(["evaluate", "--data", csv_path])
     assert exit_info.value.code == 2
     assert "--model" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def text_export(tiny_text_preprocessor, tmp_path_factory):
+    """A tiny BERT Task exported by tfft: its graph holds TensorFlow Text tokenizer ops."""
+    import keras
+    import keras_hub
+
+    from tfft.export import export_saved_model
+
+    keras.utils.set_random_seed(0)
+    bert = keras_hub.models.BertBackbone(
+        vocabulary_size=tiny_text_preprocessor.tokenizer.vocabulary_size(), num_layers=1,
+        num_heads=2, hidden_dim=8, intermediate_dim=16, max_sequence_length=16,
+    )
+    backbone = tfft.load_backbone(bert)
+    backbone.preprocessor = tiny_text_preprocessor
+    model = tfft.build_model(backbone, task="multiclass", num_classes=3, compile=False)
+    root = tmp_path_factory.mktemp("text_export")
+    path = export_saved_model(model, str(root / "topics"), class_names=list(TOPICS),
+                              modality="text", verify=False)
+    rows = [("the cat and the dog", "animals"), ("bread and soup", "food"),
+            ("the team won the match", "sport"), ("a bird", "animals")]
+    csv = root / "topics.csv"
+    csv.write_text("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows))
+    return path, str(csv)
+
+
+@pytest.mark.slow
+def test_evaluate_loads_a_text_export_in_a_fresh_process(text_export, tmp_path):
+    """Issue 25 item 1: `tfft evaluate` registers TensorFlow Text's ops before loading.
+
+    Slow (~10-20 s: a new interpreter imports TensorFlow): the bug only shows in a
+    process where nothing imported tensorflow_text yet, which this test process is not.
+    """
+    import subprocess
+    import sys
+
+    path, csv = text_export
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfft.cli.main", "evaluate", "--model", path, "--data", csv,
+         "--split", "all", "--no-plots", "--out", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RegexSplitWithOffsets" not in proc.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["metrics"]["num_examples"] == 4
+    assert report["class_names"] == list(TOPICS)

@@ -59,6 +59,36 @@ def known_backbones():
     return list(CATALOG)
 
 
+def register_text_ops() -> bool:
+    """Registers TensorFlow Text's ops with TensorFlow, for loading text exports.
+
+    KerasHub tokenizers (WordPiece, BPE, SentencePiece) run TensorFlow Text
+    ops such as `RegexSplitWithOffsets`, so every SavedModel that holds one
+    needs them registered before `tf.saved_model.load`. Call this first in
+    every code path that loads an export.
+
+    Returns:
+        True when the ops are registered; False when the `tensorflow-text`
+        package is not installed (image exports load without it).
+    """
+    try:
+        import tensorflow_text  # noqa: F401  (importing it registers the ops)
+    except ImportError:
+        return False
+    return True
+
+
+def missing_text_ops_hint(error: BaseException) -> str | None:
+    """The fix for a load `error` caused by unregistered TensorFlow Text ops, else None."""
+    if "Op type not registered" not in str(error):
+        return None
+    return (
+        "the SavedModel uses TensorFlow Text ops (a KerasHub tokenizer) that are not "
+        "registered: install them with `pip install tensorflow-text` (the same version "
+        "as TensorFlow) and load it again."
+    )
+
+
 def resolve_local_preset(name, hint="a KerasHub preset name such as 'bert_base_en_uncased'"):
     """Tells a local preset folder from a preset name.
 

@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
+
 METADATA_FILE = "tfft_metadata.json"
 SPLITS = ("train", "val", "test", "all")
 DEFAULT_SPLIT = {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}
@@ -140,6 +142,24 @@ def _load_csv(path, class_names, text_column, label_column):
     return LabeledData(texts, labels, list(class_names), name)
 
 
+def load_export(model_dir):
+    """Loads an exported SavedModel, text exports' tokenizer ops included.
+
+    Raises:
+        ValueError: the folder does not hold a loadable SavedModel, or it needs
+            TensorFlow Text and `tensorflow-text` is not installed.
+    """
+    import tensorflow as tf
+
+    register_text_ops()
+    try:
+        return tf.saved_model.load(model_dir)
+    except (OSError, RuntimeError, tf.errors.OpError) as error:
+        hint = missing_text_ops_hint(error)
+        detail = hint if hint else str(error)
+        raise ValueError(f"Could not load the SavedModel in {model_dir}: {detail}") from None
+
+
 def _split_settings(args, metadata):
     split = dict(DEFAULT_SPLIT)
     meta_split = metadata.get("split") or {}
@@ -157,7 +177,6 @@ def _split_settings(args, metadata):
 
 def _run(args):
     import numpy as np
-    import tensorflow as tf
 
     from tfft.data import stratified_split
     from tfft.evaluation.evaluator import evaluate
@@ -216,10 +235,7 @@ def _run(args):
     if len(data) == 0:
         raise ValueError(f"No examples to evaluate in {data_name!r} ({args.split} split).")
 
-    try:
-        model = tf.saved_model.load(model_dir)
-    except (OSError, tf.errors.OpError) as error:
-        raise ValueError(f"Could not load the SavedModel in {model_dir}: {error}") from None
+    model = load_export(model_dir)
     report = evaluate(model, data, task=task, class_names=class_names,
                       batch_size=args.batch_size)
 
