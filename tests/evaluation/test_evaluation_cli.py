@@ -261,3 +261,24 @@ def test_evaluate_loads_a_text_export_in_a_fresh_process(text_export, tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["metrics"]["num_examples"] == 4
     assert report["class_names"] == list(TOPICS)
+
+
+def test_a_latin1_csv_names_the_file_the_line_and_encoding(topic_model, tmp_path, capsys):
+    """Issue 25 item 9: a decoding error says where it is and how to fix it."""
+    from tfft.cli.main import main
+
+    latin1 = tmp_path / "topics_latin1.csv"
+    latin1.write_bytes("text,label\nthe cat,animals\ncr\u00e8me soup,food\nthe team,sport\n"
+                       .encode("latin-1"))
+    argv = ["evaluate", "--model", topic_model, "--data", str(latin1), "--split", "all",
+            "--no-plots", "--out", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(latin1) in err and "line 3" in err and "--encoding" in err
+    assert not (tmp_path / "eval").exists()
+    # The flag the message names reads the same file.
+    assert main([*argv, "--encoding", "latin-1"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["metrics"]["num_examples"] == 3
+    assert main([*argv, "--encoding", "klingon"]) == 2
+    assert "Unknown --encoding 'klingon'" in capsys.readouterr().err

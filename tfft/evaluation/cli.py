@@ -42,6 +42,9 @@ def add_parser(subparsers):
                              "runs/evaluate/NAME-VERSION.")
     parser.add_argument("--text-column", default="text", help="CSV input column.")
     parser.add_argument("--label-column", default="label", help="CSV label column.")
+    parser.add_argument("--encoding", default="utf-8",
+                        help="Text encoding of a CSV given to --data, e.g. latin-1 or cp1252. "
+                             "Defaults to utf-8.")
     parser.add_argument("--task", default=None,
                         choices=("binary", "multiclass", "multilabel", "regression"),
                         help="Overrides the task in the metadata.")
@@ -84,11 +87,12 @@ def read_metadata(model_dir):
     return metadata
 
 
-def load_eval_data(data, class_names=None, text_column="text", label_column="label"):
+def load_eval_data(data, class_names=None, text_column="text", label_column="label",
+                   encoding="utf-8"):
     """Loads a named dataset or a CSV file as a `LabeledData`.
 
     CSV labels may be class names (mapped through `class_names`, or sorted
-    when none are known) or integer ids.
+    when none are known) or integer ids. `encoding` is the CSV's text encoding.
     """
     from tfft.data import IMAGE_DATASETS, TEXT_DATASETS
 
@@ -102,16 +106,47 @@ def load_eval_data(data, class_names=None, text_column="text", label_column="lab
         )
     if not os.path.isfile(data):
         raise FileNotFoundError(f"No such CSV file: {data}")
-    return _load_csv(data, class_names, text_column, label_column)
+    return _load_csv(data, class_names, text_column, label_column, encoding)
 
 
-def _load_csv(path, class_names, text_column, label_column):
+def _read_csv_text(path, encoding):
+    """The CSV's text; a decoding error names the file, the line and `--encoding`."""
+    import bz2
+    import codecs
+    import gzip
+
+    try:
+        # A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the header.
+        codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    except LookupError:
+        raise ValueError(
+            f"Unknown --encoding {encoding!r}. Use a Python codec name such as utf-8, "
+            "latin-1 or cp1252."
+        ) from None
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1].lower(), open)
+    with opener(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: not valid {encoding} ({error.reason} at byte "
+            f"{error.start}: {raw[error.start:error.end]!r}). Pass the file's encoding with "
+            "--encoding, e.g. --encoding latin-1 (or cp1252 for Windows files)."
+        ) from None
+
+
+def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
+    import io
+
     import numpy as np
     import pandas as pd
 
     from tfft.data import LabeledData
 
-    frame = pd.read_csv(path, sep="\t" if path.lower().endswith(".tsv") else ",")
+    text = _read_csv_text(path, encoding)
+    frame = pd.read_csv(io.StringIO(text), sep="\t" if path.lower().endswith(".tsv") else ",")
     for flag, column in (("--text-column", text_column), ("--label-column", label_column)):
         if column not in frame.columns:
             raise ValueError(
@@ -201,7 +236,8 @@ def _run(args):
         raise ValueError(
             f"No data to evaluate on: pass --data, or export with 'dataset' in {METADATA_FILE}."
         )
-    data = load_eval_data(data_name, class_names, args.text_column, args.label_column)
+    data = load_eval_data(data_name, class_names, args.text_column, args.label_column,
+                          args.encoding)
     if class_names is None:
         class_names = list(data.class_names)
     elif [str(c).lower() for c in data.class_names] != [str(c).lower() for c in class_names]:
