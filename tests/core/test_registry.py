@@ -81,3 +81,20 @@ def test_a_users_keras_applications_cnn_gets_its_stages_as_blocks(tiny_cnn):
     blocks = backbone.blocks()
     assert len(blocks) >= 10
     assert blocks[-1][-1].name in {layer.name for layer in tiny_cnn.layers}
+
+
+def test_a_misspelt_keras_hub_preset_is_unknown_not_offline(monkeypatch):
+    """Issue 25 item 8: KerasHub's preset index tells a typo from a missing network."""
+    def refuse(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(ValueError) as info:
+        tfft.load_backbone("keras_hub:all_minilm_l6_v3")
+    message = str(info.value)
+    assert not isinstance(info.value, NetworkUnavailableError)
+    assert "Unknown KerasHub preset 'all_minilm_l6_v3'" in message
+    assert "'all_minilm_l6_v2'" in message and "unreachable" not in message
+    # A name KerasHub knows still reaches the network check.
+    with pytest.raises(NetworkUnavailableError, match="unreachable"):
+        tfft.load_backbone("keras_hub:bert_tiny_en_uncased")

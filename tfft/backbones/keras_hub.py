@@ -6,6 +6,7 @@ KerasHub's converters read both. The offline all-MiniLM-L6-v2 sentence encoder
 is a first-class entry (`keras_hub:all_minilm_l6_v2`, alias `minilm`).
 """
 
+import difflib
 import json
 import os
 
@@ -119,8 +120,33 @@ def _resolve(name):
     if name in (MINILM, "minilm"):
         return assets.asset_path("minilm"), MINILM, True
     preset, local = resolve_local_preset(name)
+    if not local:
+        _check_preset_name(preset)
     display = os.path.basename(os.path.normpath(preset)) if local else preset
     return preset, display, local
+
+
+def _check_preset_name(name):
+    """Refuses a preset name KerasHub does not know, before any download is tried.
+
+    KerasHub ships its preset index, so a misspelt name is told apart from a
+    missing network offline. Handles (`kaggle://...`, `hf://...`) pass through.
+    """
+    import keras_hub
+
+    if "://" in name:
+        return
+    known = {*keras_hub.models.Backbone.presets, *(info.name for info in CATALOG), "minilm"}
+    if name in known:
+        return
+    close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.6)
+    suggestion = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown KerasHub preset {name!r}.{suggestion} KerasHub {keras_hub.__version__} "
+        "knows the names in `keras_hub.models.Backbone.presets`; a local preset folder "
+        "(keras_hub:/path/to/preset_dir) or a handle (keras_hub:kaggle://... , "
+        f"keras_hub:hf://...) also works. Received: keras_hub:{name}"
+    )
 
 
 def load(name, sequence_length=128, **kwargs):
