@@ -121,6 +121,107 @@ class LabelEncoder:
         return cls(**config)
 
 
+# A label column is implausible as classes when it has more than this many classes ...
+SUSPECT_CLASS_COUNT = 50
+# ... and they number more than this share of its rows (most classes would have one or
+# two examples: an id, a measurement or a free-text column, not a class).
+SUSPECT_CLASS_SHARE = 0.5
+
+
+def class_labels(values: Sequence[Any], where: str = "the labels") -> list[Any]:
+    """Returns single-label values with whole numbers as ints; refuses continuous labels.
+
+    When every present label is a number (an int, a float, or a string such
+    as `"2.0"` that parses as a finite float), whole numbers become ints, so
+    `0.0, 1.0, 2.0` (a CSV float column, or an int column with an empty
+    cell) and `"0.0", "1.0"` are class ids 0, 1, 2, not the class names
+    `"0.0"`, `"1.0"`. A number with a fractional part means the labels are
+    a continuous target and raises ValueError suggesting regression. Other
+    labels (class names), and missing ones (None, NaN), are returned as
+    they are.
+
+    Args:
+        values: sequence. One label per row.
+        where: str. Names the data in messages. Defaults to `"the labels"`.
+
+    Returns:
+        list, one label per row.
+
+    Example:
+
+    >>> class_labels([0.0, 1.0, "2.0"])
+    [0, 1, 2]
+    >>> class_labels(["neg", "pos"])
+    ['neg', 'pos']
+    """
+    values = list(values)
+    numbers = [_as_number(v) for v in values]
+    present = [row for row, v in enumerate(values) if not _is_missing(v)]
+    if not present or any(numbers[row] is None for row in present):
+        return values
+    fractional = [row for row in present if not float(numbers[row]).is_integer()]
+    if fractional:
+        row = fractional[0]
+        distinct = len({numbers[r] for r in present})
+        raise ValueError(
+            f"The labels in {where} look continuous, not like classes: {values[row]!r} at "
+            f"row {row} is not a whole number ({len(fractional)} of {len(present)} labels "
+            f"have a fractional part; {distinct} distinct values). Class labels must be "
+            "class names or whole-number ids. For a numeric target, train a regression "
+            "on the float values instead: `tfft.build_model(..., task=\"regression\", "
+            "num_classes=1)` with `y = pandas.read_csv(path)[label_column]"
+            ".to_numpy(\"float32\")`."
+        )
+    return [v if _is_missing(v) else int(numbers[row]) for row, v in enumerate(values)]
+
+
+def check_class_count(num_classes: int, num_rows: int, where: str = "the labels") -> None:
+    """Refuses a class count that is implausible for the number of labelled rows.
+
+    The rule: more than `SUSPECT_CLASS_COUNT` (50) classes that are also more
+    than `SUSPECT_CLASS_SHARE` (half) of the rows. Such a column is almost
+    always an id, a measurement or free text rather than a class label (a
+    float target once gave 2,319 classes). Declaring the classes with
+    `class_names=[...]` skips this check.
+
+    Args:
+        num_classes: int. Classes the labels would define.
+        num_rows: int. Labelled rows.
+        where: str. Names the data in messages. Defaults to `"the labels"`.
+    """
+    if num_classes > SUSPECT_CLASS_COUNT and num_classes > SUSPECT_CLASS_SHARE * num_rows:
+        raise ValueError(
+            f"The labels in {where} define {num_classes:,} classes for {num_rows:,} rows: "
+            f"more than {SUSPECT_CLASS_COUNT} classes and more than "
+            f"{SUSPECT_CLASS_SHARE:.0%} of the rows, so most classes would have one or two "
+            "examples. This looks like an id, a measurement or a text column rather than "
+            "a class label: check label_column, or for a numeric target train a regression "
+            "(`tfft.build_model(..., task=\"regression\")`). If these really are classes, "
+            "declare them with class_names=[...]."
+        )
+
+
+def _as_number(value):
+    """The value as an int or float if it is a number or a numeric string, else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        return number if np.isfinite(number) else None
+    return None
+
+
+def _is_missing(value):
+    return value is None or (isinstance(value, (float, np.floating)) and np.isnan(value))
+
+
 def _flatten(labels):
     for label in labels:
         if isinstance(label, (list, tuple, set, np.ndarray)):

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tfft.data.datasets import LabeledData
-from tfft.data.labels import LabelEncoder
+from tfft.data.labels import LabelEncoder, check_class_count, class_labels
 from tfft.utils.network import network_reachable
 
 logger = logging.getLogger("tfft.data")
@@ -155,34 +155,49 @@ def _report_skipped(name, skipped, first_problem):
 
 
 def _encode_labels(values, class_names, where, on_error):
-    """Returns (ids, class_names, bad_rows, first_problem) for single-label values."""
-    values = list(values)
-    integer = all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+    """Returns (ids, class_names, bad_rows, first_problem) for single-label values.
+
+    Whole numbers, also written as floats or text (`2.0`, `"2.0"`), are class
+    ids; fractional numbers are refused as a continuous target; without
+    declared `class_names`, an implausible class count is refused
+    (`check_class_count`).
+    """
+    values = class_labels(values, where)
+    present = [v for v in values if not _missing(v)]
+    integer = bool(present) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present
     )
-    if class_names is None and integer:
-        class_names = [str(i) for i in range(max(int(v) for v in values) + 1)]
-        negative = [i for i, v in enumerate(values) if int(v) < 0]
+    if integer:
+        negative = [i for i, v in enumerate(values) if not _missing(v) and int(v) < 0]
         if negative:
             raise ValueError(
                 f"Integer labels must be >= 0. Received: {values[negative[0]]} at row "
                 f"{negative[0]} of {where}."
             )
-        return np.array(values, dtype=np.int64), class_names, [], None
-    if integer:
-        # Integer ids against declared names: check the range, keep the ids.
-        ids = np.array(values, dtype=np.int64)
-        bad = [i for i, v in enumerate(ids) if not 0 <= v < len(class_names)]
-        problem = None
-        if bad:
-            problem = (
-                f"label id {ids[bad[0]]} at row {bad[0]} of {where} is out of range for "
-                f"{len(class_names)} class_names {list(class_names)}"
-            )
+        if class_names is None:
+            class_names = [str(i) for i in range(max(int(v) for v in present) + 1)]
+            check_class_count(len(class_names), len(present), where)
+        # Integer ids against the class names: check the range, keep the ids.
+        ids = np.array([-1 if _missing(v) else int(v) for v in values], dtype=np.int64)
+        bad, problem = [], None
+        for row, value in enumerate(values):
+            if _missing(value):
+                message = f"Label at row {row} is missing (in {where})"
+            elif not 0 <= ids[row] < len(class_names):
+                message = (
+                    f"Label id {ids[row]} at row {row} of {where} is out of range for "
+                    f"{len(class_names)} class_names {list(class_names)}"
+                )
+            else:
+                continue
             if on_error == "raise":
-                raise ValueError(problem[0].upper() + problem[1:] + ".")
+                raise ValueError(message + ".")
+            bad.append(row)
+            problem = problem or message
         return ids, list(class_names), bad, problem
-    encoder = LabelEncoder(class_names).fit([v for v in values if not _missing(v)])
+    if class_names is None:
+        check_class_count(len({str(v) for v in present}), len(present), where)
+    encoder = LabelEncoder(class_names).fit(present)
     ids = np.full(len(values), -1, dtype=np.int64)
     bad, problem = [], None
     for row, value in enumerate(values):
