@@ -118,7 +118,9 @@ def load(
     Args:
         name: str. An https URL (e.g. `https://tfhub.dev/google/imagenet/
             mobilenet_v2_100_224/feature_vector/5`), a name from
-            `known_backbones()`, or a local SavedModel directory.
+            `known_backbones()`, or a local SavedModel directory. URLs download
+            once into `tfft.assets.cache_dir("tfhub")` (under `TFFT_CACHE_DIR`),
+            or into `TFHUB_CACHE_DIR` when that is set; `http://` is refused.
         trainable: bool. Passed to `HubLayer`. Defaults to `False`.
         signature: str. Passed to `HubLayer`. Defaults to `None`.
         output_key: str. Passed to `HubLayer`; `None` keeps dict outputs whole.

@@ -5,7 +5,7 @@ They import nothing from tfft above `tfft.utils`, so every other part can use th
 
 from tfft.layers.backbone_layer import BackboneLayer
 from tfft.layers.heads import TASKS, TaskHead
-from tfft.layers.hub_layer import HubLayer
+from tfft.layers.hub_layer import HubLayer, allow_hub_handles
 from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor
 from tfft.layers.pooling import POOLING_MODES, Pooling
 
@@ -18,4 +18,5 @@ __all__ = [
     "ImagePreprocessor",
     "Pooling",
     "TaskHead",
+    "allow_hub_handles",
 ]

@@ -9,21 +9,40 @@ that shares its storage (with a clean name), and calls the restored function
 with `training=training and self.trainable`, so frozen BatchNorm and dropout stay
 in inference mode.
 
-Handles are https URLs (tfhub.dev / Kaggle Models, resolved and cached by
-`tensorflow_hub.resolve`, imported only then) or local SavedModel directories,
-which never touch the network.
+Handles are https URLs (tfhub.dev / Kaggle Models, resolved by
+`tensorflow_hub.resolve`, imported only then, into tfft's cache folder), `gs://`
+paths, or local SavedModel directories, which never touch the network. Plain
+`http://` is refused: anyone on the path could swap the graph tfft would run.
+
+A handle named in a saved config (a `.keras` file, `HubLayer.from_config`) is
+the file author's choice, not the user's: it loads when it is a local
+directory or matches a prefix the user allowed with `allow_hub_handles` or the
+`TFFT_ALLOWED_HUB_HANDLES` environment variable.
 """
 
+import contextlib
+import contextvars
 import os
 import re
+from collections.abc import Iterable, Iterator
+from urllib.parse import unquote, urlparse
 
 import keras
 import tensorflow as tf
+from absl import flags
 
 from tfft._compat import track_layer_variable
+from tfft.assets import cache_dir
 from tfft.utils.network import require_network
 
+# http:// is listed so that such a handle is recognised (and refused), not
+# mistaken for a missing local directory.
 URL_PREFIXES = ("https://", "http://", "gs://")
+ALLOWED_HANDLES_ENV = "TFFT_ALLOWED_HUB_HANDLES"
+TFHUB_CACHE_ENV = "TFHUB_CACHE_DIR"
+_DEFAULT_PORTS = {"https": 443, "gs": None}
+# Prefixes allowed by the `allow_hub_handles` blocks around the current code.
+_ALLOWED_PREFIXES = contextvars.ContextVar("tfft_allowed_hub_handles", default=())
 # Ops that XLA cannot compile: a model using them runs with jit_compile off.
 _NON_XLA_OP_MARKERS = ("HashTable", "LookupTable", "String", "Regex", "Unicode", "Substr")
 _LOCAL_HINT = (
@@ -36,15 +55,177 @@ def is_url(handle):
     return isinstance(handle, str) and handle.lower().startswith(URL_PREFIXES)
 
 
+def _refuse_http(handle):
+    if isinstance(handle, str) and handle.lower().startswith("http://"):
+        raise ValueError(
+            "Plain http:// TF Hub handles are refused: the download is not encrypted, so "
+            "anyone on the network path could swap the SavedModel graph that would be "
+            "loaded and run. Use the https:// URL "
+            f"({'https://' + handle[len('http://'):]!r}) or a local SavedModel directory. "
+            f"Received: handle={handle!r}"
+        )
+
+
+def _url_parts(url):
+    """(scheme, host, port, path segments) of an https:// or gs:// URL.
+
+    Segments are compared percent-decoded, so `%2e%2e` is `..` and `%2F` splits.
+    Raises ValueError for other schemes, a missing host, a bad port, and `.` or
+    `..` segments (a server resolves them, so they could climb out of a prefix).
+    """
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.hostname:
+        raise ValueError(
+            "needs an https:// or gs:// scheme (http:// is never allowed) and a host "
+            "(or bucket)"
+        )
+    try:
+        port = parsed.port or _DEFAULT_PORTS[scheme]
+    except ValueError as error:
+        raise ValueError(f"has an invalid port ({error})") from None
+    path = unquote(parsed.path)
+    segments = [segment for segment in path.split("/") if segment]
+    if "\\" in path or any(segment in (".", "..") for segment in segments):
+        raise ValueError("has '.', '..' or backslash path segments")
+    return scheme, parsed.hostname, port, segments
+
+
+def _check_prefixes(prefixes, where):
+    """The prefixes as a tuple of strings, each a valid https:// or gs:// prefix."""
+    if isinstance(prefixes, str):
+        prefixes = [prefixes]
+    if not isinstance(prefixes, Iterable):
+        raise TypeError(
+            "Expected allowed TF Hub handle prefixes as a list of strings. "
+            f"Received: prefixes={prefixes!r}"
+        )
+    prefixes = tuple(prefixes)
+    for prefix in prefixes:
+        if not isinstance(prefix, str):
+            raise TypeError(
+                "Expected allowed TF Hub handle prefixes as a list of strings. "
+                f"Received: {prefix!r} of type {type(prefix).__name__} in prefixes={prefixes!r}"
+            )
+        try:
+            _url_parts(prefix)
+        except ValueError as error:
+            raise ValueError(
+                f"Invalid allowed TF Hub handle prefix in {where}: it {error}. Expected "
+                "https://host/folder or gs://bucket/folder (a handle is allowed when its "
+                "host matches and its path starts with the prefix's whole folders). "
+                f"Received: {prefix!r}"
+            ) from None
+    return prefixes
+
+
+def _env_prefixes():
+    raw = os.environ.get(ALLOWED_HANDLES_ENV, "")
+    prefixes = [prefix.strip() for prefix in raw.split(",") if prefix.strip()]
+    return _check_prefixes(prefixes, f"the {ALLOWED_HANDLES_ENV} environment variable")
+
+
+@contextlib.contextmanager
+def allow_hub_handles(prefixes: str | Iterable[str]) -> Iterator[None]:
+    """Lets saved configs loaded inside the block name these remote TF Hub handles.
+
+    A `.keras` file names its `HubLayer`'s handle, and loading the file would
+    download and run that SavedModel's graph. Inside this block, a handle from a
+    config loads when it matches one of `prefixes` (or a prefix in the
+    comma-separated `TFFT_ALLOWED_HUB_HANDLES` environment variable); local
+    SavedModel directories always load. A handle matches a prefix when scheme,
+    host and port are equal and its path starts with the prefix's whole
+    folders: `https://tfhub.dev/google` allows `https://tfhub.dev/google/x/1`,
+    not `https://tfhub.dev/googlex/1` nor `https://tfhub.dev.example/...`.
+    `http://` is never allowed. Blocks nest; the allowance ends with the block.
+
+    Args:
+        prefixes: str or list of str. `https://host/folder` or
+            `gs://bucket/folder` prefixes (a whole handle is a prefix too).
+
+    Example:
+
+    >>> with tfft.layers.allow_hub_handles(["https://tfhub.dev/google/"]):
+    ...     model = keras.saving.load_model("classifier.keras")
+    """
+    prefixes = _check_prefixes(prefixes, "allow_hub_handles")
+    token = _ALLOWED_PREFIXES.set(_ALLOWED_PREFIXES.get() + prefixes)
+    try:
+        yield
+    finally:
+        _ALLOWED_PREFIXES.reset(token)
+
+
+def check_config_handle(handle):
+    """Raises ValueError unless a handle named in a saved config may load.
+
+    Local paths may (they read the user's own disk, never the network); remote
+    handles only when an allowed prefix matches; `http://` never.
+
+    Args:
+        handle: the `handle` entry of a `HubLayer` config.
+    """
+    if not is_url(handle):
+        return
+    _refuse_http(handle)
+    allowed = _ALLOWED_PREFIXES.get() + _env_prefixes()
+    how = (
+        "A remote handle named in a saved config (a .keras file, or "
+        "HubLayer.from_config) loads only when you allow it, since loading downloads "
+        "and runs that SavedModel's graph. If you trust it, wrap the load in "
+        f"`with tfft.layers.allow_hub_handles([{handle!r}]):` or set the environment "
+        f"variable {ALLOWED_HANDLES_ENV}={handle} (comma-separated https:// or gs:// "
+        "prefixes). Local SavedModel directories load without this."
+    )
+    try:
+        parts = _url_parts(handle)
+    except ValueError as error:
+        raise ValueError(
+            f"Refusing the TF Hub handle in a saved config: it {error}, which no "
+            f"allowed prefix can vouch for. Received: handle={handle!r}"
+        ) from None
+    for prefix in allowed:
+        scheme, host, port, segments = _url_parts(prefix)
+        if (scheme, host, port) == parts[:3] and parts[3][: len(segments)] == segments:
+            return
+    raise ValueError(
+        f"Refusing the TF Hub handle in a saved config: no allowed prefix matches it. "
+        f"{how} Received: handle={handle!r}"
+    )
+
+
+@contextlib.contextmanager
+def _tfhub_cache():
+    """Points TF Hub's download cache at tfft's cache folder for one resolve.
+
+    TF Hub's default is the shared `/tmp/tfhub_modules`, where another user of
+    the machine could plant or read models. A `TFHUB_CACHE_DIR` or
+    `--tfhub_cache_dir` the user set wins; otherwise the variable is set for
+    the call only.
+    """
+    flag = flags.FLAGS["tfhub_cache_dir"].value if "tfhub_cache_dir" in flags.FLAGS else None
+    if os.environ.get(TFHUB_CACHE_ENV) or flag:
+        yield
+        return
+    os.environ[TFHUB_CACHE_ENV] = cache_dir("tfhub")
+    try:
+        yield
+    finally:
+        os.environ.pop(TFHUB_CACHE_ENV, None)
+
+
 def resolve_handle(handle):
     """Returns the local SavedModel directory for a handle.
 
     URLs are checked for network access first (so offline runs fail in seconds)
-    and then downloaded and cached by `tensorflow_hub.resolve`. Local paths are
-    checked for a `saved_model.pb` and never touch the network.
+    and then downloaded by `tensorflow_hub.resolve` into tfft's cache folder
+    (`tfft.assets.cache_dir("tfhub")`, under `TFFT_CACHE_DIR`) unless
+    `TFHUB_CACHE_DIR` names another. Local paths are checked for a
+    `saved_model.pb` and never touch the network. `http://` is refused.
 
     Args:
-        handle: str or os.PathLike. An https URL or a local SavedModel directory.
+        handle: str or os.PathLike. An https URL, a gs:// path or a local
+            SavedModel directory.
     """
     if isinstance(handle, os.PathLike):
         handle = os.fspath(handle)
@@ -54,6 +235,7 @@ def resolve_handle(handle):
             f"SavedModel directory. Received: handle={handle!r}"
         )
     if is_url(handle):
+        _refuse_http(handle)
         require_network("tfhub", f"tfhub:{handle}", _LOCAL_HINT, url=handle)
         try:
             import tensorflow_hub
@@ -63,7 +245,8 @@ def resolve_handle(handle):
                 "`pip install tensorflow-hub tf-keras` (pin tf-keras to your "
                 f"TensorFlow version). Original error: {error}"
             ) from None
-        return tensorflow_hub.resolve(handle)
+        with _tfhub_cache():
+            return tensorflow_hub.resolve(handle)
     path = os.path.expanduser(handle)
     if not os.path.exists(path):
         raise ValueError(
@@ -471,6 +654,18 @@ class HubLayer(keras.layers.Layer):
         return dict(outputs)
 
     # -- config ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuilds a layer from `get_config()`, e.g. while loading a `.keras` file.
+
+        The handle comes from the file, not from the user, so it loads only when
+        it is a local SavedModel directory or matches a prefix allowed with
+        `tfft.layers.allow_hub_handles` or `TFFT_ALLOWED_HUB_HANDLES`; `http://`
+        never does. The check runs before any network probe or SavedModel load.
+        """
+        check_config_handle(config.get("handle"))
+        return super().from_config(config)
 
     def get_config(self):
         config = super().get_config()
