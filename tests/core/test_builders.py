@@ -114,3 +114,35 @@ def test_backbone_with_unpoolable_output_is_rejected():
     odd = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     with pytest.raises(ValueError, match="cannot be pooled"):
         tfft.build_model(odd, num_classes=2)
+
+
+def test_an_image_keras_model_without_preprocessor_warns_naming_preprocessor(tiny_cnn):
+    """Issue 25 item 6: raw images would only be resized, never normalised; say so."""
+    with pytest.warns(UserWarning, match=r"preprocessor=") as caught:
+        task = tfft.build_model(tiny_cnn, task="multiclass", num_classes=2, compile=False)
+    assert task.preprocessor is None
+    warning = next(w for w in caught if "preprocessor=" in str(w.message))
+    # It points at the user's line, not inside tfft, and names the presets.
+    assert warning.filename == __file__
+    assert "'caffe'" in str(warning.message) and "(32, 32)" in str(warning.message)
+
+
+def test_no_preprocessor_warning_when_one_is_given_or_the_model_normalises(tiny_cnn):
+    import warnings
+
+    from tfft.layers import NORMALISATIONS, ImagePreprocessor
+
+    caffe = ImagePreprocessor((32, 32), **NORMALISATIONS["caffe"])
+    inputs = keras.Input((16, 16, 3))
+    rescaling = keras.Model(inputs, keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(
+        1 / 255.0)(inputs)), name="normalises_inside")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task = tfft.build_model(tiny_cnn, task="multiclass", num_classes=2, compile=False,
+                                preprocessor=caffe)
+        tfft.load_backbone(rescaling)
+    assert task.preprocessor is caffe
+    # The task normalises raw 0-255 images the Caffe way (BGR minus the ImageNet mean).
+    pixel = np.full((1, 32, 32, 3), [255, 0, 0], "uint8")
+    np.testing.assert_allclose(np.asarray(task.preprocessor(pixel))[0, 0, 0],
+                               [-103.939, -116.779, 255 - 123.68], rtol=1e-5)

@@ -8,6 +8,9 @@ A bare alias (`minilm`) or a `keras.Model` object is also accepted.
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import warnings
 from typing import Any
 
 import keras
@@ -114,6 +117,8 @@ def _wrap_model(model, modality=None, preprocessor=None, block_names=None, **_):
         from tfft.backbones.applications import cnn_block_names
 
         block_names = cnn_block_names(model)
+    if modality == "image" and preprocessor is None and not _normalises_inside(model):
+        _warn_missing_preprocessor(model, shape)
     info = BackboneInfo(
         name=model.name, source="model", modality=modality,
         family="cnn" if modality == "image" else "transformer", spec=f"model:{model.name}",
@@ -123,6 +128,49 @@ def _wrap_model(model, modality=None, preprocessor=None, block_names=None, **_):
         description=f"user model {model.name}",
     )
     return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
+
+
+def _normalises_inside(model):
+    """True when a Rescaling or Normalization layer comes before the first weighted layer."""
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            return True
+        if isinstance(layer, keras.Model):
+            return _normalises_inside(layer)
+        if layer.weights:
+            return False
+    return False
+
+
+def _warn_missing_preprocessor(model, shape):
+    size = tuple(shape[1:3]) if shape and None not in shape[1:3] else ("H", "W")
+    warnings.warn(
+        f"The image model {model.name!r} has no preprocessor: tfft will only resize raw "
+        f"images to {size} (and repeat grayscale to RGB), not normalise them the way its "
+        "pretrained weights expect, which quietly costs accuracy. Pass "
+        "preprocessor=tfft.ImagePreprocessor(SIZE, **tfft.layers.NORMALISATIONS[MODE]) to "
+        "tfft.build_model / tfft.load_backbone, with MODE 'caffe' (VGG, ResNet50: BGR minus "
+        "the ImageNet mean), 'tf' ([-1, 1]: MobileNet, Inception, Xception), 'torch' "
+        "(ImageNet mean/std: DenseNet, most PyTorch ports) or 'none' (the model takes "
+        "0-255 pixels).",
+        UserWarning, stacklevel=_stacklevel_outside_tfft(),
+    )
+
+
+def _stacklevel_outside_tfft():
+    """The `warnings.warn` stacklevel of the first caller outside the tfft package.
+
+    The warning then points at the user's line, and the same misuse warns once
+    per call site whichever tfft function led there.
+    """
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame = inspect.currentframe().f_back  # the function calling warnings.warn
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+            package + os.sep):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def list_backbones(
