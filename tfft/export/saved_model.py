@@ -28,7 +28,14 @@ Serving answers such requests with an INVALID_ARGUMENT error.
 Writes are atomic: the version is written and verified (reloaded in a fresh
 Python process and compared with the in-memory model) in a hidden temporary
 directory beside it, then renamed into place, so a failure leaves existing
-versions untouched and nothing half-written. `tfft_metadata.json` in each
+versions untouched and nothing half-written. The rename never replaces a
+version another export moved there meanwhile: an automatically chosen version
+moves on to the next free one, an explicitly named one raises
+`FileExistsError`. The finished version folder and its files get the modes the
+umask gives (0755/0644 under umask 022), so TF Serving running as another user
+can read them. The verification process runs in a temporary working directory,
+so modules lying in the caller's working directory (a stray `keras.py`) are
+never imported by it. `tfft_metadata.json` in each
 version records class names, task, the backbone, the preprocessing settings,
 tfft/TensorFlow/Keras versions and the evaluation report when given.
 """
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -48,8 +56,14 @@ import numpy as np
 import tensorflow as tf
 
 from tfft.adapt.lora import has_lora, merge_lora
-from tfft.utils.files import staged_directory
+from tfft.utils.files import (
+    private_staging,
+    rename_directory_exclusive,
+    replace_directory,
+)
 from tfft.utils.version import __version__
+
+logger = logging.getLogger(__name__)
 
 METADATA_FILE = "tfft_metadata.json"
 TEXT_INPUT = "inputs"
@@ -281,8 +295,12 @@ def export_saved_model(model: keras.Model, directory: str,
             (inputs: encoded image bytes, or uint8 arrays via
             `serving_arrays`). Defaults to the backbone's modality
             (`model.backbone_info`), else `"text"`.
-        version: int. Version number; defaults to the next free one.
-        overwrite: bool. Replace an existing version. Defaults to False.
+        version: int. Version number; defaults to the next free one, chosen
+            again at the final rename if another export took it meanwhile.
+        overwrite: bool. Replace an existing version (with an explicit
+            `version`; an automatically chosen version never replaces one).
+            Without it, an explicit version that another export wrote while
+            this one ran raises `FileExistsError`. Defaults to False.
         metadata: dict. Extra JSON metadata (backbone spec, dataset ...).
         sample_inputs: list. Raw inputs (texts, or encoded image bytes) used to
             verify the export in a fresh process against the in-memory model;
@@ -323,9 +341,10 @@ def export_saved_model(model: keras.Model, directory: str,
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"The export directory {directory!r} is a file, not a directory.")
+    automatic = version is None
     version = version or next_version(directory)
     target = os.path.join(directory, str(version))
-    if os.path.exists(target) and not overwrite:
+    if not automatic and os.path.exists(target) and not overwrite:
         raise FileExistsError(
             f"The export version {target!r} already exists. Pass overwrite=True "
             "(--overwrite) to replace it, or leave version unset to write the next one "
@@ -333,7 +352,7 @@ def export_saved_model(model: keras.Model, directory: str,
         )
     if evaluation is not None and hasattr(evaluation, "to_dict"):
         evaluation = evaluation.to_dict()
-    with staged_directory(target, replace=overwrite) as staging:
+    with private_staging(target) as staging:
         fns = _serving_fns(model, preprocessor, modality, task, class_names, image_size)
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -366,15 +385,49 @@ def export_saved_model(model: keras.Model, directory: str,
         if evaluation is not None:
             info["evaluation"] = evaluation
         info.update(metadata or {})
-        with open(os.path.join(staging, METADATA_FILE), "w") as f:
-            json.dump(info, f, indent=2, default=_json_default)
+        _write_metadata(staging, info)
         if verify:
             if sample_inputs is None:
                 sample_inputs = _default_sample_inputs(modality)
             serve = fns["serving_default"][0]
             expected = serve(tf.constant(_as_input_array(sample_inputs)))
             verify_in_fresh_process(staging, sample_inputs, expected, atol=atol)
-    return target
+        return _move_version_into_place(staging, directory, info, automatic,
+                                        overwrite and not automatic)
+
+
+def _write_metadata(folder, info):
+    with open(os.path.join(folder, METADATA_FILE), "w") as f:
+        json.dump(info, f, indent=2, default=_json_default)
+
+
+def _move_version_into_place(staging, directory, info, automatic, overwrite):
+    """Renames the finished `staging` folder to `directory/<info["version"]>`.
+
+    The version was chosen before the (long) export and verification; another
+    export may have taken it since. The rename itself refuses to replace it, so
+    nothing is lost: an automatic version moves on to the next free one (the
+    metadata follows), an explicit one raises.
+    """
+    while True:
+        version = info["version"]
+        target = os.path.join(directory, str(version))
+        if overwrite:
+            return replace_directory(staging, target)
+        try:
+            return rename_directory_exclusive(staging, target)
+        except FileExistsError:
+            if not automatic:
+                raise FileExistsError(
+                    f"The export version {target!r} was written by another export while this "
+                    "one ran; nothing was replaced and this export was not written. Pass another "
+                    "version, overwrite=True (--overwrite) to replace it, or leave version "
+                    f"unset to write the next free one ({next_version(directory)})."
+                ) from None
+        info["version"] = max(version + 1, next_version(directory))
+        logger.info("Export version %d was taken meanwhile; writing version %d instead.",
+                     version, info["version"])
+        _write_metadata(staging, info)
 
 
 def read_metadata(path: str) -> dict:
@@ -426,6 +479,26 @@ np.savez(out_file, **{k: plain(v) for k, v in outputs.items()})
 """
 
 
+def _fresh_process_env():
+    """The environment of the verification process: this one, minus the working directory.
+
+    `python -c` puts the working directory first on `sys.path`, so a stray
+    `keras.py` or `numpy.py` there would be imported instead of the real
+    package. The process runs in an empty temporary folder with
+    `PYTHONSAFEPATH` (Python 3.11+: no working directory on `sys.path`);
+    installed packages (including an editable tfft) come from site-packages
+    as before, and relative `PYTHONPATH` entries keep pointing where they
+    pointed from the caller's folder.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONSAFEPATH": "1"}
+    python_path = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if python_path:
+        env["PYTHONPATH"] = os.pathsep.join(python_path)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def load_serving_outputs_in_fresh_process(path: str, sample_inputs: Any, timeout: int = 600,
                                           signature: str = "serving_default") -> dict:
     """Loads the SavedModel at `path` in a new Python process and runs it.
@@ -439,6 +512,9 @@ def load_serving_outputs_in_fresh_process(path: str, sample_inputs: Any, timeout
 
     Returns:
         `{output name: numpy array}` (strings decoded to `str`).
+
+    The process imports only installed packages: it runs in an empty
+    temporary folder, never the caller's working directory.
     """
     with tempfile.TemporaryDirectory() as tmp:
         inputs_file = os.path.join(tmp, "inputs.npz")
@@ -449,10 +525,11 @@ def load_serving_outputs_in_fresh_process(path: str, sample_inputs: Any, timeout
                      lengths=np.array([len(v) for v in raw]))
         else:
             np.savez(inputs_file, inputs=np.asarray(sample_inputs))
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         proc = subprocess.run(
-            [sys.executable, "-c", _VERIFY_SCRIPT, path, inputs_file, out_file, signature],
-            capture_output=True, text=True, timeout=timeout, env=env,
+            [sys.executable, "-c", _VERIFY_SCRIPT, os.path.abspath(path), inputs_file,
+             out_file, signature],
+            capture_output=True, text=True, timeout=timeout, env=_fresh_process_env(),
+            cwd=tmp,
         )
         if proc.returncode != 0:
             raise ExportError(
