@@ -18,7 +18,9 @@ class BackboneInfo:
         source: str. Adapter that loads it: `"keras_hub"`, `"tfhub"`,
             `"keras_app"`, `"keras_cv"`, `"model"`.
         modality: str. `"text"` or `"image"`.
-        family: str. `"transformer"` or `"cnn"`; picks the compile preset.
+        family: str. `"transformer"` (text), `"vit"` (vision transformers:
+            ViT, DINOv2) or `"cnn"`; picks the compile preset (`"vit"` takes the
+            transformer's).
         spec: str. The spec that loads it again.
         params: int. Parameter count, or 0 when unknown before loading.
         feature_dim: int. Width of the features the head receives.

@@ -10,9 +10,14 @@ import difflib
 import json
 import os
 
+import keras
+
 from tfft import assets
+from tfft.backbones.applications import cnn_block_names
 from tfft.backbones.base import Backbone, BackboneInfo
+from tfft.layers.image_preprocessor import ImagePreprocessor, _as_size
 from tfft.utils.network import require_network
+from tfft.utils.walk import walk_layers
 
 MINILM = "all_minilm_l6_v2"
 
@@ -149,45 +154,240 @@ def _check_preset_name(name):
     )
 
 
-def load(name, sequence_length=128, **kwargs):
-    """Loads a KerasHub text backbone and its matching preprocessor.
+def load(name, sequence_length=128, image_size=None, preprocessor=None, **kwargs):
+    """Loads a KerasHub backbone (text or image) and its matching preprocessor.
+
+    Text presets get their tokenizer (`TextClassifierPreprocessor`). Image
+    presets and folders (ViT, DINOv2, ResNet, EfficientNet ...) get an
+    `ImagePreprocessor` set from the preset's own image converter
+    (`image_converter.json`, or a Hugging Face `preprocessor_config.json`),
+    their family (`"vit"` for vision transformers, else `"cnn"`) and their
+    blocks for `top_k` freezing and gradual unfreezing.
 
     Args:
         name: str. A KerasHub preset name, a local preset directory, or
             `all_minilm_l6_v2` / `minilm` for the offline sentence encoder.
-        sequence_length: int. Tokens per example after packing. Defaults to 128.
+        sequence_length: int. Tokens per example after packing (text).
+            Defaults to 128.
+        image_size: int or tuple of 2 ints. Input size of an image backbone;
+            defaults to the size in the preset's config (518 for Hugging
+            Face DINOv2 checkpoints). Vision transformers with interpolated
+            position embeddings (DINOv2) take any multiple of the patch size.
+        preprocessor: keras.Layer. Replaces the preset's preprocessor; needed
+            for an image folder that records no normalisation.
         **kwargs: passed to `keras_hub.models.Backbone.from_preset`.
 
     Returns:
-        A `Backbone` whose model maps `{"token_ids", "segment_ids",
-        "padding_mask"}` to a dict with `"sequence_output"`.
+        A `Backbone`. Text: its model maps `{"token_ids", "segment_ids",
+        "padding_mask"}` to a dict with `"sequence_output"`. Images: its model
+        maps a `(B, H, W, 3)` batch to features; raw 0-255 images go through
+        `backbone.preprocessor`.
     """
     import keras_hub
 
     preset, display, local = _resolve(name)
+    modality = _preset_modality(preset, local)
+    if image_size is not None:
+        if modality == "text":
+            raise ValueError(
+                f"image_size applies to image backbones, but keras_hub:{name} is a text "
+                f"model (use sequence_length). Received: image_size={image_size!r}"
+            )
+        height, width = _as_size(image_size, "image_size")
+        kwargs["image_shape"] = (height, width, 3)
     if not local:
         require_network(
             "keras_hub", f"keras_hub:{name}",
             "keras_hub:/path/to/preset_dir (a KerasHub preset saved with "
             "`backbone.save_to_preset(dir)`, or a Hugging Face checkpoint folder).",
         )
-    model = keras_hub.models.Backbone.from_preset(preset, **kwargs)
-    preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
-        preset, sequence_length=sequence_length
-    )
+    try:
+        model = keras_hub.models.Backbone.from_preset(preset, **kwargs)
+    except ValueError as error:
+        if image_size is None:
+            raise
+        raise ValueError(
+            f"keras_hub:{name} does not load at image_size={image_size!r}: its weights fit "
+            "the preset's own input size only (ViT's position embeddings are fixed; "
+            "DINOv2 interpolates them and takes any multiple of its patch size). Drop "
+            f"image_size or pick a size the model supports. KerasHub said: {error}"
+        ) from error
+    if modality is None:
+        modality = "image" if _image_input(model) is not None else "text"
+    if modality == "image":
+        return _image_backbone(model, name, preset, display, local, preprocessor)
+    if preprocessor is None:
+        preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+            preset, sequence_length=sequence_length
+        )
     block_names = [
         layer.name for layer in model.layers if layer.name.startswith("transformer_layer_")
     ]
     hidden = getattr(model, "hidden_dim", None) or _config_value(preset, "hidden_size")
+    tokenizer = getattr(preprocessor, "tokenizer", preprocessor)
     info = BackboneInfo(
         name=display, source="keras_hub", modality="text", family="transformer",
         spec=f"keras_hub:{name}", params=model.count_params(), feature_dim=int(hidden or 0),
         input_size=sequence_length,
-        preprocessing=f"{type(preprocessor.tokenizer).__name__}, length {sequence_length}",
+        preprocessing=f"{type(tokenizer).__name__}, length {sequence_length}",
         output_key="sequence_output", mask_key="padding_mask", offline=local,
         description=f"{type(model).__name__} from {'local ' if local else ''}preset {name}",
     )
     return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
+
+
+def _preset_modality(preset, local):
+    """"image" or "text" from a local folder's config.json or the catalog; None if unknown."""
+    if not local:
+        known = {info.name: info.modality for info in CATALOG}
+        return known.get(preset)
+    with open(os.path.join(preset, "config.json")) as f:
+        config = json.load(f)
+    if isinstance(config.get("config"), dict) and "class_name" in config:
+        # KerasHub's own format: the backbone's constructor arguments.
+        arguments = config["config"]
+        return "image" if "image_shape" in arguments and "vocabulary_size" not in arguments \
+            else "text"
+    # Hugging Face's format.
+    return "image" if "image_size" in config and "vocab_size" not in config else "text"
+
+
+def _image_input(model):
+    """The backbone's image input (a rank-4 tensor), or None for other models."""
+    inputs = model.input
+    if isinstance(inputs, dict):
+        inputs = inputs.get("images") if len(inputs) == 1 else None
+    if inputs is None or isinstance(inputs, (list, tuple)) or len(inputs.shape) != 4:
+        return None
+    return inputs
+
+
+def _image_backbone(model, name, preset, display, local, preprocessor):
+    image_input = _image_input(model)
+    if image_input is None:
+        raise ValueError(
+            f"keras_hub:{name} looks like an image model, but {type(model).__name__} takes "
+            f"{model.input}, not one (B, H, W, 3) image batch."
+        )
+    height, width = int(image_input.shape[1]), int(image_input.shape[2])
+    if isinstance(model.input, dict):
+        # tfft's image preprocessors give one tensor; KerasHub vision transformers
+        # take {"images": ...}.
+        images = keras.Input((height, width, 3), name="images")
+        model = keras.Model(images, model({"images": images}), name=f"{model.name}_images")
+    if preprocessor is None:
+        preprocessor = _image_preprocessor(name, preset, local, (height, width))
+    blocks = transformer_block_names(model)
+    family = "vit" if blocks or _has_attention(model) else "cnn"
+    if family == "cnn":
+        blocks = cnn_block_names(model)
+    features = model.output
+    describe = getattr(preprocessor, "describe", None)
+    info = BackboneInfo(
+        name=display, source="keras_hub", modality="image", family=family,
+        spec=f"keras_hub:{name}", params=model.count_params(),
+        feature_dim=int(features.shape[-1]), input_size=(height, width),
+        preprocessing=describe() if describe else type(preprocessor).__name__, offline=local,
+        description=f"{family.upper()} {type(model).__name__} from "
+        f"{'local ' if local else ''}preset {name}, {height}x{width} inputs",
+    )
+    return Backbone(model, info, preprocessor=preprocessor, block_names=blocks)
+
+
+def transformer_block_names(model):
+    """Names of a vision transformer's blocks, bottom to top; [] for other models.
+
+    KerasHub encoders keep their blocks in a list attribute of one encoder
+    layer (DINOv2's `encoder.layers`); `top_k` and gradual unfreezing reach
+    the blocks that `walk_layers(..., nested=False)` yields.
+    """
+    for layer in walk_layers(model, nested=False, include_root=False):
+        if isinstance(layer, keras.Model):
+            continue
+        children = list(getattr(layer, "layers", ()) or ())
+        if len(children) > 0 and len({type(c) for c in children}) == 1 and \
+                all(c.weights for c in children):
+            return [child.name for child in children]
+    return []
+
+
+def _has_attention(model):
+    return any(isinstance(layer, keras.layers.MultiHeadAttention)
+               or type(layer).__name__.endswith("Attention")
+               for layer in walk_layers(model))
+
+
+def _image_preprocessor(name, preset, local, size):
+    """An `ImagePreprocessor` with the preset's own normalisation, resizing to `size`."""
+    import keras_hub
+
+    if not local or os.path.exists(os.path.join(preset, "image_converter.json")):
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+        if converter is not None:
+            return image_preprocessor_from_converter(converter, size)
+    hf_config = os.path.join(preset, "preprocessor_config.json")
+    if local and os.path.exists(hf_config):
+        with open(hf_config) as f:
+            return image_preprocessor_from_hf_config(json.load(f), size)
+    raise ValueError(
+        f"keras_hub:{name} is an image model, but its preset records no image "
+        "normalisation (no image_converter.json, no Hugging Face preprocessor_config.json), "
+        "so tfft cannot tell how to scale its pixels. Pass preprocessor=, e.g. "
+        f"preprocessor=tfft.ImagePreprocessor({size}, **tfft.layers.NORMALISATIONS['torch']) "
+        "(ImageNet mean/std: DINOv2) or NORMALISATIONS['tf'] ([-1, 1]: Google's ViT)."
+    )
+
+
+def image_preprocessor_from_converter(converter, size):
+    """tfft's `ImagePreprocessor` doing what a KerasHub `ImageConverter` does, at `size`."""
+    return ImagePreprocessor(
+        size,
+        scale=1.0 if converter.scale is None else _plain(converter.scale),
+        offset=0.0 if converter.offset is None else _plain(converter.offset),
+        interpolation=converter.interpolation, antialias=bool(converter.antialias),
+        crop_to_aspect_ratio=bool(converter.crop_to_aspect_ratio),
+    )
+
+
+# PIL resampling codes in Hugging Face image processor configs.
+_HF_RESAMPLE = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
+
+
+def image_preprocessor_from_hf_config(config, size):
+    """tfft's `ImagePreprocessor` from a Hugging Face `preprocessor_config.json` dict.
+
+    `(pixel * rescale_factor - mean) / std` per channel, with a centre crop
+    when the processor crops (`do_center_crop`).
+    """
+    rescale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) \
+        else 1.0
+    mean, std = [0.0] * 3, [1.0] * 3
+    if config.get("do_normalize", True):
+        mean = _three(config.get("image_mean", 0.5), "image_mean")
+        std = _three(config.get("image_std", 0.5), "image_std")
+    return ImagePreprocessor(
+        size,
+        scale=[rescale / s for s in std],
+        offset=[-m / s for m, s in zip(mean, std, strict=True)],
+        interpolation=_HF_RESAMPLE.get(config.get("resample", 2), "bilinear"),
+        crop_to_aspect_ratio=bool(config.get("do_center_crop", False)),
+    )
+
+
+def _three(value, key):
+    values = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)] * 3
+    if len(values) != 3:
+        raise ValueError(
+            f"preprocessor_config.json: {key} must be one number or 3. Received: {value!r}"
+        )
+    return values
+
+
+def _plain(value):
+    """A float or a list of floats from a converter's scale/offset (lists, tuples, arrays)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return [float(v) for v in value]
 
 
 def _config_value(preset, key):

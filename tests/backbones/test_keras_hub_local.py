@@ -1,0 +1,119 @@
+"""Local KerasHub image folders (issue 25 item 7): preprocessor, family, blocks, input size."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tfft
+from tfft.backbones import keras_hub as keras_hub_source
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+NUM_LAYERS = 3
+
+
+@pytest.fixture(scope="module")
+def dinov2_folder(tmp_path_factory):
+    """A tiny random DINOv2 saved as a KerasHub preset, with its image converter."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.DINOV2Backbone(
+        patch_size=4, num_layers=NUM_LAYERS, hidden_dim=8, num_heads=2, intermediate_dim=16,
+        image_shape=(32, 32, 3), position_embedding_shape=(64, 64, 3),
+    )
+    folder = tmp_path_factory.mktemp("presets") / "tiny_dinov2"
+    backbone.save_to_preset(str(folder))
+    keras_hub.layers.DINOV2ImageConverter(
+        image_size=(32, 32), scale=[1 / (255 * s) for s in STD],
+        offset=[-m / s for m, s in zip(MEAN, STD, strict=True)],
+    ).save_to_preset(str(folder))
+    return str(folder)
+
+
+def test_a_local_dinov2_folder_is_a_vit_with_blocks_size_and_image_preprocessor(
+        dinov2_folder, assert_step_changes_only_trainable):
+    task = tfft.build_model(f"keras_hub:{dinov2_folder}", task="multiclass", num_classes=2,
+                            freeze="top_k:1", image_size=24, compile=False)
+    info = task.backbone_info
+    assert (info.modality, info.family, info.input_size) == ("image", "vit", (24, 24))
+    # The asked size, not the 32 px of the saved config.
+    assert tuple(task.backbone.input.shape[1:]) == (24, 24, 3)
+    with open(f"{dinov2_folder}/config.json") as f:
+        assert len(task.backbone_layer.block_names) == json.load(f)["config"]["num_layers"]
+
+    # top_k:1: the last transformer block, the final norm above it and the head train.
+    trainable = {w.path for w in task.trainable_weights}
+    inner = task.backbone_layer.backbone
+    encoder_blocks = {name: [w.path for w in layer.weights]
+                      for name, layer in ((lay.name, lay) for lay in
+                                          tfft.utils.walk.walk_layers(inner, nested=False))
+                      if name.startswith("layers_")}
+    assert sorted(encoder_blocks) == ["layers_0", "layers_1", "layers_2"]
+    assert set(encoder_blocks["layers_2"]) <= trainable
+    assert not trainable & set(encoder_blocks["layers_0"] + encoder_blocks["layers_1"])
+    backbone_trainable = {p for p in trainable if not p.startswith("head/")}
+    assert backbone_trainable - set(encoder_blocks["layers_2"]) == {
+        w.path for w in inner.weights if "layernorm" in w.path}
+    assert any(p.startswith("head/") for p in trainable)
+
+    # Raw 0-255 images of any size: resized to 24 px and normalised as the converter says.
+    images = np.random.default_rng(0).integers(0, 256, (3, 40, 30, 3)).astype("uint8")
+    probabilities = task.predict(images, verbose=0)
+    assert probabilities.shape == (3, 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    # The freeze flags hold in training: one step moves exactly the trainable weights.
+    task.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    assert_step_changes_only_trainable(task, task.preprocess(images), np.array([0, 1, 0]))
+    red = np.asarray(task.preprocessor(np.full((1, 50, 50, 3), [255, 0, 0], "uint8")))
+    assert red.shape == (1, 24, 24, 3)
+    np.testing.assert_allclose(red[0, 0, 0], [(1 - MEAN[0]) / STD[0], -MEAN[1] / STD[1],
+                                              -MEAN[2] / STD[2]], rtol=1e-5)
+
+
+def test_image_folder_without_a_recorded_normalisation_asks_for_preprocessor(tmp_path):
+    import keras_hub
+
+    keras_hub.models.DINOV2Backbone(
+        patch_size=4, num_layers=1, hidden_dim=8, num_heads=2, intermediate_dim=16,
+        image_shape=(16, 16, 3), position_embedding_shape=(16, 16, 3),
+    ).save_to_preset(str(tmp_path))
+    with pytest.raises(ValueError, match=r"records no image normalisation.*preprocessor="):
+        tfft.load_backbone(f"keras_hub:{tmp_path}")
+    pre = tfft.ImagePreprocessor((16, 16), **tfft.layers.NORMALISATIONS["tf"])
+    backbone = tfft.load_backbone(f"keras_hub:{tmp_path}", preprocessor=pre)
+    assert backbone.preprocessor is pre and backbone.info.family == "vit"
+
+
+def test_image_size_on_a_text_preset_is_refused():
+    with pytest.raises(ValueError, match="image_size applies to image backbones"):
+        tfft.load_backbone("minilm", image_size=224)
+
+
+def test_hugging_face_preprocessor_config_sets_the_normalisation():
+    config = {"do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+              "image_mean": list(MEAN), "image_std": list(STD), "resample": 3,
+              "do_center_crop": True, "crop_size": {"height": 224, "width": 224}}
+    pre = keras_hub_source.image_preprocessor_from_hf_config(config, (8, 8))
+    grey = np.asarray(pre(np.full((1, 16, 12, 3), 128, "uint8")))[0, 0, 0]
+    np.testing.assert_allclose(grey, [(128 / 255 - m) / s for m, s in zip(MEAN, STD,
+                                                                           strict=True)],
+                               rtol=1e-4)
+    assert pre.interpolation == "bicubic" and pre.crop_to_aspect_ratio
+
+
+def test_a_vit_folder_is_a_vit_and_a_size_its_weights_cannot_take_is_explained(tmp_path):
+    import keras_hub
+
+    keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=1,
+                                 num_heads=2, hidden_dim=8, mlp_dim=16).save_to_preset(
+        str(tmp_path))
+    keras_hub.layers.ViTImageConverter(image_size=(16, 16), scale=1 / 127.5,
+                                       offset=-1.0).save_to_preset(str(tmp_path))
+    backbone = tfft.load_backbone(f"keras_hub:{tmp_path}")
+    assert (backbone.info.family, backbone.info.input_size) == ("vit", (16, 16))
+    assert "normalise: tf" in backbone.info.preprocessing
+    with pytest.raises(ValueError, match=r"does not load at image_size=24.*ViT's position"):
+        tfft.load_backbone(f"keras_hub:{tmp_path}", image_size=24)
