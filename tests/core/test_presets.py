@@ -3,7 +3,30 @@ import numpy as np
 import pytest
 
 import tfft
-from tfft.training.presets import OPTIMIZER_PRESETS, TASK_PRESETS, make_optimizer, resolve_preset
+from tfft.training.callbacks import TrainingDivergedError
+from tfft.training.presets import (
+    OPTIMIZER_PRESETS,
+    TASK_PRESETS,
+    make_optimizer,
+    preset_of,
+    resolve_preset,
+)
+
+
+def _tiny_vgg(batch_norm, filters=(4, 8), size=16):
+    """VGG-style blocks of two 3x3 convs and a max-pool, with BatchNorm or without;
+    caffe-style inputs (pixels minus a mean, not scaled)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1.0, offset=-120.0)(inputs)
+    for block, width in enumerate(filters, start=1):
+        for conv in (1, 2):
+            x = keras.layers.Conv2D(width, 3, padding="same", name=f"block{block}_conv{conv}")(x)
+            if batch_norm:
+                x = keras.layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            x = keras.layers.ReLU()(x)
+        x = keras.layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name="tiny_vgg_bn" if batch_norm else "tiny_vgg")
 
 
 def test_presets_are_listable_with_descriptions():
@@ -28,6 +51,39 @@ def test_auto_picks_from_freeze_state_and_family():
     assert resolve_preset("auto", "transformer", backbone_trainable=False) == "head"
     assert resolve_preset("auto", "transformer", backbone_trainable=True) == "transformer"
     assert resolve_preset("auto", "cnn", backbone_trainable=True) == "cnn"
+    assert resolve_preset("auto", "cnn", backbone_trainable=True, batch_norm=False) == "plain_cnn"
+    assert resolve_preset("auto", "cnn", backbone_trainable=False, batch_norm=False) == "head"
+    assert resolve_preset("cnn", "cnn", backbone_trainable=True, batch_norm=False) == "cnn"
+
+
+@pytest.mark.parametrize("batch_norm, optimizer, rate, name", [
+    (False, keras.optimizers.Adam, 1e-4, "plain_cnn"),
+    (True, keras.optimizers.SGD, 1e-2, "cnn"),
+])
+def test_auto_preset_for_a_vgg_follows_its_batch_norm(batch_norm, optimizer, rate, name):
+    task = tfft.build_model(_tiny_vgg(batch_norm), num_classes=2, freeze="full")
+    assert type(task.optimizer) is optimizer
+    assert float(task.optimizer.learning_rate) == pytest.approx(rate)
+    assert preset_of(task.optimizer)["name"] == name
+    assert OPTIMIZER_PRESETS[name]["learning_rate"] == rate
+
+
+def test_fine_tune_stops_a_diverging_cnn_naming_rate_and_preset():
+    # The issue's run: SGD at 1e-2 on a VGG without BatchNorm; unguarded, the loss of a
+    # slightly larger VGG reached 1e15 and the model collapsed to one class.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 32, 32, 3)).astype("float32")
+    y = np.arange(128) % 2
+    task = tfft.build_model(_tiny_vgg(False, filters=(16, 32, 64), size=32), num_classes=2,
+                            freeze="full", compile=False)
+    with pytest.raises(TrainingDivergedError) as info:
+        tfft.fine_tune(task, (x, y), epochs=2, freeze_epochs=0, preset="cnn", batch_size=16,
+                       verbose=0)
+    error = info.value
+    assert error.epoch == 0 and error.batch < 8  # within the first of 8 batches per epoch
+    assert error.preset == "cnn" and error.learning_rate == pytest.approx(1e-2, rel=0.05)
+    assert "compile preset 'cnn'" in str(error) and "Optimizer SGD, learning rate 0.0" in str(
+        error)
 
 
 def test_auto_compiles_adamw_for_unfrozen_transformer_and_adam_for_heads(tiny_bert):

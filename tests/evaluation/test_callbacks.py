@@ -5,8 +5,14 @@ import keras
 import numpy as np
 import pytest
 
-import tfft  # noqa: F401  (sets the Keras backend first)
-from tfft.training.callbacks import EpochSeeding, MonitorCheck, default_callbacks
+import tfft
+from tfft.training.callbacks import (
+    DivergenceGuard,
+    EpochSeeding,
+    MonitorCheck,
+    TrainingDivergedError,
+    default_callbacks,
+)
 
 
 def _model(seed=0):
@@ -100,6 +106,7 @@ def test_backup_resumes_an_interrupted_fit(tmp_path, opposed_data):
     ("tensorboard", "TensorBoard"), ("checkpoint", "ModelCheckpoint"),
     ("early_stopping", "EarlyStopping"), ("backup", "BackupAndRestore"),
     ("terminate_on_nan", "TerminateOnNaN"), ("check_monitor", "MonitorCheck"),
+    ("divergence_guard", "DivergenceGuard"),
 ])
 def test_each_callback_switches_off(tmp_path, switch, name):
     everything = _names(default_callbacks(tmp_path))
@@ -111,7 +118,8 @@ def test_each_callback_switches_off(tmp_path, switch, name):
 
 def test_everything_off_and_paths(tmp_path):
     assert default_callbacks(tmp_path, tensorboard=False, checkpoint=False, early_stopping=False,
-                             backup=False, terminate_on_nan=False) == []
+                             backup=False, terminate_on_nan=False,
+                             divergence_guard=False) == []
     by_name = {type(c).__name__: c for c in default_callbacks(tmp_path / "run")}
     assert by_name["TensorBoard"].log_dir == str(tmp_path / "run" / "logs")
     assert by_name["ModelCheckpoint"].filepath == str(
@@ -170,3 +178,78 @@ def test_epoch_seeding_derives_dropout_state_from_seed_and_epoch():
     assert not np.array_equal(masks(8, 3)[1], first)
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         EpochSeeding(-1)
+
+
+@pytest.fixture(scope="module")
+def linear_data():
+    """A linear target on unnormalised inputs (std 100): SGD is stable only below ~1e-4."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=100.0, size=(512, 4)).astype("float32")
+    y = x @ np.array([0.5, -1.0, 2.0, 0.25], "float32")
+    return x, y
+
+
+def _linear(optimizer):
+    """A linear regression compiled with a tfft preset name or a hand-built optimizer."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    if isinstance(optimizer, str):
+        tfft.compile_model(model, preset=optimizer, task="regression")
+    else:
+        model.compile(optimizer=optimizer, loss="mean_squared_error")
+    return model
+
+
+def test_divergence_guard_stops_an_exploding_loss_naming_rate_and_preset(tmp_path, linear_data):
+    x, y = linear_data
+    model = _linear("cnn")  # SGD, momentum 0.9, 1e-2: ~100x too high for these inputs
+    callbacks = default_callbacks(tmp_path, monitor="loss", tensorboard=False)
+    with pytest.raises(TrainingDivergedError) as info:
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=callbacks)
+    error = info.value
+    # Stopped inside the first epoch (32 batches), on a finite loss TerminateOnNaN lets by.
+    assert error.epoch == 0 and error.batch < 32
+    assert np.isfinite(error.loss) and error.loss > 100 * error.baseline
+    assert error.preset == "cnn" and error.learning_rate == pytest.approx(1e-2)
+    message = str(error)
+    assert "learning rate 0.01" in message and "compile preset 'cnn'" in message
+    assert "more than 100x the median loss" in message
+    # Raised before any epoch ended: no checkpoint holds diverged weights.
+    assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_divergence_guard_stops_a_non_finite_loss_and_names_a_hand_built_optimizer(
+        linear_data):
+    x, y = linear_data
+    broken = x.copy()
+    broken[40, 0] = np.nan  # in the third batch of 16
+    model = _linear(keras.optimizers.SGD(1e-5))
+    with pytest.raises(TrainingDivergedError, match=r"batch 3: the loss became nan") as info:
+        model.fit(broken, y, epochs=2, batch_size=16, verbose=0, shuffle=False,
+                  callbacks=[DivergenceGuard()])
+    assert info.value.epoch == 0 and info.value.batch == 2
+    assert "Optimizer SGD, learning rate 1e-05, no compile preset" in str(info.value)
+    assert "NaN or infinite values" in str(info.value)
+    # A preset named by the caller is reported when the optimizer has none recorded.
+    model = _linear(keras.optimizers.SGD(1e-2))
+    with pytest.raises(TrainingDivergedError, match="compile preset 'mine'"):
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0,
+                  callbacks=[DivergenceGuard(factor=10, preset="mine")])
+
+
+def test_divergence_guard_lets_a_healthy_run_finish(linear_data):
+    x, y = linear_data
+    model = _linear(keras.optimizers.SGD(1e-5))
+    history = model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+                        callbacks=[DivergenceGuard(baseline_batches=1)])
+    losses = history.history["loss"]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_divergence_guard_bad_arguments():
+    with pytest.raises(ValueError, match="factor must be greater than 1"):
+        DivergenceGuard(factor=1)
+    with pytest.raises(ValueError, match="baseline_batches"):
+        DivergenceGuard(baseline_batches=0)
+    with pytest.raises(ValueError, match="min_loss"):
+        DivergenceGuard(min_loss=-1)

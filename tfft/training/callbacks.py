@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import keras
 import numpy as np
 
-from tfft.utils.checks import check_int
+from tfft.training.presets import preset_of
+from tfft.utils.checks import check_int, check_positive_number
 
 MODES = ("auto", "min", "max")
 
@@ -79,6 +81,138 @@ class EpochSeeding(keras.callbacks.Callback):
             state.assign(value.astype(state.dtype))
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss exploded or stopped being finite (raised by `DivergenceGuard`).
+
+    Attributes:
+        loss: float. The loss that stopped the run.
+        baseline: float or None. Median loss of the first batches.
+        epoch: int. Epoch (from 0) of the stop.
+        batch: int. Batch (from 0) within that epoch.
+        learning_rate: float or None. The optimizer's learning rate at the stop.
+        preset: str or None. The compile preset the optimizer came from.
+    """
+
+    def __init__(self, message, *, loss, baseline, epoch, batch, learning_rate, preset):
+        super().__init__(message)
+        self.loss = loss
+        self.baseline = baseline
+        self.epoch = epoch
+        self.batch = batch
+        self.learning_rate = learning_rate
+        self.preset = preset
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training as soon as the loss explodes or stops being finite.
+
+    Keras' `TerminateOnNaN` only catches NaN and infinity; a learning rate
+    too high for the model (SGD at 1e-2 on a VGG without BatchNormalization)
+    can instead drive the loss to 1e15 while the model collapses to one
+    class. After every batch this compares the loss Keras logs (the running
+    mean over the epoch so far) with the median of the first
+    `baseline_batches` batches of the run, and raises `TrainingDivergedError`
+    when it is more than `factor` times that median (and above `min_loss`),
+    or is NaN or infinite. Raising at once keeps the exploded weights out of
+    any checkpoint or backup. The message names the optimizer, its learning
+    rate and the compile preset it came from (recorded by
+    `tfft.compile_model` and `tfft.fine_tune`, or given as `preset`).
+
+    Args:
+        factor: float. How many times the first batches' median loss counts
+            as an explosion. Defaults to 100.
+        baseline_batches: int. Batches whose median loss is the baseline;
+            before that many have run, the median of those so far. Defaults
+            to 5.
+        min_loss: float. A loss at or below this never counts as an
+            explosion, so a run that starts near zero loss (a resumed run)
+            is not stopped by a small rise. Defaults to 1.0.
+        monitor: str. Logs key of the loss. Defaults to `"loss"`.
+        preset: str. Name of the compile preset to report when the
+            optimizer has none recorded. Defaults to None.
+
+    Example:
+
+    >>> model.fit(x, y, epochs=3, callbacks=[DivergenceGuard(factor=100)])
+    """
+
+    def __init__(self, factor: float = 100.0, baseline_batches: int = 5,
+                 min_loss: float = 1.0, monitor: str = "loss", preset: str | None = None):
+        super().__init__()
+        self.factor = check_positive_number("factor", factor)
+        if self.factor <= 1:
+            raise ValueError(f"factor must be greater than 1. Received: factor={factor!r}")
+        self.baseline_batches = check_int("baseline_batches", baseline_batches)
+        self.min_loss = check_positive_number("min_loss", min_loss)
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be a non-empty str. Received: monitor={monitor!r}")
+        self.monitor = monitor
+        if preset is not None and not isinstance(preset, str):
+            raise TypeError(f"preset must be a str or None. Received: preset={preset!r}")
+        self.preset = preset
+        self._first = []
+        self._epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self._first = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        loss = float(np.asarray(value))
+        baseline = float(np.median(self._first)) if self._first else None
+        if not math.isfinite(loss):
+            self._stop(loss, baseline, batch, f"the loss became {loss}")
+        if baseline is not None and loss > max(self.factor * baseline, self.min_loss):
+            self._stop(loss, baseline, batch,
+                       f"the loss reached {loss:.4g}, more than {self.factor:g}x the median "
+                       f"loss of the first {len(self._first)} batch(es) ({baseline:.4g})")
+        if len(self._first) < self.baseline_batches:
+            self._first.append(loss)
+
+    def _stop(self, loss, baseline, batch, what):
+        optimizer = getattr(self.model, "optimizer", None)
+        learning_rate = _current_learning_rate(optimizer)
+        recorded = preset_of(optimizer) or {}
+        preset = recorded.get("name") or self.preset
+        kind = type(optimizer).__name__ if optimizer is not None else "no optimizer"
+        rate = "unknown" if learning_rate is None else f"{learning_rate:.3g}"
+        configured = recorded.get("learning_rate")
+        if configured is not None and learning_rate is not None and not math.isclose(
+                configured, learning_rate, rel_tol=1e-3):
+            rate += f" (the preset's {configured:g}, now in its schedule)"
+        source = (f"compile preset {preset!r}" if preset else
+                  "no compile preset (an optimizer built by hand)")
+        message = (
+            f"Training diverged at epoch {self._epoch + 1}, batch {batch + 1}: {what}. "
+            f"Optimizer {kind}, learning rate {rate}, {source}. The learning rate is likely "
+            "too high for this model: try one 10x lower (e.g. compile_model(..., "
+            "learning_rate=...) or fine_tune(..., lr=..., fine_tune_lr=...)), an Adam "
+            "preset ('plain_cnn' for a CNN without BatchNormalization), and check that the "
+            "inputs are normalised the way the backbone expects."
+        )
+        if not math.isfinite(loss):
+            message += (" A NaN or infinite loss can also come from NaN or infinite values "
+                        "in the data, or from float16 overflow under mixed precision (use "
+                        "mixed_bfloat16 or float32).")
+        raise TrainingDivergedError(
+            message, loss=loss, baseline=baseline, epoch=self._epoch, batch=batch,
+            learning_rate=learning_rate, preset=preset,
+        )
+
+
+def _current_learning_rate(optimizer):
+    """The optimizer's learning rate now (a schedule evaluated at its step), or None."""
+    try:
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def default_callbacks(
     run_dir: str | os.PathLike,
     monitor: str = "val_loss",
@@ -90,6 +224,7 @@ def default_callbacks(
     backup: bool = True,
     terminate_on_nan: bool = True,
     check_monitor: bool = True,
+    divergence_guard: bool = True,
 ) -> list[keras.callbacks.Callback]:
     """Returns the usual fine-tuning callbacks writing under `run_dir`.
 
@@ -112,6 +247,10 @@ def default_callbacks(
         check_monitor: bool. Add `MonitorCheck`, which raises when `monitor`
             is missing from the logs, whenever checkpointing or early stopping
             is on. Defaults to True.
+        divergence_guard: bool. Add `DivergenceGuard`, which raises
+            `TrainingDivergedError` naming the learning rate and preset when
+            the loss becomes more than 100x the first batches' median or
+            non-finite. Defaults to True.
 
     Returns:
         A list of `keras.callbacks.Callback`.
@@ -120,8 +259,8 @@ def default_callbacks(
 
     >>> callbacks = default_callbacks("runs/demo", monitor="val_accuracy", patience=2)
     >>> [type(c).__name__ for c in callbacks]  # doctest: +NORMALIZE_WHITESPACE
-    ['MonitorCheck', 'BackupAndRestore', 'TerminateOnNaN', 'TensorBoard',
-     'ModelCheckpoint', 'EarlyStopping']
+    ['MonitorCheck', 'DivergenceGuard', 'BackupAndRestore', 'TerminateOnNaN',
+     'TensorBoard', 'ModelCheckpoint', 'EarlyStopping']
     """
     if not isinstance(run_dir, (str, os.PathLike)) or not os.fspath(run_dir):
         raise TypeError(f"run_dir must be a non-empty path. Received: run_dir={run_dir!r}")
@@ -135,7 +274,8 @@ def default_callbacks(
     for name, value in (("tensorboard", tensorboard), ("checkpoint", checkpoint),
                         ("early_stopping", early_stopping), ("backup", backup),
                         ("terminate_on_nan", terminate_on_nan),
-                        ("check_monitor", check_monitor)):
+                        ("check_monitor", check_monitor),
+                        ("divergence_guard", divergence_guard)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False. Received: {name}={value!r}")
 
@@ -145,6 +285,10 @@ def default_callbacks(
     # Runs first so a missing monitor fails before the Keras callbacks only warn.
     if check_monitor and (checkpoint or early_stopping):
         callbacks.append(MonitorCheck(monitor))
+    # Before BackupAndRestore and ModelCheckpoint: a diverged batch raises before
+    # anything can save its weights.
+    if divergence_guard:
+        callbacks.append(DivergenceGuard())
     if backup:
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
     if terminate_on_nan:

@@ -9,9 +9,12 @@ task=...)` picks both from the task and the backbone, like KerasHub's
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
 import keras
+
+from tfft.utils.walk import walk_layers
 
 OPTIMIZER_PRESETS = {
     "transformer": {
@@ -31,10 +34,18 @@ OPTIMIZER_PRESETS = {
         "schedule": "constant",
     },
     "cnn": {
-        "description": "SGD with Nesterov momentum 0.9 and cosine decay, for fine-tuning CNNs",
+        "description": "SGD with Nesterov momentum 0.9 at 1e-2 and cosine decay, for "
+        "fine-tuning CNNs with BatchNormalization (ResNet, MobileNet, EfficientNet)",
         "optimizer": "sgd",
         "learning_rate": 1e-2,
         "momentum": 0.9,
+        "schedule": "cosine",
+    },
+    "plain_cnn": {
+        "description": "Adam at 1e-4 and cosine decay, for fine-tuning CNNs without "
+        "BatchNormalization (VGG-style), which SGD at 1e-2 makes diverge",
+        "optimizer": "adam",
+        "learning_rate": 1e-4,
         "schedule": "cosine",
     },
 }
@@ -97,13 +108,69 @@ def get_preset(name: str, **overrides: Any) -> dict[str, Any]:
     return preset
 
 
-def resolve_preset(preset, family="transformer", backbone_trainable=True):
-    """Maps `"auto"` to `"head"` for frozen backbones, else the family's preset."""
+def resolve_preset(
+    preset: str | None,
+    family: str = "transformer",
+    backbone_trainable: bool = True,
+    batch_norm: bool = True,
+) -> str:
+    """Maps `"auto"` to an optimizer preset name; other names pass through.
+
+    `"auto"` is `"head"` when nothing in the backbone trains; else
+    `"transformer"` for transformers; for CNNs `"cnn"` (SGD at 1e-2) when the
+    backbone has BatchNormalization layers, `"plain_cnn"` (Adam at 1e-4)
+    when it has none: without per-layer normalisation, SGD with momentum at
+    1e-2 can blow a VGG-style network's loss up within an epoch.
+
+    Args:
+        preset: str or None. A preset name, or `"auto"`/None.
+        family: str. `"transformer"` or `"cnn"`. Defaults to `"transformer"`.
+        backbone_trainable: bool. Whether any backbone weight trains.
+            Defaults to True.
+        batch_norm: bool. Whether the backbone has BatchNormalization layers
+            (`has_batch_norm`). Defaults to True.
+    """
     if preset in (None, "auto"):
         if not backbone_trainable:
             return "head"
-        return "cnn" if family == "cnn" else "transformer"
+        if family != "cnn":
+            return "transformer"
+        return "cnn" if batch_norm else "plain_cnn"
     return preset
+
+
+def has_batch_norm(layer: keras.layers.Layer | None) -> bool:
+    """Whether `layer` (a backbone) holds a `keras.layers.BatchNormalization` at any depth.
+
+    Layers inside a TF-Hub SavedModel are not Keras layers and do not count,
+    so such a CNN gets the cautious `"plain_cnn"` preset from `"auto"`.
+    """
+    if layer is None:
+        return False
+    return any(isinstance(sub, keras.layers.BatchNormalization) for sub in walk_layers(layer))
+
+
+# The resolved preset each optimizer was built from, so a callback can name it in
+# messages; weak keys, so a dropped optimizer is not kept alive.
+_PRESET_OF_OPTIMIZER = weakref.WeakKeyDictionary()
+
+
+def record_preset(optimizer: keras.optimizers.Optimizer, preset: dict[str, Any]) -> None:
+    """Remembers that `optimizer` was built from the resolved `preset` (see `preset_of`)."""
+    _PRESET_OF_OPTIMIZER[optimizer] = dict(preset)
+
+
+def preset_of(optimizer: keras.optimizers.Optimizer | None) -> dict[str, Any] | None:
+    """The resolved preset dict (with its `"name"`) `optimizer` was compiled from, or None.
+
+    Set by `compile_model` and `fine_tune`; None for an optimizer built by hand.
+    """
+    if optimizer is None:
+        return None
+    try:
+        return _PRESET_OF_OPTIMIZER.get(optimizer)
+    except TypeError:  # not weak-referenceable: never recorded
+        return None
 
 
 def make_optimizer(
@@ -204,7 +271,8 @@ def compile_model(
         model: keras.Model.
         preset: str. An optimizer preset name (`list_presets()`) or `"auto"`:
             `"head"` when nothing in the backbone trains, else the backbone
-            family's preset.
+            family's preset (`"transformer"`; `"cnn"` for a CNN with
+            BatchNormalization, `"plain_cnn"` for one without).
         task: str. Picks the loss and metrics.
         family: str. `"transformer"` or `"cnn"`, used by `"auto"`.
         total_steps: int. Training steps, for warmup and decay schedules.
@@ -227,11 +295,13 @@ def compile_model(
         # Frozen now, but the schedule will open the backbone's blocks: a head-sized
         # learning rate would make them diverge once they train.
         trainable_backbone = True
-    name = resolve_preset(preset, family, trainable_backbone)
+    name = resolve_preset(preset, family, trainable_backbone, has_batch_norm(backbone))
     resolved = get_preset(name, **overrides)
     resolved["name"] = name
+    optimizer = make_optimizer(resolved, total_steps)
+    record_preset(optimizer, resolved)
     model.compile(
-        optimizer=make_optimizer(resolved, total_steps),
+        optimizer=optimizer,
         loss=TASK_PRESETS[task]["loss"],
         metrics=task_metrics(task, num_classes),
         jit_compile=resolved.get("jit_compile", jit_compile),

@@ -33,12 +33,14 @@ from tfft.adapt.freeze import (
 )
 from tfft.adapt.gradual import Gradual, GradualUnfreezing
 from tfft.distribute import distribute_dataset, prepare_model
-from tfft.training.callbacks import EpochSeeding
+from tfft.training.callbacks import DivergenceGuard, EpochSeeding
 from tfft.training.presets import (
     OPTIMIZER_PRESETS,
     TASK_PRESETS,
     compile_model,
+    has_batch_norm,
     make_optimizer,
+    record_preset,
     resolve_preset,
     task_metrics,
 )
@@ -78,8 +80,12 @@ def fine_tune(
     (`feature_extraction`) and the `"head"` preset (Adam). Stage
     `"fine_tune"`: the `unfreeze` policy and `epochs` epochs with the
     backbone family's preset (`"transformer"`: AdamW with linear warmup and
-    decay; `"cnn"`: SGD with momentum and cosine decay) whose schedule spans
-    exactly that stage's steps. Each stage recompiles (inside
+    decay; `"cnn"`: SGD with momentum and cosine decay for a CNN with
+    BatchNormalization, `"plain_cnn"`: Adam at 1e-4 for one without) whose
+    schedule spans exactly that stage's steps. A `DivergenceGuard` watches
+    both stages (unless `callbacks` holds one): a loss 100x the first
+    batches' median, or NaN, raises `TrainingDivergedError` naming the
+    learning rate and preset. Each stage recompiles (inside
     `strategy.scope()`), so no stale train step or optimizer carries over.
     `freeze_epochs=0` runs the second stage alone (e.g. after a head trained
     on cached features with `tfft.fit_cached`); `epochs=0` the first alone.
@@ -215,6 +221,10 @@ def fine_tune(
         layerwise_multipliers(model, decay)
     prepare_model(model, strategy)
     callbacks = [EpochSeeding(seed), *(callbacks or [])]
+    if not any(isinstance(c, DivergenceGuard) for c in callbacks):
+        # Before the caller's callbacks, so a checkpoint or backup never saves the
+        # weights of a diverged batch.
+        callbacks.insert(1, DivergenceGuard())
     histories = []
 
     if freeze_epochs:
@@ -232,7 +242,8 @@ def fine_tune(
 
     if epochs:
         apply_freeze(model, policy)
-        name = resolve_preset(preset, family, backbone_trainable=True)
+        name = resolve_preset(preset, family, backbone_trainable=True,
+                              batch_norm=has_batch_norm(find_backbone_layer(model)))
         if fine_tune_lr is not None:
             overrides = {"learning_rate": float(fine_tune_lr)}
         elif lr is not None:
@@ -248,10 +259,12 @@ def fine_tune(
             # set): with a shared Keras Adam a block opened late starts with skewed bias
             # correction.
             if decay is not None:
+                optimizer = LayerwiseOptimizer(make_optimizer(resolved, total),
+                                               layerwise_multipliers(model, decay),
+                                               groups=block_depths(model))
+                record_preset(optimizer, resolved)
                 model.compile(
-                    optimizer=LayerwiseOptimizer(make_optimizer(resolved, total),
-                                                 layerwise_multipliers(model, decay),
-                                                 groups=block_depths(model)),
+                    optimizer=optimizer,
                     loss=TASK_PRESETS[head.task]["loss"],
                     metrics=task_metrics(head.task, head.num_classes),
                 )
