@@ -74,7 +74,12 @@ def load(
         label_column: str. Label column of a CSV/DataFrame. Defaults to `"label"`.
         class_names: list of str. Declared classes in id order; a label outside
             them is an error. Defaults to the sorted distinct labels (or
-            `"0".."n-1"` for integer labels).
+            `"0".."n-1"` for whole-number labels, also when written as
+            floats or text: `2.0` and `"2.0"` are id 2). Labels with a
+            fractional part are refused as a continuous target (train a
+            regression instead), and so are more than 50 derived classes
+            that outnumber half the rows (an id or measurement column);
+            declaring `class_names` accepts any class count.
         label_separator: str. Makes a CSV/DataFrame multilabel: each label
             cell lists labels split by this string; `y` becomes multi-hot.
         image_size: tuple `(height, width)`. Resize folder images to this
