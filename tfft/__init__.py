@@ -61,6 +61,8 @@ _EXPORTS = {
     "trainable_summary": "tfft.adapt",
     # training
     "CacheRefusedError": "tfft.training",
+    "DivergenceGuard": "tfft.training",
+    "TrainingDivergedError": "tfft.training",
     "compile_model": "tfft.training",
     "default_callbacks": "tfft.training",
     "fine_tune": "tfft.training",

@@ -4,10 +4,12 @@ import sys
 import tfft
 
 EXPECTED = [
-    "Backbone", "BackboneInfo", "BackboneLayer", "CacheRefusedError", "EvaluationReport",
+    "Backbone", "BackboneInfo", "BackboneLayer", "CacheRefusedError", "DivergenceGuard",
+    "EvaluationReport",
     "FeatureExtraction", "FreezePolicy", "Full", "Gradual", "GradualUnfreezing", "HubLayer",
     "ImagePreprocessor", "JobConfig", "LayerwiseOptimizer", "LoRA", "Pooling", "Regex", "Task",
-    "TaskHead", "TopK", "apply_freeze", "build_model", "compile_model", "default_callbacks",
+    "TaskHead", "TopK", "TrainingDivergedError", "apply_freeze", "build_model", "compile_model",
+    "default_callbacks",
     "evaluate", "export_saved_model", "fine_tune", "fit_cached", "get_preset", "get_strategy",
     "gradual_callback", "layerwise_lr", "list_backbones", "list_presets", "load_backbone",
     "load_imagenet_classifier", "merge_lora", "parse_freeze", "report_from_predictions",

@@ -34,7 +34,7 @@ from tfft.selection.budget import (
 )
 from tfft.selection.candidates import TFIDF, catalog_info
 from tfft.training import feature_cache
-from tfft.training.presets import resolve_preset
+from tfft.training.callbacks import TrainingDivergedError
 from tfft.training.recipes import fine_tune
 
 FINE_TUNE_LEARNING_RATE = {"transformer": 5e-5, "cnn": 1e-3}
@@ -337,11 +337,17 @@ class Runners:
         limit = StepTimeLimit(plan.seconds, plan.steps)
         t_fit = time.perf_counter()
         # The head is trained already (the probe's), so the recipe runs its
-        # unfreeze stage only, at `rate` (lr / base_lr_divisor), with the
-        # backbone family's preset.
-        fine_tune(model, train_ds, epochs=1, freeze_epochs=0, unfreeze=candidate.method,
-                  lr=rate, base_lr_divisor=1, callbacks=[limit], verbose=0,
-                  preset=resolve_preset("auto", family, backbone_trainable=True))
+        # unfreeze stage only, at `rate` (lr / base_lr_divisor). Preset "auto":
+        # the recipe picks it from the backbone's family and, for CNNs, from
+        # whether the backbone has BatchNorm (SGD blows up plain VGGs).
+        try:
+            fine_tune(model, train_ds, epochs=1, freeze_epochs=0, unfreeze=candidate.method,
+                      lr=rate, base_lr_divisor=1, callbacks=[limit], verbose=0,
+                      preset="auto")
+        except TrainingDivergedError as error:
+            # One diverging candidate is a result about that candidate; the
+            # rest of the bake-off goes on.
+            return budget.skip(candidate, f"diverged: {_first_line(error)}", estimate)
         fit_seconds = time.perf_counter() - t_fit
         t_eval = time.perf_counter()
         probs = model.predict(self.fit_batches(model, fresh, self.val), verbose=0)

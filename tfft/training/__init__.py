@@ -1,6 +1,12 @@
 """Training: compile presets, the `fine_tune` recipe, the feature cache and callbacks."""
 
-from tfft.training.callbacks import EpochSeeding, MonitorCheck, default_callbacks
+from tfft.training.callbacks import (
+    DivergenceGuard,
+    EpochSeeding,
+    MonitorCheck,
+    TrainingDivergedError,
+    default_callbacks,
+)
 from tfft.training.feature_cache import (
     CacheRefusedError,
     cached_features,
@@ -14,8 +20,10 @@ from tfft.training.presets import (
     TASK_PRESETS,
     compile_model,
     get_preset,
+    has_batch_norm,
     list_presets,
     make_optimizer,
+    preset_of,
     set_mixed_precision,
 )
 from tfft.training.recipes import EpochData, epoch_datasets, fine_tune
@@ -24,9 +32,11 @@ __all__ = [
     "OPTIMIZER_PRESETS",
     "TASK_PRESETS",
     "CacheRefusedError",
+    "DivergenceGuard",
     "EpochData",
     "EpochSeeding",
     "MonitorCheck",
+    "TrainingDivergedError",
     "cached_features",
     "clear_cache",
     "compile_model",
@@ -36,8 +46,10 @@ __all__ = [
     "fine_tune",
     "fit_cached",
     "get_preset",
+    "has_batch_norm",
     "list_cached",
     "list_presets",
     "make_optimizer",
+    "preset_of",
     "set_mixed_precision",
 ]
