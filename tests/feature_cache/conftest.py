@@ -18,10 +18,25 @@ LABELS = np.array([0, 1, 2, 1, 2, 2, 1, 0, 1, 0, 1, 2])
 
 @pytest.fixture(scope="session")
 def make_model(tiny_text_preprocessor):
-    """Factory: a tiny BERT tfft classifier (dropout 0) with the tiny preprocessor."""
+    """Factory: a tiny BERT tfft classifier (dropout 0) with the tiny preprocessor.
+
+    `sequence_length` or `vocabulary` give it a preprocessor of its own (same
+    tokenizer settings otherwise); the backbone's weights depend on `seed` only.
+    """
     import keras_hub
 
-    def make(seed=0, freeze="feature_extraction", num_classes=3):
+    def make(seed=0, freeze="feature_extraction", num_classes=3, sequence_length=None,
+             vocabulary=None, normalize_features=False):
+        preprocessor = tiny_text_preprocessor
+        if sequence_length is not None or vocabulary is not None:
+            # Named as the shared ones, as they would be in a fresh process.
+            tokenizer = tiny_text_preprocessor.tokenizer
+            if vocabulary is not None:
+                tokenizer = keras_hub.models.BertTokenizer(vocabulary=list(vocabulary),
+                                                           name=tokenizer.name)
+            preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+                tokenizer, sequence_length=sequence_length or 16,
+                name=tiny_text_preprocessor.name)
         keras.utils.set_random_seed(seed)
         bert = keras_hub.models.BertBackbone(
             vocabulary_size=tiny_text_preprocessor.tokenizer.vocabulary_size(),
@@ -29,9 +44,10 @@ def make_model(tiny_text_preprocessor):
             max_sequence_length=16,
         )
         backbone = tfft.load_backbone(bert)
-        backbone.preprocessor = tiny_text_preprocessor
+        backbone.preprocessor = preprocessor
         return tfft.build_model(backbone, task="multiclass", num_classes=num_classes,
-                                dropout=0.0, freeze=freeze, compile=False)
+                                dropout=0.0, freeze=freeze, compile=False,
+                                normalize_features=normalize_features)
 
     return make
 

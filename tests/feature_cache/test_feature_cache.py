@@ -68,7 +68,7 @@ def test_key_changes_with_weights_preprocessing_and_data(make_model, texts):
     key, parts = feature_cache.cache_key(model, texts, {"sequence_length": 16})
     assert key == feature_cache.cache_key(make_model(seed=0), texts.copy(),
                                           {"sequence_length": 16})[0]
-    assert parts["pooling"] == "mean" and parts["output_key"] == "sequence_output"
+    assert parts["pooling"]["mode"] == "mean" and parts["output_key"] == "sequence_output"
 
     other_prep = feature_cache.cache_key(model, texts, {"sequence_length": 8})[0]
     other_data = feature_cache.cache_key(model, np.append(texts[:-1], "changed"),
@@ -109,7 +109,9 @@ def test_list_and_clear_entries(make_model, make_dataset, texts, tmp_path):
     small = next(e["key"] for e in entries if e["shape"][0] == 5)
     assert feature_cache.clear_cache(root, key=small) == 1
     assert [e["shape"][0] for e in feature_cache.list_cached(root)] == [len(texts)]
-    assert feature_cache.clear_cache(root, key="no-such-key") == 0
+    assert feature_cache.clear_cache(root, key="0" * 32) == 0
+    with pytest.raises(ValueError, match="32 lowercase hex"):
+        feature_cache.clear_cache(root, key="no-such-key")
     assert feature_cache.clear_cache(root) == 1
     assert feature_cache.list_cached(root) == []
 
@@ -169,7 +171,7 @@ def test_fit_cached_defaults_to_the_tasks_own_pipeline_and_keys_its_preprocessor
                                predict_raw(explicit, texts, make_dataset), atol=1e-5)
     [entry] = feature_cache.list_cached(str(tmp_path / "b"))
     # The preprocessor's settings are part of the key: another sequence length never hits.
-    assert entry["preprocessing"]["preprocessor"]["sequence_length"] == 16
+    assert entry["preprocessor"]["config"]["sequence_length"] == 16
     again = feature_cache.fit_cached(make_model(seed=0), texts, labels, epochs=1,
                                      directory=str(tmp_path / "b"), verbose=0)
     assert again.cache_hits == (True, None)

@@ -6,21 +6,33 @@ computes them once (kept on disk as `.npy` files, memory-mapped when read)
 and trains the head on them; the head layer is shared with the full model, so
 the result is the ordinary model and predicts on raw inputs as before.
 
-A cache entry is keyed by the backbone's identity and weights, the
-preprocessing settings and a fingerprint of the data, so a change in any of
-them never reuses stale features. Entries live under `$TFFT_CACHE_DIR/features`
-(default `~/.cache/tfft/features`); `list_cached()` and `clear_cache()` manage
-them.
+A cache entry is keyed by everything that changes the features, read from the
+model itself (`cache_key`): the backbone (class, per-layer configuration,
+weights, output key, dtype policy), the preprocessor (class, configuration,
+weights and vocabulary files: a tokenizer's vocabulary content, the sequence
+length, an image size and normalisation), the pooling layer's configuration,
+the padding-mask input and a fingerprint of the data. Entries live under
+`$TFFT_CACHE_DIR/features` (default `~/.cache/tfft/features`); `list_cached()`
+and `clear_cache()` manage them, and `clear_cache()` only ever deletes what
+tfft wrote there. A broken entry (truncated or missing files, an unreadable
+key file) is a miss: it is recomputed and replaced in one rename, with one
+warning in the log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import logging
+import marshal
 import os
+import re
 import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -31,7 +43,24 @@ from tfft import assets
 from tfft.adapt.freeze import find_backbone_layer
 from tfft.distribute import prepare_model
 from tfft.training.presets import TASK_PRESETS, task_metrics
-from tfft.utils.files import staged_directory
+from tfft.utils.files import staged_directory, write_json_atomic
+from tfft.utils.walk import walk_layers
+
+logger = logging.getLogger(__name__)
+
+# Bumped when the key's contents change, so entries keyed the old way are never read.
+KEY_VERSION = 2
+FEATURES_FILE = "features.npy"
+KEY_FILE = "key.json"
+ENTRY_FILES = frozenset({FEATURES_FILE, KEY_FILE})
+# What tfft writes under a cache root, and nothing else is ever deleted there:
+# entries (the key, 32 hex digits), `staged_directory`'s staging folders
+# (".tmp-<key>-" + 8 `tempfile` characters) and its replaced-entry folders (".old-...").
+_STORE_ATTEMPTS = 3
+_KEY_NAME = re.compile(r"[0-9a-f]{32}")
+_STAGING_NAME = re.compile(r"\.tmp-([0-9a-f]{32})-[a-z0-9_]{8}")
+_OLD_NAME = re.compile(r"\.old-[a-z0-9_]{8}")
+_STAGING_FILE = re.compile(r"\.tmp-(key\.json|features\.npy)-[a-z0-9_]+")
 
 
 class CacheRefusedError(ValueError):
@@ -69,6 +98,9 @@ def check_cacheable(model, augment=None):
         )
 
 
+# -- the key ----------------------------------------------------------------------
+
+
 def weights_fingerprint(layer):
     """Hashes a layer's weights in order: shapes, dtypes and values.
 
@@ -103,29 +135,257 @@ def data_fingerprint(x):
     return digest.hexdigest()
 
 
-def cache_key(model, x, preprocessing=None):
+def _qualified_name(obj):
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _json_default(value):
+    """JSON for config values json cannot encode, with no memory addresses in it."""
+    if isinstance(value, np.ndarray):
+        array = np.ascontiguousarray(value)
+        return {"array": hashlib.sha256(array.tobytes()).hexdigest(),
+                "shape": list(array.shape), "dtype": str(array.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes": hashlib.sha256(bytes(value)).hexdigest()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
+
+
+def _without_names(config):
+    """A config without the per-process parts of nested layer configs.
+
+    Keras numbers auto-generated layer names per process (`dense_3`) and a
+    layer's `trainable` flag does not change what it computes, so both leave
+    every dict that holds a layer config (one with both keys). A dtype
+    policy's `{"name": "float32"}` stays.
+    """
+    if isinstance(config, Mapping):
+        drop = {"name", "trainable"} if {"name", "trainable"} <= set(config) else set()
+        return {k: _without_names(v) for k, v in config.items() if k not in drop}
+    if isinstance(config, (list, tuple)):
+        return [_without_names(v) for v in config]
+    return config
+
+
+def _layer_config(layer):
+    """A layer's own configuration, without its name and trainable flag.
+
+    A functional model's config lists its layers by (per-process) name; those
+    layers are described one by one instead, so only the class is kept.
+    """
+    if isinstance(layer, keras.Model) and type(layer).get_config.__module__.startswith("keras."):
+        return None
+    try:
+        config = dict(layer.get_config())
+    except NotImplementedError:
+        # A custom layer with no config: its class and weights still key it.
+        return None
+    config.pop("name", None)
+    config.pop("trainable", None)
+    return _without_names(config)
+
+
+def architecture_fingerprint(model: keras.layers.Layer) -> str:
+    """Hashes the class and configuration of every layer inside `model`, in order.
+
+    Weights alone miss settings that change the features without changing a
+    weight's shape: a layer-norm epsilon, an activation, the number of
+    attention heads of the same width.
+    """
+    described = [[_qualified_name(type(layer)), _layer_config(layer)]
+                 for layer in walk_layers(model)]
+    blob = json.dumps(described, sort_keys=True, default=_json_default).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def assets_fingerprint(layer: keras.layers.Layer) -> str | None:
+    """Hashes the asset files of the layers inside `layer` (a tokenizer's vocabulary).
+
+    A KerasHub tokenizer keeps its vocabulary (WordPiece `vocabulary.txt`,
+    BPE vocabulary and merges, a SentencePiece proto) out of `get_config()`;
+    its `save_assets` writes it. Returns None when no layer has assets.
+    """
+    savers = [sub for sub in walk_layers(layer) if callable(getattr(sub, "save_assets", None))]
+    if not savers:
+        return None
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="tfft-assets-") as folder:
+        for index, sub in enumerate(savers):
+            target = os.path.join(folder, str(index))
+            os.makedirs(target)
+            sub.save_assets(target)
+            digest.update(f"{index}:{_qualified_name(type(sub))}".encode())
+            for base, dirs, files in os.walk(target):
+                dirs.sort()
+                for name in sorted(files):
+                    path = os.path.join(base, name)
+                    digest.update(os.path.relpath(path, target).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def preprocessor_fingerprint(preprocessor: Any) -> dict[str, Any] | None:
+    """What of a preprocessor changes the features: class, config, weights, vocabulary.
+
+    A Keras layer (a KerasHub text preprocessor and its tokenizer, an
+    `ImagePreprocessor`, `Rescaling`, a `HubLayer`) is described by its class,
+    its configuration (sequence length, truncation, tokenizer settings, image
+    size, scale and offset ...), its weights and the hash of its asset files
+    (the vocabulary). A plain function is described by its qualified name and
+    its bytecode; settings it reads from elsewhere are not seen, so pass them
+    as `preprocessing=`.
+    """
+    if preprocessor is None:
+        return None
+    if isinstance(preprocessor, keras.layers.Layer):
+        return {
+            "class": _qualified_name(type(preprocessor)),
+            "config": _layer_config(preprocessor),
+            "weights": weights_fingerprint(preprocessor) if preprocessor.weights else None,
+            "assets": assets_fingerprint(preprocessor),
+        }
+    code = getattr(preprocessor, "__code__", None)
+    return {
+        "callable": _qualified_name(preprocessor),
+        "code": None if code is None else hashlib.sha256(marshal.dumps(code)).hexdigest(),
+    }
+
+
+def cache_key(model: keras.Model, x: Any, preprocessing: Any = None) -> tuple[str, dict]:
     """The key of `model`'s features on raw inputs `x`.
+
+    Everything that changes the features is read from `model` itself:
+    `preprocessing` is only an extra, JSON-able description for settings the
+    model does not carry (a custom `make_dataset`).
+
+    Args:
+        model: keras.Model. A `tfft.Task` (or a model with layers `"backbone"`
+            and `"pooling"`); its `preprocessor` and `backbone_info` are read
+            when it has them.
+        x: raw inputs (array of strings, images, or dict of arrays).
+        preprocessing: JSON-able extra settings, or None.
 
     Returns:
         `(key, parts)`: a 32-character hex key and the dict it hashes
-        (backbone name, class and weights, output key, dtype policy, pooling,
-        preprocessing settings, data fingerprint).
+        (backbone class, architecture and weights, output key, dtype policy,
+        padding-mask input, pooling config, preprocessor, extra preprocessing
+        settings, data fingerprint) plus the backbone's display name, which
+        is not hashed.
     """
     backbone = find_backbone_layer(model)
+    info = getattr(model, "backbone_info", None)
+    pooling = model.get_layer("pooling")
     parts = {
+        "version": KEY_VERSION,
         "backbone": backbone.backbone.name,
         "backbone_class": type(backbone.backbone).__name__,
+        "backbone_type": _qualified_name(type(backbone.backbone)),
+        "architecture": architecture_fingerprint(backbone.backbone),
         "weights": weights_fingerprint(backbone),
         "output_key": getattr(backbone, "output_key", None),
         "dtype_policy": backbone.dtype_policy.name,
-        "pooling": model.get_layer("pooling").get_config().get("mode"),
+        # A Task feeds this backbone input to the pooling as its padding mask.
+        "mask_key": getattr(info, "mask_key", None),
+        "pooling": {"class": _qualified_name(type(pooling)), **_layer_config(pooling)},
+        "preprocessor": preprocessor_fingerprint(getattr(model, "preprocessor", None)),
         "preprocessing": preprocessing,
         "data": data_fingerprint(x),
     }
     # The display name stays out of the key (see `weights_fingerprint`).
     keyed = {k: v for k, v in parts.items() if k != "backbone"}
-    blob = json.dumps(keyed, sort_keys=True, default=str).encode()
+    blob = json.dumps(keyed, sort_keys=True, default=_json_default).encode()
     return hashlib.sha256(blob).hexdigest()[:32], parts
+
+
+# -- entries ------------------------------------------------------------------------
+
+
+def _num_examples(x):
+    if isinstance(x, Mapping):
+        return len(x[sorted(x)[0]]) if x else 0
+    return len(x)
+
+
+def _read_entry(entry, key, rows):
+    """`(features, None)` for a sound entry, `(None, reason)` for a broken one, `(None, None)`."""
+    if not os.path.lexists(entry):
+        return None, None
+    try:
+        with open(os.path.join(entry, KEY_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        return None, f"{KEY_FILE} is missing"
+    except (OSError, ValueError) as error:
+        return None, f"{KEY_FILE} is unreadable ({error})"
+    if not isinstance(meta, dict) or meta.get("key") != key:
+        return None, f"{KEY_FILE} does not describe this entry"
+    try:
+        features = np.load(os.path.join(entry, FEATURES_FILE), mmap_mode="r",
+                           allow_pickle=False)
+    except FileNotFoundError:
+        return None, f"{FEATURES_FILE} is missing"
+    except (OSError, ValueError, EOFError) as error:
+        return None, f"{FEATURES_FILE} is unreadable ({error})"
+    shape = meta.get("shape")
+    if (not isinstance(shape, list) or list(features.shape) != shape or shape[:1] != [rows]
+            or str(features.dtype) != meta.get("dtype")):
+        return None, (f"{FEATURES_FILE} holds {features.dtype} {list(features.shape)}, "
+                      f"expected {meta.get('dtype')} {shape} with {rows} rows")
+    return features, None
+
+
+def _is_sound(entry, key, rows):
+    return _read_entry(entry, key, rows)[0] is not None
+
+
+def _store_entry(entry, key, features, parts):
+    """Writes an entry in a staging folder and renames it into place in one step.
+
+    Several processes may fill the same entry at once: the first sound copy
+    wins and the others keep their computed features without failing; a
+    broken entry in the way is replaced.
+    """
+    rows = len(features)
+    sound = functools.partial(_is_sound, key=key, rows=rows)
+    meta = {**parts, "key": key, "shape": list(features.shape), "dtype": str(features.dtype),
+            "created": time.time()}
+    for attempt in range(_STORE_ATTEMPTS):
+        if os.path.lexists(entry) and not sound(entry):
+            _discard(entry)
+        try:
+            with staged_directory(entry, is_complete=sound) as staging:
+                np.save(os.path.join(staging, FEATURES_FILE), features, allow_pickle=False)
+                write_json_atomic(os.path.join(staging, KEY_FILE), meta, default=_json_default)
+            return
+        except OSError:
+            # Lost a race (the entry moved or appeared under us): fine once a sound
+            # copy is there; another writer's broken copy in the way is replaced again.
+            if sound(entry):
+                return
+            if attempt == _STORE_ATTEMPTS - 1:
+                raise
+
+
+def _discard(entry):
+    """Moves a broken entry aside in one rename (into a staging-named folder), then deletes it."""
+    trash = tempfile.mkdtemp(dir=os.path.dirname(entry), prefix=f".tmp-{os.path.basename(entry)}-")
+    try:
+        # Another process may have moved it first: then there is nothing to do.
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(entry, os.path.join(trash, "v"))
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def is_cached(model: keras.Model, x: Any, preprocessing: Any = None,
+              directory: str | None = None) -> bool:
+    """Whether a sound cache entry holds `model`'s features on `x` (nothing is computed)."""
+    key, _ = cache_key(model, x, preprocessing)
+    return _is_sound(os.path.join(cache_root(directory), key), key, _num_examples(x))
 
 
 def compute_features(model, dataset, verbose="auto"):
@@ -145,14 +405,18 @@ def cached_features(
     """Features of raw inputs `x`, from the cache or computed once and stored.
 
     Refuses (`CacheRefusedError`) when the backbone has trainable weights or
-    `augment` is given: cached features would then be wrong.
+    `augment` is given: cached features would then be wrong. A broken entry
+    (truncated or missing files, an unreadable key file) counts as a miss:
+    the features are recomputed and the entry replaced, with a warning.
 
     Args:
-        model: keras.Model built by `tfft.build_model`, backbone frozen.
+        model: keras.Model built by `tfft.build_model`, backbone frozen. The
+            key is read from it (see `cache_key`).
         x: raw inputs (array of strings, images, or dict of arrays).
         make_dataset: callable `x -> tf.data.Dataset` of preprocessed batches.
-        preprocessing: JSON-able description of preprocessing settings, part
-            of the key.
+        preprocessing: JSON-able extra settings for the key, for a
+            `make_dataset` that does more than `model.preprocessor`; not
+            needed otherwise. Defaults to None.
         directory: str. Cache root. Defaults to `$TFFT_CACHE_DIR/features`.
         verbose: Keras verbosity of the backbone pass.
         augment: a random augmentation the caller would apply, or None.
@@ -163,53 +427,117 @@ def cached_features(
     """
     check_cacheable(model, augment)
     key, parts = cache_key(model, x, preprocessing)
-    root = cache_root(directory)
-    entry = os.path.join(root, key)
-    path = os.path.join(entry, "features.npy")
-    if os.path.exists(path):
-        return np.load(path, mmap_mode="r"), True
+    entry = os.path.join(cache_root(directory), key)
+    features, problem = _read_entry(entry, key, _num_examples(x))
+    if features is not None:
+        return features, True
+    if problem is not None:
+        logger.warning("Feature cache entry %s is broken (%s); recomputing and replacing it.",
+                       entry, problem)
     features = compute_features(model, make_dataset(x), verbose=verbose)
-    # Several processes may fill the same entry at once: the first complete copy wins.
-    with staged_directory(entry, is_complete=_entry_complete) as staging:
-        np.save(os.path.join(staging, "features.npy"), features)
-        meta = {**parts, "shape": list(features.shape), "created": time.time()}
-        with open(os.path.join(staging, "key.json"), "w") as f:
-            json.dump(meta, f)
+    _store_entry(entry, key, features, parts)
     return features, False
 
 
-def _entry_complete(entry):
-    return os.path.exists(os.path.join(entry, "features.npy"))
+# -- managing the cache -----------------------------------------------------------------
+
+
+def _is_entry(path):
+    """A folder tfft wrote as an entry: its key file in it and nothing but entry files."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    names = os.listdir(path)
+    return (KEY_FILE in names and set(names) <= ENTRY_FILES
+            and all(os.path.isfile(os.path.join(path, n)) for n in names))
+
+
+def _holds_only_entry_files(path):
+    """A real folder holding nothing but (partly written) entry files."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    return all((n in ENTRY_FILES or _STAGING_FILE.fullmatch(n))
+               and os.path.isfile(os.path.join(path, n)) and not os.path.islink(
+                   os.path.join(path, n))
+               for n in os.listdir(path))
+
+
+def _is_own_temporary(name, path):
+    """A staging, discarded-entry or replaced-entry folder tfft left behind."""
+    staging = _STAGING_NAME.fullmatch(name)
+    if staging and not os.path.islink(path) and os.path.isdir(path):
+        # `staged_directory`'s staging folder (entry files, or a folder named after the
+        # key that holds them), or a broken entry moved aside (`v`, see `_discard`).
+        names = os.listdir(path)
+        if len(names) == 1 and names[0] in ("v", staging.group(1)):
+            return _holds_only_entry_files(os.path.join(path, names[0]))
+        return _holds_only_entry_files(path)
+    if _OLD_NAME.fullmatch(name) and not os.path.islink(path) and os.path.isdir(path):
+        # `staged_directory` moves the entry it replaces to `.old-*/v` before deleting it.
+        names = os.listdir(path)
+        return set(names) <= {"v"} and (not names
+                                         or _holds_only_entry_files(os.path.join(path, "v")))
+    return False
 
 
 def list_cached(directory: str | None = None) -> list[dict[str, Any]]:
-    """Lists cache entries: `[{"key", "backbone", "shape", "bytes", ...}]`."""
+    """Lists cache entries: `[{"key", "backbone", "shape", "bytes", ...}]`.
+
+    A broken entry is listed with `"broken"`: why it will be recomputed.
+    """
     root = cache_root(directory)
     entries = []
     for key in sorted(os.listdir(root)):
-        meta_path = os.path.join(root, key, "key.json")
-        if key.startswith(".") or not os.path.exists(meta_path):
+        path = os.path.join(root, key)
+        if not _KEY_NAME.fullmatch(key) or not _is_entry(path):
             continue
-        with open(meta_path) as f:
-            meta = json.load(f)
-        size = os.path.getsize(os.path.join(root, key, "features.npy"))
-        entries.append({"key": key, "bytes": size, **meta})
+        size = sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+        try:
+            with open(os.path.join(path, KEY_FILE), encoding="utf-8") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as error:
+            entries.append({"key": key, "bytes": size, "broken": f"{KEY_FILE}: {error}"})
+            continue
+        meta = meta if isinstance(meta, dict) else {}
+        shape = meta.get("shape")
+        rows = shape[0] if isinstance(shape, list) and shape else None
+        _, problem = _read_entry(path, key, rows)
+        entries.append({**meta, "key": key, "bytes": size,
+                        **({"broken": problem} if problem else {})})
     return entries
 
 
 def clear_cache(directory: str | None = None, key: str | None = None) -> int:
-    """Deletes every cache entry (or only `key`); returns how many were removed."""
+    """Deletes tfft's cache entries (or only `key`); returns how many were removed.
+
+    Only what tfft wrote is deleted: entry folders (named by their 32-digit
+    key, holding its key file and features and nothing else) and the staging
+    folders tfft leaves behind when interrupted. Anything else under the root
+    (your files and folders, when the root is a shared folder) stays.
+
+    Args:
+        directory: str. Cache root. Defaults to `$TFFT_CACHE_DIR/features`.
+        key: str. One entry's key (as in `list_cached()`), or None for all.
+    """
     root = cache_root(directory)
     if key is not None:
+        if not isinstance(key, str) or not _KEY_NAME.fullmatch(key):
+            raise ValueError(
+                "A cache key is 32 lowercase hex digits, as `list_cached()` gives. "
+                f"Received: key={key!r}"
+            )
         path = os.path.join(root, key)
-        if key.startswith(".") or os.sep in key or not os.path.isdir(path):
+        if not _is_entry(path):
             return 0
         shutil.rmtree(path)
         return 1
     removed = 0
-    for name in os.listdir(root):
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        removed += not name.startswith(".")
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if _KEY_NAME.fullmatch(name) and _is_entry(path):
+            shutil.rmtree(path)
+            removed += 1
+        elif _is_own_temporary(name, path):
+            shutil.rmtree(path, ignore_errors=True)
     return removed
 
 
@@ -311,9 +639,10 @@ def fit_cached(
             `strategy`, create an optimizer object inside `strategy.scope()`.
         loss: Keras loss. Defaults to the task preset of the model's head.
         metrics: list of Keras metrics. Default to the task preset's.
-        preprocessing: JSON-able preprocessing settings, part of the cache
-            key. Defaults to the config of `model.preprocessor` when
-            `make_dataset` defaults to `model.make_dataset`.
+        preprocessing: JSON-able extra settings for the cache key, for a
+            `make_dataset` that does more than `model.preprocessor`. Not
+            needed otherwise: the key covers the model's preprocessor,
+            pooling and backbone by itself (see `cache_key`).
         callbacks: list of Keras callbacks for the head's `fit` (they see
             the head model, which shares the head's weights).
         shuffle: bool. Shuffle rows each epoch. Defaults to True.
@@ -340,9 +669,6 @@ def fit_cached(
     """
     if make_dataset is None:
         make_dataset = getattr(model, "make_dataset", None)
-        preprocessor = getattr(model, "preprocessor", None)
-        if preprocessing is None and preprocessor is not None:
-            preprocessing = {"preprocessor": preprocessor.get_config()}
     if make_dataset is None or not callable(make_dataset):
         raise TypeError(
             "fit_cached needs make_dataset: a callable mapping raw inputs to a batched "
