@@ -282,3 +282,37 @@ def test_a_latin1_csv_names_the_file_the_line_and_encoding(topic_model, tmp_path
     assert report["metrics"]["num_examples"] == 3
     assert main([*argv, "--encoding", "klingon"]) == 2
     assert "Unknown --encoding 'klingon'" in capsys.readouterr().err
+
+
+def test_csv_labels_as_float_ids_empty_cells_and_fractions(topic_model, topic_csv, tmp_path,
+                                                           capsys):
+    """Issue 25 item 5 in `tfft evaluate`: a float id column scores like the class names;
+    an empty cell or a fractional label is an error naming it, never a dropped row."""
+    import pandas as pd
+
+    _, texts, labels = topic_csv
+    args = ["--model", topic_model, "--split", "all", "--text-column", "sentence",
+            "--label-column", "topic", "--no-plots"]
+
+    def evaluate(name, column):
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame({"sentence": texts, "topic": column}).to_csv(path, index=False)
+        code = _run([*args, "--data", str(path), "--out", str(tmp_path / name)])
+        return code, capsys.readouterr()
+
+    code, _ = evaluate("names", [list(TOPICS)[i] for i in labels])
+    assert code == 0
+    by_name = json.loads((tmp_path / "names" / "report.json").read_text())["metrics"]
+    code, _ = evaluate("floats", [float(i) for i in labels])   # 0.0, 1.0, 2.0
+    assert code == 0
+    by_id = json.loads((tmp_path / "floats" / "report.json").read_text())["metrics"]
+    assert by_id["confusion_matrix"] == by_name["confusion_matrix"]
+    assert by_id["num_examples"] == len(texts)
+
+    with_gap = [float(i) for i in labels]
+    with_gap[3] = None
+    code, captured = evaluate("gap", with_gap)
+    assert code == 2 and "lines [5]" in captured.err and "empty" in captured.err
+    code, captured = evaluate("fraction", [0.5 + i for i in labels])
+    assert code == 2 and "regression" in captured.err
+    assert not (tmp_path / "gap").exists() and not (tmp_path / "fraction").exists()

@@ -7,7 +7,6 @@ prints one paragraph naming it and the valid forms, and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import warnings
@@ -215,11 +214,19 @@ def _run_predict(args):
         print(f"tfft predict: error: {args.model!r} is not a SavedModel directory "
               "(expected saved_model.pb inside, e.g. saved_models/NAME/1).", file=sys.stderr)
         return EXIT_USAGE
-    with contextlib.suppress(ImportError):
-        import tensorflow_text  # noqa: F401  registers the tokenizer ops
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(args.model)
+    from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
+
+    register_text_ops()  # a text export's tokenizer runs TensorFlow Text ops
+    try:
+        loaded = tf.saved_model.load(args.model)
+    except (RuntimeError, tf.errors.NotFoundError) as error:
+        hint = missing_text_ops_hint(error)
+        if hint is None:
+            raise
+        print(f"tfft predict: error: {args.model!r}: {hint}", file=sys.stderr)
+        return EXIT_USAGE
     outputs = loaded.signatures["serving_default"](tf.constant(args.texts))
     for i, text in enumerate(args.texts):
         row = {"text": text}

@@ -12,6 +12,7 @@ import os
 import sys
 
 from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
+from tfft.data.labels import class_labels
 
 METADATA_FILE = "tfft_metadata.json"
 SPLITS = ("train", "val", "test", "all")
@@ -153,14 +154,28 @@ def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
                 f"{path} has no column {column!r} (set {flag}). "
                 f"Columns: {list(frame.columns)}"
             )
-    frame = frame.dropna(subset=[text_column, label_column])
-    raw = frame[label_column]
-    if raw.dtype.kind in "iu":
-        labels = raw.to_numpy(np.int64)
+    missing = frame[[text_column, label_column]].isna().any(axis=1).to_numpy()
+    if missing.any():
+        # No row is dropped silently: a score over fewer rows than the file
+        # holds would be reported as the file's.
+        rows = [int(i) + 2 for i in np.flatnonzero(missing)]  # + header, 1-based
+        raise ValueError(
+            f"{path}: {len(rows)} row(s) have an empty {text_column!r} or {label_column!r} "
+            f"cell (lines {rows[:10]}{' ...' if len(rows) > 10 else ''}). Fill or remove them."
+        )
+    # Whole-number floats (0.0, "1.0") are class ids; fractional ones are refused.
+    raw = class_labels(frame[label_column].tolist(), where=path)
+    if all(isinstance(v, int) for v in raw):
+        labels = np.asarray(raw, np.int64)
         if class_names is None:
             class_names = [str(i) for i in range(int(labels.max()) + 1)]
+        elif labels.min() < 0 or labels.max() >= len(class_names):
+            raise ValueError(
+                f"{path}: class ids must be 0..{len(class_names) - 1} for the model's "
+                f"classes {list(class_names)}. Received ids {sorted(set(raw))[:10]}."
+            )
     else:
-        values = raw.astype(str).str.strip()
+        values = pd.Series(raw).astype(str).str.strip()
         if class_names is None:
             class_names = sorted(values.unique())
         index = {str(n): i for i, n in enumerate(class_names)}
