@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+import tfft
+from tfft.layers import NORMALISATIONS, ImagePreprocessor
 from tfft.training import feature_cache
 
 TEXTS = np.array([
@@ -105,3 +107,16 @@ def test_preprocessing_argument_still_adds_to_the_key(make_model, extra):
     key, parts = feature_cache.cache_key(model, TEXTS, extra)
     assert parts["preprocessing"] == extra
     assert key != feature_cache.cache_key(model, TEXTS, {"len": 8})[0]
+
+
+def test_image_size_and_normalisation_are_part_of_the_key(tiny_cnn):
+    def key(size, normalisation):
+        backbone = tfft.load_backbone(tiny_cnn)
+        backbone.preprocessor = ImagePreprocessor(size, **NORMALISATIONS[normalisation])
+        model = tfft.build_model(backbone, task="multiclass", num_classes=2, compile=False)
+        return feature_cache.cache_key(model, images)[0]
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 40, 40, 3)).astype("uint8")
+    keys = [key((32, 32), "tf"), key((32, 32), "torch"), key((24, 24), "tf")]
+    assert len(set(keys)) == 3
+    assert key((32, 32), "tf") == keys[0]  # a new preprocessor with the same settings hits
