@@ -117,3 +117,23 @@ def test_a_vit_folder_is_a_vit_and_a_size_its_weights_cannot_take_is_explained(t
     assert "normalise: tf" in backbone.info.preprocessing
     with pytest.raises(ValueError, match=r"does not load at image_size=24.*ViT's position"):
         tfft.load_backbone(f"keras_hub:{tmp_path}", image_size=24)
+
+
+def test_top_k_flags_survive_a_keras_reload_weight_by_weight(
+        dinov2_folder, tmp_path, assert_step_changes_only_trainable):
+    task = tfft.build_model(f"keras_hub:{dinov2_folder}", task="multiclass", num_classes=2,
+                            freeze="top_k:1", compile=False)
+    trainable = {w.path for w in task.trainable_weights}
+    # Weights held directly by a layer that also has sublayers (DINOv2's embeddings).
+    frozen = {w.path for w in task.non_trainable_weights}
+    assert {p.rsplit("/", 1)[-1] for p in frozen if "embeddings/" in p} >= {
+        "cls_token", "mask_token"}
+    task.save(tmp_path / "task.keras")
+    reloaded = keras.saving.load_model(tmp_path / "task.keras")
+    assert {w.path for w in reloaded.trainable_weights} == trainable
+
+    # The flags hold through compile and a training step.
+    reloaded.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    assert {w.path for w in reloaded.trainable_weights} == trainable
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    assert_step_changes_only_trainable(reloaded, reloaded.preprocess(images), np.array([0, 1]))

@@ -2,7 +2,7 @@
 
 import keras
 
-from tfft.utils.walk import leaf_layers
+from tfft.utils.walk import walk_layers
 
 
 @keras.saving.register_keras_serializable(package="tfft")
@@ -80,8 +80,18 @@ class BackboneLayer(keras.layers.Layer):
 
 
 def _restore_frozen(model, frozen_paths):
-    """Freezes every leaf layer of `model` whose weights are all in `frozen_paths`."""
-    for layer in leaf_layers(model):
+    """Freezes the weights of `model` whose paths are in `frozen_paths`.
+
+    Layers whose weights are all frozen get `trainable=False` (a frozen
+    BatchNorm then stays in inference mode); then each remaining frozen weight
+    is frozen on its own, since a layer may hold weights of its own beside its
+    sublayers (DINOv2's embeddings keep `cls_token` next to the patch
+    projection) and only some of them may have been frozen.
+    """
+    for layer in walk_layers(model):
         paths = {w.path for w in layer.weights}
         if paths and paths <= frozen_paths:
             layer.trainable = False
+    for weight in model.weights:
+        if weight.path in frozen_paths:
+            weight.trainable = False
