@@ -193,3 +193,15 @@ def test_fit_cached_compiles_the_head_inside_the_given_strategy(make_model, text
     in_scope = strategy.extended.variable_created_in_scope
     assert seen and all(in_scope(v.value) for v in seen[0].variables)
     assert not in_scope(keras.optimizers.Adam().iterations.value)
+
+
+def test_fit_cached_stops_a_diverging_head(make_model, texts, labels, tmp_path):
+    """The head stage has the same divergence guard as `fine_tune`'s stages."""
+    from tfft.training import TrainingDivergedError
+
+    task = make_model(seed=0)
+    with pytest.raises(TrainingDivergedError, match="learning rate") as info:
+        feature_cache.fit_cached(task, texts, labels, epochs=3, batch_size=2,
+                                 optimizer=keras.optimizers.SGD(1e30), shuffle=False,
+                                 directory=str(tmp_path), verbose=0)
+    assert "at epoch 1," in str(info.value)   # stopped in the first epoch, not after it

@@ -10,7 +10,6 @@ main job uses.
 
 import dataclasses
 import math
-import os
 import time
 import warnings
 
@@ -413,8 +412,7 @@ def _identity(batch):
 
 
 def _cache_hit(model, x, prep):
-    key, _ = feature_cache.cache_key(model, x, prep)
-    return os.path.exists(os.path.join(feature_cache.cache_root(), key, "features.npy"))
+    return feature_cache.is_cached(model, x, prep)   # a broken entry is a miss
 
 
 def _describe(preprocessor):

@@ -42,6 +42,7 @@ import tensorflow as tf
 from tfft import assets
 from tfft.adapt.freeze import find_backbone_layer
 from tfft.distribute import prepare_model
+from tfft.training.callbacks import DivergenceGuard
 from tfft.training.presets import TASK_PRESETS, task_metrics
 from tfft.utils.files import staged_directory, write_json_atomic
 from tfft.utils.walk import walk_layers
@@ -711,9 +712,12 @@ def fit_cached(
         train_arg = dict(x=features_dataset(train_f, y_train, batch_size, shuffle, seed),
                          shuffle=False)
         val_arg = None if val_f is None else features_dataset(val_f, y_val, batch_size)
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, DivergenceGuard) for c in callbacks):
+        # As in fine_tune: a loss that explodes stops the head's training too.
+        callbacks.append(DivergenceGuard())
     history = head.fit(**train_arg, validation_data=val_arg, epochs=epochs,
-                       callbacks=None if callbacks is None else list(callbacks),
-                       verbose=verbose)
+                       callbacks=callbacks, verbose=verbose)
     history.cache_hits = (hit_train, hit_val)
     history.feature_seconds = feature_seconds
     return history

@@ -244,6 +244,8 @@ def _move_into_place(staging, target, replace, is_complete):
     if os.path.lexists(target):
         if not replace and is_complete is None:
             raise FileExistsError(f"{target!r} already exists; nothing was replaced.")
+        if is_complete is not None and is_complete(target):
+            return  # another writer finished a sound copy since the first check
         replace_directory(staging, target)
         return
     try:
