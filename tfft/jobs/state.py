@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
+import logging
 import os
+import tempfile
 
 from tfft.jobs.config import DEPRECATED_SETTINGS, ConfigError
 from tfft.utils.files import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def new_run_dir(root: str = "runs", now: datetime.datetime | None = None) -> str:
+    """Creates and returns a new, empty run directory `root/<YYYYmmdd-HHMMSS-ffffff>`.
+
+    The folder is created with an exclusive `mkdir`; when the name is taken
+    (two jobs started in the same microsecond, or a clock set back) `-1`,
+    `-2`, ... is appended, so two jobs never share a default run directory.
+
+    Args:
+        root: str. The folder that holds the runs; created if missing.
+            Defaults to `"runs"`.
+        now: datetime. The time the name is made from. Defaults to now.
+
+    Example:
+
+    >>> new_run_dir()
+    'runs/20250102-030405-123456'
+    """
+    stem = os.path.join(root, (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S-%f"))
+    os.makedirs(root, exist_ok=True)
+    path, attempt = stem, 0
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            attempt += 1
+            path = f"{stem}-{attempt}"
 
 
 class RunState:
@@ -44,10 +79,20 @@ class RunState:
     def finish_stage(self, record, model):
         os.makedirs(self.weights_dir, exist_ok=True)
         # Weights first, then the record that points at them: a kill in between
-        # only means the stage runs again.
-        tmp = self.weights_path(record["name"]) + ".tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, self.weights_path(record["name"]))
+        # only means the stage runs again. The temporary name is unique (Keras wants
+        # the .weights.h5 ending), so another writer's file is never overwritten.
+        fd, tmp = tempfile.mkstemp(dir=self.weights_dir, prefix=f".tmp-{record['name']}-",
+                                   suffix=".weights.h5")
+        os.close(fd)
+        try:
+            model.save_weights(tmp)
+            os.replace(tmp, self.weights_path(record["name"]))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        # A stage run again (another worker had not finished it) replaces its record.
+        self.data["stages"] = [s for s in self.data["stages"] if s["name"] != record["name"]]
         self.data["stages"].append(record)
         self._write()
 
@@ -55,12 +100,18 @@ class RunState:
         write_json_atomic(self.path, self.data, default=str)
 
 
-def resumable_stage(state, name, label, model, run, on_reload=None):
+def resumable_stage(state, name, label, model, run, on_reload=None, rerun=False):
     """Runs a stage, or reloads its weights when the run directory says it finished.
 
     `on_reload()` is called after a reload (the weights changed outside any stage).
+    `rerun=True` runs the stage even if this run directory finished it: in a
+    multi-worker job another worker had not (a kill can land between two
+    workers' records), and every worker must run the same stages.
     """
     done = state.stage(name)
+    if done and rerun:
+        logger.warning("%s: finished here but not on every worker; running it again", label)
+        done = None
     if done:
         model.load_weights(state.weights_path(name))
         if on_reload is not None:
