@@ -1,8 +1,9 @@
 """tf.distribute for tfft: TPUs, several GPUs and several machines, never a home-made strategy.
 
 - `tfft.distribute.strategy`: `get_strategy` (choosing the strategy), `detect_tpu`.
-- `tfft.distribute.cluster`: `TF_CONFIG` (`parse_tf_config`), `task_info`, `is_chief`
-  and the chief-only writes.
+- `tfft.distribute.cluster`: `TF_CONFIG` (`parse_tf_config`), `task_info`, `is_chief`,
+  the chief-only writes, each worker's own run folder (`worker_dir`) and
+  `gather_from_workers`.
 - `tfft.distribute.batching`: global/per-replica batch sizes, learning-rate scaling,
   `distribute_dataset`.
 - `tfft.distribute.model`: `check_built_in_scope`, `prepare_model`.
@@ -19,9 +20,11 @@ from tfft.distribute.cluster import (
     chief_only_path,
     chief_writes,
     discard_worker_path,
+    gather_from_workers,
     is_chief,
     parse_tf_config,
     task_info,
+    worker_dir,
 )
 from tfft.distribute.errors import StrategyError
 from tfft.distribute.model import check_built_in_scope, prepare_model
@@ -42,6 +45,7 @@ __all__ = [
     "detect_tpu",
     "discard_worker_path",
     "distribute_dataset",
+    "gather_from_workers",
     "get_strategy",
     "global_batch_size",
     "is_chief",
@@ -51,4 +55,5 @@ __all__ = [
     "prepare_model",
     "scale_learning_rate",
     "task_info",
+    "worker_dir",
 ]

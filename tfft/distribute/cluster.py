@@ -3,7 +3,8 @@
 Under MultiWorkerMirroredStrategy every worker runs the same program; the
 chief (the `"chief"` task, or worker 0 without one) writes checkpoints,
 exports and reports, the other workers write to scratch copies that are
-thrown away.
+thrown away (`chief_only_path`), except what they need to resume after a
+restart, which they keep in a folder of their own (`worker_dir`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -197,6 +198,59 @@ def chief_only_path(path: str, strategy: tf.distribute.Strategy | None = None) -
     base = os.path.basename(os.path.normpath(path)) or "output"
     scratch = tempfile.mkdtemp(prefix=f"tfft-{task_type}-{index}-")
     return os.path.join(scratch, base)
+
+
+def worker_dir(path: str, strategy: tf.distribute.Strategy | None = None) -> str:
+    """Where this process keeps its own files of the run in `path`: `path` itself on the chief.
+
+    A non-chief worker gets `path/workers/<task_type>-<index>`, the same
+    folder on every launch and never deleted, so what it writes to resume
+    (backups, finished stages) is still there when the job restarts.
+    Unlike `chief_only_path`, whose scratch copy is new on every call, this
+    is for state; the run's final outputs stay chief-only.
+
+    Args:
+        path: str. The run directory (the same on every worker).
+        strategy: tf.distribute.Strategy. Read its cluster resolver when it
+            has one; defaults to `TF_CONFIG`.
+
+    Example:
+
+    >>> state_dir = tfft.distribute.worker_dir("runs/news")  # worker 1: runs/news/workers/worker-1
+    """
+    if is_chief(strategy):
+        return path
+    task_type, index = task_info(strategy)
+    return os.path.join(path, "workers", f"{task_type}-{index}")
+
+
+def gather_from_workers(
+    values: Sequence[int], strategy: tf.distribute.Strategy
+) -> list[tuple[int, ...]]:
+    """Every process's `values`, one row per replica; `[tuple(values)]` outside a cluster.
+
+    Under MultiWorkerMirroredStrategy this is one collective op: every
+    training task must call it at the same point, with as many values.
+    Several replicas in one process give identical rows.
+
+    Args:
+        values: sequence of int. This process's values (e.g. the stages it
+            finished, its completed epochs).
+        strategy: tf.distribute.Strategy. The job's strategy.
+
+    Example:
+
+    >>> rows = gather_from_workers([completed_epochs(backup)], strategy)
+    >>> len(set(rows)) == 1  # every worker stopped after the same epoch
+    """
+    values = tuple(int(v) for v in values)
+    if task_info(strategy)[0] is None or strategy.num_replicas_in_sync == 1:
+        return [values]
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant([values], dtype=tf.int64)
+    )
+    gathered = strategy.gather(per_replica, axis=0).numpy()
+    return [tuple(int(v) for v in row) for row in gathered]
 
 
 def discard_worker_path(path: str, strategy: tf.distribute.Strategy | None = None) -> None:

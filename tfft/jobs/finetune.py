@@ -10,9 +10,10 @@ takes raw strings. `tfft finetune` on the command line runs the same job.
 from __future__ import annotations
 
 import dataclasses
-import datetime
+import logging
 import math
 import os
+import shutil
 import time
 from typing import Any
 
@@ -24,12 +25,13 @@ from tfft.adapt.freeze import TopK, trainable_summary
 from tfft.backbones import load_backbone
 from tfft.data import TEXT_DATASETS, stratified_split
 from tfft.distribute import (
-    chief_only_path,
-    discard_worker_path,
+    chief_writes,
     distribute_dataset,
+    gather_from_workers,
     get_strategy,
     global_batch_size,
     is_chief,
+    worker_dir,
 )
 from tfft.evaluation import plot_training_curves, report_from_predictions
 from tfft.export import export_saved_model
@@ -41,7 +43,7 @@ from tfft.jobs.config import (
     check_writable,
     renamed_settings,
 )
-from tfft.jobs.state import RunState, resumable_stage
+from tfft.jobs.state import RunState, new_run_dir, resumable_stage
 from tfft.models.builder import build_model, check_labels
 from tfft.prompting import (
     build_soft_prompt_classifier,
@@ -50,8 +52,10 @@ from tfft.prompting import (
 )
 from tfft.training.callbacks import EpochSeeding, default_callbacks
 from tfft.training.feature_cache import fit_cached
-from tfft.training.recipes import epoch_datasets, fine_tune
+from tfft.training.recipes import completed_epochs, epoch_datasets, fine_tune
 from tfft.utils.files import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 
 class NumericalError(RuntimeError):
@@ -86,7 +90,15 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     resumes: finished stages are reloaded from `run_dir/stage_weights/`,
     and an interrupted fine-tuning stage continues after its last completed
     epoch (`run_dir/backup/`), ending with the weights an uninterrupted run
-    would have.
+    would have. Without `run_dir`, each job gets a new folder
+    `runs/<date>-<time>-<microseconds>`, never one another job uses.
+
+    Under MultiWorkerMirroredStrategy every worker gets the same `run_dir`:
+    the chief keeps the run there, each other worker keeps what it needs to
+    resume in `run_dir/workers/<task_type>-<index>/`, so a restarted job
+    resumes on every worker from the same point (the last epoch or stage all
+    workers finished). The report, plots, final weights and export are the
+    chief's only.
 
     Args:
         config: JobConfig or dict. Defaults to `JobConfig()`.
@@ -106,10 +118,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     >>> report["test"]["macro_f1"]
     """
     config = _as_config(config, overrides)
-    run_dir = config.run_dir or os.path.join(
-        "runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    )
-    check_writable(run_dir, "run directory")
+    check_writable(config.run_dir or "runs", "run directory")
     if config.export_dir:
         check_writable(config.export_dir, "export directory")
         if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
@@ -117,9 +126,13 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     # Before any other TensorFlow work: TPU and multi-worker set-up must come first.
     strategy = get_strategy(config.distribution, tpu=config.tpu)
     chief = is_chief(strategy)
-    final_run_dir = run_dir
-    run_dir = chief_only_path(run_dir, strategy)
-    state = RunState(run_dir, config)
+    run_dir = config.run_dir or new_run_dir("runs")
+    if not config.run_dir and not chief:
+        logger.warning("This worker's run directory %s is its own: pass the same run_dir to "
+                       "every worker so that a restarted job can resume.", run_dir)
+    # The chief's run directory, or this worker's own folder inside it.
+    work_dir = worker_dir(run_dir, strategy)
+    state = RunState(work_dir, config)
 
     started = time.time()
     keras.utils.set_random_seed(config.seed)
@@ -140,12 +153,13 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
         print(f"Batch: {config.batch_size} per replica x {strategy.num_replicas_in_sync} "
               f"replicas = {batch_size}")
     run = _Run(config=config, task=task, backbone=backbone, data=data, train=train, val=val,
-               test=test, run_dir=run_dir, verbose=verbose, strategy=strategy,
+               test=test, run_dir=work_dir, verbose=verbose, strategy=strategy,
                batch_size=batch_size)
 
-    os.makedirs(run_dir, exist_ok=True)
-    write_json_atomic(os.path.join(run_dir, "config.json"), config.to_dict())
+    os.makedirs(work_dir, exist_ok=True)
+    write_json_atomic(os.path.join(work_dir, "config.json"), config.to_dict())
     state._write()
+    unfinished = _agree_on_progress(state, work_dir, strategy)
 
     model = task
     if config.method == "prompt":
@@ -154,11 +168,13 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
         model, stages = _soft_prompt_stage(run)
     else:
         stages = [resumable_stage(state, "head", "Stage 1/2 head", task,
-                                  lambda: _head_stage(run), on_reload=run.forget_report)]
+                                  lambda: _head_stage(run), on_reload=run.forget_report,
+                                  rerun="head" in unfinished)]
         if config.epochs > 0 and config.unfreeze_top > 0:
             stages.append(resumable_stage(state, "fine_tune", "Stage 2/2 fine-tune", task,
                                           lambda: _fine_tune_stage(run),
-                                          on_reload=run.forget_report))
+                                          on_reload=run.forget_report,
+                                          rerun="fine_tune" in unfinished))
     report = run.final_report(model)
 
     export_path = None
@@ -180,21 +196,22 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
 
     result = {
         "config": config.to_dict(),
-        "run_dir": os.path.abspath(final_run_dir),
+        "run_dir": os.path.abspath(run_dir),
         "stages": stages,
         "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
         "test_report": report.to_dict(),
         "export_path": export_path,
         "seconds": time.time() - started,
     }
-    model.save_weights(os.path.join(run_dir, "final.weights.h5"))
-    report_path = os.path.join(run_dir, "report.json")
-    write_json_atomic(report_path, result, default=str)
-    _save_plots(report, stages, run_dir)
+    # Every worker saves (reading variables can take collective ops); only the
+    # chief's copy is kept.
+    with chief_writes(os.path.join(run_dir, "final.weights.h5"), strategy) as target:
+        model.save_weights(target)
     if chief:
+        report_path = os.path.join(run_dir, "report.json")
+        write_json_atomic(report_path, result, default=str)
+        _save_plots(report, stages, run_dir)
         print(f"Report written to {report_path} ({result['seconds']:.0f} s in all)")
-    else:
-        discard_worker_path(run_dir, strategy)
     result["model"] = model
     result["preprocessor"] = backbone.preprocessor
     return result
@@ -346,6 +363,34 @@ def _fine_tune_stage(run):
     return run.record("fine_tune", started, history, freeze=f"top_k:{config.unfreeze_top}",
                       trainable_params=counts["trainable"],
                       resumed_from_epoch=history.resumed_from_epoch)
+
+
+def _agree_on_progress(state, run_dir, strategy):
+    """Makes every worker of a restarted job resume from the same point.
+
+    Each worker records its finished stages and backs up after each epoch; a
+    kill can land between two workers' writes and leave them one stage or one
+    epoch apart, and a worker cannot go back. So a stage counts as finished
+    only where every worker finished it, and backups that stop after different
+    epochs are dropped (the stage starts over everywhere) rather than let the
+    workers' collective ops mismatch. One collective op; nothing to agree on
+    in a single process.
+
+    Returns:
+        The stages this worker finished but must run again.
+    """
+    names = ("head", "fine_tune")
+    backup = os.path.join(run_dir, "backup", "fine_tune")
+    rows = gather_from_workers(
+        [state.stage(name) is not None for name in names] + [completed_epochs(backup)],
+        strategy,
+    )
+    if len({row[-1] for row in rows}) > 1:
+        logger.warning("The workers' fine-tuning backups stop after different epochs (%s): "
+                       "the stage starts over on every worker.", sorted({r[-1] for r in rows}))
+        shutil.rmtree(backup, ignore_errors=True)
+    return {name for i, name in enumerate(names)
+            if state.stage(name) is not None and not all(row[i] for row in rows)}
 
 
 def _prompt_stage(run):
