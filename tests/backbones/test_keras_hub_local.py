@@ -137,3 +137,45 @@ def test_top_k_flags_survive_a_keras_reload_weight_by_weight(
     assert {w.path for w in reloaded.trainable_weights} == trainable
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
     assert_step_changes_only_trainable(reloaded, reloaded.preprocess(images), np.array([0, 1]))
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    """A tiny random KerasHub ViT preset: its blocks sit in its encoder's `encoder_layers` list."""
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("presets") / "tiny_vit"
+    keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=8, num_layers=NUM_LAYERS,
+                                 num_heads=2, hidden_dim=8, mlp_dim=16).save_to_preset(
+        str(folder))
+    keras_hub.layers.ViTImageConverter(image_size=(16, 16), scale=1 / 127.5,
+                                       offset=-1.0).save_to_preset(str(folder))
+    return str(folder)
+
+
+def test_top_k_reaches_the_blocks_of_a_keras_hub_vit(vit_folder,
+                                                     assert_step_changes_only_trainable):
+    task = tfft.build_model(f"keras_hub:{vit_folder}", task="multiclass", num_classes=2,
+                            freeze="top_k:1", compile=False)
+    inner = task.backbone_layer.backbone
+    encoder = next(layer for layer in tfft.utils.walk.walk_layers(inner)
+                   if type(layer).__name__ == "ViTEncoder")
+    blocks = encoder.encoder_layers
+    assert task.backbone_layer.block_names == [block.name for block in blocks]
+    assert len(blocks) == NUM_LAYERS
+
+    # top_k:1: the last encoder block, the final norm above it and the head train.
+    trainable = {w.path for w in task.trainable_weights}
+    assert {w.path for w in blocks[-1].weights} <= trainable
+    assert not trainable & {w.path for block in blocks[:-1] for w in block.weights}
+    backbone_trainable = trainable & {w.path for w in inner.weights}
+    assert backbone_trainable - {w.path for w in blocks[-1].weights} == {
+        w.path for w in encoder.layer_norm.weights}
+    assert trainable - backbone_trainable and all("head" in p for p in
+                                                  trainable - backbone_trainable)
+
+    # One training step moves exactly those weights.
+    task.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype("uint8")
+    assert_step_changes_only_trainable(task, task.preprocess(images), np.array([0, 1, 0]))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import keras
 
+from tfft import _compat
 from tfft.layers import BackboneLayer
 from tfft.utils.walk import leaf_layers, walk_layers
 
@@ -174,11 +175,17 @@ class TopK(FreezePolicy):
         backbone.trainable = True
         inner.trainable = True
         # Units in order, looking inside nested models (EfficientNet's blocks sit in
-        # an inner functional model); a layer with sublayers of its own, such as a
-        # transformer block, is one unit.
-        units = [layer for layer in walk_layers(inner, nested=False, include_root=False)
+        # an inner functional model) and inside the layers that hold blocks (KerasHub
+        # ViT's encoder keeps them in a list); a layer with sublayers of its own, such
+        # as a transformer block, is one unit.
+        block_layers = [n for b in blocks for n in ([b] if isinstance(b, str) else b)]
+        units = [layer for layer in walk_layers(inner, nested=False, include_root=False,
+                                                reach=block_layers)
                  if not isinstance(layer, keras.Model)]
         names = [layer.name for layer in units]
+        unit_ids = {id(layer) for layer in units}
+        holders = {id(layer) for layer in units
+                   if any(id(sub) in unit_ids for sub in _compat.sublayers(layer))}
         if self.k == 0:
             first = len(names)
         else:
@@ -192,7 +199,11 @@ class TopK(FreezePolicy):
                 )
             first = min(found)
         for index, layer in enumerate(units):
-            _set_all(layer, index >= first)
+            if id(layer) in holders:
+                # Its blocks get their own flags; its own weights sit below them.
+                _set_own_weights(layer, index >= first)
+            else:
+                _set_all(layer, index >= first)
         _freeze_unused(backbone)
         _set_head_trainable(model, True)
 
@@ -355,6 +366,13 @@ def _freeze_unused(backbone_layer):
     for layer in backbone_layer.backbone.layers:
         if layer.name in unused:
             layer.trainable = False
+
+
+def _set_own_weights(layer, value):
+    inside = {id(w) for sub in walk_layers(layer, include_root=False) for w in sub.weights}
+    for weight in layer.weights:
+        if id(weight) not in inside:
+            weight.trainable = value
 
 
 def _set_all(layer, value):

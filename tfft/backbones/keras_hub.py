@@ -12,7 +12,7 @@ import os
 
 import keras
 
-from tfft import assets
+from tfft import _compat, assets
 from tfft.backbones.applications import cnn_block_names
 from tfft.backbones.base import Backbone, BackboneInfo
 from tfft.layers.image_preprocessor import ImagePreprocessor, _as_size
@@ -298,23 +298,29 @@ def transformer_block_names(model):
     """Names of a vision transformer's blocks, bottom to top; [] for other models.
 
     KerasHub encoders keep their blocks in a list attribute of one encoder
-    layer (DINOv2's `encoder.layers`); `top_k` and gradual unfreezing reach
-    the blocks that `walk_layers(..., nested=False)` yields.
+    layer (DINOv2's `encoder.layers`, ViT's `encoder.encoder_layers`, next to
+    the encoder's final norm). A block is a sublayer that holds an attention
+    layer without being one; the blocks are those of the layer holding the
+    most of them, all of one class (on a tie the later one in the walk, so a
+    one-block encoder beats the model holding it). `top_k` and gradual
+    unfreezing reach them through `walk_layers(..., reach=names)`.
     """
-    for layer in walk_layers(model, nested=False, include_root=False):
-        if isinstance(layer, keras.Model):
-            continue
-        children = list(getattr(layer, "layers", ()) or ())
-        if len(children) > 0 and len({type(c) for c in children}) == 1 and \
-                all(c.weights for c in children):
-            return [child.name for child in children]
-    return []
+    best = []
+    for layer in walk_layers(model):
+        blocks = [child for child in _compat.sublayers(layer)
+                  if not _is_attention(child) and _has_attention(child)]
+        if blocks and len({type(block) for block in blocks}) == 1 and len(blocks) >= len(best):
+            best = blocks
+    return [block.name for block in best]
+
+
+def _is_attention(layer):
+    return isinstance(layer, keras.layers.MultiHeadAttention) or \
+        type(layer).__name__.endswith("Attention")
 
 
 def _has_attention(model):
-    return any(isinstance(layer, keras.layers.MultiHeadAttention)
-               or type(layer).__name__.endswith("Attention")
-               for layer in walk_layers(model))
+    return any(_is_attention(layer) for layer in walk_layers(model))
 
 
 def _image_preprocessor(name, preset, local, size):
