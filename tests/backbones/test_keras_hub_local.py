@@ -1,5 +1,6 @@
 """Local KerasHub image folders (issue 25 item 7): preprocessor, family, blocks, input size."""
 
+import itertools
 import json
 
 import keras
@@ -179,3 +180,13 @@ def test_top_k_reaches_the_blocks_of_a_keras_hub_vit(vit_folder,
     task.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype("uint8")
     assert_step_changes_only_trainable(task, task.preprocess(images), np.array([0, 1, 0]))
+
+    # Gradual unfreezing opens the same blocks one by one, top first, then the patch embedding.
+    stages = tfft.adapt.Gradual().stages(task)
+    assert [label for label, _ in stages] == ["head", *[b.name for b in reversed(blocks)], "rest"]
+    opened = []
+    for _, policy in stages:
+        policy.apply(task)
+        opened.append({w.path for w in task.trainable_weights})
+    assert all(a < b for a, b in itertools.pairwise(opened))
+    assert opened[2] - opened[1] == {w.path for w in blocks[-2].weights}
