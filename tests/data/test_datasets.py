@@ -1,11 +1,8 @@
-import os
-
 import numpy as np
 import pytest
 
 import tfft  # noqa: F401
 import tfft.data as td
-from tfft.data import datasets
 
 
 @pytest.mark.slow
@@ -48,10 +45,6 @@ def test_image_loaders_shapes_and_labels():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.path.exists(datasets.FASHION_MNIST_DIR),
-    reason="needs the Debian package dataset-fashion-mnist",
-)
 def test_fashion_mnist_from_debian_package():
     test = td.load_fashion_mnist("test")
     assert test.x.shape == (10000, 28, 28) and test.x.dtype == np.uint8

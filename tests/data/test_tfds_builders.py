@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -93,10 +91,6 @@ def test_rotten_tomatoes_and_mnist_5k_splits(tfds_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.path.exists(datasets.FASHION_MNIST_DIR),
-    reason="needs the Debian package dataset-fashion-mnist",
-)
 def test_fashion_mnist_local_official_test_split(tfds_dir):
     info = tfds.builder("fashion_mnist_local", data_dir=tfds_dir).info
     assert info.features["label"].names[0] == "t-shirt/top"
