@@ -1,7 +1,6 @@
 """Resume after SIGKILL, determinism and numerical faults, on the real finetune path."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -82,13 +81,26 @@ def test_same_seed_and_config_give_the_same_split_and_metrics(small_preset, tmp_
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_checkpoints(small_preset, tmp_path):
+    # The head trains normally; the fine-tuning stage's rate blows the loss up.
+    run = tmp_path / "run"
     with pytest.raises(NumericalError, match="learning rate too high") as info:
         tfft.run_job(backbone=f"keras_hub:{small_preset}", export_dir=None,
-                      run_dir=str(tmp_path / "run"), verbose=0, head_learning_rate=1e38,
-                      **dict(SETTINGS, max_examples=200, epochs=0, head_epochs=3))
-    assert "mixed precision" in str(info.value)
-    assert not (tmp_path / "run" / "report.json").exists()
-    assert os.path.isdir(tmp_path / "run" / "head")
+                      run_dir=str(run), verbose=0, learning_rate=1e38,
+                      **dict(SETTINGS, max_examples=200, epochs=2, head_epochs=1))
+    message = str(info.value)
+    assert "fine_tune stage stopped" in message and "mixed precision" in message
+    assert not (run / "report.json").exists()
+    # The weights the message names are on disk, from before the fault, and load
+    # into a fresh task: the head stage's, with finite values that match its record.
+    kept = run / "stage_weights" / "head.weights.h5"
+    assert f"kept in {kept}" in message
+    task = tfft.build_model(f"keras_hub:{small_preset}", num_classes=5,
+                            sequence_length=SETTINGS["sequence_length"], compile=False)
+    task.load_weights(kept)
+    head_kernel = task.get_layer("head").weights[0].numpy()
+    assert np.isfinite(head_kernel).all() and np.abs(head_kernel).max() < 100
+    state = json.loads((run / "state.json").read_text())
+    assert [s["name"] for s in state["stages"]] == ["head"]
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):

@@ -9,6 +9,7 @@ takes raw strings. `tfft finetune` on the command line runs the same job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -50,7 +51,7 @@ from tfft.prompting import (
     build_zero_shot_model,
     count_trainable_params,
 )
-from tfft.training.callbacks import EpochSeeding, default_callbacks
+from tfft.training.callbacks import EpochSeeding, TrainingDivergedError, default_callbacks
 from tfft.training.feature_cache import fit_cached
 from tfft.training.recipes import completed_epochs, epoch_datasets, fine_tune
 from tfft.utils.files import write_json_atomic
@@ -62,16 +63,41 @@ class NumericalError(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
 
+def _last_good_weights(stage, run_dir):
+    """The newest weights on disk from before the fault: the stage's best checkpoint,
+    else the finished head stage's weights, else None."""
+    candidates = [os.path.join(run_dir, stage, "checkpoints", "best.weights.h5")]
+    if stage != "head":
+        candidates.append(os.path.join(run_dir, "stage_weights", "head.weights.h5"))
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+def _fault_message(what, stage, run_dir, learning_rate):
+    kept = _last_good_weights(stage, run_dir)
+    where = (f"The last good weights are kept in {kept}." if kept else
+             "No weights were saved: it failed before its first epoch ended.")
+    return (
+        f"The {stage} stage stopped: {what} {where} "
+        f"Likely causes: a learning rate too high for this model ({learning_rate:g}; try "
+        "10x lower), or float16 overflow under mixed precision (use mixed_bfloat16 or float32)."
+    )
+
+
 def _check_finite(history, stage, run_dir, learning_rate):
     losses = history.history.get("loss", [])
     if losses and all(np.isfinite(losses)):
         return
-    raise NumericalError(
-        f"The {stage} stage stopped on a NaN or infinite loss (losses per epoch: {losses}). "
-        f"The last good weights are kept in {os.path.join(run_dir, stage, 'checkpoints')}. "
-        f"Likely causes: a learning rate too high for this model ({learning_rate:g}; try "
-        "10x lower), or float16 overflow under mixed precision (use mixed_bfloat16 or float32)."
-    )
+    raise NumericalError(_fault_message(
+        f"a NaN or infinite loss (losses per epoch: {losses}).", stage, run_dir, learning_rate))
+
+
+@contextlib.contextmanager
+def _numerical_faults(stage, run_dir, learning_rate):
+    """Reports a diverging stage (`DivergenceGuard`) as the job's NumericalError."""
+    try:
+        yield
+    except TrainingDivergedError as error:
+        raise NumericalError(_fault_message(str(error), stage, run_dir, learning_rate)) from error
 
 
 def _history(history):
@@ -312,23 +338,26 @@ def _head_stage(run):
           f"{counts['frozen']:,} frozen parameters")
     started = time.time()
     callbacks = default_callbacks(os.path.join(run.run_dir, "head"), patience=5, backup=False)
+    faults = _numerical_faults("head", run.run_dir, config.head_learning_rate)
     if config.feature_cache:
         with run.strategy.scope():
             optimizer = keras.optimizers.Adam(config.head_learning_rate)
-        history = fit_cached(
-            task, run.train.x, run.train.y, validation_data=(run.val.x, run.val.y),
-            make_dataset=run.batches, epochs=config.head_epochs, batch_size=run.batch_size,
-            optimizer=optimizer, callbacks=callbacks, seed=config.seed,
-            verbose=run.verbose, strategy=run.strategy,
-        )
+        with faults:
+            history = fit_cached(
+                task, run.train.x, run.train.y, validation_data=(run.val.x, run.val.y),
+                make_dataset=run.batches, epochs=config.head_epochs,
+                batch_size=run.batch_size, optimizer=optimizer, callbacks=callbacks,
+                seed=config.seed, verbose=run.verbose, strategy=run.strategy,
+            )
         feature_seconds, hit = history.feature_seconds, all(history.cache_hits)
     else:
-        [(_, history)] = fine_tune(
-            task, (run.train.x, run.train.y), (run.val.x, run.val.y), epochs=0,
-            freeze_epochs=config.head_epochs, lr=config.head_learning_rate,
-            callbacks=callbacks, verbose=run.verbose, batch_size=run.batch_size,
-            make_dataset=run.batches, seed=config.seed, strategy=run.strategy,
-        )
+        with faults:
+            [(_, history)] = fine_tune(
+                task, (run.train.x, run.train.y), (run.val.x, run.val.y), epochs=0,
+                freeze_epochs=config.head_epochs, lr=config.head_learning_rate,
+                callbacks=callbacks, verbose=run.verbose, batch_size=run.batch_size,
+                make_dataset=run.batches, seed=config.seed, strategy=run.strategy,
+            )
         feature_seconds, hit = 0.0, False
     _check_finite(history, "head", run.run_dir, config.head_learning_rate)
     return run.record("head", started, history, freeze="feature_extraction",
@@ -346,13 +375,15 @@ def _fine_tune_stage(run):
     # epoch is still checkpointed.
     callbacks = default_callbacks(os.path.join(run.run_dir, "fine_tune"), patience=2,
                                   early_stopping=False, backup=False)
-    [(_, history)] = fine_tune(
-        run.task, (run.train.x, run.train.y), (run.val.x, run.val.y), epochs=config.epochs,
-        freeze_epochs=0, unfreeze=TopK(config.unfreeze_top), preset="transformer",
-        fine_tune_lr=config.learning_rate, callbacks=callbacks, verbose=run.verbose,
-        batch_size=run.batch_size, make_dataset=run.batches, seed=config.seed,
-        backup_dir=os.path.join(run.run_dir, "backup"), strategy=run.strategy,
-    )
+    with _numerical_faults("fine_tune", run.run_dir, config.learning_rate):
+        [(_, history)] = fine_tune(
+            run.task, (run.train.x, run.train.y), (run.val.x, run.val.y),
+            epochs=config.epochs, freeze_epochs=0, unfreeze=TopK(config.unfreeze_top),
+            preset="transformer", fine_tune_lr=config.learning_rate, callbacks=callbacks,
+            verbose=run.verbose, batch_size=run.batch_size, make_dataset=run.batches,
+            seed=config.seed, backup_dir=os.path.join(run.run_dir, "backup"),
+            strategy=run.strategy,
+        )
     if history.resumed_from_epoch:
         print(f"Stage 2/2 fine-tune: resumed after epoch {history.resumed_from_epoch} from "
               f"{os.path.join(run.run_dir, 'backup')}")
@@ -425,15 +456,17 @@ def _soft_prompt_stage(run):
     epochs = max(config.epochs, 1)
     train = epoch_datasets(np.asarray(run.train.x).astype(str), run.train.y,
                            run.task.make_dataset, run.batch_size, epochs, config.seed)
-    history = tuned.fit(
-        distribute_dataset(train, run.strategy),
-        validation_data=distribute_dataset(run.batches(run.val.x, run.val.y), run.strategy),
-        epochs=epochs, steps_per_epoch=math.ceil(len(run.train) / run.batch_size),
-        verbose=run.verbose,
-        callbacks=[EpochSeeding(config.seed),
-                   *default_callbacks(os.path.join(run.run_dir, "soft_prompt"), patience=2,
-                                      early_stopping=False, backup=False)],
-    )
+    with _numerical_faults("soft_prompt", run.run_dir, config.prompt_learning_rate):
+        history = tuned.fit(
+            distribute_dataset(train, run.strategy),
+            validation_data=distribute_dataset(run.batches(run.val.x, run.val.y),
+                                               run.strategy),
+            epochs=epochs, steps_per_epoch=math.ceil(len(run.train) / run.batch_size),
+            verbose=run.verbose,
+            callbacks=[EpochSeeding(config.seed),
+                       *default_callbacks(os.path.join(run.run_dir, "soft_prompt"),
+                                          patience=2, early_stopping=False, backup=False)],
+        )
     _check_finite(history, "soft_prompt", run.run_dir, config.prompt_learning_rate)
     stage = run.record("soft_prompt", started, history, model=model, freeze="soft_prompt",
                        prompt_tokens=config.prompt_tokens, trainable_params=trainable)
