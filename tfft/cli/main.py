@@ -80,7 +80,8 @@ def _add_finetune(subparsers):
     p.add_argument("--seed", type=_non_negative_int, help=f"random seed (default {d.seed})")
     p.add_argument("--export-dir", help=f"export model directory (default {d.export_dir})")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
-    p.add_argument("--run-dir", help="report/log directory (default runs/<timestamp>)")
+    p.add_argument("--run-dir", help="report/log directory "
+                   "(default runs/<date>-<time>-<microseconds>, unique)")
     p.add_argument("--method", choices=METHODS,
                    help="adaptation method: fine_tune (head, then top blocks; default), "
                    "prompt (zero-shot label prompts, no parameter updates) or soft_prompt "

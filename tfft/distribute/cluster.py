@@ -188,9 +188,9 @@ def chief_only_path(path: str, strategy: tf.distribute.Strategy | None = None) -
 
     Example:
 
-    >>> target = tfft.chief_only_path("runs/model.keras")
+    >>> target = tfft.distribute.chief_only_path("runs/model.keras")
     >>> model.save(target)
-    >>> tfft.discard_worker_path(target)
+    >>> tfft.distribute.discard_worker_path(target)
     """
     if is_chief(strategy):
         return path

@@ -45,7 +45,7 @@ class JobConfig:
         export_dir: str. Model directory; the version goes below it (None
             skips the export).
         run_dir: str. Where the report, logs and checkpoints go. Defaults to
-            `runs/<timestamp>`.
+            `runs/<date>-<time>-<microseconds>`, created exclusively (unique).
         feature_cache: bool. Train the head on cached backbone features.
         method: str. How to adapt the backbone: `"fine_tune"` (head on the
             frozen backbone, then the top blocks), `"prompt"` (zero-shot:
