@@ -207,3 +207,12 @@ def test_bad_arguments(tiny_bert, tiny_gpt2):
         build_soft_prompt_classifier(backbone, num_classes=1)
     with pytest.raises(ValueError, match="pooling"):
         build_soft_prompt_classifier(backbone, num_classes=2, pooling="max")
+
+
+def test_building_on_a_llama_reports_its_counts_by_default(tiny_llama, capsys):
+    # verbose=True (the default) prints the counts; the decoder wraps a Llama
+    # backbone that Keras never marks built.
+    lm = build_soft_prompt_causal_lm(tiny_llama, num_tokens=3)
+    total = sum(int(np.prod(w.shape)) for w in tiny_llama.weights) + 3 * 8
+    assert f"24 trainable of {total:,} parameters" in capsys.readouterr().out
+    assert lm.trainable_weights[0].shape == (3, 8)

@@ -307,7 +307,9 @@ def count_trainable_params(model: keras.Model) -> int:
 
 def _report(model, label):
     trainable = count_trainable_params(model)
-    total = int(model.count_params())
+    # Summed over the weights: a subclassed model that is never `build()`-called
+    # (SoftPromptDecoder) has no count_params().
+    total = int(sum(np.prod(w.shape) for w in model.weights))
     print(
         f"{label}: {trainable:,} trainable of {total:,} parameters "
         f"({100.0 * trainable / max(total, 1):.3f}%)"
