@@ -122,3 +122,12 @@ def tiny_llama():
         vocabulary_size=40, num_layers=2, num_query_heads=2, num_key_value_heads=1,
         hidden_dim=8, intermediate_dim=16,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct, loaded once per session (converted once into
+    tfft's preset cache). Tests only run it; a soft prompt freezes its weights in place."""
+    from tfft.prompting.causal_lm import load_causal_lm
+
+    return load_causal_lm("offline:smollm2", sequence_length=64)

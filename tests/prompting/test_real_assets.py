@@ -15,7 +15,6 @@ from tfft.prompting import (
     ZeroShotEncoderClassifier,
     build_soft_prompt_classifier,
     count_trainable_params,
-    load_causal_lm,
     smollm2_preset_dir,
 )
 
@@ -45,11 +44,6 @@ def bbc():
 @pytest.fixture(scope="session")
 def minilm():
     return tfft.load_backbone("minilm", sequence_length=128)
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    return load_causal_lm("offline:smollm2", sequence_length=64)
 
 
 def test_minilm_zero_shot_beats_majority_on_bbc(minilm, bbc):

@@ -7,7 +7,7 @@ import keras_hub
 import numpy as np
 import pytest
 
-from tfft.prompting import build_soft_prompt_causal_lm, load_causal_lm
+from tfft.prompting import build_soft_prompt_causal_lm
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +17,6 @@ ITEMS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "peac
 # same format must get easier too.
 TEXTS = [f"Item: {item}. Verdict: ACCEPTED." for item in ITEMS]
 TRAIN, HELD_OUT = TEXTS[:4], TEXTS[8:]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    # The converted float32 preset is cached (tfft's preset cache); this only loads it.
-    return load_causal_lm("offline:smollm2", sequence_length=64)
 
 
 def _digests(model):
