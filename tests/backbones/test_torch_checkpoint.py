@@ -644,3 +644,36 @@ def test_crafted_hostile_checkpoints_fail_cleanly(tmp_path, data, layout, flips)
         for value in result.values():
             assert isinstance(value, (np.ndarray, float, dict)), type(value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("member", ["archive/data.pkl", "archive/data/0"])
+def test_zip_bombs_are_refused_before_inflating(tmp_path, member, monkeypatch):
+    """A member declaring far more bytes than it stores is refused unread."""
+    numel = 16 << 20  # 64 MiB of float32 zeros deflate to about 64 KiB (ratio ~1000)
+    object_pickle = dump({"w": tensor(storage("0", numel), 0, (1,), (1,))})
+    storage_bytes = b"\0" * (4 * numel)
+    if member.endswith("data.pkl"):
+        object_pickle += b"\0" * (64 << 20)   # padding after STOP
+        storage_bytes = b"\0" * 4
+        object_pickle = object_pickle.replace(b"J" + np.array(numel, "<i4").tobytes(),
+                                              b"J" + np.array(1, "<i4").tobytes(), 1)
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", object_pickle)
+        archive.writestr("archive/data/0", storage_bytes)
+    assert path.stat().st_size < 1 << 20
+    inflated, read = [], zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, *a: inflated.append(name) or read(self, name, *a))
+    assert_refused(load_state_dict, str(path), match="zip bomb")
+    assert member not in inflated
+
+
+def test_a_deflated_checkpoint_within_the_ratio_still_reads(tmp_path):
+    object_pickle, raw = small_state()
+    path = tmp_path / "deflated.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", object_pickle)
+        for key, data in raw.items():
+            archive.writestr(f"archive/data/{key}", data)
+    check_small_state(load_state_dict(str(path)))

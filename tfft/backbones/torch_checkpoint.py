@@ -69,6 +69,7 @@ _REFUSED_OPCODES = frozenset({"EXT1", "EXT2", "EXT4", "STRING"})
 _MAX_DEPTH = 100
 _PLAIN_TYPES = (type(None), bool, int, float, str, bytes)
 _MAX_BYTES = np.iinfo(np.intp).max
+_MAX_INFLATION = 100  # largest uncompressed/compressed size ratio of a zip member
 
 
 def _describe(value):
@@ -391,6 +392,16 @@ def _storage_size_error(storage, nbytes, where):
 
 
 def _read_member(archive, path, name):
+    info = archive.getinfo(name)
+    # `torch.save` stores members uncompressed; a member that would inflate far
+    # beyond its bytes on disk is a zip bomb, refused before it is decompressed
+    # (zipfile reads no more than the declared size).
+    if info.file_size > max(_MAX_INFLATION * info.compress_size, 1 << 20):
+        raise ValueError(
+            f"{path!r}: {name!r} declares {info.file_size} bytes from {info.compress_size} "
+            f"compressed (more than {_MAX_INFLATION}x): refused as a possible zip bomb. "
+            "PyTorch writes checkpoint members uncompressed."
+        )
     try:
         return archive.read(name)
     except Exception as error:  # zipfile reports damage with many exception types
