@@ -112,3 +112,27 @@ def test_minilm_preprocessor_rebuilt_from_spec():
     assert tokens["token_ids"].shape == (1, 24)
     assert int(tokens["token_ids"][0, 0]) == 101  # [CLS] in the uncased BERT vocabulary
     assert int(tokens["padding_mask"].numpy().sum()) < 24
+
+
+def test_image_preset_folder_preprocessor_rebuilt_from_spec(tmp_path):
+    """`tfft export --backbone keras_hub:<image folder>` gets the folder's image
+    normalisation and size, not a text tokenizer (issue 25, item 7)."""
+    import keras_hub
+
+    from tfft.layers import ImagePreprocessor
+
+    backbone = keras_hub.models.DINOV2Backbone(
+        patch_size=4, num_layers=1, hidden_dim=8, num_heads=2, intermediate_dim=16,
+        image_shape=(28, 28, 3), position_embedding_shape=(64, 64, 3),
+    )
+    folder = str(tmp_path / "tiny_dinov2")
+    backbone.save_to_preset(folder)
+    keras_hub.layers.DINOV2ImageConverter(image_size=(28, 28), scale=1 / 127.5,
+                                          offset=-1.0).save_to_preset(folder)
+    pre, modality = cli.preprocessor_for_spec(f"keras_hub:{folder}")
+    assert modality == "image" and isinstance(pre, ImagePreprocessor)
+    white = np.asarray(pre(np.full((1, 50, 40, 3), 255, "uint8")))
+    assert white.shape == (1, 28, 28, 3)   # the folder's size
+    np.testing.assert_allclose(white, 1.0, rtol=1e-5)   # its [-1, 1] scaling
+    pre, _ = cli.preprocessor_for_spec(f"keras_hub:{folder}", image_size=16)
+    assert np.asarray(pre(np.zeros((1, 50, 40, 3), "uint8"))).shape == (1, 16, 16, 3)

@@ -236,6 +236,53 @@ def load(name, sequence_length=128, image_size=None, preprocessor=None, **kwargs
     return Backbone(model, info, preprocessor=preprocessor, block_names=block_names)
 
 
+def preprocessor_for(name, sequence_length=None, image_size=None):
+    """The preprocessor of KerasHub preset `name`, without loading its weights.
+
+    Args:
+        name: str. As for `load`: a preset name, a local preset folder, or
+            `minilm`.
+        sequence_length: int or None. Text presets. Defaults to 128.
+        image_size: int, tuple of 2 ints or None. Image presets. Defaults to
+            the size in the preset's config.
+
+    Returns:
+        `(preprocessor, modality)`: a KerasHub `TextClassifierPreprocessor`
+        and `"text"`, or a tfft `ImagePreprocessor` with the preset's own
+        normalisation and `"image"`.
+    """
+    import keras_hub
+
+    preset, _, local = _resolve(name)
+    if _preset_modality(preset, local) == "image":
+        size = _preset_image_size(preset, local) if image_size is None else image_size
+        if size is None:
+            raise ValueError(
+                f"keras_hub:{name} records no input size in its config.json: pass "
+                "image_size=..."
+            )
+        return _image_preprocessor(name, preset, local, _as_size(size, "image_size")), "image"
+    return keras_hub.models.TextClassifierPreprocessor.from_preset(
+        preset, sequence_length=sequence_length or 128
+    ), "text"
+
+
+def _preset_image_size(preset, local):
+    """(height, width) from a local image preset's config.json, else None."""
+    if not local:
+        return None
+    with open(os.path.join(preset, "config.json")) as f:
+        config = json.load(f)
+    arguments = config.get("config") if isinstance(config.get("config"), dict) else None
+    if arguments is not None and arguments.get("image_shape"):
+        height, width = arguments["image_shape"][:2]
+        return int(height), int(width)
+    size = config.get("image_size")   # Hugging Face's format: an int
+    if isinstance(size, int):
+        return size, size
+    return None
+
+
 def _preset_modality(preset, local):
     """"image" or "text" from a local folder's config.json or the catalog; None if unknown."""
     if not local:

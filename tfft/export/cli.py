@@ -84,14 +84,9 @@ def preprocessor_for_spec(spec, sequence_length=None, image_size=None):
 
     source, name = parse_spec(spec)
     if source == "keras_hub":
-        import keras_hub
+        from tfft.backbones.keras_hub import preprocessor_for
 
-        from tfft.backbones.keras_hub import _resolve
-
-        preset, _, _ = _resolve(name)
-        return keras_hub.models.TextClassifierPreprocessor.from_preset(
-            preset, sequence_length=sequence_length or 128
-        ), "text"
+        return preprocessor_for(name, sequence_length=sequence_length, image_size=image_size)
     if source == "keras_app":
         from tfft.backbones.applications import preprocessor_for
 
