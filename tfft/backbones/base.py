@@ -98,11 +98,12 @@ class Backbone:
 
     def blocks(self):
         """Returns the backbone's blocks bottom to top, each a list of layers."""
-        by_name = {layer.name: layer for layer in walk_layers(self.model, nested=False)}
-        groups = []
-        for entry in self.block_names:
-            names = [entry] if isinstance(entry, str) else list(entry)
-            groups.append([by_name[n] for n in names if n in by_name])
+        entries = [[entry] if isinstance(entry, str) else list(entry)
+                   for entry in self.block_names]
+        # reach: KerasHub ViT keeps its blocks inside its encoder layer, not a model.
+        by_name = {layer.name: layer for layer in
+                   walk_layers(self.model, nested=False, reach=[n for e in entries for n in e])}
+        groups = [[by_name[n] for n in names if n in by_name] for names in entries]
         return [g for g in groups if g]
 
     def preprocess(self, raw):
