@@ -190,3 +190,85 @@ def test_top_k_reaches_the_blocks_of_a_keras_hub_vit(vit_folder,
         opened.append({w.path for w in task.trainable_weights})
     assert all(a < b for a, b in itertools.pairwise(opened))
     assert opened[2] - opened[1] == {w.path for w in blocks[-2].weights}
+
+
+def test_blocks_of_a_keras_hub_vit_are_its_encoder_layers_bottom_to_top(vit_folder):
+    backbone = tfft.load_backbone(f"keras_hub:{vit_folder}")
+    encoder = next(layer for layer in tfft.utils.walk.walk_layers(backbone.model)
+                   if type(layer).__name__ == "ViTEncoder")
+    groups = backbone.blocks()
+    assert len(groups) == NUM_LAYERS
+    # The very layer objects, one per group, in the encoder's order.
+    assert all(len(group) == 1 for group in groups)
+    assert all(group[0] is block for group, block in zip(groups, encoder.encoder_layers,
+                                                         strict=True))
+
+
+def _sgd_moves(task, images, labels, rate):
+    """`{path: (applied step, rate * gradient)}` for one plain SGD step of `task` on raw images."""
+    import tensorflow as tf
+
+    x = task.preprocess(images)
+    with tf.GradientTape() as tape:
+        loss = task.compute_loss(x=x, y=labels, y_pred=task(x, training=True))
+    grads = tape.gradient(loss, task.trainable_weights)
+    before = [w.numpy().copy() for w in task.trainable_weights]
+    task.train_on_batch(images, labels)  # preprocesses images itself
+    return {w.path: (b - w.numpy(), rate * tf.convert_to_tensor(g).numpy())
+            for w, g, b in zip(task.trainable_weights, grads, before, strict=True)
+            if g is not None}  # DINOv2's mask token takes no part
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2"])
+def test_layerwise_rates_follow_the_encoder_blocks_of_a_keras_hub_vit(kind, request):
+    from tfft.adapt.discriminative import block_depths
+
+    folder = request.getfixturevalue(f"{kind}_folder")
+    task = tfft.build_model(f"keras_hub:{folder}", task="multiclass", num_classes=2,
+                            freeze="full", dropout=0.0, compile=False)
+    inner = task.backbone_layer.backbone
+    names = task.backbone_layer.block_names
+    by_name = {layer.name: layer for layer in tfft.utils.walk.walk_layers(inner)}
+    blocks = [by_name[name] for name in names]
+    assert len(blocks) == NUM_LAYERS
+    depths = block_depths(task)
+
+    # Each block's weights get their own depth: the top block 1, the bottom one N.
+    for index, block in enumerate(blocks):
+        assert {depths[w.path] for w in block.weights} == {NUM_LAYERS - index}, block.name
+    in_blocks = {w.path for block in blocks for w in block.weights}
+    # The patch embedding (class token included) sits below them.
+    embedding = next(layer for layer in tfft.utils.walk.walk_layers(inner)
+                     if type(layer).__name__ in ("ViTPatchingAndEmbedding", "DINOV2Embedding"))
+    assert any("token" in w.path for w in embedding.weights)
+    assert {depths[w.path] for w in embedding.weights} == {NUM_LAYERS + 1}
+    # What is left of the backbone is the final norm above the top block: depth 1.
+    rest = {w.path for w in inner.weights} - in_blocks - {w.path for w in embedding.weights}
+    assert rest and all("norm" in p or "/ln/" in p for p in rest)
+    assert {depths[p] for p in rest} == {1}
+    # The head trains at the full rate.
+    outside = {w.path for w in task.weights} - {w.path for w in inner.weights}
+    assert outside and {depths[p] for p in outside} == {0}
+
+    # The optimizer gives the bottom block a smaller rate than the top, by decay per block.
+    bottom, top = blocks[0].weights[0], blocks[-1].weights[0]
+    optimizer = tfft.layerwise_lr(task, 1e-3, decay=0.5)
+    assert optimizer.multiplier(bottom) == 0.5 ** NUM_LAYERS < optimizer.multiplier(top) == 0.5
+    # One plain SGD step moves each block by its own rate.
+    optimizer = tfft.layerwise_lr(task, 0.1, decay=0.5, optimizer="sgd")
+    task.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    task.run_eagerly = True
+    size = task.backbone_info.input_size
+    images = np.random.default_rng(0).integers(0, 256, (4, *size, 3)).astype("uint8")
+    moves = _sgd_moves(task, images, np.array([0, 1, 0, 1]), 0.1)
+    rates = {factor: float(opt.learning_rate) for factor, opt in optimizer.group_optimizers()}
+    assert rates == pytest.approx({0.5 ** d: 0.1 * 0.5 ** d for d in range(NUM_LAYERS + 2)})
+    for index, block in enumerate(blocks):
+        factor = 0.5 ** (NUM_LAYERS - index)
+        for w in block.weights:
+            step, full = moves[w.path]
+            np.testing.assert_allclose(step, factor * full, rtol=1e-3, atol=1e-7,
+                                       err_msg=w.path)
+    # Most of the bottom block's weights really moved (attention key biases get no gradient).
+    moved = [w for w in blocks[0].weights if np.abs(moves[w.path][0]).max() > 1e-5]
+    assert len(moved) > len(blocks[0].weights) / 2

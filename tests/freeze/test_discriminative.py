@@ -240,3 +240,19 @@ def test_a_block_opened_late_gets_a_fresh_adam_clock_only_with_layerwise(
     np.testing.assert_allclose(probe.before - top.numpy(), expected, rtol=1e-3, atol=1e-8)
     if kind == "layerwise":
         assert len(optimizer.group_optimizers()) == 5
+
+
+def test_depths_follow_blocks_inside_a_nested_model():
+    # Like the offline EfficientNet-Lite0: the blocks sit in an inner functional model.
+    inner = _mlp_backbone().model
+    inputs = keras.Input((6,))
+    outer = keras.Model(inputs, keras.layers.Dense(4, name="top_dense")(inner(inputs)),
+                        name="wrapped")
+    model = _build(tfft.load_backbone(outer, block_names=["block_0", "block_1", "block_2"]))
+    depths = tfft.adapt.discriminative.block_depths(model)
+    for index in range(3):
+        block = inner.get_layer(f"block_{index}")
+        assert {depths[w.path] for w in block.weights} == {3 - index}, block.name
+    # Above the top block: the top block's depth; the head trains at the full rate.
+    assert {depths[w.path] for w in outer.get_layer("top_dense").weights} == {1}
+    assert {depths[w.path] for w in model.weights if w.path.startswith("head/")} == {0}

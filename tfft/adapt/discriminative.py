@@ -40,6 +40,7 @@ from tfft._compat import (
     track_optimizer_variable,
 )
 from tfft.adapt.freeze import find_backbone_layer
+from tfft.utils.walk import walk_layers
 
 
 def block_depths(model):
@@ -49,6 +50,9 @@ def block_depths(model):
     below the first block (embeddings, stem) get depth `len(blocks) + 1`;
     backbone layers above the top block (e.g. a final norm) belong to the top
     block. Everything outside the backbone (pooling, head) has depth 0.
+    Blocks are found inside nested models (the offline EfficientNet-Lite0)
+    and inside the layers that hold them (KerasHub ViT's and DINOv2's
+    encoders); a weight takes the depth of its innermost block.
 
     Args:
         model: keras.Model. Built by `tfft.build_model`; its backbone must
@@ -63,19 +67,23 @@ def block_depths(model):
             "have no depth to follow. Pass block_names when loading it "
             "(tfft.load_backbone(model, block_names=[...]))."
         )
-    names = [layer.name for layer in inner.layers]
     block_of = {}
     for index, entry in enumerate(blocks):
         for name in [entry] if isinstance(entry, str) else entry:
             block_of[name] = index
-    # First position of each block among the backbone's layers.
-    starts = sorted(
-        (min(names.index(n) for n in ([e] if isinstance(e, str) else e) if n in names), i)
-        for i, e in enumerate(blocks)
-        if any(n in names for n in ([e] if isinstance(e, str) else e))
-    )
+    # Units in order, looking inside nested models and inside the layers that hold
+    # blocks (KerasHub ViT's encoder keeps them in a list); parents come before
+    # their children, so a weight ends with the depth of its innermost unit, not
+    # that of the encoder holding the blocks.
+    units = list(walk_layers(inner, nested=False, include_root=False, reach=block_of))
+    # First position of each block among the units.
+    starts = {}
+    for position, layer in enumerate(units):
+        if layer.name in block_of:
+            starts.setdefault(block_of[layer.name], position)
+    starts = sorted((position, block) for block, position in starts.items())
     depths = {w.path: 0 for w in model.weights}
-    for position, layer in enumerate(inner.layers):
+    for position, layer in enumerate(units):
         if layer.name in block_of:
             block = block_of[layer.name]
         else:
