@@ -5,8 +5,10 @@ tfft itself with a message — never a traceback from deep inside TensorFlow,
 Keras, pandas or YAML, and never a hang.
 """
 
+import dataclasses
 import json
 import os
+import re
 import traceback
 
 import numpy as np
@@ -20,6 +22,7 @@ from tfft.backbones import parse_spec
 from tfft.cli.main import _load_config_file
 from tfft.data import LabelEncoder, load
 from tfft.evaluation import report_from_predictions
+from tfft.jobs.config import DEPRECATED_SETTINGS, ConfigError
 from tfft.jobs.finetune import JobConfig
 from tfft.models.builder import check_labels
 
@@ -71,9 +74,18 @@ json_values = st.recursive(
                                                                 max_size=3),
     max_leaves=6,
 )
-config_keys = st.sampled_from(
-    [f.name for f in __import__("dataclasses").fields(JobConfig)] + ["epoch", "lr", ""]
+SETTINGS = sorted(f.name for f in dataclasses.fields(JobConfig))
+# Names that look like settings but are none: non-empty identifiers, so that
+# "the message names the key" cannot hold by accident (every message contains "").
+unknown_keys = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(
+    lambda key: key not in SETTINGS and key not in DEPRECATED_SETTINGS
 )
+config_keys = st.sampled_from(SETTINGS) | unknown_keys
+
+
+def _names(key, text):
+    """`key` appears in `text` as a whole name, not inside a longer one."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(key)}(?![A-Za-z0-9_])", text) is not None
 
 
 @FAST
@@ -85,13 +97,31 @@ def test_run_configs(data):
 
 
 @FAST
-@given(st.dictionaries(config_keys, json_values, min_size=1, max_size=3))
-def test_config_errors_name_the_key(data):
-    try:
+@given(st.dictionaries(st.sampled_from(SETTINGS), json_values, max_size=3),
+       st.lists(unknown_keys, min_size=1, max_size=3, unique=True))
+def test_unknown_setting_errors_name_each_unknown_key(settings, unknown):
+    data = {**settings, **dict.fromkeys(unknown, 1)}
+    with pytest.raises(ConfigError) as info:
         JobConfig.from_dict(data)
-    except ValueError as error:
-        message = str(error)
-        assert any(str(k) in message for k in data) or "backbone" in message, message
+    # The part before the list of valid settings names exactly the unknown keys.
+    named, _, valid = str(info.value).partition("Valid settings:")
+    assert valid, str(info.value)
+    for key in unknown:
+        assert repr(key) in named, (key, str(info.value))
+    for key in settings:
+        assert repr(key) not in named, (key, str(info.value))
+
+
+@FAST
+@given(st.sampled_from(SETTINGS), json_values)
+def test_bad_value_errors_name_their_key(key, value):
+    try:
+        JobConfig.from_dict({key: value})
+    except ConfigError as error:
+        # The key is named before the echo of the received value, so a value
+        # that happens to contain the key's name cannot satisfy the check.
+        head = str(error).split("Received:")[0]
+        assert _names(key, head), (key, value, str(error))
 
 
 @FAST
@@ -143,8 +173,38 @@ def test_reports_on_random_predictions(n, k, seed):
         json.dumps(report.to_dict())
 
 
-@pytest.mark.parametrize("bad", ["epochs: [1, 2", "- a\n- b", "{}: 1", "\t\x00"])
-def test_malformed_yaml_is_a_config_error(tmp_path, bad):
+@pytest.mark.parametrize("name, text, problem", [
+    ("run.yaml", "epochs: [1, 2", r"not valid YAML: while parsing a flow sequence"),
+    ("run.yaml", "- a\n- b", r"must hold a mapping of settings .* Received: list"),
+    ("run.yaml", "", r"must hold a mapping of settings .* Received: an empty file"),
+    ("run.yaml", "{}: 1", r"not valid YAML: .*found unhashable key"),
+    ("run.yaml", "\t\x00", r"not valid YAML: .*unacceptable character #x0000"),
+    ("run.yaml", "a: 1\n---\nb: 2", r"not valid YAML: expected a single document"),
+    # Parsers keep the last of two equal keys silently; tfft refuses them.
+    ("run.yaml", "epochs: 1\nseed: 3\nepochs: 20",
+     r"not valid YAML: .*found duplicate key 'epochs' \(first given on line 1\)"),
+    ("run.yml", "distribution:\n  a: 1\n  a: 2", r"found duplicate key 'a'"),
+    ("run.json", '{"epochs": 1, "epochs": 20}', r"not valid JSON: duplicate key\(s\) \['epochs'\]"),
+    ("run.json", '{"learning_rate": NaN}', r"not valid JSON: NaN is not a JSON value"),
+    ("run.json", '{"epochs": 1', r"not valid JSON: Expecting"),
+    ("run.yaml", "1: 2\nnull: 3", r"setting names must be strings .* Received: \[1, None\]"),
+    ("run.json", "\"epochs\"", r"must hold a mapping of settings .* Received: str"),
+    ("run.yaml", b"epochs: \xff", r"not UTF-8 text"),
+])
+def test_malformed_config_files_are_config_errors(tmp_path, name, text, problem):
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as info:
+        _load_config_file(str(path))
+    assert repr(str(path)) in str(info.value)
+    _raised_by_tfft(info.value)
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path):
+    """Overriding a merged key is YAML's intent, not a duplicate."""
     path = tmp_path / "run.yaml"
-    path.write_text(bad)
-    _check(_load_config_file, str(path))
+    path.write_text("base: &base {epochs: 1, seed: 3}\nrun:\n  <<: *base\n  epochs: 4\n")
+    assert _load_config_file(str(path))["run"] == {"epochs": 4, "seed": 3}

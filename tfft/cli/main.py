@@ -101,30 +101,9 @@ def _add_finetune(subparsers):
 
 
 def _load_config_file(path):
-    from tfft.jobs.finetune import ConfigError
+    from tfft.jobs.config import load_config_file
 
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as error:
-        raise ConfigError(f"Cannot read the config file {path!r}: {error.strerror}.") from None
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except ValueError as error:
-        raise ConfigError(f"The config file {path!r} is not valid JSON: {error}.") from None
-    except Exception as error:  # yaml.YAMLError and its subclasses
-        if type(error).__module__.startswith("yaml"):
-            detail = str(error).replace("\n", " ")
-            raise ConfigError(f"The config file {path!r} is not valid YAML: {detail}") from None
-        raise
-    if not isinstance(data, dict):
-        raise ConfigError(f"The config file {path!r} must hold a mapping of settings.")
-    return data
+    return load_config_file(path)
 
 
 def _run_finetune(args):

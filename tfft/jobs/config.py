@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import warnings
 from typing import Any
+
+import yaml
 
 from tfft.backbones import parse_spec
 from tfft.data import TEXT_DATASETS
@@ -189,6 +192,90 @@ def renamed_settings(data: dict[str, Any], path: str = "") -> dict[str, Any]:
     return data
 
 
+class _StrictYAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    YAML requires keys to be unique, but PyYAML keeps the last value silently,
+    so `epochs: 1` followed by `epochs: 20` would run 20 epochs unnoticed.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            # Merge keys (`<<: *base`) are meant to be overridden; complex keys
+            # are left to the base class, which refuses the unhashable ones.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r} (first given on line {first_line[key] + 1})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_json_object(pairs):
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"duplicate key(s) {repeated} in one object")
+    return dict(pairs)
+
+
+def _refuse_json_constant(name):
+    raise ValueError(f"{name} is not a JSON value (write a number, or null)")
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Reads a YAML (`.yaml`, `.yml`) or JSON file of settings into a dict.
+
+    What a parser would let slip is a `ConfigError` here: a key given twice
+    (YAML and JSON parsers keep the last one silently), `NaN`/`Infinity` in
+    JSON (not JSON), a file that is not a mapping, and setting names that are
+    not strings. The values are checked later, by `JobConfig.from_dict`.
+
+    Args:
+        path: str. The file.
+
+    Returns:
+        The settings, setting name to value.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as error:
+        raise ConfigError(f"Cannot read the config file {path!r}: {error.strerror}.") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"The config file {path!r} is not UTF-8 text: {error}.") from None
+    if path.endswith((".yaml", ".yml")):
+        try:
+            data = yaml.load(text, Loader=_StrictYAMLLoader)
+        except yaml.YAMLError as error:
+            detail = " ".join(str(error).split())
+            raise ConfigError(f"The config file {path!r} is not valid YAML: {detail}") from None
+    else:
+        try:
+            data = json.loads(text, object_pairs_hook=_unique_json_object,
+                              parse_constant=_refuse_json_constant)
+        except ValueError as error:
+            raise ConfigError(f"The config file {path!r} is not valid JSON: {error}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"The config file {path!r} must hold a mapping of settings (setting: value). "
+            f"Received: {'an empty file' if data is None else type(data).__name__}"
+        )
+    not_names = [key for key in data if not isinstance(key, str)]
+    if not_names:
+        raise ConfigError(
+            f"The config file {path!r}: setting names must be strings such as 'epochs'. "
+            f"Received: {not_names}"
+        )
+    return data
+
+
 # name -> (kind, lowest allowed value)
 _FIELD_RULES = {
     "backbone": ("str", None),
@@ -261,4 +348,7 @@ def check_writable(path, what):
         ) from None
 
 
-__all__ = ["DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "renamed_settings"]
+__all__ = [
+    "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "load_config_file",
+    "renamed_settings",
+]
