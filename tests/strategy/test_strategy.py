@@ -7,6 +7,7 @@ a model built by `tfft.build_model`.
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import socket
@@ -155,10 +156,39 @@ def test_tpu_detection_reads_environment_and_devices(no_cluster, monkeypatch):
     assert strategy_lib.detect_tpu()[0] is None  # the resolver reads TPU_NAME itself
     monkeypatch.delenv("TPU_NAME")
     monkeypatch.setattr(strategy_lib.glob, "glob",
+                        lambda p: ["/dev/accel0", "/dev/accel1"] if "accel" in p else [])
+    assert strategy_lib.detect_tpu() == ("local", "TPU device files ['/dev/accel0', '/dev/accel1']")
+
+
+def _find_spec_with_libtpu(installed):
+    """`importlib.util.find_spec` that answers for `libtpu` as told."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "libtpu":
+            return object() if installed else None
+        return real(name, *args, **kwargs)
+
+    return find_spec
+
+
+# Other passthrough devices use vfio too: vfio alone is no TPU, vfio plus a TPU sign is.
+@pytest.mark.parametrize("libtpu, env, expected", [
+    (False, {}, False),
+    (True, {}, "local"),
+    (False, {"TPU_ACCELERATOR_TYPE": "v5litepod-8"}, "local"),
+    (False, {"TPU_WORKER_ID": "0"}, "local"),
+])
+def test_vfio_devices_are_a_tpu_only_beside_a_tpu_sign(no_cluster, monkeypatch, libtpu, env,
+                                                       expected):
+    monkeypatch.setattr(strategy_lib.glob, "glob",
                         lambda p: ["/dev/vfio/0", "/dev/vfio/vfio"] if "vfio" in p else [])
-    assert strategy_lib.detect_tpu()[0] in ("local", False)
-    monkeypatch.setenv("TPU_ACCELERATOR_TYPE", "v5litepod-8")
-    assert strategy_lib.detect_tpu()[0] == "local"
+    monkeypatch.setattr(strategy_lib.importlib.util, "find_spec", _find_spec_with_libtpu(libtpu))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    tpu, reason = strategy_lib.detect_tpu()
+    assert tpu == expected
+    assert ("vfio devices ['/dev/vfio/0']" in reason) is (expected == "local"), reason
 
 
 def test_real_tpu_resolver_fails_fast_and_auto_falls_back():
