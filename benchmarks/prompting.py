@@ -2,23 +2,32 @@
 
 Datasets (offline): BBC News topics (5 classes) and Rotten Tomatoes snippets
 (fresh vs rotten). Each is split once (stratified, seed 0) into a training
-pool and a test sample; every method is scored on the same test examples with
-accuracy and macro F1 (sklearn), against the majority class of the training
-pool.
+pool and a test set. Every method compared in one comparison is scored on the
+very same test texts, with accuracy and macro F1 (sklearn), beside the
+majority baseline (the training pool's majority class) on those same texts.
 
-- BBC News: MiniLM zero-shot (embedding similarity to label prompts) and
-  SmolLM2-135M-Instruct zero-shot (label-word log-likelihood).
-- Rotten Tomatoes: SmolLM2 zero-shot and 8-shot (balanced in-context examples
-  drawn from the training pool), 8-shot also with contextual calibration.
-- BBC News, same split: soft prompt tuning of the frozen MiniLM (20 prompt
-  vectors + dense head) vs feature extraction (frozen MiniLM mean-pooled
-  embeddings + the same dense head), both trained on the same examples.
+- BBC News zero-shot, one stratified sample of --bbc-llm texts (default 150)
+  of the test set: MiniLM (embedding similarity to label prompts) and
+  SmolLM2-135M-Instruct (label-word log-likelihood), both on that sample.
+- Rotten Tomatoes, one test sample of --rt-test texts (default 150):
+  SmolLM2 zero-shot, 8-shot (balanced in-context examples drawn from the
+  training pool) and 8-shot with contextual calibration, all on that sample.
+- BBC News soft prompt vs feature extraction on the whole BBC test set
+  (--bbc-test, default 300): soft prompt tuning of the frozen MiniLM
+  (20 prompt vectors + dense head) vs frozen MiniLM mean-pooled embeddings +
+  the same dense head, both trained on the same --train examples.
 
-SmolLM2 runs on CPU at roughly 1-3 texts/s here, so its samples are smaller;
-every sample size is in the JSON. Prints one JSON object as the last line.
+SmolLM2 runs on CPU at roughly 1-3 texts/s here, hence the sample sizes; the
+JSON carries each figure's sample size (`n`, and the flat summary keys
+`bbc_zero_shot_n`, `rt_n`, `soft_prompt_test_n`, ... with their majority
+rates). Prints one JSON object as the last line.
 
     .venv/bin/python benchmarks/prompting.py [--bbc-test 300] [--bbc-llm 150]
-        [--rt-test 300] [--rt-few 100] [--train 200] [--epochs 3]
+        [--rt-test 150] [--rt-few N] [--train 200] [--epochs 3]
+
+--rt-few is kept for old command lines: when given (and smaller than
+--rt-test) the Rotten Tomatoes sample shrinks to that many texts, for all
+three settings alike.
 """
 
 import argparse
@@ -155,10 +164,14 @@ def soft_prompt_tuning(backbone, train, test, epochs, num_tokens=20):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bbc-test", type=int, default=300)
-    parser.add_argument("--bbc-llm", type=int, default=150)
-    parser.add_argument("--rt-test", type=int, default=300)
-    parser.add_argument("--rt-few", type=int, default=100)
+    parser.add_argument("--bbc-test", type=int, default=300,
+                        help="BBC test set (soft prompt vs feature extraction)")
+    parser.add_argument("--bbc-llm", type=int, default=150,
+                        help="BBC zero-shot sample, scored by MiniLM and SmolLM2 alike")
+    parser.add_argument("--rt-test", type=int, default=150,
+                        help="Rotten Tomatoes sample, scored zero-shot, 8-shot and calibrated")
+    parser.add_argument("--rt-few", type=int, default=None,
+                        help="deprecated: shrinks the Rotten Tomatoes sample (all settings)")
     parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--sequence-length", type=int, default=128)
@@ -172,26 +185,30 @@ def main():
     bbc_pool, bbc_test = split(bbc, args.bbc_test, max(args.train, 100))
     bbc_llm = first(bbc_test, args.bbc_llm)
     minilm = tfft.load_backbone("minilm", sequence_length=args.sequence_length)
+    # One sample for both zero-shot encoders: the figures compare like for like.
+    bbc_majority = majority(bbc_pool, bbc_llm)
     bbc_results = {
-        "classes": bbc.class_names, "test_size": len(bbc_test),
-        "majority_baseline": majority(bbc_pool, bbc_test),
-        "majority_baseline_llm_sample": majority(bbc_pool, bbc_llm),
+        "classes": bbc.class_names, "test_size": len(bbc_llm),
+        "majority_baseline": bbc_majority,
+        "majority_baseline_llm_sample": bbc_majority,
     }
     encoder = ZeroShotEncoderClassifier(
         minilm, TemplateEnsemble(["This news article is about {label}.", "{label}"]),
         BBC_ENCODER_VERBALIZER, class_names=bbc.class_names,
     )
-    bbc_results["minilm_zero_shot"] = run_classifier(encoder, bbc_test)
+    bbc_results["minilm_zero_shot"] = run_classifier(encoder, bbc_llm)
     bbc_results["minilm_zero_shot"]["sequence_length"] = args.sequence_length
     print("bbc minilm zero-shot", bbc_results["minilm_zero_shot"], flush=True)
 
     rt = load_rotten_tomatoes(classes=["fresh", "rotten"])
     rt_pool, rt_test = split(rt, args.rt_test, 2000)
-    rt_few = first(rt_test, args.rt_few)
+    # One sample for zero-shot, 8-shot and calibrated 8-shot.
+    rt_sample = rt_test if args.rt_few is None else first(rt_test, args.rt_few)
+    rt_majority = majority(rt_pool, rt_sample)
     rt_results = {
-        "classes": rt.class_names, "test_size": len(rt_test),
-        "majority_baseline": majority(rt_pool, rt_test),
-        "majority_baseline_few_shot_sample": majority(rt_pool, rt_few),
+        "classes": rt.class_names, "test_size": len(rt_sample),
+        "majority_baseline": rt_majority,
+        "majority_baseline_few_shot_sample": rt_majority,
     }
     if not args.skip_llm:
         lm = load_smollm2(sequence_length=2048)
@@ -203,21 +220,22 @@ def main():
 
         zero = CausalLMClassifier(lm, RT_TEMPLATE, RT_VERBALIZER, class_names=rt.class_names,
                                   max_input_tokens=96)
-        rt_results["smollm2_zero_shot"] = run_classifier(zero, rt_test)
-        rt_results["smollm2_zero_shot_on_few_shot_sample"] = run_classifier(zero, rt_few)
+        rt_results["smollm2_zero_shot"] = run_classifier(zero, rt_sample)
+        # Same sample as the 8-shot runs (kept for readers of the older JSON).
+        rt_results["smollm2_zero_shot_on_few_shot_sample"] = rt_results["smollm2_zero_shot"]
         print("rt smollm2 zero-shot", rt_results["smollm2_zero_shot"], flush=True)
         few = CausalLMClassifier(lm, RT_TEMPLATE, RT_VERBALIZER, class_names=rt.class_names,
                                  k_shot=8, examples=rt_pool, seed=0, max_input_tokens=64)
         start = time.perf_counter()
-        scores = few.scores(list(rt_few.x))
+        scores = few.scores(list(rt_sample.x))
         seconds = time.perf_counter() - start
-        rt_results["smollm2_8_shot"] = metrics(rt_few.y, scores.argmax(axis=1), seconds,
-                                               len(rt_few))
+        rt_results["smollm2_8_shot"] = metrics(rt_sample.y, scores.argmax(axis=1), seconds,
+                                               len(rt_sample))
         rt_results["smollm2_8_shot"]["shot_labels"] = [label for _, label in few.shots]
         # Contextual calibration (what `calibrate=True` does), from the same scores.
         content_free = few.scores(list(CONTENT_FREE_INPUTS)).mean(axis=0)
         rt_results["smollm2_8_shot_calibrated"] = metrics(
-            rt_few.y, (scores - content_free).argmax(axis=1), n=len(rt_few))
+            rt_sample.y, (scores - content_free).argmax(axis=1), n=len(rt_sample))
         print("rt smollm2 8-shot", rt_results["smollm2_8_shot"],
               rt_results["smollm2_8_shot_calibrated"], flush=True)
 
@@ -225,7 +243,8 @@ def main():
         train = first(bbc_pool, args.train, seed=2)
         comparison = {"dataset": "bbc_news", "train_size": len(train),
                       "test_size": len(bbc_test), "epochs": args.epochs,
-                      "sequence_length": args.sequence_length}
+                      "sequence_length": args.sequence_length,
+                      "majority_baseline": majority(bbc_pool, bbc_test)}
         comparison["feature_extraction"] = feature_extraction(minilm, train, bbc_test,
                                                               args.epochs)
         print("feature extraction", comparison["feature_extraction"], flush=True)
@@ -235,6 +254,15 @@ def main():
 
     results["bbc_news"] = bbc_results
     results["rotten_tomatoes"] = rt_results
+    # Flat summary: every figure with the size and majority rate of its sample.
+    results["bbc_zero_shot_n"] = len(bbc_llm)
+    results["bbc_zero_shot_majority"] = bbc_majority["accuracy"]
+    results["rt_n"] = len(rt_sample)
+    results["rt_majority"] = rt_majority["accuracy"]
+    if not args.skip_soft_prompt:
+        results["soft_prompt_train_n"] = comparison["train_size"]
+        results["soft_prompt_test_n"] = comparison["test_size"]
+        results["soft_prompt_majority"] = comparison["majority_baseline"]["accuracy"]
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(results))
 
