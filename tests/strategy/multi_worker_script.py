@@ -2,8 +2,10 @@
 
 Run by test_strategy.py as `python multi_worker_script.py OUT_DIR` with
 TF_CONFIG set. Fine-tunes a tiny BERT text classifier built by tfft for a few
-steps, writes `OUT_DIR/weights_<index>.npz`; every worker exports, and only
-the chief's SavedModel (raw strings in) is kept, in `OUT_DIR/export`.
+steps, writes `OUT_DIR/weights_<index>.npz` (the weights before and after
+training); every worker exports, and only the chief's SavedModel (raw strings
+in) is kept, in `OUT_DIR/export`. The test imports `build_model` and
+`dataset` to train the same model on one process with the same global batch.
 """
 
 import json
@@ -25,9 +27,6 @@ from tfft.distribute import (
     is_chief,
 )
 
-# Set up the strategy before TensorFlow runs anything else (collectives need it).
-strategy = get_strategy("auto")
-
 VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
     "the", "a", "of", "to", "and", "in", "is", "on", "for", "with", "news", "sport", "game",
@@ -43,8 +42,8 @@ LABELS = [0, 1, 2, 3, 0, 1, 2, 3]
 CLASS_NAMES = ["sport", "politics", "business", "entertainment"]
 
 
-def main(out_dir):
-    task = json.loads(os.environ["TF_CONFIG"])["task"]
+def build_model(strategy):
+    """The seeded tiny BERT classifier (no dropout) and its preprocessor."""
     with strategy.scope():
         keras.utils.set_random_seed(0)
         bert = keras_hub.models.BertBackbone(
@@ -61,17 +60,29 @@ def main(out_dir):
     with strategy.scope():
         model.compile(optimizer=keras.optimizers.SGD(0.5),
                       loss="sparse_categorical_crossentropy")
-    batch = global_batch_size(2, strategy)
+    return model, preprocessor
+
+
+def dataset(preprocessor, strategy, batch):
+    """16 examples in a fixed order, in global batches of `batch`."""
     ds = tf.data.Dataset.from_tensor_slices((TEXTS * 2, LABELS * 2))
     ds = ds.map(lambda x, y: (preprocessor(x), y))
-    ds = distribute_dataset(ds, strategy, global_batch_size=batch, drop_remainder=True)
-    model.fit(ds, epochs=1, verbose=0)
+    return distribute_dataset(ds, strategy, global_batch_size=batch, drop_remainder=True)
+
+
+def main(out_dir, strategy):
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    model, preprocessor = build_model(strategy)
+    initial = model.get_weights()
+    batch = global_batch_size(2, strategy)
+    model.fit(dataset(preprocessor, strategy, batch), epochs=1, verbose=0)
     np.savez(
         os.path.join(out_dir, f"weights_{task['index']}.npz"),
         replicas=strategy.num_replicas_in_sync, chief=is_chief(strategy),
         same_strategy=get_strategy("multi_worker", verbose=False) is strategy,
-        steps=int(model.optimizer.iterations.numpy()), **{f"w{i}": w for i, w in
-                                               enumerate(model.get_weights())},
+        steps=int(model.optimizer.iterations.numpy()), global_batch=batch,
+        **{f"w{i}": w for i, w in enumerate(model.get_weights())},
+        **{f"initial{i}": w for i, w in enumerate(initial)},
     )
     # predict() gathers results from every worker: all of them must call it.
     probs = model.predict(preprocessor(tf.constant(TEXTS)), verbose=0)
@@ -87,4 +98,5 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    # The strategy comes before TensorFlow runs anything else (collectives need it).
+    main(sys.argv[1], get_strategy("auto"))
