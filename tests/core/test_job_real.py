@@ -190,12 +190,6 @@ def _served_probabilities(export_path, texts):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="tfft finetune --distribution mirrored stops in the first fit on raw texts: Keras "
-           "3.15 Trainer._maybe_symbolic_build MEAN-reduces the first distributed batch and the "
-           "bool padding_mask has no AddN kernel (InvalidArgumentError). Drop this mark with "
-           "the fix in tfft.distribute.")
 def test_mirrored_on_two_cpus_matches_the_one_device_job(rotten_run, mirrored_run):
     log = mirrored_run["log"]
     assert mirrored_run["code"] == 0, log[-5000:]

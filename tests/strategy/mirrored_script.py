@@ -51,7 +51,10 @@ def data(kind, n):
     x = {
         "token_ids": rng.integers(5, 30, (n, 12)).astype("int32") * mask,
         "segment_ids": np.zeros((n, 12), dtype="int32"),
-        "padding_mask": mask,
+        # bool, as KerasHub preprocessors give it: Keras averages the first
+        # batch across replicas to build the model, which a bool cannot take
+        # without tfft's KerasMirroredStrategy.
+        "padding_mask": mask.astype(bool),
     }
     return x, y
 

@@ -30,6 +30,7 @@ from tfft.distribute.errors import StrategyError
 from tfft.distribute.model import check_built_in_scope, prepare_model
 from tfft.distribute.strategy import (
     STRATEGY_NAMES,
+    KerasMirroredStrategy,
     KerasMultiWorkerMirroredStrategy,
     detect_tpu,
     get_strategy,
@@ -37,6 +38,7 @@ from tfft.distribute.strategy import (
 
 __all__ = [
     "STRATEGY_NAMES",
+    "KerasMirroredStrategy",
     "KerasMultiWorkerMirroredStrategy",
     "StrategyError",
     "check_built_in_scope",

@@ -200,7 +200,7 @@ def get_strategy(
         why = (f"TF_CONFIG: {config['task']['type']} {config['task']['index']} of {tasks} "
                "task(s)" if config else "no TF_CONFIG: a single worker")
     elif name == "mirrored":
-        strategy = tf.distribute.MirroredStrategy(devices=list(devices) if devices else None)
+        strategy = KerasMirroredStrategy(devices=list(devices) if devices else None)
         why = f"devices {list(strategy.extended.worker_devices)}"
     elif name == "gpu":
         gpus = tf.config.list_logical_devices("GPU")
@@ -225,15 +225,18 @@ def get_strategy(
     return strategy
 
 
-class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-    """MultiWorkerMirroredStrategy whose `reduce` handles what Keras 3 `fit` sends.
+class _KerasReduce:
+    """`reduce` for what Keras 3 `fit` sends to a mirrored strategy.
 
     Keras 3.15 averages each replica's scalar logs (loss, metrics) with
     `strategy.reduce("MEAN", value, axis=0)`, which a rank-0 value cannot take
-    ("Invalid reduction dimension 0 for input with 0 dimensions"), and may
-    pass nested structures. Here a scalar is reduced across replicas only
-    (the same mean) and structures are reduced leaf by leaf. Everything else
-    is the tf.distribute strategy unchanged.
+    ("Invalid reduction dimension 0 for input with 0 dimensions"), may pass
+    nested structures, and, before the first step on several local devices,
+    averages the first input batch to learn its shapes, where a `bool` input
+    (a KerasHub padding mask) fails ("Value for attr 'T' of bool ... AddN").
+    Here a scalar is reduced across replicas only (the same mean), structures
+    are reduced leaf by leaf, and a bool value is reduced as int32 and cast
+    back. Everything else is the tf.distribute strategy unchanged.
     """
 
     def reduce(self, reduce_op, value, axis=None):
@@ -241,7 +244,30 @@ class KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy
             return tf.nest.map_structure(lambda v: self.reduce(reduce_op, v, axis), value)
         if axis is not None and _rank(value) == 0:
             axis = None
+        if _dtype(value) == tf.bool:
+            as_int = self.run(lambda t: tf.cast(t, tf.int32), args=(value,))
+            return tf.cast(super().reduce(reduce_op, as_int, axis), tf.bool)
         return super().reduce(reduce_op, value, axis)
+
+
+class KerasMirroredStrategy(_KerasReduce, tf.distribute.MirroredStrategy):
+    """MirroredStrategy (several devices of one machine) whose `reduce` handles
+    what Keras 3 `fit` sends (see `KerasMultiWorkerMirroredStrategy`)."""
+
+
+class KerasMultiWorkerMirroredStrategy(_KerasReduce, tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` handles what Keras 3 `fit` sends.
+
+    Keras 3.15 averages each replica's scalar logs (loss, metrics) with
+    `strategy.reduce("MEAN", value, axis=0)`, which a rank-0 value cannot take,
+    and may pass nested structures or bool inputs; see `_KerasReduce`.
+    """
+
+
+def _dtype(value):
+    if isinstance(value, tf.distribute.DistributedValues):
+        value = value.values[0]
+    return getattr(value, "dtype", None)
 
 
 def _rank(value):
@@ -272,7 +298,7 @@ def _auto(tpu, config, tasks, verbose, timeout):
                                  f"{config['task']['type']} {config['task']['index']}")
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(), f"{len(gpus)} GPUs"
+        return KerasMirroredStrategy(), f"{len(gpus)} GPUs"
     why = "one GPU" if gpus else f"no TPU ({reason}), no GPU"
     return tf.distribute.get_strategy(), why
 
