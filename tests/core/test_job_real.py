@@ -198,6 +198,7 @@ def test_mirrored_on_two_cpus_matches_the_one_device_job(rotten_run, mirrored_ru
     assert f"Batch: {BATCH // 2} per replica x 2 replicas = {BATCH}" in log, log[-3000:]
     report, single = mirrored_run["report"], rotten_run["report"]
     assert report["config"]["distribution"] == "mirrored"
+    assert (report["replicas"], single["replicas"]) == (2, 1)
     assert report["config"]["batch_size"] == BATCH // 2
 
     # One report and one export, as on one device.

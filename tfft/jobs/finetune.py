@@ -134,8 +134,9 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
 
     Returns:
         The report dict (also written to `run_dir/report.json`): per-stage
-        test accuracy and macro F1, histories, the final `"test"` metrics and
-        `"export_path"`, plus the trained `"model"` and its raw-input
+        test accuracy and macro F1, histories, the final `"test"` metrics,
+        `"export_path"` and `"replicas"` (the strategy's replicas in sync),
+        plus the trained `"model"` and its raw-input
         `"preprocessor"` (not in the JSON file).
 
     Example:
@@ -227,6 +228,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
         "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
         "test_report": report.to_dict(),
         "export_path": export_path,
+        "replicas": int(strategy.num_replicas_in_sync),
         "seconds": time.time() - started,
     }
     # Every worker saves (reading variables can take collective ops); only the
