@@ -77,3 +77,14 @@ def test_a_failed_stage_save_leaves_no_temporary_file_and_no_record(tmp_path):
         state.finish_stage({"name": "head"}, _Writer(_dense(1.0), during_save=fail))
     assert os.listdir(state.weights_dir) == []
     assert state.stage("head") is None
+
+
+def test_a_job_that_fails_on_its_input_leaves_no_run_directory(tmp_path, monkeypatch):
+    """The default run directory is made only once data and backbone have loaded."""
+    from tfft.jobs.finetune import run_job
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="does-not-exist"):
+        run_job(backbone="keras_hub:./does-not-exist", max_examples=60, export_dir=None,
+                verbose=0)
+    assert not (tmp_path / "runs").exists() or os.listdir(tmp_path / "runs") == []

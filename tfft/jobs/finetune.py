@@ -153,14 +153,6 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     # Before any other TensorFlow work: TPU and multi-worker set-up must come first.
     strategy = get_strategy(config.distribution, tpu=config.tpu)
     chief = is_chief(strategy)
-    run_dir = config.run_dir or new_run_dir("runs")
-    if not config.run_dir and not chief:
-        logger.warning("This worker's run directory %s is its own: pass the same run_dir to "
-                       "every worker so that a restarted job can resume.", run_dir)
-    # The chief's run directory, or this worker's own folder inside it.
-    work_dir = worker_dir(run_dir, strategy)
-    state = RunState(work_dir, config)
-
     started = time.time()
     keras.utils.set_random_seed(config.seed)
     data, train, val, test = _split(config)
@@ -179,6 +171,14 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     if strategy.num_replicas_in_sync > 1:
         print(f"Batch: {config.batch_size} per replica x {strategy.num_replicas_in_sync} "
               f"replicas = {batch_size}")
+    # Created only now that the data and backbone loaded: bad input writes nothing.
+    run_dir = config.run_dir or new_run_dir("runs")
+    if not config.run_dir and not chief:
+        logger.warning("This worker's run directory %s is its own: pass the same run_dir to "
+                       "every worker so that a restarted job can resume.", run_dir)
+    # The chief's run directory, or this worker's own folder inside it.
+    work_dir = worker_dir(run_dir, strategy)
+    state = RunState(work_dir, config)
     run = _Run(config=config, task=task, backbone=backbone, data=data, train=train, val=val,
                test=test, run_dir=work_dir, verbose=verbose, strategy=strategy,
                batch_size=batch_size)
