@@ -1,7 +1,7 @@
 """Serving latency and throughput: exported SavedModel vs the in-memory Keras model.
 
 Trains a head on all-MiniLM-L6-v2 (sequence length 128) for BBC News quickly
-(`tfft.finetune(max_examples=200, epochs=0, head_epochs=3)`), exports it (raw
+(`tfft.run_job(max_examples=200, epochs=0, head_epochs=3)`), exports it (raw
 strings in, tokenised in the graph), reloads the SavedModel and measures, in
 the same run and on the same test texts:
 
@@ -71,12 +71,12 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        report = tfft.finetune(max_examples=200, epochs=0, head_epochs=3,
-                               export_dir=os.path.join(tmp, "export"),
-                               run_dir=os.path.join(tmp, "run"), verbose=0)
+        report = tfft.run_job(max_examples=200, epochs=0, head_epochs=3,
+                              export_dir=os.path.join(tmp, "export"),
+                              run_dir=os.path.join(tmp, "run"), verbose=0)
         finetune_seconds = time.perf_counter() - t0
         model = report["model"]
-        pre = model.tfft_backbone.preprocessor
+        pre = model.preprocessor   # the trained tfft.Task's tokenizer
         path = report["export_path"]
         loaded = tf.saved_model.load(path)
         serve = loaded.signatures["serving_default"]
