@@ -303,3 +303,14 @@ def test_tfhub_backbone_url_caches_in_tfft_cache(network, clean_env):
     assert os.path.realpath(layer.resolved_path).startswith(cache + os.sep)
     assert not backbone.info.offline and "TFHUB_CACHE_DIR" not in os.environ
     np.testing.assert_allclose(backbone.model(X), X @ _Tiny().kernel.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("handle", ["s3://bucket/model", "hdfs://namenode/model",
+                                    "ram://model", "file:///etc/model"])
+def test_other_file_system_schemes_in_a_config_are_refused(handle, monkeypatch):
+    """Only local directories and allowed https/gs handles load from a saved config."""
+    loads = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(ValueError, match="only local SavedModel directories"):
+        HubLayer.from_config({"handle": handle, "name": "hub"})
+    assert loads == []

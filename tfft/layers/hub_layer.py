@@ -166,6 +166,14 @@ def check_config_handle(handle):
         handle: the `handle` entry of a `HubLayer` config.
     """
     if not is_url(handle):
+        if isinstance(handle, str) and "://" in handle:
+            # Another file-system scheme (s3://, hdfs://, ram:// ...) would reach
+            # past the local disk through TensorFlow's file systems.
+            raise ValueError(
+                "Refusing the TF Hub handle in a saved config: only local SavedModel "
+                "directories and allowed https:// or gs:// handles load from a config. "
+                f"Received: handle={handle!r}"
+            )
         return
     _refuse_http(handle)
     allowed = _ALLOWED_PREFIXES.get() + _env_prefixes()
