@@ -107,6 +107,38 @@ def tiny_cnn():
     )
 
 
+@pytest.fixture(scope="session")
+def read_weights_file():
+    """Reads every array of a Keras `.weights.h5` file, keyed by its path in the file."""
+    import h5py
+
+    def read(path):
+        found = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, item: found.__setitem__(name, item[()])
+                         if isinstance(item, h5py.Dataset) else None)
+        return found
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def free_ports():
+    """`free_ports(n)`: n TCP ports on 127.0.0.1 free at the time of the call."""
+    import socket
+
+    def find(n):
+        sockets = [socket.socket() for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in sockets]
+        for s in sockets:
+            s.close()
+        return ports
+
+    return find
+
+
 @pytest.fixture
 def assert_round_trip(tmp_path):
     """Saves a model as .keras, reloads it, and compares outputs."""

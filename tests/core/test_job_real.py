@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -61,19 +60,6 @@ def _start_mirrored_run(root):
     return proc, log
 
 
-def _head_biases(weights_file):
-    """The output layer's bias vectors found in a Keras `.weights.h5` file."""
-    found = []
-
-    def visit(name, item):
-        if isinstance(item, h5py.Dataset) and "head" in name and item.ndim == 1:
-            found.append((name, item[()]))
-
-    with h5py.File(weights_file, "r") as f:
-        f.visititems(visit)
-    return found
-
-
 @pytest.fixture(scope="module")
 def rotten_run(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("rotten_job")
@@ -119,7 +105,7 @@ def mirrored_run(rotten_run):
 
 
 @pytest.mark.slow
-def test_head_stage_trains_without_the_feature_cache(rotten_run):
+def test_head_stage_trains_without_the_feature_cache(rotten_run, read_weights_file):
     report = rotten_run["report"]
     assert report["config"]["feature_cache"] is False
     [stage] = report["stages"]
@@ -132,7 +118,10 @@ def test_head_stage_trains_without_the_feature_cache(rotten_run):
     # 150 examples), and its bias, initialised to zeros, moved.
     losses = stage["history"]["loss"]
     assert len(losses) == 5 and losses[-1] < losses[0] - 0.1, losses
-    biases = _head_biases(rotten_run["run_dir"] / "final.weights.h5")
+    # The output layer's bias vectors.
+    biases = [(name, value) for name, value in
+              read_weights_file(rotten_run["run_dir"] / "final.weights.h5").items()
+              if "head" in name and value.ndim == 1]
     assert biases, "no head bias in final.weights.h5"
     for name, bias in biases:
         assert bias.shape == (len(CLASS_NAMES),) and np.abs(bias).max() > 1e-3, (name, bias)
@@ -163,15 +152,6 @@ def test_rotten_tomatoes_end_to_end_beats_the_majority_rate(rotten_run):
     assert meta["evaluation"]["metrics"]["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
-def _weights(weights_file):
-    """Every array in a Keras `.weights.h5` file, by its path in the file."""
-    found = {}
-    with h5py.File(weights_file, "r") as f:
-        f.visititems(lambda name, item: found.__setitem__(name, item[()])
-                     if isinstance(item, h5py.Dataset) else None)
-    return found
-
-
 def _test_split():
     """The job's test texts and labels: its stratified subset, then its split (seed 0)."""
     data = TEXT_DATASETS["rotten_tomatoes"]()
@@ -190,7 +170,8 @@ def _served_probabilities(export_path, texts):
 
 
 @pytest.mark.slow
-def test_mirrored_on_two_cpus_matches_the_one_device_job(rotten_run, mirrored_run):
+def test_mirrored_on_two_cpus_matches_the_one_device_job(rotten_run, mirrored_run,
+                                                        read_weights_file):
     log = mirrored_run["log"]
     assert mirrored_run["code"] == 0, log[-5000:]
     # Two replicas, each with half of the one-device run's batch.
@@ -214,8 +195,8 @@ def test_mirrored_on_two_cpus_matches_the_one_device_job(rotten_run, mirrored_ru
     # started at zeros, its loss fell) and ended near the one-device head. Not equal:
     # each replica draws its own head-dropout masks. Measured: relative difference 0.062
     # (kernel) and 0.012 (bias), per-epoch losses within 0.011; allowed 0.2 and 0.05.
-    mine = _weights(run_dir / "final.weights.h5")
-    theirs = _weights(rotten_run["run_dir"] / "final.weights.h5")
+    mine = read_weights_file(run_dir / "final.weights.h5")
+    theirs = read_weights_file(rotten_run["run_dir"] / "final.weights.h5")
     assert mine.keys() == theirs.keys()
     head = [k for k in mine if k.startswith("layers/task_head/")]
     frozen = [k for k in mine if k.startswith("layers/") and k not in head]

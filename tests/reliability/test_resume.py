@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
@@ -25,16 +24,9 @@ def _cli_args(preset, run_dir):
     return [sys.executable, "-m", "tfft.cli.main", *args]
 
 
-def _weights(path):
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
-
-
 @pytest.mark.slow
-def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_preset, tmp_path):
+def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_preset, tmp_path,
+                                                                      read_weights_file):
     run_dir = tmp_path / "run"
     command = _cli_args(small_preset, run_dir)
     metadata = run_dir / "backup" / "fine_tune" / "training_metadata.json"
@@ -59,8 +51,8 @@ def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_pres
 
     reference = tfft.run_job(backbone=f"keras_hub:{small_preset}", export_dir=None,
                               run_dir=str(tmp_path / "reference"), verbose=0, **SETTINGS)
-    got = _weights(run_dir / "final.weights.h5")
-    want = _weights(tmp_path / "reference" / "final.weights.h5")
+    got = read_weights_file(run_dir / "final.weights.h5")
+    want = read_weights_file(tmp_path / "reference" / "final.weights.h5")
     assert got.keys() == want.keys() and len(got) > 10
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)

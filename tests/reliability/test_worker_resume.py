@@ -8,11 +8,9 @@ second fine-tuning epoch; a second launch of the same job on the same
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
@@ -20,19 +18,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KILLED = 3  # worker_resume_script.KILLED (the script cannot be imported: it starts a cluster)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _launch(preset, out_dir, names, label, timeout=600):
-    """Runs the two workers to the end; returns their exit codes and logs."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+def _launch(preset, out_dir, names, label, ports, timeout=600):
+    """Runs the two workers on `ports` to the end; returns their exit codes and logs."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CONFIG", "TPU_NAME", "COLAB_TPU_ADDR")}
     env["PYTHONPATH"] = os.pathsep.join(
@@ -58,18 +46,10 @@ def _launch(preset, out_dir, names, label, timeout=600):
     return codes, logs
 
 
-def _weights(path):
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return arrays
-
-
 @pytest.mark.slow
 def test_killed_multi_worker_job_resumes_on_every_worker_from_the_same_epoch(
-        small_preset, tmp_path):
-    codes, logs = _launch(small_preset, tmp_path, ["run!"], "killed")
+        small_preset, tmp_path, free_ports, read_weights_file):
+    codes, logs = _launch(small_preset, tmp_path, ["run!"], "killed", free_ports(2))
     assert codes == [KILLED, KILLED], "\n\n".join(log[-4000:] for log in logs)
     run = tmp_path / "run"
     worker = run / "workers" / "worker-1"
@@ -79,7 +59,7 @@ def test_killed_multi_worker_job_resumes_on_every_worker_from_the_same_epoch(
         assert json.loads(metadata.read_text())["epoch"] == 1, folder
         assert json.loads((folder / "state.json").read_text())["stages"][0]["name"] == "head"
 
-    codes, logs = _launch(small_preset, tmp_path, ["run"], "restarted")
+    codes, logs = _launch(small_preset, tmp_path, ["run"], "restarted", free_ports(2))
     assert codes == [0, 0], "\n\n".join(log[-4000:] for log in logs)
     for log in logs:
         assert "Stage 1/2 head: already finished" in log
@@ -95,8 +75,8 @@ def test_killed_multi_worker_job_resumes_on_every_worker_from_the_same_epoch(
     for key in keys:
         np.testing.assert_array_equal(resumed[1][key], resumed[0][key], err_msg=key)
     # The epoch trained after the restart moved the weights: equality above is earned.
-    head = _weights(run / "stage_weights" / "head.weights.h5")
-    final = _weights(run / "final.weights.h5")  # the model's, then the optimizer's
+    head = read_weights_file(run / "stage_weights" / "head.weights.h5")
+    final = read_weights_file(run / "final.weights.h5")  # the model's, then the optimizer's
     assert head.keys() <= final.keys() and len(head) > 10
     assert any(not np.array_equal(head[k], final[k]) for k in head)
     # The report and final weights are the chief's alone.

@@ -10,7 +10,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -319,16 +318,6 @@ def test_mirrored_on_two_cpus_matches_one_device(tmp_path):
         assert checks[name] and "divide evenly across the 2 replicas" in checks[name], name
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def train_multi_worker_model_on_one_process(global_batch, monkeypatch):
     """The multi-worker script's model and data, trained here on the default strategy.
 
@@ -348,7 +337,8 @@ def train_multi_worker_model_on_one_process(global_batch, monkeypatch):
 
 
 @pytest.mark.slow
-def test_multi_worker_two_processes_end_identical_and_chief_exports(tmp_path, monkeypatch):
+def test_multi_worker_two_processes_end_identical_and_chief_exports(tmp_path, monkeypatch,
+                                                                    free_ports):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     for index in range(2):
