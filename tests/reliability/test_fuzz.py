@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 import tfft
 from tfft.adapt.freeze import parse_freeze
 from tfft.backbones import parse_spec
-from tfft.cli.main import _load_config_file
 from tfft.data import LabelEncoder, load
 from tfft.evaluation import report_from_predictions
 from tfft.jobs.config import DEPRECATED_SETTINGS, ConfigError
+from tfft.jobs.config import load_config_file as _load_config_file
 from tfft.jobs.finetune import JobConfig
 from tfft.models.builder import check_labels
 

@@ -1,0 +1,155 @@
+"""`tfft finetune`: the main job's command line (flags override a config file)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from tfft.backbones import NetworkUnavailableError
+from tfft.jobs.config import load_config_file
+from tfft.jobs.finetune import METHODS, ConfigError, JobConfig, NumericalError, run_job
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def add_parser(subparsers):
+    d = JobConfig()
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained backbone on a dataset (defaults: MiniLM on BBC News)",
+        description=(
+            "Fine-tune the way the Keras recipe reads: load the backbone, add the task "
+            "layer, train the head on the frozen backbone (cached features), unfreeze "
+            "the top transformer blocks and fine-tune with a lower learning rate, then "
+            "evaluate on the test split and export a SavedModel that takes raw strings. "
+            "With no arguments: the offline all-MiniLM-L6-v2 on BBC News topics."
+        ),
+    )
+    p.add_argument("--config", help="YAML or JSON file of settings; flags override it")
+    p.add_argument("--backbone", help=f"backbone spec (default {d.backbone})")
+    p.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
+    p.add_argument("--epochs", type=_non_negative_int,
+                   help=f"fine-tuning epochs with the top blocks unfrozen (default {d.epochs})")
+    p.add_argument("--head-epochs", type=_positive_int,
+                   help=f"head epochs on the frozen backbone (default {d.head_epochs})")
+    p.add_argument("--unfreeze-top", type=_non_negative_int,
+                   help=f"transformer blocks to unfreeze (default {d.unfreeze_top})")
+    p.add_argument("--sequence-length", type=_positive_int,
+                   help=f"tokens per example (default {d.sequence_length})")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help=f"examples per batch (default {d.batch_size})")
+    p.add_argument("--learning-rate", type=float,
+                   help=f"fine-tuning peak learning rate (default {d.learning_rate})")
+    p.add_argument("--head-learning-rate", type=float,
+                   help=f"head learning rate (default {d.head_learning_rate})")
+    p.add_argument("--max-examples", type=_positive_int,
+                   help="use a stratified subset of this many examples")
+    p.add_argument("--seed", type=_non_negative_int, help=f"random seed (default {d.seed})")
+    p.add_argument("--export-dir", help=f"export model directory (default {d.export_dir})")
+    p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
+    p.add_argument("--run-dir", help="report/log directory "
+                   "(default runs/<date>-<time>-<microseconds>, unique)")
+    p.add_argument("--method", choices=METHODS,
+                   help="adaptation method: fine_tune (head, then top blocks; default), "
+                   "prompt (zero-shot label prompts, no parameter updates) or soft_prompt "
+                   "(learnable prompt vectors before the frozen backbone)")
+    p.add_argument("--strategy", choices=METHODS,
+                   help="deprecated alias of --method (tf.distribute is --distribution)")
+    p.add_argument("--prompt-template",
+                   help="label prompt for --method prompt (default "
+                   "'This article is about {label}.')")
+    p.add_argument("--distribution",
+                   help="tf.distribute strategy: auto, tpu, mirrored, multi_worker, gpu, cpu, "
+                   "default (default auto); --batch-size is per replica")
+    p.add_argument("--tpu", help="TPU address for --distribution tpu ('local' on a TPU VM)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="run the frozen backbone every epoch instead of caching features")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    try:
+        settings = load_config_file(args.config) if args.config else {}
+        method = _method_flag(args)
+        flags = {
+            "backbone": args.backbone, "dataset": args.dataset, "epochs": args.epochs,
+            "head_epochs": args.head_epochs, "unfreeze_top": args.unfreeze_top,
+            "sequence_length": args.sequence_length, "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "head_learning_rate": args.head_learning_rate,
+            "max_examples": args.max_examples, "seed": args.seed,
+            "export_dir": args.export_dir, "run_dir": args.run_dir,
+            "method": method, "distribution": args.distribution, "tpu": args.tpu,
+            "prompt_template": args.prompt_template,
+        }
+        if method is not None:
+            # The flag wins over the file, under either of the file's names.
+            settings.pop("strategy", None)
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        if args.no_export:
+            settings["export_dir"] = None
+        if args.no_feature_cache:
+            settings["feature_cache"] = False
+        report = run_job(_job_config(settings))
+    except (ConfigError, NetworkUnavailableError, FileExistsError) as error:
+        print(f"tfft finetune: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except NumericalError as error:
+        print(f"tfft finetune: training stopped: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        # Raised while loading the backbone or data, before training starts.
+        print(f"tfft finetune: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({"test": report["test"], "export_path": report["export_path"],
+                      "run_dir": report["run_dir"]}))
+    return 0
+
+
+def _job_config(settings):
+    """`JobConfig.from_dict`, each deprecation warning printed as one note on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        try:
+            return JobConfig.from_dict(settings)
+        finally:
+            for warning in caught:
+                print(f"tfft finetune: note: {warning.message}", file=sys.stderr)
+
+
+def _method_flag(args):
+    """`--method`, or the deprecated `--strategy` with a one-line note on stderr."""
+    if args.strategy is None:
+        return args.method
+    if args.method is not None and args.method != args.strategy:
+        raise ConfigError(
+            f"--strategy is a deprecated alias of --method, and they disagree. Received: "
+            f"--method {args.method} --strategy {args.strategy}. Keep only --method."
+        )
+    print(f"tfft finetune: note: --strategy is deprecated; use --method {args.strategy} "
+          "(tf.distribute is --distribution).", file=sys.stderr)
+    return args.strategy
