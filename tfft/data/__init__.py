@@ -28,20 +28,32 @@ from tfft.data.pipeline import (
 from tfft.data.sources import DatasetUnavailableError, load
 from tfft.data.splits import split_data, stratified_split
 from tfft.data.tfds_builders import OFFLINE_DATASETS
+from tfft.data.user_data import (
+    DATA_TASKS,
+    DataSpec,
+    add_data_arguments,
+    data_spec_from_args,
+    load_data_spec,
+)
 
 __all__ = [
     "AUTOTUNE",
+    "DATA_TASKS",
     "IMAGE_DATASETS",
     "OFFLINE_DATASETS",
     "TEXT_DATASETS",
+    "DataSpec",
     "DatasetUnavailableError",
     "LabelEncoder",
     "LabeledData",
+    "add_data_arguments",
     "bucket_by_length",
     "class_weights",
+    "data_spec_from_args",
     "default_bucket_boundaries",
     "load",
     "load_bbc_news",
+    "load_data_spec",
     "load_digits",
     "load_fashion_mnist",
     "load_lfw_subset",

@@ -25,6 +25,7 @@ logger = logging.getLogger("tfft.data")
 TEXT_EXTENSIONS = (".txt",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 CSV_EXTENSIONS = (".csv", ".tsv", ".csv.gz", ".csv.bz2", ".csv.zip", ".tsv.gz", ".tsv.bz2")
+JSONL_EXTENSIONS = (".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.bz2")
 ON_ERROR = ("raise", "skip")
 TFDS_HOST = "storage.googleapis.com"
 
@@ -49,8 +50,9 @@ def load(
     encoding: str = "utf-8",
     on_error: str = "raise",
     name: str | None = None,
+    regression: bool = False,
 ) -> LabeledData | dict[str, LabeledData]:
-    """Loads labelled examples from a TFDS name, a CSV file, a DataFrame, a folder or arrays.
+    """Loads labelled examples from a TFDS name, a CSV/JSONL file, a DataFrame, a folder or arrays.
 
     Args:
         source: what to load:
@@ -59,6 +61,8 @@ def load(
               `lfw_subset`, `digits`, `fashion_mnist_local`) or any TFDS
               dataset with `supervised_keys`;
             - a CSV/TSV file path (optionally .gz/.bz2/.zip compressed);
+            - a JSON Lines file (`.jsonl`, `.ndjson`): one JSON object per
+              line, read like a CSV's rows;
             - a `pandas.DataFrame`;
             - a folder with one subfolder of `.txt` or image files per class
               (classes are the sorted subfolder names);
@@ -70,7 +74,9 @@ def load(
         download: bool. Prepare a TFDS dataset that is not in `data_dir` yet
             (the offline datasets prepare without network). Defaults to True.
         labels: array. Labels for an array `source`.
-        text_column: str. Input column of a CSV/DataFrame. Defaults to `"text"`.
+        text_column: str. Input column of a CSV/JSONL/DataFrame: texts, or
+            image file paths (relative to the file's folder), which are then
+            read as images. Defaults to `"text"`.
         label_column: str. Label column of a CSV/DataFrame. Defaults to `"label"`.
         class_names: list of str. Declared classes in id order; a label outside
             them is an error. Defaults to the sorted distinct labels (or
@@ -89,6 +95,9 @@ def load(
         encoding: str. Encoding of text files and CSVs. Defaults to `"utf-8"`.
         on_error: str. `"raise"` (default) or `"skip"` bad records.
         name: str. Name stored on the result.
+        regression: bool. The label column is a numeric target: `y` becomes
+            float32 and `class_names` is `[]`; a non-numeric target is an
+            error naming its row. Not for folders. Defaults to False.
 
     Returns:
         A `LabeledData`, or for TFDS sources with `split=None` a dict
@@ -106,11 +115,17 @@ def load(
 
     if isinstance(source, LabeledData):
         return source
+    if regression and (class_names is not None or label_separator is not None):
+        raise ValueError(
+            "A regression target has no classes: pass neither class_names nor "
+            f"label_separator. Received: class_names={class_names!r}, "
+            f"label_separator={label_separator!r}"
+        )
     if isinstance(source, pd.DataFrame):
         return from_dataframe(
             source, text_column=text_column, label_column=label_column,
             class_names=class_names, label_separator=label_separator, on_error=on_error,
-            name=name or "dataframe",
+            name=name or "dataframe", regression=regression,
         )
     if isinstance(source, tuple):
         if len(source) != 2 or labels is not None:
@@ -133,22 +148,32 @@ def load(
         )
     path = os.path.expanduser(os.fspath(source))
     if os.path.isdir(path):
+        if regression:
+            raise ValueError(
+                f"{path} is a folder of class subfolders, which holds classes, not numeric "
+                "targets. For a regression, pass a CSV or JSONL file with a numeric "
+                "label column."
+            )
         return from_directory(
             path, class_names=class_names, image_size=image_size, channels=channels,
             encoding=encoding, on_error=on_error, name=name,
         )
     if os.path.isfile(path):
-        return from_csv(
+        reader = from_jsonl if path.lower().endswith(JSONL_EXTENSIONS) else from_csv
+        return reader(
             path, text_column=text_column, label_column=label_column,
             class_names=class_names, label_separator=label_separator, encoding=encoding,
-            on_error=on_error, name=name,
+            on_error=on_error, name=name, regression=regression, image_size=image_size,
+            channels=channels,
         )
-    if os.sep in path or path.lower().endswith(CSV_EXTENSIONS):
+    if os.sep in path or path.lower().endswith(CSV_EXTENSIONS + JSONL_EXTENSIONS):
         raise ValueError(
             f"The path {path!r} does not exist. Pass an existing CSV file or folder, or a "
             "TFDS dataset name."
         )
-    return from_tfds(path, split=split, data_dir=data_dir, download=download)
+    return from_tfds(
+        path, split=split, data_dir=data_dir, download=download, regression=regression
+    )
 
 
 def _report_skipped(name, skipped, first_problem):
@@ -249,8 +274,13 @@ def from_arrays(x, y, class_names=None, name=None):
 def from_dataframe(
     frame, text_column="text", label_column="label", class_names=None,
     label_separator=None, on_error="raise", name="dataframe", where=None,
+    regression=False,
 ):
-    """A `LabeledData` from a DataFrame's text and label columns."""
+    """A `LabeledData` from a DataFrame's text and label columns.
+
+    With `regression=True` the labels are float targets and `class_names` is
+    `[]`.
+    """
     where = where or f"DataFrame {name!r}"
     for role, column in (("text_column", text_column), ("label_column", label_column)):
         if column not in frame.columns:
@@ -273,7 +303,11 @@ def from_dataframe(
             bad_text.append(row)
             problem = problem or message
     values = frame[label_column].tolist()
-    if label_separator is not None:
+    if regression:
+        y, names, bad_labels, label_problem = _regression_targets(
+            values, where, label_column, on_error
+        )
+    elif label_separator is not None:
         y, names, bad_labels, label_problem = _multilabel(
             values, label_separator, class_names, where, on_error
         )
@@ -288,6 +322,32 @@ def from_dataframe(
     _report_skipped(name, len(bad), problem or label_problem)
     x = np.array([texts[i] for i in keep], dtype=object)
     return LabeledData(x, y[keep], names, name, skipped=len(bad))
+
+
+def _regression_targets(values, where, column, on_error):
+    """Returns (float32 targets, [], bad_rows, first_problem) for a numeric target column."""
+    y = np.full(len(values), np.nan, dtype=np.float32)
+    bad, problem = [], None
+    for row, value in enumerate(values):
+        number = None
+        if not _missing(value) and not isinstance(value, (bool, np.bool_)):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = None
+        if number is not None and np.isfinite(number):
+            y[row] = number
+            continue
+        what = "missing" if _missing(value) else f"not a finite number: {value!r}"
+        message = (
+            f"Target at row {row} of {where} (column {column!r}) is {what}; a regression "
+            "needs a number in every row"
+        )
+        if on_error == "raise":
+            raise ValueError(message + ".")
+        bad.append(row)
+        problem = problem or message
+    return y, [], bad, problem
 
 
 def _multilabel(values, separator, class_names, where, on_error):
@@ -319,8 +379,13 @@ def _multilabel(values, separator, class_names, where, on_error):
 def from_csv(
     path, text_column="text", label_column="label", class_names=None,
     label_separator=None, encoding="utf-8", on_error="raise", name=None,
+    regression=False, image_size=None, channels=None,
 ):
-    """A `LabeledData` from a CSV/TSV file (rows are counted from 0, header excluded)."""
+    """A `LabeledData` from a CSV/TSV file (rows are counted from 0, header excluded).
+
+    An input column of image file names (relative to the CSV's folder, or
+    absolute) is read as images.
+    """
     import pandas as pd
 
     lowered = path.lower()
@@ -337,10 +402,112 @@ def from_csv(
     except (pd.errors.ParserError, OSError, EOFError) as error:
         raise ValueError(f"Cannot read the CSV file {path}: {error}") from None
     name = name or os.path.basename(path).split(".")[0]
-    return from_dataframe(
+    data = from_dataframe(
         frame, text_column=text_column, label_column=label_column, class_names=class_names,
         label_separator=label_separator, on_error=on_error, name=name,
-        where=f"CSV file {path}",
+        where=f"CSV file {path}", regression=regression,
+    )
+    return _read_image_column(data, path, image_size, channels, on_error)
+
+
+def from_jsonl(
+    path, text_column="text", label_column="label", class_names=None,
+    label_separator=None, encoding="utf-8", on_error="raise", name=None,
+    regression=False, image_size=None, channels=None,
+):
+    """A `LabeledData` from a JSON Lines file: one JSON object per line.
+
+    Blank lines are ignored; a line that is not a JSON object is an error
+    naming its line number (skipped and counted with `on_error="skip"`).
+    Rows are counted from 0 over the objects read.
+    """
+    import bz2
+    import gzip
+    import json
+
+    import pandas as pd
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1].lower(), open)
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"The JSONL file {path} is not valid {encoding} ({error.reason} at byte "
+            f"{error.start}). Pass encoding=... (e.g. 'latin-1')."
+        ) from None
+    except (OSError, EOFError) as error:
+        raise ValueError(f"Cannot read the JSONL file {path}: {error}") from None
+    records, bad, problem = [], 0, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as error:
+            message = (
+                f"Line {number} of the JSONL file {path} is not a JSON object "
+                f"({str(error)[:120]})"
+            )
+            if on_error == "raise":
+                raise ValueError(message + ".") from None
+            bad += 1
+            problem = problem or message
+            continue
+        records.append(record)
+    if not records:
+        raise ValueError(
+            f"The JSONL file {path} is empty: it holds no JSON objects"
+            + (f" (first bad line: {problem})." if problem else ".")
+        )
+    name = name or os.path.basename(path).split(".")[0]
+    data = from_dataframe(
+        pd.DataFrame.from_records(records), text_column=text_column,
+        label_column=label_column, class_names=class_names, label_separator=label_separator,
+        on_error=on_error, name=name, where=f"JSONL file {path}", regression=regression,
+    )
+    _report_skipped(name, bad, problem)
+    data.skipped += bad
+    return _read_image_column(data, path, image_size, channels, on_error)
+
+
+def _read_image_column(data, path, image_size, channels, on_error):
+    """Reads `data.x` as images when every input names an image file, else returns `data`."""
+    if not all(str(x).lower().endswith(IMAGE_EXTENSIONS) for x in data.x):
+        return data
+    folder = os.path.dirname(os.path.abspath(path))
+    reader = _image_reader(image_size, channels)
+    images, keep, problem = [], [], None
+    for row, name in enumerate(data.x):
+        file = os.path.join(folder, os.path.expanduser(str(name)))
+        try:
+            if not os.path.isfile(file):
+                raise ValueError(
+                    f"The image file {file} (row {row} of {path}) does not exist. Remove "
+                    "the row or pass on_error='skip'."
+                )
+            images.append(reader(file, None))
+            keep.append(row)
+        except ValueError as error:
+            if on_error == "raise":
+                raise
+            problem = problem or str(error)
+    if not images:
+        raise ValueError(f"Every image named in {path} is bad; first: {problem}")
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"The images named in {path} differ in size ({sorted(shapes)[:3]}). Pass "
+            "image_size=(height, width)."
+        )
+    _report_skipped(data.name, len(data.x) - len(keep), problem)
+    kept = data.take(keep)
+    return LabeledData(
+        np.stack(images), kept.y, kept.class_names, data.name,
+        skipped=data.skipped + len(data.x) - len(keep),
     )
 
 
@@ -461,8 +628,11 @@ def _image_reader(image_size, channels):
     return read
 
 
-def from_tfds(name, split=None, data_dir=None, download=True):
-    """Reads a TFDS dataset's split(s) into `LabeledData` via its `supervised_keys`."""
+def from_tfds(name, split=None, data_dir=None, download=True, regression=False):
+    """Reads a TFDS dataset's split(s) into `LabeledData` via its `supervised_keys`.
+
+    With `regression=True` the labels are kept as float32 targets.
+    """
     import tensorflow_datasets as tfds
 
     from tfft.data.tfds_builders import BUILDERS, OFFLINE_DATASETS
@@ -471,7 +641,8 @@ def from_tfds(name, split=None, data_dir=None, download=True):
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(
-            f"{name!r} is not an existing file or folder, nor a TFDS dataset. Offline "
+            f"Unknown dataset: {name!r} is not an existing file or folder, nor a TFDS "
+            "dataset. Offline "
             f"datasets: {OFFLINE_DATASETS}; other TFDS names download when the network is "
             "reachable."
         ) from None
@@ -511,11 +682,11 @@ def from_tfds(name, split=None, data_dir=None, download=True):
     label_feature = info.features[label_key]
     names = list(getattr(label_feature, "names", None) or [])
     if split is None:
-        return {s: _read_split(builder, s, names, name) for s in info.splits}
-    return _read_split(builder, split, names, name)
+        return {s: _read_split(builder, s, names, name, regression) for s in info.splits}
+    return _read_split(builder, split, names, name, regression)
 
 
-def _read_split(builder, split, class_names, name):
+def _read_split(builder, split, class_names, name, regression=False):
     import tensorflow_datasets as tfds
 
     dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
@@ -528,6 +699,8 @@ def _read_split(builder, split, class_names, name):
     x = np.concatenate(xs)
     if x.dtype.kind == "S" or x.dtype == object:
         x = np.array([v.decode("utf-8") for v in x], dtype=object)
+    if regression:
+        return LabeledData(x, np.concatenate(ys).astype(np.float32), [], name)
     y = np.concatenate(ys).astype(np.int64)
     if not class_names:
         class_names = [str(i) for i in range(int(y.max()) + 1)]
