@@ -17,7 +17,7 @@ Outputs by task:
   `[None]`, `class_names` string `[None]`;
 - `binary`: the same with `C = 2` (`[1 - p, p]`);
 - `multilabel`: `probabilities` float32 `[None, C]`, `predictions` int32
-  multi-hot `[None, C]` (p >= 0.5);
+  multi-hot `[None, C]` (p >= `threshold`, 0.5 unless given);
 - `regression`: `value` float32 `[None, outputs]`.
 
 Signature inputs are typed: calling `serving_default` with numbers instead of
@@ -169,7 +169,8 @@ def _ensure_built(preprocessor, modality):
         preprocessor(tf.zeros((1, 8, 8, 3), tf.uint8))
 
 
-def _serving_fns(model, preprocessor, modality, task, class_names, image_size=None):
+def _serving_fns(model, preprocessor, modality, task, class_names, image_size=None,
+                 threshold=MULTILABEL_THRESHOLD):
     """Returns `{signature_name: (fn, input_signature)}`."""
     names = tf.constant(list(class_names or []), dtype=tf.string)
 
@@ -178,7 +179,7 @@ def _serving_fns(model, preprocessor, modality, task, class_names, image_size=No
         if task == "regression":
             return {"value": scores}
         if task == "multilabel":
-            predictions = tf.cast(scores >= MULTILABEL_THRESHOLD, tf.int32)
+            predictions = tf.cast(scores >= threshold, tf.int32)
             return {"probabilities": scores, "predictions": predictions}
         if task == "binary":
             scores = tf.concat([1.0 - scores, scores], axis=-1)
@@ -275,7 +276,7 @@ def export_saved_model(model: keras.Model, directory: str,
                        overwrite: bool = False, metadata: dict | None = None,
                        sample_inputs: Any = None, verify: bool = True,
                        image_size: tuple[int, int] = (224, 224), evaluation: Any = None,
-                       atol: float = 1e-5) -> str:
+                       atol: float = 1e-5, threshold: float = MULTILABEL_THRESHOLD) -> str:
     """Exports `model` with its preprocessing as a versioned SavedModel.
 
     Args:
@@ -311,6 +312,9 @@ def export_saved_model(model: keras.Model, directory: str,
         evaluation: dict or report with `to_dict()`. Stored in the metadata
             under `"evaluation"`.
         atol: float. Largest allowed difference in the verification.
+        threshold: float. Multilabel decision threshold: `predictions` marks
+            the labels whose probability is at least this. Recorded in the
+            metadata. Defaults to 0.5.
 
     Returns:
         The version directory written.
@@ -328,6 +332,9 @@ def export_saved_model(model: keras.Model, directory: str,
         info = getattr(model, "backbone_info", None)
         modality = info.modality if info is not None else "text"
     class_names = _check_arguments(model, task, modality, class_names)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            0.0 < threshold < 1.0):
+        raise ValueError(f"threshold must be a number in (0, 1). Received: {threshold!r}")
     if version is not None and (
         not isinstance(version, int) or isinstance(version, bool) or version < 1
     ):
@@ -353,7 +360,8 @@ def export_saved_model(model: keras.Model, directory: str,
     if evaluation is not None and hasattr(evaluation, "to_dict"):
         evaluation = evaluation.to_dict()
     with private_staging(target) as staging:
-        fns = _serving_fns(model, preprocessor, modality, task, class_names, image_size)
+        fns = _serving_fns(model, preprocessor, modality, task, class_names, image_size,
+                           float(threshold))
         archive = keras.export.ExportArchive()
         archive.track(model)
         if isinstance(preprocessor, keras.layers.Layer):
@@ -370,6 +378,7 @@ def export_saved_model(model: keras.Model, directory: str,
             "class_names": list(class_names or []),
             "task": task,
             "modality": modality,
+            **({"threshold": float(threshold)} if task == "multilabel" else {}),
             "signature": {"name": "serving_default", "input": TEXT_INPUT,
                           "outputs": output_names(task, class_names)},
             "signatures": signatures,

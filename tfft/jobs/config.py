@@ -16,6 +16,14 @@ from tfft.data import TEXT_DATASETS
 from tfft.distribute import STRATEGY_NAMES
 
 METHODS = ("fine_tune", "prompt", "soft_prompt")
+# What the job trains: the head's task, and so its loss, metrics and export signature.
+DATA_TASKS = ("multiclass", "binary", "multilabel", "regression")
+ON_ERROR = ("raise", "skip")
+DEFAULT_DATASET = "bbc_news"
+# `backbone="auto"` follows the data's modality.
+DEFAULT_BACKBONES = {"text": "keras_hub:all_minilm_l6_v2", "image": "offline:efficientnet_lite0"}
+# `export_dir="auto"`: saved_models/<data name>_<backbone name>.
+AUTO = "auto"
 # Old setting name -> new one. The old names keep working, with a DeprecationWarning.
 DEPRECATED_SETTINGS = {"strategy": "method"}
 
@@ -29,8 +37,36 @@ class JobConfig:
     """Settings of the main job (also the CLI's flags and config files' keys).
 
     Args:
-        backbone: str. Backbone spec. Defaults to the offline all-MiniLM-L6-v2.
-        dataset: str. A dataset in `tfft.data.TEXT_DATASETS`.
+        backbone: str. Backbone spec, or `"auto"` (the default): the offline
+            all-MiniLM-L6-v2 for texts, the offline EfficientNet-Lite0 for
+            images (`offline:efficientnet_lite0`).
+        dataset: str. A bundled dataset in `tfft.data.TEXT_DATASETS`; None
+            (the default) means `"bbc_news"` unless `data` is given.
+        data: str. The user's data: a CSV/TSV/JSONL file, a folder with one
+            subfolder per class (texts or images), or a TFDS name. Replaces
+            `dataset`. Without `val_data`/`test_data` (or a TFDS source's
+            own splits) it is split like `dataset` (`val_fraction`,
+            `test_fraction`; stratified for classes).
+        val_data: str. A validation file or folder of the same form.
+        test_data: str. A test file or folder of the same form.
+        text_column: str. The input column of a file (texts, or image paths).
+        label_column: str. The label (or target) column of a file.
+        task: str. `"multiclass"`, `"binary"`, `"multilabel"` (a file whose
+            label cells list labels split by `label_separator`) or
+            `"regression"` (numeric targets; reports MAE, RMSE and R^2).
+        label_separator: str. Separator of the labels in a multilabel cell
+            (None: `"|"`).
+        class_names: list of str. The classes in id order; a label outside
+            them is an error. Defaults to the labels found.
+        on_error: str. `"raise"` (default): a bad record (an unreadable image,
+            a missing label) stops the job naming it; `"skip"`: bad records
+            are counted, reported and left out.
+        image_size: list of two ints `[height, width]`. Resize images to
+            this size when loading (needed when they differ in size).
+        encoding: str. Text encoding of the data files. Defaults to utf-8.
+        threshold: float. Decision threshold of a multilabel job: a label
+            is predicted when its probability is at least this (report and
+            export alike). Defaults to 0.5.
         sequence_length: int. Tokens per example.
         batch_size: int. Examples per batch (per replica).
         head_epochs: int. Epochs of head training on the frozen backbone.
@@ -46,7 +82,8 @@ class JobConfig:
         max_examples: int. Use a stratified subset of this many examples
             (None: all).
         export_dir: str. Model directory; the version goes below it (None
-            skips the export).
+            skips the export; `"auto"`, the default:
+            `saved_models/<data name>_<backbone name>`).
         run_dir: str. Where the report, logs and checkpoints go. Defaults to
             `runs/<date>-<time>-<microseconds>`, created exclusively (unique).
         feature_cache: bool. Train the head on cached backbone features.
@@ -73,8 +110,20 @@ class JobConfig:
     30
     """
 
-    backbone: str = "keras_hub:all_minilm_l6_v2"
-    dataset: str = "bbc_news"
+    backbone: str = AUTO
+    dataset: str | None = None
+    data: str | None = None
+    val_data: str | None = None
+    test_data: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    task: str = "multiclass"
+    label_separator: str | None = None
+    class_names: list[str] | None = None
+    on_error: str = "raise"
+    image_size: list[int] | None = None
+    encoding: str = "utf-8"
+    threshold: float = 0.5
     sequence_length: int = 128
     batch_size: int = 32
     head_epochs: int = 30
@@ -86,7 +135,7 @@ class JobConfig:
     test_fraction: float = 0.15
     seed: int = 0
     max_examples: int | None = None
-    export_dir: str | None = "saved_models/bbc_news_minilm"
+    export_dir: str | None = AUTO
     run_dir: str | None = None
     feature_cache: bool = True
     method: str = "fine_tune"
@@ -109,15 +158,17 @@ class JobConfig:
                 "val_fraction + test_fraction must leave examples for training. Received: "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
-        if self.dataset not in TEXT_DATASETS:
+        if self.dataset is not None and self.dataset not in TEXT_DATASETS:
             raise ConfigError(
-                f"dataset: unknown dataset. Expected one of {sorted(TEXT_DATASETS)}. "
-                f"Received: {self.dataset!r}"
+                f"dataset: unknown dataset. Expected one of {sorted(TEXT_DATASETS)}, or "
+                f"data: <your file, folder or TFDS name>. Received: {self.dataset!r}"
             )
-        try:
-            parse_spec(self.backbone)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"backbone: {error}") from None
+        self._check_data()
+        if self.backbone != AUTO:
+            try:
+                parse_spec(self.backbone)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"backbone: {error}") from None
         if self.method not in METHODS:
             raise ConfigError(
                 f"method: unknown adaptation method. Expected one of {list(METHODS)}. "
@@ -133,6 +184,73 @@ class JobConfig:
                 "prompt_template: must contain the {label} slot. Received: "
                 f"{self.prompt_template!r}"
             )
+
+    def _check_data(self):
+        """The data settings agree with each other (each one's type is checked already)."""
+        if self.data is not None and self.dataset is not None:
+            raise ConfigError(
+                f"dataset and data are two ways to name the data: give one. Received: "
+                f"dataset={self.dataset!r}, data={self.data!r}"
+            )
+        for name in ("val_data", "test_data"):
+            if getattr(self, name) is not None and self.data is None:
+                raise ConfigError(
+                    f"{name}: needs data (the training data) too. Received: "
+                    f"{name}={getattr(self, name)!r}, data=None"
+                )
+        if self.task not in DATA_TASKS:
+            raise ConfigError(
+                f"task: unknown task. Expected one of {list(DATA_TASKS)}. Received: "
+                f"{self.task!r}"
+            )
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(
+                f"on_error: expected one of {list(ON_ERROR)}. Received: {self.on_error!r}"
+            )
+        if self.label_separator is not None and self.task != "multilabel":
+            raise ConfigError(
+                f"label_separator: only a multilabel task reads several labels per cell. "
+                f"Received: label_separator={self.label_separator!r}, task={self.task!r}"
+            )
+        if self.task != "multiclass" and self.data is None:
+            raise ConfigError(
+                f"task: the bundled datasets are multiclass; task={self.task!r} needs "
+                "data: <your file or folder>."
+            )
+        if self.task != "multiclass" and self.method != "fine_tune":
+            raise ConfigError(
+                f"method: {self.method!r} makes multiclass classifiers only. Received: "
+                f"task={self.task!r}"
+            )
+        names = self.class_names
+        if names is not None:
+            if not isinstance(names, (list, tuple)) or not all(
+                    isinstance(n, str) and n.strip() for n in names):
+                raise ConfigError(
+                    f"class_names: expected a list of non-empty strings. Received: {names!r}"
+                )
+            object.__setattr__(self, "class_names", list(names))
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ConfigError(f"class_names: {repeated} given twice. Received: {names!r}")
+            if self.task == "regression":
+                raise ConfigError("class_names: a regression has targets, not classes. "
+                                  f"Received: {names!r}")
+            wanted = 2 if self.task == "binary" else None
+            if len(names) < 2 or (wanted and len(names) != wanted):
+                raise ConfigError(
+                    f"class_names: a {self.task} task needs "
+                    f"{'exactly 2' if wanted else 'at least 2'} classes. Received: {names!r}"
+                )
+        size = self.image_size
+        if size is not None:
+            if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+                raise ConfigError(
+                    f"image_size: expected [height, width], two positive integers. "
+                    f"Received: {size!r}"
+                )
+            object.__setattr__(self, "image_size", list(size))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -279,7 +397,17 @@ def load_config_file(path: str) -> dict[str, Any]:
 # name -> (kind, lowest allowed value)
 _FIELD_RULES = {
     "backbone": ("str", None),
-    "dataset": ("str", None),
+    "dataset": ("optional_str", None),
+    "data": ("optional_str", None),
+    "val_data": ("optional_str", None),
+    "test_data": ("optional_str", None),
+    "text_column": ("str", None),
+    "label_column": ("str", None),
+    "task": ("str", None),
+    "label_separator": ("optional_str_raw", None),
+    "on_error": ("str", None),
+    "encoding": ("str", None),
+    "threshold": ("fraction", None),
     "sequence_length": ("int", 1),
     "batch_size": ("int", 1),
     "head_epochs": ("int", 1),
@@ -324,6 +452,10 @@ def _check_field(name, value, kind, low):
         not isinstance(value, str) or not value.strip()
     ):
         raise ConfigError(f"{name}: expected a non-empty string or null. Received: {value!r}")
+    if kind == "optional_str_raw" and value is not None and (
+        not isinstance(value, str) or not value
+    ):
+        raise ConfigError(f"{name}: expected a non-empty string or null. Received: {value!r}")
     if kind == "bool" and not isinstance(value, bool):
         raise ConfigError(f"{name}: expected true or false. Received: {value!r}")
 
@@ -349,6 +481,6 @@ def check_writable(path, what):
 
 
 __all__ = [
-    "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "load_config_file",
-    "renamed_settings",
+    "DATA_TASKS", "DEFAULT_BACKBONES", "DEPRECATED_SETTINGS", "METHODS", "ConfigError",
+    "JobConfig", "load_config_file", "renamed_settings",
 ]

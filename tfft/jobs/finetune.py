@@ -1,10 +1,13 @@
-"""The main job: fine-tune a pretrained text backbone the way the Keras recipe reads.
+"""The main job: fine-tune a pretrained backbone the way the Keras recipe reads.
 
-A thin composition of the library's parts: config -> data (stratified split)
--> `tfft.build_model` -> head stage on cached backbone features
-(`tfft.fit_cached`) -> unfreeze stage (`tfft.fine_tune` with the top blocks
-open) -> evaluation on the test split after each stage -> a SavedModel that
-takes raw strings. `tfft finetune` on the command line runs the same job.
+A thin composition of the library's parts: config -> data (the user's file,
+folder or TFDS name, or a bundled dataset; given splits, else a stratified
+split) -> `tfft.build_model` for the task (multiclass, binary, multilabel,
+regression) -> head stage on cached backbone features (`tfft.fit_cached`) ->
+unfreeze stage (`tfft.fine_tune` with the top blocks open; for images the
+BatchNorm layers stay frozen, in inference mode) -> evaluation on the test
+split after each stage -> a SavedModel that takes raw strings or encoded
+images. `tfft finetune` on the command line runs the same job.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.adapt.freeze import TopK, trainable_summary
+from tfft.adapt.freeze import TopK, find_backbone_layer, register_policy, trainable_summary
 from tfft.backbones import load_backbone
-from tfft.data import TEXT_DATASETS, stratified_split
+from tfft.data import TEXT_DATASETS, LabeledData, load, stratified_split
 from tfft.distribute import (
     chief_writes,
     distribute_dataset,
@@ -35,8 +38,11 @@ from tfft.distribute import (
     worker_dir,
 )
 from tfft.evaluation import plot_training_curves, report_from_predictions
-from tfft.export import export_saved_model
+from tfft.export import encode_image, export_saved_model
 from tfft.jobs.config import (
+    AUTO,
+    DEFAULT_BACKBONES,
+    DEFAULT_DATASET,
     DEPRECATED_SETTINGS,
     METHODS,
     ConfigError,
@@ -55,8 +61,30 @@ from tfft.training.callbacks import EpochSeeding, TrainingDivergedError, default
 from tfft.training.feature_cache import fit_cached
 from tfft.training.recipes import completed_epochs, epoch_datasets, fine_tune
 from tfft.utils.files import write_json_atomic
+from tfft.utils.walk import walk_layers
 
 logger = logging.getLogger(__name__)
+
+CLASSIFICATION = ("multiclass", "binary")
+EXPORT_SAMPLES = 8
+
+
+@register_policy("top_k_frozen_batch_norm")
+@dataclasses.dataclass(frozen=True)
+class TopKFrozenBatchNorm(TopK):
+    """`top_k`, with every BatchNormalization layer of the backbone kept frozen.
+
+    Keras' transfer-learning recipe: a frozen BatchNorm layer runs in
+    inference mode, so fine-tuning the top blocks on small batches of new
+    images neither overwrites the pretrained moving statistics nor
+    normalises with noisy batch statistics. The job's image stage uses it.
+    """
+
+    def apply(self, model):
+        super().apply(model)
+        for layer in walk_layers(find_backbone_layer(model).backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 class NumericalError(RuntimeError):
@@ -132,9 +160,20 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
         **overrides: settings that replace those in `config` (`strategy` is
             a deprecated alias of `method`).
 
+    The data is `config.data` (a file, folder or TFDS name, see
+    `JobConfig`) or a bundled `config.dataset`, for `config.task`; the
+    backbone (`"auto"`: MiniLM for texts, EfficientNet-Lite0 for images)
+    must take the data's modality. Bad data (a missing column, one class
+    only, an empty file, a label outside `class_names`, an unreadable image)
+    raises a ValueError naming it before anything is written.
+
     Returns:
         The report dict (also written to `run_dir/report.json`): per-stage
-        test accuracy and macro F1, histories, the final `"test"` metrics,
+        test metrics, histories, the final `"test"` metrics (`accuracy` and
+        `macro_f1` for classification, plus `micro_f1`, `hamming_loss`,
+        `threshold` and `per_label_f1` for multilabel; `mae`, `rmse`, `r2`
+        and `mse` for regression), `"data"` (name, task, modality, classes,
+        split sizes, skipped records),
         `"export_path"` and `"replicas"` (the strategy's replicas in sync),
         plus the trained `"model"` and its raw-input
         `"preprocessor"` (not in the JSON file).
@@ -146,27 +185,44 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     """
     config = _as_config(config, overrides)
     check_writable(config.run_dir or "runs", "run directory")
-    if config.export_dir:
-        check_writable(config.export_dir, "export directory")
-        if os.path.exists(config.export_dir) and not os.path.isdir(config.export_dir):
-            raise ConfigError(f"export_dir: {config.export_dir!r} is a file, not a directory.")
+    if config.export_dir and config.export_dir != AUTO:
+        _check_export_dir(config.export_dir)
     # Before any other TensorFlow work: TPU and multi-worker set-up must come first.
     strategy = get_strategy(config.distribution, tpu=config.tpu)
     chief = is_chief(strategy)
     started = time.time()
     keras.utils.set_random_seed(config.seed)
     data, train, val, test = _split(config)
-    print(
-        f"tfft finetune: {config.dataset} ({len(data.class_names)} classes: "
-        f"{', '.join(data.class_names)}), split train/val/test = "
-        f"{len(train)}/{len(val)}/{len(test)} (seed {config.seed})"
-    )
+    modality = train.modality
+    if config.method != "fine_tune" and modality != "text":
+        raise ConfigError(
+            f"method: {config.method!r} needs texts (label prompts); the data holds "
+            f"{modality}s. Use method fine_tune."
+        )
+    print(f"tfft finetune: {data.name} ({config.task}, {modality}s; {_describe_labels(data)}),"
+          f" split train/val/test = {len(train)}/{len(val)}/{len(test)} (seed {config.seed})")
+    if data.skipped:
+        print(f"tfft finetune: skipped {data.skipped} bad record(s) (on_error: skip)")
 
+    backbone_spec = (DEFAULT_BACKBONES[modality] if config.backbone == AUTO
+                     else config.backbone)
+    options = {"sequence_length": config.sequence_length} if modality == "text" else {}
     with strategy.scope():
-        backbone = load_backbone(config.backbone, sequence_length=config.sequence_length)
-    task = build_model(backbone, task="multiclass", num_classes=len(data.class_names),
+        backbone = load_backbone(backbone_spec, **options)
+    if backbone.info.modality != modality:
+        raise ConfigError(
+            f"backbone: {backbone_spec!r} takes {backbone.info.modality}s but the data "
+            f"holds {modality}s. Use an {modality} backbone (e.g. "
+            f"{DEFAULT_BACKBONES[modality]}) or backbone: auto."
+        )
+    class_names = _task_class_names(config.task, data)
+    task = build_model(backbone, task=config.task, num_classes=max(len(class_names or []), 1),
                        freeze="feature_extraction", compile=False, strategy=strategy,
-                       class_names=list(data.class_names))
+                       class_names=class_names)
+    export_dir = config.export_dir
+    if export_dir == AUTO:
+        export_dir = os.path.join("saved_models", _slug(f"{data.name}_{backbone.name}"))
+        _check_export_dir(export_dir)
     batch_size = global_batch_size(config.batch_size, strategy)
     if strategy.num_replicas_in_sync > 1:
         print(f"Batch: {config.batch_size} per replica x {strategy.num_replicas_in_sync} "
@@ -181,7 +237,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     state = RunState(work_dir, config)
     run = _Run(config=config, task=task, backbone=backbone, data=data, train=train, val=val,
                test=test, run_dir=work_dir, verbose=verbose, strategy=strategy,
-               batch_size=batch_size)
+               batch_size=batch_size, modality=modality)
 
     os.makedirs(work_dir, exist_ok=True)
     write_json_atomic(os.path.join(work_dir, "config.json"), config.to_dict())
@@ -204,28 +260,37 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
                                           rerun="fine_tune" in unfinished))
     report = run.final_report(model)
 
+    data_info = {
+        "name": data.name, "source": config.data or (config.dataset or DEFAULT_DATASET),
+        "task": config.task, "modality": modality, "class_names": class_names,
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+        "splits_given": data.splits_given, "skipped": int(data.skipped),
+    }
     export_path = None
-    if config.export_dir and chief:
-        sample = np.asarray(test.x[:8]).astype(str)
+    if export_dir and chief:
         export_path = export_saved_model(
-            model, config.export_dir, preprocessor=backbone.preprocessor,
-            class_names=data.class_names, task="multiclass", sample_inputs=sample,
+            model, export_dir, preprocessor=backbone.preprocessor,
+            class_names=class_names, task=config.task, modality=modality,
+            sample_inputs=_export_samples(test.x, modality), threshold=config.threshold,
             metadata={
-                "backbone_spec": config.backbone, "dataset": config.dataset,
+                "backbone_spec": backbone_spec, "dataset": data.name, "data": data_info,
                 "split": {"seed": config.seed, "val_fraction": config.val_fraction,
                           "test_fraction": config.test_fraction,
                           "max_examples": config.max_examples},
-                "sequence_length": config.sequence_length,
+                "sequence_length": config.sequence_length if modality == "text" else None,
                 "evaluation": report.to_dict(),
             },
         )
-        print(f"Exported SavedModel (raw strings in) to {export_path}")
+        kind = "raw strings" if modality == "text" else "JPEG/PNG bytes"
+        print(f"Exported SavedModel ({kind} in) to {export_path}")
 
     result = {
         "config": config.to_dict(),
         "run_dir": os.path.abspath(run_dir),
+        "backbone_spec": backbone_spec,
+        "data": data_info,
         "stages": stages,
-        "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+        "test": summarize_test_report(report, config.threshold),
         "test_report": report.to_dict(),
         "export_path": export_path,
         "replicas": int(strategy.num_replicas_in_sync),
@@ -265,21 +330,250 @@ def _as_config(config, overrides):
     return config
 
 
-def _split(config):
-    """The dataset (optionally a stratified subset) and its train/val/test split."""
-    data = TEXT_DATASETS[config.dataset]()
-    if config.max_examples and config.max_examples < len(data):
-        keep, _, _ = stratified_split(
-            data.y, val_fraction=0.0, test_fraction=1.0 - config.max_examples / len(data),
-            seed=config.seed,
+@dataclasses.dataclass
+class _Data:
+    """What the job knows about its data as a whole (the splits hold the examples)."""
+
+    name: str
+    task: str
+    class_names: list
+    y: np.ndarray
+    skipped: int = 0
+    splits_given: list = dataclasses.field(default_factory=list)
+
+
+def _load_parts(config):
+    """`{"all": data}`, or the given splits `{"train": ..., "val": ..., "test": ...}`."""
+    if config.data is None:
+        return {"all": TEXT_DATASETS[config.dataset or DEFAULT_DATASET]()}
+    first = _read(config.data, config, config.class_names)
+    parts = {"all": first} if isinstance(first, LabeledData) else _tfds_parts(first)
+    for key, source in (("val", config.val_data), ("test", config.test_data)):
+        if source is not None:
+            if "all" in parts:
+                parts = {"train": parts.pop("all")}
+            # The training data's classes, so that the ids agree across the files.
+            names = config.class_names or parts["train"].class_names or None
+            parts[key] = _read(source, config, names)
+    return parts
+
+
+def _read(source, config, class_names):
+    separator = (config.label_separator or "|") if config.task == "multilabel" else None
+    return load(source, text_column=config.text_column, label_column=config.label_column,
+                class_names=class_names, label_separator=separator,
+                on_error=config.on_error, encoding=config.encoding,
+                image_size=None if config.image_size is None else tuple(config.image_size))
+
+
+def _tfds_parts(splits):
+    """A TFDS source's own splits under the job's names."""
+    names = {"train": "train", "validation": "val", "valid": "val", "val": "val",
+             "test": "test"}
+    parts = {names[k]: v for k, v in splits.items() if k in names}
+    if "train" not in parts:
+        raise ValueError(f"The TFDS source has no 'train' split. Its splits: {sorted(splits)}")
+    return parts
+
+
+def _split_indices(y, task, val_fraction, test_fraction, seed):
+    """Stratified for classes; a seeded random split for multilabel and regression."""
+    if task in CLASSIFICATION:
+        return stratified_split(y, val_fraction, test_fraction, seed=seed)
+    n = len(y)
+    n_val = math.ceil(n * val_fraction) if val_fraction else 0
+    n_test = math.ceil(n * test_fraction) if test_fraction else 0
+    if n - n_val - n_test < 1:
+        raise ValueError(
+            f"Cannot split {n} examples into train/val/test with val_fraction="
+            f"{val_fraction}, test_fraction={test_fraction}: no training example is left."
         )
-        data = data.take(keep)
-    train_idx, val_idx, test_idx = stratified_split(
-        data.y, config.val_fraction, config.test_fraction, seed=config.seed
-    )
-    train, val, test = data.take(train_idx), data.take(val_idx), data.take(test_idx)
-    check_labels(train.y, "multiclass", len(data.class_names))
-    return data, train, val, test
+    order = np.random.default_rng(seed).permutation(n)
+    return (np.sort(order[n_val + n_test:]), np.sort(order[:n_val]),
+            np.sort(order[n_val:n_val + n_test]))
+
+
+def _subset(data, config):
+    """`max_examples` of `data` (stratified for classes), or all of it."""
+    if not config.max_examples or config.max_examples >= len(data):
+        return data
+    keep, _, _ = _split_indices(data.y, config.task, 0.0,
+                                1.0 - config.max_examples / len(data), config.seed)
+    return data.take(keep)
+
+
+def _split(config):
+    """The data's summary and its train/val/test parts, checked against the task."""
+    parts = _load_parts(config)
+    for part in parts.values():
+        _check_labels(part, config)
+    if "all" in parts:
+        whole = parts["all"]
+        _check_classes(whole, config)
+        data = _subset(whole, config)
+        train_idx, val_idx, test_idx = _split_indices(
+            data.y, config.task, config.val_fraction, config.test_fraction, config.seed)
+        train, val, test = data.take(train_idx), data.take(val_idx), data.take(test_idx)
+        given = []
+    else:
+        given = sorted(parts)
+        train = _subset(parts["train"], config)
+        _check_classes(train, config)
+        val, test = parts.get("val"), parts.get("test")
+        if val is None or test is None:
+            # Carve what is missing out of the training data.
+            train_idx, val_idx, test_idx = _split_indices(
+                train.y, config.task, 0.0 if val is not None else config.val_fraction,
+                0.0 if test is not None else config.test_fraction, config.seed)
+            val = train.take(val_idx) if val is None else val
+            test = train.take(test_idx) if test is None else test
+            train = train.take(train_idx)
+        for name, part in (("val", val), ("test", test)):
+            if list(part.class_names) != list(train.class_names):
+                raise ValueError(
+                    f"The {name} data's classes {list(part.class_names)} differ from the "
+                    f"training data's {list(train.class_names)}: pass class_names to fix "
+                    "their order."
+                )
+            if part.modality != train.modality:
+                raise ValueError(
+                    f"The {name} data holds {part.modality}s but the training data "
+                    f"{train.modality}s."
+                )
+    names = list(train.class_names)
+    check_labels(train.y, config.task, max(len(names), 1))
+    skipped = sum(int(part.skipped) for part in parts.values())
+    name = config.dataset or train.name or DEFAULT_DATASET
+    if config.data is not None:
+        name = _data_name(config.data, train.name)
+    y_all = np.concatenate([train.y, val.y, test.y])
+    return _Data(name, config.task, names, y_all, skipped, given), train, val, test
+
+
+def _check_labels(data, config):
+    """The labels fit the task: the message says what was found and which task fits it."""
+    y = np.asarray(data.y)
+    task = config.task
+    if task == "regression":
+        if y.ndim != 1 or y.dtype.kind not in "iuf":
+            raise ValueError(
+                f"task regression needs one numeric target per example; the data "
+                f"{data.name!r} has labels of shape {y.shape} and dtype {y.dtype}."
+            )
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"The regression targets of {data.name!r} hold NaN or infinity.")
+        return
+    if task == "multilabel":
+        if y.ndim != 2:
+            raise ValueError(
+                f"task multilabel needs several labels per example (label_separator); "
+                f"the data {data.name!r} has one label per example: use task multiclass."
+            )
+        return
+    if y.ndim != 1 or (y.dtype.kind == "f" and not data.class_names):
+        raise ValueError(
+            f"task {task} needs one class label per example; the data {data.name!r} has "
+            f"{'several labels per example (use task multilabel)' if y.ndim == 2 else 'numeric targets (use task regression)'}."  # noqa: E501
+        )
+
+
+def _check_classes(data, config):
+    """Enough classes (or label values, or distinct targets) to learn from."""
+    y = np.asarray(data.y)
+    where = config.data or data.name
+    if config.task == "regression":
+        if len(np.unique(y)) < 2:
+            raise ValueError(
+                f"Every regression target in {where} is {y[0]!r}: there is nothing to learn."
+            )
+        return
+    if config.task == "multilabel":
+        if len(data.class_names) < 2:
+            raise ValueError(
+                f"{where} holds one label only ({data.class_names}): a multilabel job needs "
+                "at least two."
+            )
+        return
+    found = sorted({data.class_names[i] for i in np.unique(y)})
+    if len(found) < 2:
+        raise ValueError(
+            f"{where} holds one class only ({found[0]!r}): a classifier needs examples of "
+            "at least two classes."
+        )
+    if config.task == "binary" and len(data.class_names) != 2:
+        raise ValueError(
+            f"task binary needs exactly 2 classes; {where} has {len(data.class_names)}: "
+            f"{list(data.class_names)[:10]}. Use task multiclass."
+        )
+
+
+def _data_name(source, fallback):
+    base = os.path.basename(os.path.normpath(source)) or fallback
+    for ext in (".gz", ".bz2", ".zip", ".csv", ".tsv", ".jsonl", ".json"):
+        base = base.removesuffix(ext)
+    return base or fallback or "data"
+
+
+def _slug(text):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _check_export_dir(path):
+    check_writable(path, "export directory")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"export_dir: {path!r} is a file, not a directory.")
+
+
+def _task_class_names(task, data):
+    """The names the head, report and export use: none for a regression."""
+    return None if task == "regression" else list(data.class_names)
+
+
+def _describe_labels(data):
+    if data.task == "regression":
+        return f"targets {float(np.min(data.y)):g} to {float(np.max(data.y)):g}"
+    shown = ", ".join(data.class_names[:10]) + (" ..." if len(data.class_names) > 10 else "")
+    word = "labels" if data.task == "multilabel" else "classes"
+    return f"{len(data.class_names)} {word}: {shown}"
+
+
+def _raw_inputs(x, modality):
+    """Texts as str arrays; images as uint8 RGB arrays (grey images get three channels)."""
+    if modality == "text":
+        return np.asarray(x).astype(str)
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x
+
+
+def _export_samples(x, modality):
+    """A few test inputs as the served signature takes them, for the export's check."""
+    x = _raw_inputs(x[:EXPORT_SAMPLES], modality)
+    if modality == "text":
+        return x
+    return np.array([encode_image(image) for image in x.astype(np.uint8)], dtype=object)
+
+
+def summarize_test_report(report: Any, threshold: float = 0.5) -> dict[str, Any]:
+    """The headline test metrics of a report, by task (the `"test"` of report.json).
+
+    Classification keeps `accuracy` and `macro_f1` (stable keys); multilabel
+    adds `micro_f1`, `hamming_loss`, the decision `threshold` and
+    `per_label_f1`; regression gives `mae`, `rmse`, `r2` and `mse`.
+    """
+    m = report.metrics
+    if report.task == "regression":
+        return {key: m[key] for key in ("mae", "rmse", "r2", "mse")}
+    summary = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+    if report.task == "multilabel":
+        summary.update(
+            micro_f1=m["micro_f1"], hamming_loss=m["hamming_loss"], threshold=threshold,
+            per_label_f1={name: row["f1"] for name, row in m["per_class"].items()},
+        )
+    return summary
 
 
 @dataclasses.dataclass
@@ -297,18 +591,21 @@ class _Run:
     verbose: Any
     strategy: tf.distribute.Strategy
     batch_size: int
+    modality: str = "text"
     last_report: Any = None
 
     def batches(self, x, y=None, batch_size=None):
-        """Preprocessed batches of raw texts (and labels), in order."""
-        return self.task.make_dataset(np.asarray(x).astype(str), y,
+        """Preprocessed batches of raw texts or images (and labels), in order."""
+        return self.task.make_dataset(_raw_inputs(x, self.modality), y,
                                       batch_size=batch_size or self.batch_size)
 
     def evaluate(self, model):
         """The test report of `model`; remembered for `final_report`."""
         probs = model.predict(self.batches(self.test.x), verbose=self.verbose)
-        report = report_from_predictions(self.test.y, probs, task="multiclass",
-                                         class_names=self.data.class_names)
+        report = report_from_predictions(
+            self.test.y, np.asarray(probs, dtype=np.float64), task=self.config.task,
+            class_names=_task_class_names(self.config.task, self.data),
+            threshold=self.config.threshold)
         self.last_report = (model, report)
         return report
 
@@ -328,7 +625,7 @@ class _Run:
         return {
             "name": name, **fields, "seconds": time.time() - started,
             "history": _history(history) if history is not None else {},
-            "test": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]},
+            "test": summarize_test_report(report, self.config.threshold),
         }
 
 
@@ -368,10 +665,21 @@ def _head_stage(run):
 
 
 def _fine_tune_stage(run):
-    """Stage 2: top blocks unfrozen, transformer preset at the peak rate, resumable."""
+    """Stage 2: top blocks unfrozen at a lower rate, resumable.
+
+    Texts: the transformer preset (AdamW, warmup to `learning_rate`, linear
+    decay). Images: Adam from `learning_rate` with cosine decay (the
+    `plain_cnn` preset), every BatchNorm layer frozen in inference mode
+    (`TopKFrozenBatchNorm`), as in Keras' transfer-learning guide.
+    """
     config = run.config
     started = time.time()
-    print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen, peak learning "
+    if run.modality == "text":
+        policy, preset = TopK(config.unfreeze_top), "transformer"
+    else:
+        policy, preset = TopKFrozenBatchNorm(config.unfreeze_top), "plain_cnn"
+    print(f"Stage 2/2 fine-tune: top {config.unfreeze_top} blocks unfrozen"
+          f"{'' if run.modality == 'text' else ' (BatchNorm frozen)'}, peak learning "
           f"rate {config.learning_rate:g}")
     # Early stopping would keep state a resumed run cannot recover; the best
     # epoch is still checkpointed.
@@ -380,8 +688,8 @@ def _fine_tune_stage(run):
     with _numerical_faults("fine_tune", run.run_dir, config.learning_rate):
         [(_, history)] = fine_tune(
             run.task, (run.train.x, run.train.y), (run.val.x, run.val.y),
-            epochs=config.epochs, freeze_epochs=0, unfreeze=TopK(config.unfreeze_top),
-            preset="transformer", fine_tune_lr=config.learning_rate, callbacks=callbacks,
+            epochs=config.epochs, freeze_epochs=0, unfreeze=policy,
+            preset=preset, fine_tune_lr=config.learning_rate, callbacks=callbacks,
             verbose=run.verbose, batch_size=run.batch_size, make_dataset=run.batches,
             seed=config.seed, backup_dir=os.path.join(run.run_dir, "backup"),
             strategy=run.strategy,
@@ -393,7 +701,8 @@ def _fine_tune_stage(run):
     counts = trainable_summary(run.task)
     print(f"Stage 2/2 fine-tune: {counts['trainable']:,} trainable / {counts['frozen']:,} "
           "frozen parameters")
-    return run.record("fine_tune", started, history, freeze=f"top_k:{config.unfreeze_top}",
+    return run.record("fine_tune", started, history,
+                      freeze=f"{policy.name}:{config.unfreeze_top}",
                       trainable_params=counts["trainable"],
                       resumed_from_epoch=history.resumed_from_epoch)
 
@@ -486,5 +795,5 @@ def _save_plots(report, stages, run_dir):
 
 __all__ = [
     "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "NumericalError",
-    "renamed_settings", "run_job",
+    "TopKFrozenBatchNorm", "renamed_settings", "run_job", "summarize_test_report",
 ]

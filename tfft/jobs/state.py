@@ -120,6 +120,13 @@ def resumable_stage(state, name, label, model, run, on_reload=None, rerun=False)
     else:
         done = run()
         state.finish_stage(done, model)
-    print(f"{label}: test accuracy {done['test']['accuracy']:.4f}, "
-          f"macro F1 {done['test']['macro_f1']:.4f}")
+    print(f"{label}: {describe_test_metrics(done['test'])}")
     return done
+
+
+def describe_test_metrics(test):
+    """One line for a stage's test metrics: accuracy and macro F1, or the regression errors."""
+    if "accuracy" in test:
+        return f"test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}"
+    r2 = "n/a" if test.get("r2") is None else f"{test['r2']:.4f}"
+    return f"test MAE {test['mae']:.4g}, RMSE {test['rmse']:.4g}, R^2 {r2}"
