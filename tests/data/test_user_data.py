@@ -232,3 +232,22 @@ def test_flag_message_names_the_flags():
         "Column 'text' (--text-column) is missing; pass --on-error 'skip' or --encoding ... "
         "or --image-size HxW; a classification task stays prose"
     )
+
+
+def test_split_indices_per_task():
+    labels = np.repeat([0, 1], 10)
+    train, val, test = ud.split_indices(labels, "multiclass", 0.2, 0.2, seed=1)
+    # Classification: stratified, so each split holds both classes.
+    assert all(set(labels[s]) == {0, 1} for s in (train, val, test))
+    targets = np.linspace(0.0, 1.0, 20)
+    train, val, test = ud.split_indices(targets, "regression", 0.2, 0.3, seed=1)
+    assert (len(train), len(val), len(test)) == (10, 4, 6)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(20))
+    again = ud.split_indices(targets, "regression", 0.2, 0.3, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    other = ud.split_indices(targets, "regression", 0.2, 0.3, seed=2)
+    assert not np.array_equal(test, other[2])
+    multi_hot = np.eye(4)[np.arange(20) % 4]
+    assert len(ud.split_indices(multi_hot, "multilabel", 0.25, 0.25)[2]) == 5
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        ud.split_indices(targets, "regression", 1.5, 0.0)

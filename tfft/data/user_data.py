@@ -24,6 +24,7 @@ import numpy as np
 
 from tfft.data.datasets import LabeledData
 from tfft.data.sources import ON_ERROR, load
+from tfft.data.splits import stratified_split
 
 DATA_TASKS = ("multiclass", "binary", "multilabel", "regression")
 DEFAULT_LABEL_SEPARATOR = "|"
@@ -308,6 +309,38 @@ def _check_task(spec, data, key, require_classes):
                 "needs examples of at least two classes. Check label_column, or add "
                 "examples of the other classes."
             )
+
+
+def split_indices(
+    y: np.ndarray, task: str, val_fraction: float = 0.15, test_fraction: float = 0.15,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train/validation/test indices for data of `task`, the same for the same seed.
+
+    Classification labels get `stratified_split`; regression targets and
+    multi-hot rows, which have no single class to stratify on, a seeded
+    shuffle cut in the same proportions. `tfft finetune` and `tfft evaluate`
+    both split with this, so evaluate rebuilds the job's test split.
+
+    Returns:
+        `(train_idx, val_idx, test_idx)`, sorted int arrays.
+    """
+    if task not in DATA_TASKS:
+        raise ValueError(f"Unknown task. Expected one of {list(DATA_TASKS)}. Received: {task!r}")
+    y = np.asarray(y)
+    if task in ("multiclass", "binary"):
+        return stratified_split(y, val_fraction, test_fraction, seed)
+    # Validates the fractions with stratified_split's messages, on one dummy class.
+    stratified_split(np.zeros(max(len(y), 3), np.int64), val_fraction, test_fraction, 0)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_val, n_test = round(val_fraction * len(y)), round(test_fraction * len(y))
+    if len(y) - n_val - n_test < 1:
+        raise ValueError(
+            f"Cannot split {len(y)} examples with val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}: no training example would be left."
+        )
+    val, test = order[:n_val], order[n_val:n_val + n_test]
+    return np.sort(order[n_val + n_test:]), np.sort(val), np.sort(test)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

@@ -1,18 +1,37 @@
 """`tfft evaluate`: score an exported SavedModel on a labelled split.
 
     tfft evaluate --model saved_models/bbc/1 --data bbc_news --split test --out runs/eval
+    tfft evaluate --model saved_models/faces/1 --data photos/ --split all
 
 The export's `tfft_metadata.json` (beside `saved_model.pb`) supplies the class
 names, the task, the dataset and the split settings used in training, so the
 test split here is the same one the model never saw.
+
+`--data` takes every source of `tfft.data.user_data` with its options: a
+CSV/TSV/JSONL file, a folder of class subfolders (images are fed to an image
+export as PNG bytes), a TFDS name (its own splits), plus `--val-data` /
+`--test-data`. A CSV scored for a single-label task keeps this command's strict
+reader: an empty cell is an error naming its line, labels match the model's
+class names case-insensitively.
 """
 
+import dataclasses
 import json
 import os
 import sys
 
 from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
 from tfft.data.labels import class_labels
+from tfft.data.sources import CSV_EXTENSIONS, DatasetUnavailableError
+from tfft.data.user_data import (
+    DATA_TASKS,
+    DataSpec,
+    add_data_arguments,
+    data_overrides,
+    flag_message,
+    load_data_spec,
+    split_indices,
+)
 
 METADATA_FILE = "tfft_metadata.json"
 SPLITS = ("train", "val", "test", "all")
@@ -32,23 +51,19 @@ def add_parser(subparsers):
     )
     parser.add_argument("--model", required=True,
                         help="SavedModel folder, e.g. saved_models/NAME/VERSION.")
-    parser.add_argument("--data", default=None,
-                        help="A bundled dataset name (bbc_news, rotten_tomatoes, digits, ...; "
-                             "images are fed as PNG bytes) or a CSV path. Defaults to the "
-                             "dataset named in tfft_metadata.json.")
+    add_data_arguments(parser, data_help=(
+        "A bundled dataset name (bbc_news, rotten_tomatoes, digits, ...), a CSV/TSV/JSONL "
+        "file, a folder with one subfolder of .txt or image files per class (images are "
+        "fed as PNG bytes) or a TFDS name. Defaults to the dataset named in "
+        "tfft_metadata.json. --task overrides the task in the metadata."
+    ))
     parser.add_argument("--split", default="test", choices=SPLITS,
-                        help="Which split to score; 'all' uses every row. Defaults to test.")
+                        help="Which split to score; 'all' uses every row. Without given "
+                             "splits, the stratified split of training is rebuilt. "
+                             "Defaults to test.")
     parser.add_argument("--out", default=None,
                         help="Folder for report.json and plots. Defaults to "
                              "runs/evaluate/NAME-VERSION.")
-    parser.add_argument("--text-column", default="text", help="CSV input column.")
-    parser.add_argument("--label-column", default="label", help="CSV label column.")
-    parser.add_argument("--encoding", default="utf-8",
-                        help="Text encoding of a CSV given to --data, e.g. latin-1 or cp1252. "
-                             "Defaults to utf-8.")
-    parser.add_argument("--task", default=None,
-                        choices=("binary", "multiclass", "multilabel", "regression"),
-                        help="Overrides the task in the metadata.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=None,
                         help="Split seed; defaults to the metadata's.")
@@ -68,7 +83,7 @@ def run(args):
     """Runs `tfft evaluate` for parsed `args`; returns the exit status."""
     try:
         return _run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, DatasetUnavailableError) as error:
         print(f"tfft evaluate: error: {error}", file=sys.stderr)
         return 2
 
@@ -86,6 +101,12 @@ def read_metadata(model_dir):
     if not isinstance(metadata, dict):
         raise ValueError(f"{path} must hold a JSON object. Received: {type(metadata).__name__}")
     return metadata
+
+
+def _is_bundled(name):
+    from tfft.data import IMAGE_DATASETS, TEXT_DATASETS
+
+    return name in TEXT_DATASETS or name in IMAGE_DATASETS
 
 
 def load_eval_data(data, class_names=None, text_column="text", label_column="label",
@@ -192,6 +213,109 @@ def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
     return LabeledData(texts, labels, list(class_names), name)
 
 
+def _is_csv(source):
+    return os.path.isfile(source) and source.lower().endswith(CSV_EXTENSIONS)
+
+
+def load_user_data(spec, class_names=None):
+    """Loads `spec` into named splits whose classes are the model's `class_names`.
+
+    Returns:
+        dict. `{"all": data}`, or the given splits (`train`, `val`, `test`).
+    """
+    strict_csv = (
+        spec.task in ("multiclass", "binary") and spec.on_error == "raise"
+        and spec.val_source is None and spec.test_source is None and _is_csv(spec.source)
+    )
+    if strict_csv:
+        return {"all": load_eval_data(spec.source, class_names or spec.class_names,
+                                      spec.text_column, spec.label_column, spec.encoding)}
+    if class_names is not None and spec.task == "multilabel" and spec.class_names is None:
+        # Multi-hot columns in the model's order; another label is an error naming its row.
+        spec = dataclasses.replace(spec, class_names=tuple(class_names))
+    try:
+        splits = load_data_spec(spec, require_classes=False)
+    except ValueError as error:
+        raise ValueError(flag_message(error)) from None
+    skipped = sum(d.skipped for d in splits.values())
+    if skipped:
+        print(f"tfft evaluate: skipped {skipped} bad record(s) of {spec.source} "
+              "(--on-error skip)")
+    if class_names is None or spec.task == "regression":
+        return splits
+    return {key: align_classes(data, class_names) for key, data in splits.items()}
+
+
+def align_classes(data, class_names):
+    """Re-indexes `data`'s labels onto the model's `class_names` (matched case-insensitively).
+
+    Labels that are class ids (`"0"`, `"1"`, ... as the data's class names) are
+    kept as ids into `class_names`.
+    """
+    import numpy as np
+
+    from tfft.data import LabeledData
+
+    names = [str(n) for n in data.class_names]
+    lowered = {str(n).lower(): i for i, n in enumerate(class_names)}
+    ids = [str(i) for i in range(len(names))]
+    if names == ids and [str(n) for n in class_names] != ids:
+        if len(names) > len(class_names):
+            raise ValueError(
+                f"{data.name}: class ids must be 0..{len(class_names) - 1} for the model's "
+                f"classes {list(class_names)}. Received ids up to {len(names) - 1}."
+            )
+        mapping = np.arange(len(names))
+    else:
+        unknown = [n for n in names if n.lower() not in lowered]
+        if unknown:
+            raise ValueError(
+                f"{data.name}: labels {unknown[:10]} are not among the model's classes "
+                f"{list(class_names)}."
+            )
+        mapping = np.array([lowered[n.lower()] for n in names], dtype=np.int64)
+    y = np.asarray(data.y)
+    if y.ndim == 2:
+        aligned = np.zeros((len(y), len(class_names)), dtype=y.dtype)
+        aligned[:, mapping] = y
+    else:
+        aligned = mapping[y]
+    return LabeledData(data.x, aligned, list(class_names), data.name, data.skipped)
+
+
+def _data_spec(args, metadata):
+    """The `DataSpec` to score: the flags, over the metadata's `data` section if any."""
+    overrides = data_overrides(args)
+    base = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    if not base.get("source") and metadata.get("dataset"):
+        base = {"source": metadata["dataset"]}
+    config = {**base, **overrides}
+    if not config.get("source") or _is_bundled(config["source"]):
+        # Bundled datasets load by name, as in training; no data options apply.
+        if "source" not in config and config.keys() & {"val_source", "test_source"}:
+            raise ValueError("--val-data and --test-data need --data (the main data).")
+        return None
+    if "task" not in config and metadata.get("task") in ("multiclass", "binary", "multilabel",
+                                                         "regression"):
+        config["task"] = metadata["task"]
+    if config.get("task") != "multilabel":
+        config.pop("label_separator", None)
+    try:
+        return DataSpec.from_dict(config)
+    except ValueError as error:
+        raise ValueError(flag_message(error)) from None
+
+
+def _pick_split(splits, split):
+    """The split to score from given splits (`train`/`val`/`test`)."""
+    if split in splits:
+        return splits[split]
+    raise ValueError(
+        f"--split {split} is not among the given splits {sorted(splits)} (from --val-data, "
+        "--test-data or the TFDS dataset's own splits). Pick one of them."
+    )
+
+
 def load_export(model_dir):
     """Loads an exported SavedModel, text exports' tokenizer ops included.
 
@@ -228,7 +352,6 @@ def _split_settings(args, metadata):
 def _run(args):
     import numpy as np
 
-    from tfft.data import stratified_split
     from tfft.evaluation.evaluator import evaluate
 
     model_dir = os.path.normpath(args.model)
@@ -246,14 +369,28 @@ def _run(args):
     metadata = read_metadata(model_dir)
     class_names = metadata.get("class_names")
     task = args.task or metadata.get("task")
-    data_name = args.data or metadata.get("dataset")
+    spec = _data_spec(args, metadata)
+    data_name = spec.source if spec is not None else (args.data or metadata.get("dataset"))
     if not data_name:
         raise ValueError(
             f"No data to evaluate on: pass --data, or export with 'dataset' in {METADATA_FILE}."
         )
-    data = load_eval_data(data_name, class_names, args.text_column, args.label_column,
-                          args.encoding)
-    if class_names is None:
+    if spec is None:
+        splits = {"all": load_eval_data(data_name, class_names)}
+    else:
+        if args.task or spec.task != "multiclass":
+            task = spec.task
+        splits = load_user_data(spec, class_names)
+    given = "all" not in splits
+    if given and args.split == "all":
+        raise ValueError(
+            f"--split all scores one source, but the data has the given splits "
+            f"{sorted(splits)}: pick --split {' or --split '.join(sorted(splits))}."
+        )
+    data = _pick_split(splits, args.split) if given else splits["all"]
+    if task == "regression":
+        class_names = None
+    elif class_names is None:
         class_names = list(data.class_names)
     elif [str(c).lower() for c in data.class_names] != [str(c).lower() for c in class_names]:
         raise ValueError(
@@ -261,18 +398,19 @@ def _run(args):
             f"{list(class_names)} (from {METADATA_FILE})."
         )
 
-    if args.split != "all":
+    if args.split != "all" and not given:
         split = _split_settings(args, metadata)
+        split_task = task if task in DATA_TASKS else "multiclass"
         max_examples = split.get("max_examples")
         if max_examples and max_examples < len(data):
             # `tfft finetune --max-examples` first keeps a stratified subset, then
             # splits it; the same two steps give back its exact test split.
-            keep, _, _ = stratified_split(
-                data.y, 0.0, 1.0 - max_examples / len(data), split["seed"]
+            keep, _, _ = split_indices(
+                data.y, split_task, 0.0, 1.0 - max_examples / len(data), split["seed"]
             )
             data = data.take(keep)
-        train_idx, val_idx, test_idx = stratified_split(
-            data.y, split["val_fraction"], split["test_fraction"], split["seed"]
+        train_idx, val_idx, test_idx = split_indices(
+            data.y, split_task, split["val_fraction"], split["test_fraction"], split["seed"]
         )
         indices = {"train": train_idx, "val": val_idx, "test": test_idx}[args.split]
         if len(indices) == 0:
