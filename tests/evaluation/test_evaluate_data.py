@@ -94,6 +94,30 @@ def test_given_test_file_is_scored_and_split_all_refused(topic_export, tmp_path,
     assert not (tmp_path / "all").exists() and not (tmp_path / "val").exists()
 
 
+def test_data_section_of_the_metadata_is_the_default_data(tmp_path, capsys):
+    """An export whose tfft_metadata.json holds `data` (DataSpec.to_dict()) and `split` is
+    scored on its own test split by `tfft evaluate --model EXPORT` alone."""
+    from tfft.data.user_data import DataSpec, split_indices
+
+    rows = ROWS * 3
+    path = tmp_path / "topics.jsonl"
+    path.write_text("".join(json.dumps({"review": t, "topic": y}) + "\n" for t, y in rows))
+    spec = DataSpec(str(path), text_column="review", label_column="topic")
+    split = {"seed": 1, "val_fraction": 0.2, "test_fraction": 0.3}
+    model = _keyword_export(str(tmp_path / "m" / "1"), TOPICS, {
+        "class_names": list(TOPICS), "task": "multiclass", "data": spec.to_dict(),
+        "split": split})
+    out = tmp_path / "eval"
+    assert _run(["--model", model, "--no-plots", "--out", str(out)]) == 0
+    assert f"test split of {path}" in capsys.readouterr().out
+    labels = np.array([list(TOPICS).index(y) for _, y in rows])
+    _, _, test_idx = split_indices(labels, "multiclass", 0.2, 0.3, seed=1)
+    metrics = _report(out)["metrics"]
+    assert metrics["num_examples"] == len(test_idx)
+    pred = _scores(model, [rows[i][0] for i in test_idx]).argmax(1)
+    assert metrics["confusion_matrix"] == skm.confusion_matrix(labels[test_idx], pred).tolist()
+
+
 def test_regression_csv_reports_mae_rmse_r2(tmp_path, capsys):
     class Length(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])

@@ -370,7 +370,9 @@ def _run(args):
     class_names = metadata.get("class_names")
     task = args.task or metadata.get("task")
     spec = _data_spec(args, metadata)
-    data_name = spec.source if spec is not None else (args.data or metadata.get("dataset"))
+    meta_data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    data_name = spec.source if spec is not None else (
+        args.data or meta_data.get("source") or metadata.get("dataset"))
     if not data_name:
         raise ValueError(
             f"No data to evaluate on: pass --data, or export with 'dataset' in {METADATA_FILE}."
