@@ -46,6 +46,7 @@ def _parse(argv):
     ({"image_size": (0, 4)}, r"image_size must be two positive integers.*\(0, 4\)"),
     ({"text_column": "y", "label_column": "y"}, "must differ"),
     ({"source": ""}, "source must be a file, a folder or a TFDS"),
+    ({"encoding": "klingon"}, r"Unknown encoding='klingon'.*latin-1"),
 ])
 def test_spec_refuses_bad_values_naming_field_and_valid_values(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -96,7 +96,7 @@ def _image_folder(root, broken=False):
 
 @pytest.mark.parametrize("case", [
     "missing_column", "empty", "one_class", "outside_class_names", "unreadable_image",
-    "regression", "neither", "both",
+    "regression", "neither", "both", "bad_encoding",
 ])
 def test_bad_input_exits_2_names_the_problem_and_writes_nothing(case, tmp_path, capsys):
     out = tmp_path / "board"
@@ -117,6 +117,8 @@ def test_bad_input_exits_2_names_the_problem_and_writes_nothing(case, tmp_path, 
                        "tfft select ranks classifiers"),
         "neither": ([], "Pass your data with --data SOURCE"),
         "both": (["--data", good, "--dataset", "bbc_news"], "not both"),
+        "bad_encoding": (["--data", good, *COLUMNS, "--encoding", "klingon"],
+                         "Unknown --encoding 'klingon'"),
     }[case]
     (tmp_path / "empty.csv").write_text("")
     code = _run([*argv, "--candidates", "tfidf_logreg", "--budget-seconds", "30",

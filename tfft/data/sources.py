@@ -8,6 +8,7 @@ reported in a log warning, never silently.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 from collections.abc import Sequence
@@ -111,6 +112,13 @@ def load(
     """
     if on_error not in ON_ERROR:
         raise ValueError(f"Expected on_error in {list(ON_ERROR)}. Received: on_error={on_error!r}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(
+            f"Unknown encoding={encoding!r}. Use a Python codec name such as utf-8, latin-1 "
+            "or cp1252."
+        ) from None
     import pandas as pd
 
     if isinstance(source, LabeledData):

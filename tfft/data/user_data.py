@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import os
 import re
@@ -108,6 +109,13 @@ class DataSpec:
                 raise ValueError(
                     f"{field} must be a non-empty string. Received: {field}={value!r}"
                 )
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(
+                f"Unknown encoding={self.encoding!r}. Use a Python codec name such as "
+                "utf-8, latin-1 or cp1252."
+            ) from None
         if self.text_column == self.label_column:
             raise ValueError(
                 "text_column and label_column must differ. Received: both "

@@ -298,7 +298,7 @@ def _data_spec(args, metadata):
     if "task" not in config and metadata.get("task") in ("multiclass", "binary", "multilabel",
                                                          "regression"):
         config["task"] = metadata["task"]
-    if config.get("task") != "multilabel":
+    if config.get("task") != "multilabel" and "label_separator" not in overrides:
         config.pop("label_separator", None)
     try:
         return DataSpec.from_dict(config)
