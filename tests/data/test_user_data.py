@@ -252,3 +252,11 @@ def test_split_indices_per_task():
     assert len(ud.split_indices(multi_hot, "multilabel", 0.25, 0.25)[2]) == 5
     with pytest.raises(ValueError, match="val_fraction must be in"):
         ud.split_indices(targets, "regression", 1.5, 0.0)
+
+
+def test_split_indices_fraction_edge():
+    # 20 * 0.3 is 6.000000000000001 in floating point: still 6 test rows, not 7.
+    _, val, test = ud.split_indices(np.zeros(20), "regression", 0.1, 0.3, seed=0)
+    assert (len(val), len(test)) == (2, 6)
+    with pytest.raises(ValueError, match="no training example would be left"):
+        ud.split_indices(np.zeros(4), "regression", 0.5, 0.4)

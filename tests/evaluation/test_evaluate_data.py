@@ -104,8 +104,11 @@ def test_data_section_of_the_metadata_is_the_default_data(tmp_path, capsys):
     path.write_text("".join(json.dumps({"review": t, "topic": y}) + "\n" for t, y in rows))
     spec = DataSpec(str(path), text_column="review", label_column="topic")
     split = {"seed": 1, "val_fraction": 0.2, "test_fraction": 0.3}
+    # Beside the DataSpec fields, the job's summary of its data (ignored here).
+    data_info = {**spec.to_dict(), "name": "topics", "modality": "text",
+                 "class_names": list(TOPICS), "sizes": {"train": 12}, "skipped": 0}
     model = _keyword_export(str(tmp_path / "m" / "1"), TOPICS, {
-        "class_names": list(TOPICS), "task": "multiclass", "data": spec.to_dict(),
+        "class_names": list(TOPICS), "task": "multiclass", "data": data_info,
         "split": split})
     out = tmp_path / "eval"
     assert _run(["--model", model, "--no-plots", "--out", str(out)]) == 0

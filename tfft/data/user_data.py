@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import dataclasses
+import math
 import os
 import re
 from typing import Any
@@ -327,7 +328,8 @@ def split_indices(
 
     Classification labels get `stratified_split`; regression targets and
     multi-hot rows, which have no single class to stratify on, a seeded
-    shuffle cut in the same proportions. `tfft finetune` and `tfft evaluate`
+    shuffle: the first `ceil(n * val_fraction)` shuffled rows validate, the
+    next `ceil(n * test_fraction)` test. `tfft finetune` and `tfft evaluate`
     both split with this, so evaluate rebuilds the job's test split.
 
     Returns:
@@ -338,15 +340,18 @@ def split_indices(
     y = np.asarray(y)
     if task in ("multiclass", "binary"):
         return stratified_split(y, val_fraction, test_fraction, seed)
-    # Validates the fractions with stratified_split's messages, on one dummy class.
-    stratified_split(np.zeros(max(len(y), 3), np.int64), val_fraction, test_fraction, 0)
-    order = np.random.default_rng(seed).permutation(len(y))
-    n_val, n_test = round(val_fraction * len(y)), round(test_fraction * len(y))
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+    # Rounded before the ceiling: 20 * 0.3 is 6.000000000000001, which must give 6.
+    n_val = math.ceil(round(len(y) * val_fraction, 9))
+    n_test = math.ceil(round(len(y) * test_fraction, 9))
     if len(y) - n_val - n_test < 1:
         raise ValueError(
             f"Cannot split {len(y)} examples with val_fraction={val_fraction}, "
             f"test_fraction={test_fraction}: no training example would be left."
         )
+    order = np.random.default_rng(seed).permutation(len(y))
     val, test = order[:n_val], order[n_val:n_val + n_test]
     return np.sort(order[n_val + n_test:]), np.sort(val), np.sort(test)
 

@@ -287,6 +287,10 @@ def _data_spec(args, metadata):
     """The `DataSpec` to score: the flags, over the metadata's `data` section if any."""
     overrides = data_overrides(args)
     base = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    # The job's summary of its data holds the DataSpec fields among others (sizes, ...);
+    # the model's classes are matched after loading, not declared to the loader.
+    fields = {f.name for f in dataclasses.fields(DataSpec)} - {"class_names"}
+    base = {k: v for k, v in base.items() if k in fields and v is not None}
     if not base.get("source") and metadata.get("dataset"):
         base = {"source": metadata["dataset"]}
     config = {**base, **overrides}
