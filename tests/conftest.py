@@ -74,11 +74,21 @@ def tiny_bert():
 
 
 @pytest.fixture
-def tiny_text_backbone(tiny_text_preprocessor):
+def new_tiny_text_backbone(tiny_text_preprocessor):
+    """`new()`: another tiny random BERT wrapped as a tfft Backbone (same seed each time)."""
+
+    def new():
+        backbone = tfft.load_backbone(make_tiny_bert())
+        backbone.preprocessor = tiny_text_preprocessor
+        return backbone
+
+    return new
+
+
+@pytest.fixture
+def tiny_text_backbone(new_tiny_text_backbone):
     """A tiny random BERT wrapped as a tfft Backbone with a real preprocessor."""
-    backbone = tfft.load_backbone(make_tiny_bert())
-    backbone.preprocessor = tiny_text_preprocessor
-    return backbone
+    return new_tiny_text_backbone()
 
 
 def tiny_text_batch(n=16, seed=0, length=16):
@@ -199,60 +209,74 @@ import numpy as np
 import keras
 import tfft
 
-path, inputs_path, out_path = sys.argv[1:4]
-task = keras.saving.load_model(path, safe_mode=True)
-inputs = np.load(inputs_path, allow_pickle=False)
-x = {k: inputs[k] for k in inputs.files} if "__dict__" in inputs.files else inputs["x"]
-if isinstance(x, dict):
-    x.pop("__dict__")
-if x.dtype.kind == "U":
-    x = x.tolist()
-np.save(out_path + ".npy", task.predict(x, verbose=0))
-lora = [np.asarray(layer.lora_kernel_b).tolist()
-        for layer in tfft.adapt.lora_layers(task.backbone)] if hasattr(task, "backbone") else []
-policy = getattr(task, "freeze_policy", None)
-info = getattr(task, "backbone_info", None)
-with open(out_path + ".json", "w") as f:
-    json.dump({
-        "type": type(task).__name__,
-        "trainable": sorted(w.path for w in task.trainable_weights),
-        "freeze_policy": None if policy is None else policy.to_dict(),
-        "class_names": getattr(task, "class_names", None),
-        "backbone_info": None if info is None else info.to_dict(),
-        "preprocessor": type(getattr(task, "preprocessor", None)).__name__,
-        "lora_b": lora,
-    }, f)
+args = sys.argv[1:]
+for path, inputs_path, out_path in zip(args[0::3], args[1::3], args[2::3], strict=True):
+    task = keras.saving.load_model(path, safe_mode=True)
+    inputs = np.load(inputs_path, allow_pickle=False)
+    x = {k: inputs[k] for k in inputs.files} if "__dict__" in inputs.files else inputs["x"]
+    if isinstance(x, dict):
+        x.pop("__dict__")
+    if not isinstance(x, dict) and x.dtype.kind == "U":
+        x = x.tolist()
+    np.save(out_path + ".npy", task.predict(x, verbose=0))
+    lora = [np.asarray(layer.lora_kernel_b).tolist()
+            for layer in tfft.adapt.lora_layers(task.backbone)] if hasattr(task, "backbone") else []
+    policy = getattr(task, "freeze_policy", None)
+    info = getattr(task, "backbone_info", None)
+    with open(out_path + ".json", "w") as f:
+        json.dump({
+            "type": type(task).__name__,
+            "trainable": sorted(w.path for w in task.trainable_weights),
+            "freeze_policy": None if policy is None else policy.to_dict(),
+            "class_names": getattr(task, "class_names", None),
+            "backbone_info": None if info is None else info.to_dict(),
+            "preprocessor": type(getattr(task, "preprocessor", None)).__name__,
+            "lora_b": lora,
+        }, f)
 """
 
 
 @pytest.fixture
 def reload_in_fresh_process(tmp_path):
-    """Saves a model as .keras and reloads it in a new Python process (safe_mode on).
+    """Saves a model as .keras and reloads it in a new Python process (safe mode on).
 
-    Returns the reloaded model's predictions on `x` and a dict describing it:
-    type, trainable weight paths, freeze policy, class names, backbone info,
-    preprocessor class and LoRA B matrices.
+    `reload(model, x)` returns the reloaded model's predictions on `x` and a dict
+    describing it: type, trainable weight paths, freeze policy, class names,
+    backbone info, preprocessor class and LoRA B matrices. `reload.many([(model, x),
+    ...])` reloads several models, one after another, in one new process (one
+    TensorFlow start) and returns a list of those pairs.
     """
     import json
     import subprocess
     import sys
 
-    def reload(model, x):
-        path = str(tmp_path / "task.keras")
-        model.save(path)
-        inputs = tmp_path / "inputs.npz"
-        if isinstance(x, dict):
-            np.savez(inputs, __dict__=np.zeros(1), **x)
-        else:
-            np.savez(inputs, x=np.asarray(x))
-        out = str(tmp_path / "reloaded")
+    def many(pairs):
+        args, outs = [], []
+        for index, (model, x) in enumerate(pairs):
+            path = str(tmp_path / f"task{index}.keras")
+            model.save(path)
+            inputs = tmp_path / f"inputs{index}.npz"
+            if isinstance(x, dict):
+                np.savez(inputs, __dict__=np.zeros(1), **x)
+            else:
+                np.savez(inputs, x=np.asarray(x))
+            out = str(tmp_path / f"reloaded{index}")
+            args += [path, str(inputs), out]
+            outs.append(out)
         proc = subprocess.run(
-            [sys.executable, "-c", _RELOAD_SCRIPT, path, str(inputs), out],
+            [sys.executable, "-c", _RELOAD_SCRIPT, *args],
             capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        with open(out + ".json") as f:
-            description = json.load(f)
-        return np.load(out + ".npy"), description
+        results = []
+        for out in outs:
+            with open(out + ".json") as f:
+                results.append((np.load(out + ".npy"), json.load(f)))
+        return results
 
+    def reload(model, x):
+        [result] = many([(model, x)])
+        return result
+
+    reload.many = many
     return reload

@@ -97,21 +97,26 @@ def test_freeze_records_the_policy_and_sets_flags(tiny_text_backbone):
     assert _trainable_paths(task) == head_only
 
 
-@pytest.mark.parametrize("freeze", ["top_k:1", "gradual:2", "regex:transformer_layer_2"])
-def test_keras_reload_in_a_fresh_process_restores_the_task(freeze, tiny_text_backbone,
+def test_keras_reload_in_a_fresh_process_restores_the_task(new_tiny_text_backbone,
                                                            reload_in_fresh_process):
-    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze=freeze,
-                            class_names=CLASSES)
-    task.fit(TEXTS, LABELS, epochs=1, verbose=0)
-    want = task.predict(TEXTS, verbose=0)
-    got, described = reload_in_fresh_process(task, np.asarray(TEXTS))
-    assert described["type"] == "Task"
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    assert described["trainable"] == _trainable_paths(task)
-    assert described["freeze_policy"] == task.freeze_policy.to_dict()
-    assert described["class_names"] == CLASSES
-    assert described["backbone_info"] == task.backbone_info.to_dict()
-    assert described["preprocessor"] == type(task.preprocessor).__name__
+    # Three freeze policies, three tasks on their own backbones, one fresh process.
+    tasks = {}
+    for freeze in ["top_k:1", "gradual:2", "regex:transformer_layer_2"]:
+        task = tfft.build_model(new_tiny_text_backbone(), num_classes=3, freeze=freeze,
+                                class_names=CLASSES)
+        task.fit(TEXTS, LABELS, epochs=1, verbose=0)
+        tasks[freeze] = task
+    reloaded = reload_in_fresh_process.many(
+        [(task, np.asarray(TEXTS)) for task in tasks.values()])
+    for (freeze, task), (got, described) in zip(tasks.items(), reloaded, strict=True):
+        assert described["type"] == "Task", freeze
+        np.testing.assert_allclose(got, task.predict(TEXTS, verbose=0), atol=1e-6,
+                                   err_msg=freeze)
+        assert described["trainable"] == _trainable_paths(task), freeze
+        assert described["freeze_policy"] == task.freeze_policy.to_dict(), freeze
+        assert described["class_names"] == CLASSES, freeze
+        assert described["backbone_info"] == task.backbone_info.to_dict(), freeze
+        assert described["preprocessor"] == type(task.preprocessor).__name__, freeze
 
 
 def test_lora_adapters_come_back_unmerged(tiny_text_backbone, reload_in_fresh_process):
