@@ -8,10 +8,13 @@ import sys
 import warnings
 
 from tfft.backbones import NetworkUnavailableError
+from tfft.data.user_data import add_data_arguments, data_overrides, flag_message
 from tfft.jobs.config import load_config_file
 from tfft.jobs.finetune import METHODS, ConfigError, JobConfig, NumericalError, run_job
 
 EXIT_USAGE = 2
+# A DataSpec field (`tfft.data.user_data`) -> the job setting of the same meaning.
+_DATA_SETTINGS = {"source": "data", "val_source": "val_data", "test_source": "test_data"}
 
 
 def _positive_int(text):
@@ -36,28 +39,46 @@ def _non_negative_int(text):
     return value
 
 
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
+
+
 def add_parser(subparsers):
     d = JobConfig()
     p = subparsers.add_parser(
         "finetune",
-        help="fine-tune a pretrained backbone on a dataset (defaults: MiniLM on BBC News)",
+        help="fine-tune a pretrained backbone on your data (--data FILE|DIR|TFDS name)",
         description=(
             "Fine-tune the way the Keras recipe reads: load the backbone, add the task "
             "layer, train the head on the frozen backbone (cached features), unfreeze "
-            "the top transformer blocks and fine-tune with a lower learning rate, then "
-            "evaluate on the test split and export a SavedModel that takes raw strings. "
-            "With no arguments: the offline all-MiniLM-L6-v2 on BBC News topics."
+            "the top blocks and fine-tune with a lower learning rate (images: BatchNorm "
+            "kept in inference mode), then evaluate on the test split and export a "
+            "SavedModel that takes raw strings or JPEG/PNG bytes. --data takes a "
+            "CSV/TSV/JSONL file, a folder of class subfolders (texts or images) or a TFDS "
+            "name; the default backbone follows it (texts: all-MiniLM-L6-v2, images: "
+            "offline:efficientnet_lite0). With no arguments: MiniLM on BBC News topics."
         ),
     )
     p.add_argument("--config", help="YAML or JSON file of settings; flags override it")
-    p.add_argument("--backbone", help=f"backbone spec (default {d.backbone})")
-    p.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
+    add_data_arguments(p)
+    p.add_argument("--threshold", type=_fraction,
+                   help=f"multilabel decision threshold (default {d.threshold})")
+    p.add_argument("--backbone", help="backbone spec (default auto: keras_hub:all_minilm_l6_v2 "
+                   "for texts, offline:efficientnet_lite0 for images)")
+    p.add_argument("--dataset", help="a bundled dataset instead of --data: bbc_news "
+                   "(the default without --data) or rotten_tomatoes")
     p.add_argument("--epochs", type=_non_negative_int,
                    help=f"fine-tuning epochs with the top blocks unfrozen (default {d.epochs})")
     p.add_argument("--head-epochs", type=_positive_int,
                    help=f"head epochs on the frozen backbone (default {d.head_epochs})")
     p.add_argument("--unfreeze-top", type=_non_negative_int,
-                   help=f"transformer blocks to unfreeze (default {d.unfreeze_top})")
+                   help=f"top backbone blocks to unfreeze (default {d.unfreeze_top})")
     p.add_argument("--sequence-length", type=_positive_int,
                    help=f"tokens per example (default {d.sequence_length})")
     p.add_argument("--batch-size", type=_positive_int,
@@ -67,9 +88,10 @@ def add_parser(subparsers):
     p.add_argument("--head-learning-rate", type=float,
                    help=f"head learning rate (default {d.head_learning_rate})")
     p.add_argument("--max-examples", type=_positive_int,
-                   help="use a stratified subset of this many examples")
+                   help="use a subset of this many examples (stratified for classes)")
     p.add_argument("--seed", type=_non_negative_int, help=f"random seed (default {d.seed})")
-    p.add_argument("--export-dir", help=f"export model directory (default {d.export_dir})")
+    p.add_argument("--export-dir", help="export model directory "
+                   "(default saved_models/<data name>_<backbone name>)")
     p.add_argument("--no-export", action="store_true", help="skip the SavedModel export")
     p.add_argument("--run-dir", help="report/log directory "
                    "(default runs/<date>-<time>-<microseconds>, unique)")
@@ -104,8 +126,11 @@ def run(args):
             "max_examples": args.max_examples, "seed": args.seed,
             "export_dir": args.export_dir, "run_dir": args.run_dir,
             "method": method, "distribution": args.distribution, "tpu": args.tpu,
-            "prompt_template": args.prompt_template,
+            "prompt_template": args.prompt_template, "threshold": args.threshold,
         }
+        for field, value in data_overrides(args).items():
+            flags[_DATA_SETTINGS.get(field, field)] = (
+                list(value) if isinstance(value, tuple) else value)
         if method is not None:
             # The flag wins over the file, under either of the file's names.
             settings.pop("strategy", None)
@@ -123,10 +148,10 @@ def run(args):
         return 1
     except ValueError as error:
         # Raised while loading the backbone or data, before training starts.
-        print(f"tfft finetune: error: {error}", file=sys.stderr)
+        print(f"tfft finetune: error: {flag_message(error)}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps({"test": report["test"], "export_path": report["export_path"],
-                      "run_dir": report["run_dir"]}))
+                      "run_dir": report["run_dir"], "backbone": report["backbone_spec"]}))
     return 0
 
 

@@ -13,12 +13,11 @@ import yaml
 
 from tfft.backbones import parse_spec
 from tfft.data import TEXT_DATASETS
+from tfft.data.sources import ON_ERROR
+from tfft.data.user_data import DATA_TASKS
 from tfft.distribute import STRATEGY_NAMES
 
 METHODS = ("fine_tune", "prompt", "soft_prompt")
-# What the job trains: the head's task, and so its loss, metrics and export signature.
-DATA_TASKS = ("multiclass", "binary", "multilabel", "regression")
-ON_ERROR = ("raise", "skip")
 DEFAULT_DATASET = "bbc_news"
 # `backbone="auto"` follows the data's modality.
 DEFAULT_BACKBONES = {"text": "keras_hub:all_minilm_l6_v2", "image": "offline:efficientnet_lite0"}

@@ -27,7 +27,8 @@ import tensorflow as tf
 
 from tfft.adapt.freeze import TopK, find_backbone_layer, register_policy, trainable_summary
 from tfft.backbones import load_backbone
-from tfft.data import TEXT_DATASETS, LabeledData, load, stratified_split
+from tfft.data import TEXT_DATASETS, stratified_split
+from tfft.data.user_data import DataSpec, load_data_spec
 from tfft.distribute import (
     chief_writes,
     distribute_dataset,
@@ -346,34 +347,22 @@ def _load_parts(config):
     """`{"all": data}`, or the given splits `{"train": ..., "val": ..., "test": ...}`."""
     if config.data is None:
         return {"all": TEXT_DATASETS[config.dataset or DEFAULT_DATASET]()}
-    first = _read(config.data, config, config.class_names)
-    parts = {"all": first} if isinstance(first, LabeledData) else _tfds_parts(first)
-    for key, source in (("val", config.val_data), ("test", config.test_data)):
-        if source is not None:
-            if "all" in parts:
-                parts = {"train": parts.pop("all")}
-            # The training data's classes, so that the ids agree across the files.
-            names = config.class_names or parts["train"].class_names or None
-            parts[key] = _read(source, config, names)
-    return parts
+    return load_data_spec(data_spec(config))
 
 
-def _read(source, config, class_names):
-    separator = (config.label_separator or "|") if config.task == "multilabel" else None
-    return load(source, text_column=config.text_column, label_column=config.label_column,
-                class_names=class_names, label_separator=separator,
-                on_error=config.on_error, encoding=config.encoding,
-                image_size=None if config.image_size is None else tuple(config.image_size))
-
-
-def _tfds_parts(splits):
-    """A TFDS source's own splits under the job's names."""
-    names = {"train": "train", "validation": "val", "valid": "val", "val": "val",
-             "test": "test"}
-    parts = {names[k]: v for k, v in splits.items() if k in names}
-    if "train" not in parts:
-        raise ValueError(f"The TFDS source has no 'train' split. Its splits: {sorted(splits)}")
-    return parts
+def data_spec(config: JobConfig) -> DataSpec | None:
+    """The `tfft.data.DataSpec` of a job's own data (None for a bundled dataset)."""
+    if config.data is None:
+        return None
+    return DataSpec(
+        source=config.data, val_source=config.val_data, test_source=config.test_data,
+        text_column=config.text_column, label_column=config.label_column, task=config.task,
+        label_separator=config.label_separator,
+        class_names=None if config.class_names is None else tuple(config.class_names),
+        on_error=config.on_error,
+        image_size=None if config.image_size is None else tuple(config.image_size),
+        encoding=config.encoding,
+    )
 
 
 def _split_indices(y, task, val_fraction, test_fraction, seed):
@@ -795,5 +784,6 @@ def _save_plots(report, stages, run_dir):
 
 __all__ = [
     "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "NumericalError",
-    "TopKFrozenBatchNorm", "renamed_settings", "run_job", "summarize_test_report",
+    "TopKFrozenBatchNorm", "data_spec", "renamed_settings", "run_job",
+    "summarize_test_report",
 ]
