@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser,
                                        metavar="COMMAND")
+    from tfft.cli import assets as assets_cli
+    from tfft.cli import env as env_cli
     from tfft.evaluation import cli as evaluation_cli
     from tfft.export import cli as export_cli
     from tfft.jobs import cli as jobs_cli
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_cli.add_parser(subparsers)
     export_cli.add_parser(subparsers)
     selection_cli.add_parser(subparsers)
+    assets_cli.add_parser(subparsers)
+    env_cli.add_parser(subparsers)
     return parser
 
 

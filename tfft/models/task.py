@@ -257,6 +257,9 @@ class Task(keras.Model):
             sample_weight=None, **kwargs):
         """`keras.Model.fit` that also takes raw inputs (see the class docstring)."""
         if self._takes_arrays_as_is(x):
+            # Keras shuffles arrays only; for a dataset or generator it warns that
+            # shuffle=True (this method's default) is ignored.
+            shuffle = shuffle and isinstance(x, (np.ndarray, list, tuple, Mapping, tf.Tensor))
             return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                callbacks=callbacks, validation_split=validation_split,
                                validation_data=validation_data, shuffle=shuffle,
