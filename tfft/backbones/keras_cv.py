@@ -67,7 +67,8 @@ def _import_keras_cv():
         import keras_cv
     except ImportError:
         raise ImportError(
-            "keras_cv backbones need KerasCV: `pip install 'keras-cv>=0.9,<0.10'`."
+            "keras_cv backbones need tfft's cv extra (KerasCV 0.9): "
+            "`pip install \"tfft[cv]\"`."
         ) from None
     return keras_cv
 

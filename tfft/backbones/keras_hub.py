@@ -90,8 +90,8 @@ def missing_text_ops_hint(error: BaseException) -> str | None:
         return None
     return (
         "the SavedModel uses TensorFlow Text ops (a KerasHub tokenizer) that are not "
-        "registered: install them with `pip install tensorflow-text` (the same version "
-        "as TensorFlow) and load it again."
+        "registered: install tfft's text extra with `pip install \"tfft[text]\"` "
+        "(tensorflow-text, the same version as TensorFlow) and load it again."
     )
 
 

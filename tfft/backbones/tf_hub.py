@@ -208,8 +208,8 @@ def _auto_preprocessor(catalog):
             import tensorflow_text  # noqa: F401  (registers the ops the model uses)
         except ImportError:
             raise ImportError(
-                f"The TF Hub BERT preprocess model for {catalog.name!r} needs the "
-                "tensorflow-text package: `pip install tensorflow-text` (it pulls the "
+                f"The TF Hub BERT preprocess model for {catalog.name!r} needs tfft's text "
+                "extra (tensorflow-text): `pip install \"tfft[text]\"` (it pulls the "
                 "`tensorflow` package; pick one TensorFlow package), or pass "
                 "preprocessor=None and feed input_word_ids/input_mask/input_type_ids."
             ) from None

@@ -249,9 +249,10 @@ def resolve_handle(handle):
             import tensorflow_hub
         except ImportError as error:
             raise ImportError(
-                f"Downloading {handle!r} needs the tensorflow-hub package: "
-                "`pip install tensorflow-hub tf-keras` (pin tf-keras to your "
-                f"TensorFlow version). Original error: {error}"
+                f"Downloading {handle!r} needs tfft's hub extra (tensorflow-hub and "
+                "tf-keras, pinned to your TensorFlow version): `pip install \"tfft[hub]\"`. "
+                "A local SavedModel directory loads without it. "
+                f"Original error: {error}"
             ) from None
         with _tfhub_cache():
             return tensorflow_hub.resolve(handle)
