@@ -22,7 +22,7 @@ import sys
 
 from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
 from tfft.data.labels import class_labels
-from tfft.data.sources import CSV_EXTENSIONS, DatasetUnavailableError
+from tfft.data.sources import DatasetUnavailableError
 from tfft.data.user_data import (
     DATA_TASKS,
     DataSpec,
@@ -213,8 +213,13 @@ def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
     return LabeledData(texts, labels, list(class_names), name)
 
 
+# The files this command's strict CSV reader opens; other CSV kinds (.zip, .tsv.gz)
+# go through tfft.data.load like every other source.
+STRICT_CSV_EXTENSIONS = (".csv", ".csv.gz", ".csv.bz2", ".tsv")
+
+
 def _is_csv(source):
-    return os.path.isfile(source) and source.lower().endswith(CSV_EXTENSIONS)
+    return os.path.isfile(source) and source.lower().endswith(STRICT_CSV_EXTENSIONS)
 
 
 def load_user_data(spec, class_names=None):
