@@ -236,16 +236,8 @@ for path, inputs_path, out_path in zip(args[0::3], args[1::3], args[2::3], stric
 """
 
 
-@pytest.fixture
-def reload_in_fresh_process(tmp_path):
-    """Saves a model as .keras and reloads it in a new Python process (safe mode on).
-
-    `reload(model, x)` returns the reloaded model's predictions on `x` and a dict
-    describing it: type, trainable weight paths, freeze policy, class names,
-    backbone info, preprocessor class and LoRA B matrices. `reload.many([(model, x),
-    ...])` reloads several models, one after another, in one new process (one
-    TensorFlow start) and returns a list of those pairs.
-    """
+def _fresh_process_reloader(folder):
+    """`reload(model, x)` and `reload.many([(model, x), ...])`, saving into `folder`."""
     import json
     import subprocess
     import sys
@@ -253,14 +245,14 @@ def reload_in_fresh_process(tmp_path):
     def many(pairs):
         args, outs = [], []
         for index, (model, x) in enumerate(pairs):
-            path = str(tmp_path / f"task{index}.keras")
+            path = str(folder / f"task{index}.keras")
             model.save(path)
-            inputs = tmp_path / f"inputs{index}.npz"
+            inputs = folder / f"inputs{index}.npz"
             if isinstance(x, dict):
                 np.savez(inputs, __dict__=np.zeros(1), **x)
             else:
                 np.savez(inputs, x=np.asarray(x))
-            out = str(tmp_path / f"reloaded{index}")
+            out = str(folder / f"reloaded{index}")
             args += [path, str(inputs), out]
             outs.append(out)
         proc = subprocess.run(
@@ -280,3 +272,22 @@ def reload_in_fresh_process(tmp_path):
 
     reload.many = many
     return reload
+
+
+@pytest.fixture
+def reload_in_fresh_process(tmp_path):
+    """Saves a model as .keras and reloads it in a new Python process (safe mode on).
+
+    `reload(model, x)` returns the reloaded model's predictions on `x` and a dict
+    describing it: type, trainable weight paths, freeze policy, class names,
+    backbone info, preprocessor class and LoRA B matrices. `reload.many([(model, x),
+    ...])` reloads several models, one after another, in one new process (one
+    TensorFlow start) and returns a list of those pairs.
+    """
+    return _fresh_process_reloader(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_reload_in_fresh_process(tmp_path_factory):
+    """`reload_in_fresh_process` for module-scoped fixtures."""
+    return _fresh_process_reloader(tmp_path_factory.mktemp("reload"))

