@@ -584,13 +584,26 @@ class _Run:
     last_report: Any = None
 
     def batches(self, x, y=None, batch_size=None):
-        """Preprocessed batches of raw texts or images (and labels), in order."""
+        """Preprocessed batches (the backbone's inputs) of raw texts or images, in order."""
         return self.task.make_dataset(_raw_inputs(x, self.modality), y,
                                       batch_size=batch_size or self.batch_size)
 
+    def task_batches(self, x, y=None, batch_size=None):
+        """Batches for a model's own `fit`/`predict`, in order.
+
+        Tokenised texts, which the Task recognises as preprocessed. Images
+        stay raw: the Task preprocesses a dataset of images itself, and it
+        cannot tell preprocessed pixels from raw ones.
+        """
+        if self.modality == "text":
+            return self.batches(x, y, batch_size)
+        x = _raw_inputs(x, self.modality)
+        data = tf.data.Dataset.from_tensor_slices(x if y is None else (x, np.asarray(y)))
+        return data.batch(batch_size or self.batch_size)
+
     def evaluate(self, model):
         """The test report of `model`; remembered for `final_report`."""
-        probs = model.predict(self.batches(self.test.x), verbose=self.verbose)
+        probs = model.predict(self.task_batches(self.test.x), verbose=self.verbose)
         report = report_from_predictions(
             self.test.y, np.asarray(probs, dtype=np.float64), task=self.config.task,
             class_names=_task_class_names(self.config.task, self.data),
@@ -644,7 +657,7 @@ def _head_stage(run):
                 task, (run.train.x, run.train.y), (run.val.x, run.val.y), epochs=0,
                 freeze_epochs=config.head_epochs, lr=config.head_learning_rate,
                 callbacks=callbacks, verbose=run.verbose, batch_size=run.batch_size,
-                make_dataset=run.batches, seed=config.seed, strategy=run.strategy,
+                make_dataset=run.task_batches, seed=config.seed, strategy=run.strategy,
             )
         feature_seconds, hit = 0.0, False
     _check_finite(history, "head", run.run_dir, config.head_learning_rate)
@@ -679,7 +692,7 @@ def _fine_tune_stage(run):
             run.task, (run.train.x, run.train.y), (run.val.x, run.val.y),
             epochs=config.epochs, freeze_epochs=0, unfreeze=policy,
             preset=preset, fine_tune_lr=config.learning_rate, callbacks=callbacks,
-            verbose=run.verbose, batch_size=run.batch_size, make_dataset=run.batches,
+            verbose=run.verbose, batch_size=run.batch_size, make_dataset=run.task_batches,
             seed=config.seed, backup_dir=os.path.join(run.run_dir, "backup"),
             strategy=run.strategy,
         )
