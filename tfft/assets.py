@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 import sys
 
 
@@ -40,7 +41,8 @@ class Asset:
 
     @property
     def pip_name(self) -> str:
-        return self.requirement.split("==")[0]
+        """The package's name, without the version specifier."""
+        return re.split(r"[<>=!~;\[ ]", self.requirement, maxsplit=1)[0]
 
 
 # Sizes measured on the installed packages (TF 2.21 / Python 3.11).

