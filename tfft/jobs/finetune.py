@@ -67,6 +67,8 @@ from tfft.utils.walk import walk_layers
 logger = logging.getLogger(__name__)
 
 CLASSIFICATION = ("multiclass", "binary")
+# In default export folder names: saved_models/bbc_news_minilm as before.
+SHORT_BACKBONE_NAMES = {"all_minilm_l6_v2": "minilm"}
 EXPORT_SAMPLES = 8
 
 
@@ -222,7 +224,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
                        class_names=class_names)
     export_dir = config.export_dir
     if export_dir == AUTO:
-        export_dir = os.path.join("saved_models", _slug(f"{data.name}_{backbone.name}"))
+        short = SHORT_BACKBONE_NAMES.get(backbone.name, backbone.name)
+        export_dir = os.path.join("saved_models", _slug(f"{data.name}_{short}"))
         _check_export_dir(export_dir)
     batch_size = global_batch_size(config.batch_size, strategy)
     if strategy.num_replicas_in_sync > 1:
