@@ -10,6 +10,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tfft.cli.main import main
 
@@ -93,3 +94,22 @@ def test_bad_input_exits_2_names_the_problem_and_writes_nothing(
         assert code == 2, (name, err)
         assert message in err, (name, err)
         assert os.listdir(work) == [], name
+
+
+def test_run_dirs_written_before_own_data_still_resume(tmp_path):
+    """A run directory from before `data` (its config names the bundled defaults) resumes."""
+    from tfft.jobs.config import ConfigError, JobConfig
+    from tfft.jobs.state import RunState
+
+    new_keys = {"data", "val_data", "test_data", "text_column", "label_column", "task",
+                "label_separator", "class_names", "on_error", "image_size", "encoding",
+                "threshold"}
+    old = {k: v for k, v in JobConfig(epochs=2).to_dict().items() if k not in new_keys}
+    old.update(dataset="bbc_news", backbone="keras_hub:all_minilm_l6_v2",
+               export_dir="saved_models/bbc_news_minilm")
+    (tmp_path / "state.json").write_text(json.dumps({"config": old, "stages": []}))
+    RunState(str(tmp_path), JobConfig(epochs=2))
+    RunState(str(tmp_path), JobConfig(epochs=2, dataset="bbc_news",
+                                      backbone="keras_hub:all_minilm_l6_v2"))
+    with pytest.raises(ConfigError, match="data, dataset differ"):
+        RunState(str(tmp_path), JobConfig(epochs=2, data="mine.csv"))

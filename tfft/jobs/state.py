@@ -9,7 +9,14 @@ import logging
 import os
 import tempfile
 
-from tfft.jobs.config import DEPRECATED_SETTINGS, ConfigError
+from tfft.jobs.config import (
+    AUTO,
+    DEFAULT_BACKBONES,
+    DEFAULT_DATASET,
+    DEPRECATED_SETTINGS,
+    ConfigError,
+    JobConfig,
+)
 from tfft.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -59,8 +66,8 @@ class RunState:
                 if old in saved["config"]:
                     saved["config"].setdefault(new, saved["config"].pop(old))
             ignore = {"run_dir", "export_dir"}
-            old = {k: v for k, v in saved["config"].items() if k not in ignore}
-            new = {k: v for k, v in config.to_dict().items() if k not in ignore}
+            old = {k: v for k, v in _effective(saved["config"]).items() if k not in ignore}
+            new = {k: v for k, v in _effective(config.to_dict()).items() if k not in ignore}
             if old != new:
                 changed = sorted(k for k in new if old.get(k) != new[k])
                 raise ConfigError(
@@ -98,6 +105,23 @@ class RunState:
 
     def _write(self):
         write_json_atomic(self.path, self.data, default=str)
+
+
+def _effective(settings):
+    """Settings as the job uses them, for comparing a run directory's with new ones.
+
+    A run directory written before a setting existed lacks it (it ran with the
+    default), and one written before `dataset` and `backbone` followed the
+    data names the bundled defaults they now stand for.
+    """
+    defaults = JobConfig().to_dict()
+    out = {**defaults, **settings}
+    if out.get("data") is None:
+        if out.get("dataset") is None:
+            out["dataset"] = DEFAULT_DATASET
+        if out.get("backbone") == AUTO:
+            out["backbone"] = DEFAULT_BACKBONES["text"]
+    return out
 
 
 def resumable_stage(state, name, label, model, run, on_reload=None, rerun=False):
