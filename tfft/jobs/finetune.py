@@ -143,7 +143,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     (or, with `feature_cache=False`, the head stage of `tfft.fine_tune`),
     the unfreeze stage is `tfft.fine_tune(..., freeze_epochs=0,
     unfreeze="top_k:K")` with the transformer preset peaking at
-    `learning_rate`. Re-running the same call on the same `run_dir`
+    `learning_rate` (images: `TopKFrozenBatchNorm` and Adam from
+    `learning_rate` with cosine decay). Re-running the same call on the same `run_dir`
     resumes: finished stages are reloaded from `run_dir/stage_weights/`,
     and an interrupted fine-tuning stage continues after its last completed
     epoch (`run_dir/backup/`), ending with the weights an uninterrupted run
@@ -157,18 +158,18 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     workers finished). The report, plots, final weights and export are the
     chief's only.
 
-    Args:
-        config: JobConfig or dict. Defaults to `JobConfig()`.
-        verbose: Keras verbosity for progress bars.
-        **overrides: settings that replace those in `config` (`strategy` is
-            a deprecated alias of `method`).
-
     The data is `config.data` (a file, folder or TFDS name, see
     `JobConfig`) or a bundled `config.dataset`, for `config.task`; the
     backbone (`"auto"`: MiniLM for texts, EfficientNet-Lite0 for images)
     must take the data's modality. Bad data (a missing column, one class
     only, an empty file, a label outside `class_names`, an unreadable image)
     raises a ValueError naming it before anything is written.
+
+    Args:
+        config: JobConfig or dict. Defaults to `JobConfig()`.
+        verbose: Keras verbosity for progress bars.
+        **overrides: settings that replace those in `config` (`strategy` is
+            a deprecated alias of `method`).
 
     Returns:
         The report dict (also written to `run_dir/report.json`): per-stage
@@ -215,7 +216,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     if backbone.info.modality != modality:
         raise ConfigError(
             f"backbone: {backbone_spec!r} takes {backbone.info.modality}s but the data "
-            f"holds {modality}s. Use an {modality} backbone (e.g. "
+            f"holds {modality}s. Use {'an image' if modality == 'image' else 'a text'} "
+            "backbone (e.g. "
             f"{DEFAULT_BACKBONES[modality]}) or backbone: auto."
         )
     class_names = _task_class_names(config.task, data)
