@@ -44,7 +44,7 @@ test: $(STAMP) | $(FASHION_MNIST)
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check --config ruff.toml tfft tests benchmarks
+	$(VENV)/bin/ruff check --config ruff.toml tfft tfft_cli.py tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)
