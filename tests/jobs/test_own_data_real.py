@@ -75,6 +75,10 @@ def test_bbc_news_csv_through_finetune_data(bbc, articles, tmp_path):
     # Five balanced topics: chance is 0.2.
     assert report["test"]["accuracy"] >= 0.8
 
+    # The export records the data options, so `tfft evaluate` can read the data again.
+    data = tfft.export.read_metadata(report["export_path"])["data"]
+    assert (data["source"], data["text_column"], data["label_column"]) == (
+        str(tmp_path / "bbc_train.csv"), "article", "topic")
     served = _serve(report["export_path"], test["article"])
     predicted = served["class_names"].astype(str)
     assert report["test"]["accuracy"] == pytest.approx(

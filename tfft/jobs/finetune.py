@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from tfft.adapt.freeze import TopK, find_backbone_layer, register_policy, trainable_summary
 from tfft.backbones import load_backbone
-from tfft.data import TEXT_DATASETS, stratified_split
-from tfft.data.user_data import DataSpec, load_data_spec
+from tfft.data import TEXT_DATASETS
+from tfft.data.user_data import DataSpec, load_data_spec, split_indices
 from tfft.distribute import (
     chief_writes,
     distribute_dataset,
@@ -266,7 +266,11 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
                                           rerun="fine_tune" in unfinished))
     report = run.final_report(model)
 
+    # The DataSpec fields (source, columns, task ...) first: `tfft evaluate` reads the
+    # data back from them and rebuilds this split.
+    spec = data_spec(config)
     data_info = {
+        **(spec.to_dict() if spec else {}),
         "name": data.name, "source": config.data or (config.dataset or DEFAULT_DATASET),
         "task": config.task, "modality": modality, "class_names": class_names,
         "sizes": {"train": len(train), "val": len(val), "test": len(test)},
@@ -370,28 +374,11 @@ def data_spec(config: JobConfig) -> DataSpec | None:
     )
 
 
-def _split_indices(y, task, val_fraction, test_fraction, seed):
-    """Stratified for classes; a seeded random split for multilabel and regression."""
-    if task in CLASSIFICATION:
-        return stratified_split(y, val_fraction, test_fraction, seed=seed)
-    n = len(y)
-    n_val = math.ceil(n * val_fraction) if val_fraction else 0
-    n_test = math.ceil(n * test_fraction) if test_fraction else 0
-    if n - n_val - n_test < 1:
-        raise ValueError(
-            f"Cannot split {n} examples into train/val/test with val_fraction="
-            f"{val_fraction}, test_fraction={test_fraction}: no training example is left."
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    return (np.sort(order[n_val + n_test:]), np.sort(order[:n_val]),
-            np.sort(order[n_val:n_val + n_test]))
-
-
 def _subset(data, config):
     """`max_examples` of `data` (stratified for classes), or all of it."""
     if not config.max_examples or config.max_examples >= len(data):
         return data
-    keep, _, _ = _split_indices(data.y, config.task, 0.0,
+    keep, _, _ = split_indices(data.y, config.task, 0.0,
                                 1.0 - config.max_examples / len(data), config.seed)
     return data.take(keep)
 
@@ -405,7 +392,7 @@ def _split(config):
         whole = parts["all"]
         _check_classes(whole, config)
         data = _subset(whole, config)
-        train_idx, val_idx, test_idx = _split_indices(
+        train_idx, val_idx, test_idx = split_indices(
             data.y, config.task, config.val_fraction, config.test_fraction, config.seed)
         train, val, test = data.take(train_idx), data.take(val_idx), data.take(test_idx)
         given = []
@@ -416,7 +403,7 @@ def _split(config):
         val, test = parts.get("val"), parts.get("test")
         if val is None or test is None:
             # Carve what is missing out of the training data.
-            train_idx, val_idx, test_idx = _split_indices(
+            train_idx, val_idx, test_idx = split_indices(
                 train.y, config.task, 0.0 if val is not None else config.val_fraction,
                 0.0 if test is not None else config.test_fraction, config.seed)
             val = train.take(val_idx) if val is None else val
