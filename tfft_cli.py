@@ -53,7 +53,7 @@ def _filter(lines: list[str], level: int) -> list[str]:
 
 
 def _quiet_import(level: int) -> None:
-    """Imports TensorFlow and tfft with file descriptor 2 captured, then replays it filtered.
+    """Imports tfft (and TensorFlow) with file descriptor 2 captured, then replays it filtered.
 
     TensorFlow 2.21 writes its start-up lines through absl before absl's
     logging is set up, which ignores TF_CPP_MIN_LOG_LEVEL; so the lines are
@@ -65,13 +65,9 @@ def _quiet_import(level: int) -> None:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            import tfft  # noqa: F401  selects the TensorFlow backend first
-
-            # Device discovery (CUDA's cuInit) logs too; it does not initialise the
-            # runtime, so strategies and TPUs can still be set up afterwards.
-            tf.config.list_physical_devices()
+            # Later lines (device discovery's cuInit error on a machine without a GPU)
+            # go through absl once it is set up, which honours TF_CPP_MIN_LOG_LEVEL.
+            import tfft  # noqa: F401  imports TensorFlow, selecting its Keras backend
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
