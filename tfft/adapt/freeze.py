@@ -208,6 +208,24 @@ class TopK(FreezePolicy):
         _set_head_trainable(model, True)
 
 
+@register_policy("top_k_frozen_batch_norm")
+@dataclasses.dataclass(frozen=True)
+class TopKFrozenBatchNorm(TopK):
+    """`top_k`, with every BatchNormalization layer of the backbone kept frozen.
+
+    Keras' transfer-learning recipe: a frozen BatchNorm layer runs in
+    inference mode, so fine-tuning the top blocks on small batches of new
+    images neither overwrites the pretrained moving statistics nor
+    normalises with noisy batch statistics. The job's image stage uses it.
+    """
+
+    def apply(self, model):
+        super().apply(model)
+        for layer in walk_layers(find_backbone_layer(model).backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
 @register_policy("regex")
 @dataclasses.dataclass(frozen=True)
 class Regex(FreezePolicy):

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.adapt.freeze import TopK, find_backbone_layer, register_policy, trainable_summary
+from tfft.adapt.freeze import TopK, TopKFrozenBatchNorm, trainable_summary
 from tfft.backbones import load_backbone
 from tfft.data import TEXT_DATASETS
 from tfft.data.user_data import DataSpec, load_data_spec, split_indices
@@ -62,7 +62,6 @@ from tfft.training.callbacks import EpochSeeding, TrainingDivergedError, default
 from tfft.training.feature_cache import fit_cached
 from tfft.training.recipes import completed_epochs, epoch_datasets, fine_tune
 from tfft.utils.files import write_json_atomic
-from tfft.utils.walk import walk_layers
 
 logger = logging.getLogger(__name__)
 
@@ -70,24 +69,6 @@ CLASSIFICATION = ("multiclass", "binary")
 # In default export folder names: saved_models/bbc_news_minilm as before.
 SHORT_BACKBONE_NAMES = {"all_minilm_l6_v2": "minilm"}
 EXPORT_SAMPLES = 8
-
-
-@register_policy("top_k_frozen_batch_norm")
-@dataclasses.dataclass(frozen=True)
-class TopKFrozenBatchNorm(TopK):
-    """`top_k`, with every BatchNormalization layer of the backbone kept frozen.
-
-    Keras' transfer-learning recipe: a frozen BatchNorm layer runs in
-    inference mode, so fine-tuning the top blocks on small batches of new
-    images neither overwrites the pretrained moving statistics nor
-    normalises with noisy batch statistics. The job's image stage uses it.
-    """
-
-    def apply(self, model):
-        super().apply(model)
-        for layer in walk_layers(find_backbone_layer(model).backbone):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
 
 
 class NumericalError(RuntimeError):
@@ -789,6 +770,6 @@ def _save_plots(report, stages, run_dir):
 
 __all__ = [
     "DEPRECATED_SETTINGS", "METHODS", "ConfigError", "JobConfig", "NumericalError",
-    "TopKFrozenBatchNorm", "data_spec", "renamed_settings", "run_job",
+    "data_spec", "renamed_settings", "run_job",
     "summarize_test_report",
 ]
