@@ -28,6 +28,11 @@ from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
 
 DEFAULT_BATCH_SIZE = 32
+# Datasets `Task.make_dataset` returned: already preprocessed, so passing one back to
+# fit/predict/evaluate must not preprocess it again. Image batches cannot tell by
+# their values (float pixels at the input size may be raw or normalised), so the
+# dataset object is remembered instead.
+_MADE_DATASETS: weakref.WeakSet = weakref.WeakSet()
 
 
 @keras.saving.register_keras_serializable(package="tfft")
@@ -214,6 +219,11 @@ class Task(keras.Model):
         Args:
             x: raw inputs (list or array of strings or images, a dict of
                 arrays) or a `tf.data.Dataset` of raw or preprocessed batches.
+                A dataset this method returned passes through as it is (so
+                `task.predict(task.make_dataset(images))` preprocesses once);
+                one derived from it (`.repeat()`, `.take()`) is a new dataset:
+                give image ones to `keras.Model.predict(task, ...)` or build
+                them from raw batches.
             y: targets, or None.
             batch_size: int. Examples per batch for array inputs.
             shuffle: bool. Reshuffle array inputs every epoch.
@@ -226,6 +236,8 @@ class Task(keras.Model):
                     "y must be None when x is a tf.data.Dataset: the dataset yields "
                     "(inputs, targets) itself."
                 )
+            if x in _MADE_DATASETS:
+                return x
             dataset = x
         else:
             if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -241,6 +253,7 @@ class Task(keras.Model):
                 dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
             dataset = dataset.batch(batch_size)
         if self.preprocessor is None or self._is_preprocessed(_x_spec(dataset.element_spec)):
+            _MADE_DATASETS.add(dataset)
             return dataset
 
         def preprocess(*element):
@@ -248,9 +261,11 @@ class Task(keras.Model):
                 return self.preprocessor(element[0])
             return (self.preprocessor(element[0]), *element[1:])
 
-        return dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE
         )
+        _MADE_DATASETS.add(dataset)
+        return dataset
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
