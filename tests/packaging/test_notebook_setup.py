@@ -31,16 +31,19 @@ def test_every_notebook_has_one_setup_line():
 
 @pytest.mark.slow
 def test_setup_lines_install_tfft_and_the_assets_in_a_fresh_venv(fresh_venv, run_fresh):
-    # One test for the six lines: pip is quick once the first has run, and tfft is
-    # imported once at the end to find everything (~1.5 minutes in all).
+    # One test for every notebook's line (each distinct line runs once: three notebooks
+    # share one): pip is quick once the first has run, and tfft is imported once at the
+    # end to find everything.
     content = fresh_venv["root"] / "content"
     content.mkdir(exist_ok=True)
     shutil.copy(fresh_venv["wheel"], content)
-    names = set()
+    lines = {}
     for path in NOTEBOOKS:
-        line = _setup_line(path)
+        lines.setdefault(_setup_line(path), []).append(path.name)
+    names = set()
+    for line, notebooks in lines.items():
         done = run_fresh(line, cwd=content)  # through /bin/sh, as IPython's `!` does
-        assert done.returncode == 0, f"{path.name}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"{notebooks}: {done.stdout[-3000:]}{done.stderr[-3000:]}"
         names.update(line.split(" && tfft assets install ")[1].split())
     code = ("import json, tensorflow_hub, tfft; from tfft import assets; print(json.dumps("
             "[tfft.__file__, tensorflow_hub.__file__] + "
