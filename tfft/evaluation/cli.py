@@ -21,6 +21,7 @@ import os
 import sys
 
 from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
+from tfft.data import IMAGE_DATASETS, TEXT_DATASETS, LabeledData
 from tfft.data.labels import class_labels
 from tfft.data.sources import DatasetUnavailableError
 from tfft.data.user_data import (
@@ -104,8 +105,6 @@ def read_metadata(model_dir):
 
 
 def _is_bundled(name):
-    from tfft.data import IMAGE_DATASETS, TEXT_DATASETS
-
     return name in TEXT_DATASETS or name in IMAGE_DATASETS
 
 
@@ -116,8 +115,6 @@ def load_eval_data(data, class_names=None, text_column="text", label_column="lab
     CSV labels may be class names (mapped through `class_names`, or sorted
     when none are known) or integer ids. `encoding` is the CSV's text encoding.
     """
-    from tfft.data import IMAGE_DATASETS, TEXT_DATASETS
-
     named = {**TEXT_DATASETS, **IMAGE_DATASETS}
     if data in named:
         return named[data]()
@@ -164,8 +161,6 @@ def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
 
     import numpy as np
     import pandas as pd
-
-    from tfft.data import LabeledData
 
     text = _read_csv_text(path, encoding)
     frame = pd.read_csv(io.StringIO(text), sep="\t" if path.lower().endswith(".tsv") else ",")
@@ -258,8 +253,6 @@ def align_classes(data, class_names):
     kept as ids into `class_names`.
     """
     import numpy as np
-
-    from tfft.data import LabeledData
 
     names = [str(n) for n in data.class_names]
     lowered = {str(n).lower(): i for i, n in enumerate(class_names)}
