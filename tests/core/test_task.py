@@ -97,18 +97,25 @@ def test_freeze_records_the_policy_and_sets_flags(tiny_text_backbone):
     assert _trainable_paths(task) == head_only
 
 
-def test_keras_reload_in_a_fresh_process_restores_the_task(new_tiny_text_backbone,
+def test_keras_reload_in_a_fresh_process_restores_the_task(new_tiny_text_backbone, tiny_cnn,
                                                            reload_in_fresh_process):
-    # Three freeze policies, three tasks on their own backbones, one fresh process.
+    # Five tasks, one fresh process (one TensorFlow start): three freeze policies on
+    # their own text backbones, LoRA adapters, and an image task with its preprocessor.
     tasks = {}
     for freeze in ["top_k:1", "gradual:2", "regex:transformer_layer_2"]:
         task = tfft.build_model(new_tiny_text_backbone(), num_classes=3, freeze=freeze,
                                 class_names=CLASSES)
         task.fit(TEXTS, LABELS, epochs=1, verbose=0)
         tasks[freeze] = task
+    lora = tfft.build_model(new_tiny_text_backbone(), num_classes=3, freeze="lora:2")
+    lora.fit(TEXTS, LABELS, epochs=2, verbose=0)
+    adapted = lora_layers(lora.backbone)
+    assert adapted and any(np.any(layer.lora_kernel_b.numpy()) for layer in adapted)
+    image, images = _image_task(tiny_cnn)
     reloaded = reload_in_fresh_process.many(
-        [(task, np.asarray(TEXTS)) for task in tasks.values()])
-    for (freeze, task), (got, described) in zip(tasks.items(), reloaded, strict=True):
+        [(task, np.asarray(TEXTS)) for task in tasks.values()]
+        + [(lora, np.asarray(TEXTS)), (image, images)])
+    for (freeze, task), (got, described) in zip(tasks.items(), reloaded[:3], strict=True):
         assert described["type"] == "Task", freeze
         np.testing.assert_allclose(got, task.predict(TEXTS, verbose=0), atol=1e-6,
                                    err_msg=freeze)
@@ -118,22 +125,38 @@ def test_keras_reload_in_a_fresh_process_restores_the_task(new_tiny_text_backbon
         assert described["backbone_info"] == task.backbone_info.to_dict(), freeze
         assert described["preprocessor"] == type(task.preprocessor).__name__, freeze
 
-
-def test_lora_adapters_come_back_unmerged(tiny_text_backbone, reload_in_fresh_process):
-    task = tfft.build_model(tiny_text_backbone, num_classes=3, freeze="lora:2")
-    task.fit(TEXTS, LABELS, epochs=2, verbose=0)
-    adapted = lora_layers(task.backbone)
-    assert adapted and any(np.any(layer.lora_kernel_b.numpy()) for layer in adapted)
-    want = task.predict(TEXTS, verbose=0)
-    got, described = reload_in_fresh_process(task, np.asarray(TEXTS))
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    # Keras alone would reload merged kernels with zero adapters; the task keeps them.
+    # LoRA: Keras alone would reload merged kernels with zero adapters; the task keeps them.
+    got, described = reloaded[3]
+    np.testing.assert_allclose(got, lora.predict(TEXTS, verbose=0), atol=1e-6)
     assert len(described["lora_b"]) == len(adapted)
     for saved, layer in zip(described["lora_b"], adapted, strict=True):
         np.testing.assert_allclose(saved, layer.lora_kernel_b.numpy(), atol=0)
-    assert described["trainable"] == _trainable_paths(task)
+    assert described["trainable"] == _trainable_paths(lora)
     assert described["freeze_policy"] == {"policy": "lora", "rank": 2, "alpha": None,
                                           "target": None}
+
+    # The image task: raw uint8 images of another size go through its ImagePreprocessor.
+    got, described = reloaded[4]
+    np.testing.assert_allclose(got, image.predict(images, verbose=0), atol=1e-6)
+    assert described["preprocessor"] == "ImagePreprocessor"
+    assert described["trainable"] == _trainable_paths(image)
+
+
+def _image_task(tiny_cnn):
+    preprocessor = tfft.ImagePreprocessor((32, 32), scale=1 / 127.5, offset=-1.0)
+    backbone = tfft.load_backbone(tiny_cnn)
+    backbone.preprocessor = preprocessor
+    task = tfft.build_model(backbone, num_classes=2, freeze="top_k:1", class_names=["a", "b"])
+    images = np.random.default_rng(0).integers(0, 256, (6, 40, 48, 3)).astype("uint8")
+    return task, images
+
+
+def test_image_task_predicts_through_its_preprocessor(tiny_cnn):
+    task, images = _image_task(tiny_cnn)
+    np.testing.assert_allclose(
+        task.predict(images, verbose=0),
+        task.to_sequential().predict(task.preprocessor(images), verbose=0), atol=1e-6,
+    )
 
 
 def test_lora_training_goes_on_after_a_reload(tiny_text_backbone, tmp_path):
@@ -160,23 +183,6 @@ def test_merged_lora_task_is_a_plain_task_with_the_same_outputs(tiny_text_backbo
     assert plain.preprocessor is task.preprocessor and plain.freeze_policy is None
     np.testing.assert_allclose(plain.predict(TEXTS, verbose=0), task.predict(TEXTS, verbose=0),
                                atol=1e-5)
-
-
-def test_image_task_reloads_with_its_preprocessor(tiny_cnn, reload_in_fresh_process):
-    preprocessor = tfft.ImagePreprocessor((32, 32), scale=1 / 127.5, offset=-1.0)
-    backbone = tfft.load_backbone(tiny_cnn)
-    backbone.preprocessor = preprocessor
-    task = tfft.build_model(backbone, num_classes=2, freeze="top_k:1", class_names=["a", "b"])
-    images = np.random.default_rng(0).integers(0, 256, (6, 40, 48, 3)).astype("uint8")
-    # Raw uint8 images of another size go through the ImagePreprocessor first.
-    want = task.predict(images, verbose=0)
-    np.testing.assert_allclose(
-        want, task.to_sequential().predict(preprocessor(images), verbose=0), atol=1e-6
-    )
-    got, described = reload_in_fresh_process(task, images)
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    assert described["preprocessor"] == "ImagePreprocessor"
-    assert described["trainable"] == _trainable_paths(task)
 
 
 def test_batch_methods_take_raw_inputs(tiny_text_backbone):
