@@ -15,6 +15,7 @@ from tfft.training.feature_cache import (
     fit_cached,
     list_cached,
 )
+from tfft.training.prebuild import build_for_training
 from tfft.training.presets import (
     OPTIMIZER_PRESETS,
     TASK_PRESETS,
@@ -37,6 +38,7 @@ __all__ = [
     "EpochSeeding",
     "MonitorCheck",
     "TrainingDivergedError",
+    "build_for_training",
     "cached_features",
     "clear_cache",
     "compile_model",

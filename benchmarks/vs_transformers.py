@@ -1,0 +1,222 @@
+"""tfft vs PyTorch + transformers: fully fine-tuning MiniLM on Rotten Tomatoes.
+
+The same workload both ways in one process: all-MiniLM-L6-v2 (the offline
+asset's weights, read by each side from the same `model.safetensors`), masked
+mean pooling, dropout 0.1 and a Dense/Linear 2-way classifier, AdamW at a
+constant 5e-5 (weight decay 0.01), batch 32, fresh vs rotten, `--epochs`
+epochs. Texts longer than 128 tokens are cut to 128 on both sides.
+
+- The peer is written the way a careful Hugging Face user writes it: the
+  training texts are sorted by token length, cut into batches of 32 whose
+  order is shuffled every epoch, and each batch is tokenised and padded to
+  its own longest text (dynamic padding), under `torch.inference_mode` for
+  the evaluation.
+- tfft goes through its public API only: `tfft.build_model`, `Task.compile`,
+  `tfft.data.make_text_dataset(bucketing=True)` and `Task.fit`.
+
+The two sides alternate whole epochs (peer epoch 1, tfft epoch 1, peer
+epoch 2, ...), so load from other processes on a shared machine falls on
+both alike. Every epoch's wall time counts everything: tokenisation, graph
+tracing, the optimizer's first step. Both models are then scored on the
+same held-out test texts.
+
+Prints one JSON object as the last line: `first_epoch_ratio` and
+`two_epoch_ratio` are tfft examples/s over the peer's (first epoch, first
+two epochs together), plus both accuracies and each side's examples/s.
+
+Needs the `bench` extra (`pip install -e .[bench]`: torch, transformers);
+tfft itself never imports them.
+
+    .venv/bin/python benchmarks/vs_transformers.py [--train 2048] [--test 1024]
+        [--epochs 2] [--distribution auto]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tfft  # noqa: I001  (sets the Keras backend first)
+import keras
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+import tfft.data as td
+from tfft.assets import asset_path
+from bench_common import add_distribution_args, setup_distribution
+
+LEARNING_RATE = 5e-5
+WEIGHT_DECAY = 0.01
+MAX_LENGTH = 128
+
+
+def _import_peer():
+    try:
+        import torch
+        import transformers
+    except ImportError as error:
+        raise ImportError(
+            "benchmarks/vs_transformers.py needs the peer: pip install -e '.[bench]' "
+            "(torch, transformers)."
+        ) from error
+    return torch, transformers
+
+
+class Peer:
+    """MiniLM + masked mean + Linear in PyTorch + transformers, dynamic padding."""
+
+    def __init__(self, model_dir, num_classes, batch_size, seed):
+        torch, transformers = _import_peer()
+        self.torch = torch
+        torch.manual_seed(seed)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.encoder = transformers.AutoModel.from_pretrained(model_dir)
+        self.dropout = torch.nn.Dropout(0.1)
+        self.head = torch.nn.Linear(self.encoder.config.hidden_size, num_classes)
+        params = list(self.encoder.parameters()) + list(self.head.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.batches = None
+
+    def _logits(self, texts):
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
+                                 max_length=MAX_LENGTH, return_tensors="pt")
+        sequence = self.encoder(**encoded).last_hidden_state
+        mask = encoded["attention_mask"].unsqueeze(-1).to(sequence.dtype)
+        pooled = (sequence * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+    def train_epoch(self, texts, labels):
+        if self.batches is None:
+            # Length-sorted batches (counted in the first epoch's time).
+            lengths = [len(ids) for ids in self.tokenizer(
+                list(texts), truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+            order = np.argsort(lengths, kind="stable")
+            self.batches = [order[i:i + self.batch_size]
+                            for i in range(0, len(order), self.batch_size)]
+        self.encoder.train()
+        self.dropout.train()
+        loss_fn = self.torch.nn.CrossEntropyLoss()
+        for b in self.rng.permutation(len(self.batches)):
+            index = self.batches[b]
+            logits = self._logits(texts[index])
+            loss = loss_fn(logits, self.torch.as_tensor(labels[index], dtype=self.torch.long))
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+
+    def predict(self, texts):
+        self.encoder.eval()
+        self.dropout.eval()
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        predictions = np.empty(len(texts), dtype=np.int64)
+        with self.torch.inference_mode():
+            for i in range(0, len(order), 64):
+                index = order[i:i + 64]
+                predictions[index] = self._logits(texts[index]).argmax(-1).numpy()
+        return predictions
+
+
+class TfftRun:
+    """The same model through tfft's public API, length-bucketed."""
+
+    def __init__(self, num_classes, batch_size, seed, strategy, jit_compile):
+        keras.utils.set_random_seed(seed)
+        with strategy.scope():
+            self.task = tfft.build_model("minilm", num_classes=num_classes, freeze="full",
+                                         compile=False, sequence_length=MAX_LENGTH)
+            self.task.compile(
+                optimizer=keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY),
+                loss="sparse_categorical_crossentropy",
+                jit_compile=jit_compile,
+            )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dataset = None
+        self.epochs_done = 0
+
+    def train_epoch(self, texts, labels):
+        if self.dataset is None:
+            # Made inside the first epoch's time: its length pass tokenises.
+            self.dataset = td.make_text_dataset(
+                (texts, labels), preprocessor=self.task.preprocessor,
+                batch_size=self.batch_size, bucketing=True, shuffle=True, seed=self.seed,
+            )
+        self.task.fit(self.dataset, epochs=self.epochs_done + 1,
+                      initial_epoch=self.epochs_done, verbose=0)
+        self.epochs_done += 1
+
+    def predict(self, texts):
+        test = td.make_text_dataset((texts, np.zeros(len(texts), dtype="int32")),
+                                    preprocessor=self.task.preprocessor, batch_size=64)
+        return np.argmax(self.task.predict(test, verbose=0), axis=-1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=2048)
+    parser.add_argument("--test", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    add_distribution_args(parser)
+    args = parser.parse_args()
+    strategy, settings = setup_distribution(args)
+
+    data = td.load_rotten_tomatoes(classes=["rotten", "fresh"])
+    train_idx, rest = train_test_split(
+        np.arange(len(data)), train_size=args.train, stratify=data.y, random_state=args.seed
+    )
+    test_idx, _ = train_test_split(
+        rest, train_size=args.test, stratify=data.y[rest], random_state=args.seed
+    )
+    train, test = data.take(train_idx), data.take(test_idx)
+    train_x, train_y = np.asarray(train.x, dtype=object), np.asarray(train.y, dtype="int32")
+    test_x, test_y = np.asarray(test.x, dtype=object), np.asarray(test.y)
+
+    sides = {
+        "peer": Peer(asset_path("minilm"), 2, args.batch_size, args.seed),
+        "tfft": TfftRun(2, args.batch_size, args.seed, strategy, settings["jit_compile"]),
+    }
+    seconds = {name: [] for name in sides}
+    for _ in range(args.epochs):
+        for name, side in sides.items():
+            start = time.perf_counter()
+            side.train_epoch(train_x, train_y)
+            seconds[name].append(time.perf_counter() - start)
+    results = {}
+    for name, side in sides.items():
+        accuracy = float(np.mean(side.predict(test_x) == test_y))
+        results[name] = {
+            "epoch_examples_per_s": [round(len(train_x) / s, 2) for s in seconds[name]],
+            "accuracy": round(accuracy, 4),
+        }
+    peer, ours = seconds["peer"], seconds["tfft"]
+    two = min(2, args.epochs)
+    load = os.getloadavg()
+    print(json.dumps({
+        "benchmark": "vs_transformers",
+        "dataset": "rotten_tomatoes (rotten vs fresh)",
+        "train_examples": len(train_x),
+        "test_examples": len(test_x),
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        **settings,
+        "first_epoch_ratio": round(peer[0] / ours[0], 3),
+        "two_epoch_ratio": round(sum(peer[:two]) / sum(ours[:two]), 3),
+        "tfft_first_over_second_epoch": (round(ours[1] / ours[0], 3) if args.epochs > 1 else None),
+        "tfft_accuracy": results["tfft"]["accuracy"],
+        "peer_accuracy": results["peer"]["accuracy"],
+        "tfft_examples_per_s": results["tfft"]["epoch_examples_per_s"],
+        "peer_examples_per_s": results["peer"]["epoch_examples_per_s"],
+        "load_average_1m": round(load[0], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Creating the optimizer's and metrics' variables before `fit` traces its train step.
+
+Keras on TensorFlow builds the optimizer (and the compiled metrics) lazily,
+inside the first trace of the train function, unless the model was made
+under a `tf.distribute` strategy. A `tf.function` that creates variables on
+its first trace is traced a second time to check that later calls create
+none, so a fine-tuning run pays for tracing the whole forward pass,
+backward pass and optimizer update twice before its first step (measured on
+MiniLM with AdamW, 2 CPU cores: 18 s before the first step, 10 s once the
+variables exist). `build_for_training` creates them up front, eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+
+def _label_spec(element_spec: Any) -> Any:
+    """The label part of a `(inputs, labels[, weights])` dataset element spec."""
+    if isinstance(element_spec, tuple) and len(element_spec) >= 2:
+        return element_spec[1]
+    return None
+
+
+def _as_keras_tensor(spec: Any) -> Any:
+    if isinstance(spec, tf.TensorSpec):
+        return keras.KerasTensor(tuple(spec.shape), dtype=spec.dtype.name)
+    return None
+
+
+def build_for_training(model: keras.Model, element_spec: Any = None) -> None:
+    """Creates a compiled model's optimizer and metric variables before `fit`.
+
+    Does nothing for parts already built or a model that is not compiled, so
+    calling it before every `fit` is cheap.
+
+    Args:
+        model: keras.Model. A compiled model.
+        element_spec: the training dataset's `element_spec` (`(inputs,
+            labels)`), used to build the compiled metrics for labels of that
+            shape. None builds the optimizer only.
+
+    Example:
+
+    >>> task.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    >>> tfft.training.build_for_training(task, train.element_spec)
+    >>> task.fit(train)   # the train step is traced once
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(model, "compiled", False):
+        return
+    with model.distribute_strategy.scope():
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        y_true = _as_keras_tensor(_label_spec(element_spec))
+        outputs = getattr(model, "outputs", None)
+        if y_true is None or not outputs or len(outputs) != 1:
+            return
+        for metric in model.metrics:
+            # Plain metrics make their variables when constructed and carry no
+            # `built`; the compiled-metrics container builds its metrics from
+            # the label and prediction shapes on first use, and `build` does
+            # that now.
+            if getattr(metric, "built", True) is False:
+                metric.build(y_true, outputs[0])
