@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -170,3 +171,48 @@ def test_metadata_is_json_and_lists_signatures(make_text_model, tmp_path):
     assert meta["signatures"] == {
         "serving_default": {"input": "inputs", "dtype": "string", "shape": [None]}}
     assert "evaluation" not in meta
+
+
+class _Width(keras.layers.Layer):
+    """Scores `[w / 16, 1 - w / 16]` for a batch padded to width `w`: shows what the model got."""
+
+    def call(self, token_ids):
+        width = keras.ops.cast(keras.ops.shape(token_ids)[1], "float32") / 16.0
+        ones = keras.ops.ones_like(keras.ops.cast(token_ids[:, :1], "float32"))
+        return keras.ops.concatenate([ones * width, ones * (1.0 - width)], axis=-1)
+
+
+def _width_probe(sequence_length):
+    inputs = {name: keras.Input((sequence_length,), dtype="int32", name=name)
+              for name in ("token_ids", "segment_ids", "padding_mask")}
+    return keras.Model(inputs, _Width()(inputs["token_ids"]))
+
+
+@pytest.mark.parametrize("sequence_length, served", [(None, [4, 7]), (16, [16, 16])])
+def test_text_signature_runs_each_request_at_its_own_length(tiny_text_preprocessor,
+                                                            sequence_length, served):
+    # A model that takes any length gets each request cut to its longest text
+    # ("the bank": [CLS] the bank [SEP]); one with a fixed input length keeps
+    # the preprocessor's 16.
+    fns = saved_model._serving_fns(_width_probe(sequence_length), tiny_text_preprocessor,
+                                   "text", "multiclass", ["a", "b"])
+    serve, signature = fns["serving_default"]
+    graph_fn = tf.function(serve, input_signature=signature)
+    widths = [
+        round(float(graph_fn(tf.constant(batch))["probabilities"][0, 0]) * 16)
+        for batch in (["the bank"], ["the bank", "the team win the match"])
+    ]
+    assert widths == served
+
+
+def test_trim_to_longest_keeps_every_unpadded_token(tiny_text_preprocessor, texts):
+    features = tiny_text_preprocessor(tf.constant(texts))
+    trimmed = saved_model.trim_to_longest(features)
+    longest = int(tf.reduce_max(tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), 1)))
+    for key, value in trimmed.items():
+        assert value.shape == (len(texts), longest)
+        np.testing.assert_array_equal(value, features[key][:, :longest])
+        # Everything cut away was padding.
+        assert not np.any(np.asarray(features["padding_mask"])[:, longest:])
+    empty = saved_model.trim_to_longest(tiny_text_preprocessor(tf.constant([""])))
+    assert empty["token_ids"].shape[1] >= 1

@@ -5,7 +5,9 @@
 inputs and return predictions:
 
 - text (`modality="text"`): `serving_default(inputs: tf.string [None])`,
-  tokenised in the graph by the backbone's preprocessor;
+  tokenised in the graph by the backbone's preprocessor, each request run at
+  its own longest sequence rather than the preprocessor's fixed length (when
+  the model takes sequences of any length; see `trim_to_longest`);
 - images (`modality="image"`): `serving_default(inputs: tf.string [None])` of
   encoded JPEG/PNG/GIF/BMP bytes, and `serving_arrays(images: tf.uint8
   [None, None, None, 3])` of raw pixel arrays; both resize and normalise with
@@ -193,8 +195,12 @@ def _serving_fns(model, preprocessor, modality, task, class_names, image_size=No
         return outputs_from(model(features, training=False))
 
     if modality == "text":
+        trim = _takes_any_length(model)
+
         def serve(inputs):
             features = preprocessor(inputs) if preprocessor is not None else inputs
+            if trim:
+                features = trim_to_longest(features)
             return predict(features)
 
         return {"serving_default": (serve, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)])}
@@ -225,6 +231,50 @@ def _serving_fns(model, preprocessor, modality, task, class_names, image_size=No
             serve_arrays, [tf.TensorSpec([None, None, None, 3], tf.uint8, name=ARRAY_INPUT)]
         ),
     }
+
+
+def _takes_any_length(model):
+    """Whether every sequence input of `model` takes any length (`[batch, None]`)."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return False
+    return all(len(x.shape) != 2 or x.shape[1] is None for x in tf.nest.flatten(inputs))
+
+
+def trim_to_longest(features: Any) -> Any:
+    """Cuts a padded text batch to its longest sequence (at least 1 token).
+
+    A text preprocessor pads every request to its fixed `sequence_length`
+    (128 for MiniLM); a short request then pays for 128 tokens of attention
+    and feed-forward compute. Right padding that the model masks out changes
+    no output, so the export serves each request at its own longest
+    sequence instead. Features without a `padding_mask`, or whose second
+    axis is not the mask's, pass through as they are.
+
+    Args:
+        features: dict of `[batch, sequence_length]` tensors with a
+            `padding_mask`, as KerasHub text preprocessors return.
+
+    Returns:
+        The same dict with each sequence feature cut to the batch's longest
+        unpadded length.
+    """
+    if not isinstance(features, dict) or "padding_mask" not in features:
+        return features
+    mask = features["padding_mask"]
+    width = tf.shape(mask)[1]
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    # The appended 0 keeps an empty batch's maximum defined.
+    longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+    longest = tf.clip_by_value(longest, 1, width)
+
+    def cut(value):
+        if value.shape.rank != 2:
+            return value
+        return tf.cond(tf.equal(tf.shape(value)[1], width),
+                       lambda: value[:, :longest], lambda: value)
+
+    return {key: cut(value) for key, value in features.items()}
 
 
 def _default_sample_inputs(modality):
