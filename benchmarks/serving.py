@@ -13,7 +13,16 @@ for the SavedModel's `serving_default` and for the in-memory Keras model
 (preprocessor + `model(...)`, eager, the way a Python service would call it).
 Also checks their probabilities agree. Prints one JSON object as the last line.
 
+With the `bench` extra installed (torch, transformers), `vs_peer` adds the
+peer: the same MiniLM weights (read by transformers from the same asset) with
+the trained head's weights copied into a `torch.nn.Linear`, tokenised at the
+request's own length, under `torch.inference_mode`. Single-request p50 of
+the SavedModel and of the peer on the same short (8-word) and long (about
+120-word) text, alternating calls so load falls on both alike;
+`p50_ratio_saved_model_over_peer` below 1 means the export is faster.
+
     .venv/bin/python benchmarks/serving.py [--requests 50] [--batches 5]
+        [--peer-requests 200] [--distribution auto]
 """
 
 import argparse
@@ -24,13 +33,70 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tfft  # noqa: I001  (sets the Keras backend first)
 import numpy as np
 import tensorflow as tf
 
+from tfft.assets import asset_path
 from tfft.data import load_bbc_news
+from bench_common import add_distribution_args, setup_distribution
+
+SHORT_TEXT = "the bank raised its profits again this year"
+
+
+def long_text(texts, words=120):
+    """The first `words` words of the first article that has that many."""
+    for text in texts:
+        split = text.split()
+        if len(split) >= words:
+            return " ".join(split[:words])
+    raise ValueError(f"No text of {words} words.")
+
+
+def peer_fn(model):
+    """The trained model's math in PyTorch + transformers, or None without them."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    directory = asset_path("minilm")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    encoder = transformers.AutoModel.from_pretrained(directory).eval()
+    kernel, bias = model.get_layer("head").output_layer.get_weights()
+    head = torch.nn.Linear(*kernel.shape)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(kernel.T.copy()))
+        head.bias.copy_(torch.from_numpy(bias))
+
+    def predict(texts):
+        with torch.inference_mode():
+            encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=128,
+                                return_tensors="pt")
+            sequence = encoder(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(sequence.dtype)
+            pooled = (sequence * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return torch.softmax(head(pooled), -1).numpy()
+
+    return predict, tokenizer
+
+
+def paired_p50(fns, text, requests, warmup=5):
+    """Single-request p50 (ms) of each fn on `text`, calls alternating."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn([text])
+    seconds = {name: [] for name in fns}
+    for _ in range(requests):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn([text])
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: round(float(np.percentile(np.array(s) * 1000, 50)), 2)
+            for name, s in seconds.items()}
 
 
 def latencies(fn, texts, requests, warmup=3):
@@ -66,7 +132,10 @@ def main():
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--peer-requests", type=int, default=200)
+    add_distribution_args(parser)
     args = parser.parse_args()
+    _, settings = setup_distribution(args)
     started = time.perf_counter()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +175,27 @@ def main():
                 "single_request": latencies(keras_fn, texts, args.requests),
                 "batch_throughput": throughput(keras_fn, texts, args.batch_size, args.batches),
             },
+            **settings,
         }
+        peer = peer_fn(model)
+        if peer is None:
+            result["vs_peer"] = "not run: pip install -e '.[bench]' (torch, transformers)"
+        else:
+            predict, tokenizer = peer
+            result["vs_peer"] = {}
+            for name, text in (("short", SHORT_TEXT), ("long", long_text(texts))):
+                p50 = paired_p50({"saved_model": saved_model_fn, "peer": predict}, text,
+                                 args.peer_requests)
+                result["vs_peer"][name] = {
+                    "words": len(text.split()),
+                    "tokens": min(128, len(tokenizer(text)["input_ids"])),
+                    "saved_model_p50_ms": p50["saved_model"],
+                    "peer_p50_ms": p50["peer"],
+                    "p50_ratio_saved_model_over_peer": round(
+                        p50["saved_model"] / p50["peer"], 3),
+                    "max_abs_diff_probabilities": float(np.max(np.abs(
+                        saved_model_fn([text]) - predict([text])))),
+                }
     sm, km = result["saved_model"], result["keras_in_memory"]
     result["latency_p50_ratio_keras_over_saved_model"] = round(
         km["single_request"]["p50_ms"] / sm["single_request"]["p50_ms"], 2)

@@ -147,6 +147,8 @@ class TfftRun:
                 (texts, labels), preprocessor=self.task.preprocessor,
                 batch_size=self.batch_size, bucketing=True, shuffle=True, seed=self.seed,
             )
+        # A no-op after the first call; Task.fit does the same once it calls it itself.
+        tfft.training.build_for_training(self.task, self.dataset.element_spec)
         self.task.fit(self.dataset, epochs=self.epochs_done + 1,
                       initial_epoch=self.epochs_done, verbose=0)
         self.epochs_done += 1

@@ -15,7 +15,6 @@ from tfft.training.feature_cache import (
     fit_cached,
     list_cached,
 )
-from tfft.training.prebuild import build_for_training
 from tfft.training.presets import (
     OPTIMIZER_PRESETS,
     TASK_PRESETS,
@@ -28,6 +27,7 @@ from tfft.training.presets import (
     set_mixed_precision,
 )
 from tfft.training.recipes import EpochData, epoch_datasets, fine_tune
+from tfft.training.tracing import build_for_training, predict_batches
 
 __all__ = [
     "OPTIMIZER_PRESETS",
@@ -52,6 +52,7 @@ __all__ = [
     "list_cached",
     "list_presets",
     "make_optimizer",
+    "predict_batches",
     "preset_of",
     "set_mixed_precision",
 ]

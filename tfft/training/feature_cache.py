@@ -44,6 +44,7 @@ from tfft.adapt.freeze import find_backbone_layer
 from tfft.distribute import prepare_model
 from tfft.training.callbacks import DivergenceGuard
 from tfft.training.presets import TASK_PRESETS, task_metrics
+from tfft.training.tracing import predict_batches
 from tfft.utils.files import staged_directory, write_json_atomic
 from tfft.utils.walk import walk_layers
 
@@ -390,8 +391,8 @@ def is_cached(model: keras.Model, x: Any, preprocessing: Any = None,
 
 
 def compute_features(model, dataset, verbose="auto"):
-    """Runs the backbone and pooling once over a batched `tf.data.Dataset`."""
-    return feature_model(model).predict(dataset, verbose=verbose)
+    """Runs the backbone and pooling once over a batched `tf.data.Dataset` (one trace)."""
+    return predict_batches(feature_model(model), dataset, verbose=verbose)
 
 
 def cached_features(

@@ -34,7 +34,6 @@ from tfft.adapt.freeze import (
 from tfft.adapt.gradual import Gradual, GradualUnfreezing
 from tfft.distribute import distribute_dataset, prepare_model
 from tfft.training.callbacks import DivergenceGuard, EpochSeeding
-from tfft.training.prebuild import build_for_training
 from tfft.training.presets import (
     OPTIMIZER_PRESETS,
     TASK_PRESETS,
@@ -45,6 +44,7 @@ from tfft.training.presets import (
     resolve_preset,
     task_metrics,
 )
+from tfft.training.tracing import build_for_training
 from tfft.utils.checks import check_int, check_positive_number
 
 logger = logging.getLogger(__name__)

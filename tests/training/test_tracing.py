@@ -1,10 +1,12 @@
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import tfft
-from tfft.training.prebuild import build_for_training
+from tfft.training.feature_cache import compute_features, feature_model
 from tfft.training.recipes import fine_tune
+from tfft.training.tracing import build_for_training, predict_batches
 
 LABELS = np.arange(16) % 3
 
@@ -57,3 +59,41 @@ def test_build_for_training_keeps_fit_results_identical():
         np.testing.assert_allclose(early_history[key], values, rtol=1e-6)
     for a, b in zip(lazy.get_weights(), early.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_feature_cache_computes_features_in_one_trace(tiny_bert, text_batch):
+    model = tfft.build_model(tiny_bert, num_classes=3)
+    pooling = model.get_layer("pooling")
+    call = pooling.call
+    traced = []
+
+    def counted(*args, **kwargs):
+        traced.append(1)
+        return call(*args, **kwargs)
+
+    # Width 16, then width 9 with a smaller last batch: Keras' predict traced
+    # its predict function twice for this, once per shape before relaxing.
+    wide = {k: v[:8] for k, v in text_batch.items()}
+    narrow = {k: v[8:11, :9] for k, v in text_batch.items()}
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter([wide, narrow]),
+        output_signature={k: tf.TensorSpec([None, None], tf.int32) for k in wide},
+    )
+    pooling.call = counted
+    got = compute_features(model, dataset, verbose=0)
+    pooling.call = call
+    assert len(traced) == 1
+    features = feature_model(model)
+    want = np.concatenate([features.predict_on_batch(wide), features.predict_on_batch(narrow)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_predict_batches_equals_predict_with_targets_and_refuses_empty():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    x = np.arange(15, dtype="float32").reshape(5, 3)
+    data = tf.data.Dataset.from_tensor_slices((x, np.zeros(5))).batch(2)
+    np.testing.assert_allclose(predict_batches(model, data, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="empty dataset"):
+        predict_batches(model, data.take(0), verbose=0)

@@ -1,4 +1,7 @@
-"""Creating the optimizer's and metrics' variables before `fit` traces its train step.
+"""Tracing each Keras step function once: training and predicting.
+
+`build_for_training`: the optimizer's and metrics' variables before `fit`
+traces its train step.
 
 Keras on TensorFlow builds the optimizer (and the compiled metrics) lazily,
 inside the first trace of the train function, unless the model was made
@@ -8,6 +11,13 @@ none, so a fine-tuning run pays for tracing the whole forward pass,
 backward pass and optimizer update twice before its first step (measured on
 MiniLM with AdamW, 2 CPU cores: 18 s before the first step, 10 s once the
 variables exist). `build_for_training` creates them up front, eagerly.
+
+`predict_batches`: `model.predict` traces its predict function for the first
+batch's exact shape and again, shape-relaxed, for the last, smaller batch; a
+run that predicts with several models (features for the cache, validation,
+the test split) passes TensorFlow's "N out of the last M calls triggered
+tf.function retracing" threshold. `predict_batches` traces one function per
+call with the dataset's own relaxed signature.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -66,3 +77,54 @@ def build_for_training(model: keras.Model, element_spec: Any = None) -> None:
             # that now.
             if getattr(metric, "built", True) is False:
                 metric.build(y_true, outputs[0])
+
+
+def _relaxed(spec: Any) -> Any:
+    return tf.nest.map_structure(
+        lambda s: tf.TensorSpec([None] * len(s.shape), s.dtype, name=s.name), spec
+    )
+
+
+def predict_batches(model: keras.Model, dataset: tf.data.Dataset,
+                    verbose: str | int = "auto") -> Any:
+    """`model(x, training=False)` over a batched dataset, traced once.
+
+    Same outputs as `model.predict(dataset)` (concatenated along the batch
+    axis) for a dataset of input batches or `(inputs, ...)` tuples. Under a
+    strategy with several replicas it is `model.predict` itself, which splits
+    batches across them.
+
+    Args:
+        model: keras.Model.
+        dataset: tf.data.Dataset of batched inputs, or of `(inputs, targets)`.
+        verbose: "auto", 0, 1 or 2. A progress bar when 1 or "auto".
+            Defaults to "auto".
+
+    Returns:
+        The outputs as NumPy arrays (a nested structure for several outputs).
+    """
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        return model.predict(dataset, verbose=verbose)
+    spec = dataset.element_spec
+    with_targets = isinstance(spec, tuple)
+    inputs_spec = spec[0] if with_targets else spec
+
+    @tf.function(input_signature=[_relaxed(inputs_spec)], autograph=False)
+    def step(x):
+        return model(x, training=False)
+
+    cardinality = int(dataset.cardinality())
+    progress = keras.utils.Progbar(
+        cardinality if cardinality > 0 else None,
+        verbose=1 if verbose == "auto" else int(verbose),
+    ) if verbose else None
+    outputs = []
+    for i, element in enumerate(dataset):
+        outputs.append(step(element[0] if with_targets else element))
+        if progress is not None:
+            progress.update(i + 1)
+    if not outputs:
+        raise ValueError("predict_batches got an empty dataset: nothing to predict.")
+    return tf.nest.map_structure(
+        lambda *parts: np.concatenate([np.asarray(p) for p in parts], axis=0), *outputs
+    )
