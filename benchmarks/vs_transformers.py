@@ -14,7 +14,8 @@ epochs. Texts longer than 128 tokens are cut to 128 on both sides.
 - tfft goes through its public API only: `tfft.build_model`, `Task.compile`,
   `tfft.data.make_text_dataset(bucketing=True)` and `Task.fit`.
 
-The two sides alternate whole epochs (peer epoch 1, tfft epoch 1, peer
+The peer runs in a child process (sharing no thread pools with TensorFlow);
+the two sides alternate whole epochs (peer epoch 1, tfft epoch 1, peer
 epoch 2, ...), so load from other processes on a shared machine falls on
 both alike. Every epoch's wall time counts everything: tokenisation, graph
 tracing, the optimizer's first step. Both models are then scored on the
@@ -34,6 +35,7 @@ tfft itself never imports them.
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -159,17 +161,7 @@ class TfftRun:
         return np.argmax(self.task.predict(test, verbose=0), axis=-1)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=2048)
-    parser.add_argument("--test", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    add_distribution_args(parser)
-    args = parser.parse_args()
-    strategy, settings = setup_distribution(args)
-
+def load_split(args):
     data = td.load_rotten_tomatoes(classes=["rotten", "fresh"])
     train_idx, rest = train_test_split(
         np.arange(len(data)), train_size=args.train, stratify=data.y, random_state=args.seed
@@ -178,26 +170,91 @@ def main():
         rest, train_size=args.test, stratify=data.y[rest], random_state=args.seed
     )
     train, test = data.take(train_idx), data.take(test_idx)
-    train_x, train_y = np.asarray(train.x, dtype=object), np.asarray(train.y, dtype="int32")
-    test_x, test_y = np.asarray(test.x, dtype=object), np.asarray(test.y)
+    return (np.asarray(train.x, dtype=object), np.asarray(train.y, dtype="int32"),
+            np.asarray(test.x, dtype=object), np.asarray(test.y))
 
-    sides = {
-        "peer": Peer(asset_path("minilm"), 2, args.batch_size, args.seed),
-        "tfft": TfftRun(2, args.batch_size, args.seed, strategy, settings["jit_compile"]),
-    }
-    seconds = {name: [] for name in sides}
-    for _ in range(args.epochs):
-        for name, side in sides.items():
+
+def peer_worker(args):
+    """The peer in its own process: answers `train` and `predict` lines on stdin."""
+    train_x, train_y, test_x, test_y = load_split(args)
+    peer = Peer(asset_path("minilm"), 2, args.batch_size, args.seed)
+    for line in sys.stdin:
+        if line.strip() == "train":
             start = time.perf_counter()
-            side.train_epoch(train_x, train_y)
-            seconds[name].append(time.perf_counter() - start)
-    results = {}
-    for name, side in sides.items():
-        accuracy = float(np.mean(side.predict(test_x) == test_y))
-        results[name] = {
-            "epoch_examples_per_s": [round(len(train_x) / s, 2) for s in seconds[name]],
-            "accuracy": round(accuracy, 4),
-        }
+            peer.train_epoch(train_x, train_y)
+            answer = {"seconds": time.perf_counter() - start}
+        else:
+            answer = {"accuracy": float(np.mean(peer.predict(test_x) == test_y))}
+        print(json.dumps(answer), flush=True)
+
+
+class PeerProcess:
+    """Drives `peer_worker` in a child process, one epoch per request.
+
+    In its own process the peer shares no thread pools with TensorFlow (in
+    one process, PyTorch's epochs after a TensorFlow epoch ran at half speed).
+    """
+
+    def __init__(self, args):
+        command = [sys.executable, os.path.abspath(__file__), "--peer-worker",
+                   "--train", str(args.train), "--test", str(args.test),
+                   "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, command):
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"The peer process ended (exit code {self.process.wait()}).")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def train_epoch(self):
+        return self._ask("train")["seconds"]
+
+    def accuracy(self):
+        accuracy = self._ask("predict")["accuracy"]
+        self.process.stdin.close()
+        self.process.wait()
+        return accuracy
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=2048)
+    parser.add_argument("--test", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
+    add_distribution_args(parser)
+    args = parser.parse_args()
+    if args.peer_worker:
+        peer_worker(args)
+        return
+    strategy, settings = setup_distribution(args)
+    train_x, train_y, test_x, test_y = load_split(args)
+
+    peer = PeerProcess(args)
+    ours = TfftRun(2, args.batch_size, args.seed, strategy, settings["jit_compile"])
+    seconds = {"peer": [], "tfft": []}
+    for _ in range(args.epochs):
+        seconds["peer"].append(peer.train_epoch())
+        start = time.perf_counter()
+        ours.train_epoch(train_x, train_y)
+        seconds["tfft"].append(time.perf_counter() - start)
+    accuracies = {
+        "peer": peer.accuracy(),
+        "tfft": float(np.mean(ours.predict(test_x) == test_y)),
+    }
+    results = {
+        name: {"epoch_examples_per_s": [round(len(train_x) / s, 2) for s in seconds[name]],
+               "accuracy": round(accuracies[name], 4)}
+        for name in seconds
+    }
     peer, ours = seconds["peer"], seconds["tfft"]
     two = min(2, args.epochs)
     load = os.getloadavg()
