@@ -13,6 +13,7 @@ Prints one JSON object as the last line, with `speedup` =
 bucketed examples/s / fixed examples/s.
 
     .venv/bin/python benchmarks/bucketing.py [--train 1000] [--test 500]
+        [--distribution auto]
 """
 
 import argparse
@@ -33,15 +34,17 @@ from sklearn.model_selection import train_test_split
 import tfft.data as td
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import add_distribution_args, setup_distribution
 from input_pipeline import build_classifier
 
 
-def make_model(backbone, initial_weights, learning_rate):
+def make_model(backbone, initial_weights, learning_rate, jit_compile=False):
     model = build_classifier(backbone, 2)
     model.set_weights(initial_weights)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit_compile,
     )
     return model
 
@@ -89,7 +92,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
+    add_distribution_args(parser)
     args = parser.parse_args()
+    strategy, settings = setup_distribution(args)
 
     data = td.load_rotten_tomatoes(classes=["rotten", "fresh"])
     train_idx, rest = train_test_split(
@@ -111,9 +116,12 @@ def main():
         make = dict(preprocessor=backbone.preprocessor, batch_size=args.batch_size,
                     bucketing=bucketing)
         # Each run trains its own copy of the backbone, from the same weights.
-        own = tfft.load_backbone("minilm", sequence_length=128)
+        with strategy.scope():
+            own = tfft.load_backbone("minilm", sequence_length=128)
+            model = make_model(own, initial_weights, args.learning_rate,
+                               settings["jit_compile"])
         runs[name] = {
-            "model": make_model(own, initial_weights, args.learning_rate),
+            "model": model,
             "train": td.make_text_dataset(train, shuffle=True, seed=args.seed, **make),
             "test": td.make_text_dataset(test, **make),
         }
@@ -139,6 +147,7 @@ def main():
         "test_examples": len(test),
         "batch_size": args.batch_size,
         "epochs": 1,
+        **settings,
         "median_tokens": float(np.median(lengths)),
         "mean_tokens": round(float(np.mean(lengths)), 1),
         "fixed_128": fixed,
