@@ -291,3 +291,46 @@ def reload_in_fresh_process(tmp_path):
 def module_reload_in_fresh_process(tmp_path_factory):
     """`reload_in_fresh_process` for module-scoped fixtures."""
     return _fresh_process_reloader(tmp_path_factory.mktemp("reload"))
+
+
+LFW_JOB_PER_CLASS = 60
+
+
+@pytest.fixture(scope="session")
+def lfw_png_job(tmp_path_factory):
+    """`tfft finetune` on LFW faces vs not, written as PNG class folders, run once per session.
+
+    The first 60 images of each class (plus one broken file, skipped) train an
+    EfficientNet-Lite0 at reduced size (10 head epochs, one epoch with the top block
+    unfrozen); the rest of LFW is never seen by the job. Returns `{"report": the job's
+    report.json, "data": the LFW subset, "per_class": 60, "spec": the backbone spec}`.
+    Used by tests/jobs/test_own_data_real.py (the job itself) and
+    tests/evaluation/test_evaluate_data.py (`tfft evaluate` on the job's export).
+    """
+    import json
+
+    import tensorflow as tf
+
+    from tfft.cli.main import main
+    from tfft.data import load_lfw_subset
+
+    tmp = tmp_path_factory.mktemp("lfw_job")
+    lfw = load_lfw_subset()
+    root = tmp / "lfw"
+    for label, name in enumerate(lfw.class_names):
+        os.makedirs(root / name)
+        for i in np.flatnonzero(lfw.y == label)[:LFW_JOB_PER_CLASS]:
+            tf.io.write_file(str(root / name / f"{i:03d}.png"),
+                             tf.io.encode_png(lfw.x[i][..., np.newaxis]))
+    (root / "face" / "unreadable.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    spec = "offline:efficientnet_lite0"
+    (tmp / "split.json").write_text(json.dumps({"test_fraction": 0.3}))
+    run_dir, export_dir = tmp / "run", tmp / "export"
+    code = main(["finetune", "--data", str(root), "--backbone", spec, "--on-error", "skip",
+                 "--config", str(tmp / "split.json"), "--head-epochs", "10", "--epochs", "1",
+                 "--unfreeze-top", "1", "--batch-size", "16",
+                 "--run-dir", str(run_dir), "--export-dir", str(export_dir)])
+    assert code == 0
+    with open(run_dir / "report.json") as f:
+        report = json.load(f)
+    return {"report": report, "data": lfw, "per_class": LFW_JOB_PER_CLASS, "spec": spec}

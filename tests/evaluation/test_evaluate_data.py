@@ -300,35 +300,32 @@ def test_bad_input_exits_2_with_a_clear_message(case, topic_export, tmp_path, ca
 
 
 @pytest.mark.slow
-def test_lfw_png_folder_scored_by_an_efficientnet_lite0_export(tmp_path, capsys):
+def test_lfw_png_folder_scored_by_an_efficientnet_lite0_export(lfw_png_job, tmp_path, capsys):
     """Issue 24 item 4 on real data: LFW faces vs not, written as PNG class folders, scored
     through `tfft evaluate --data DIR` by an export of an EfficientNet-Lite0 classifier.
 
-    Slow (~30 s on 2 cores): it loads EfficientNet-Lite0, trains the head on 48 images
-    and exports the SavedModel.
+    The export is the one of the LFW job (`lfw_png_job` in tests/conftest.py, shared with
+    tests/jobs/test_own_data_real.py); the folder scored here holds 40 LFW images the job
+    never saw (the last 20 of each class; it trained and tested on the first 60).
     """
-    import keras
-
-    from tfft.data import load_lfw_subset, stratified_split
-
-    data = load_lfw_subset()
-    train_idx, _, test_idx = stratified_split(data.y, 0.0, 0.2, seed=0)
+    data, report = lfw_png_job["data"], lfw_png_job["report"]
+    unseen = [np.flatnonzero(data.y == c)[-20:] for c in range(len(data.class_names))]
+    assert all(idx.min() >= np.flatnonzero(data.y == c)[lfw_png_job["per_class"]]
+               for c, idx in enumerate(unseen))
+    test_idx = np.concatenate(unseen)
     rgb = np.repeat(data.x[..., None], 3, axis=-1)
-    order = np.random.default_rng(0).permutation(train_idx)[:48]
-    keras.utils.set_random_seed(0)
-    task = tfft.build_model("offline:efficientnet_lite0", task="multiclass", num_classes=2,
-                            freeze="feature_extraction", class_names=data.class_names)
-    task.fit(rgb[order], data.y[order], epochs=3, batch_size=16, verbose=0)
-    path = tfft.export_saved_model(task, str(tmp_path / "faces"), class_names=data.class_names,
-                                   modality="image", verify=False)
+    # The job's model, rebuilt in Keras from its final weights.
+    task = tfft.build_model(lfw_png_job["spec"], num_classes=2, class_names=data.class_names,
+                            compile=False)
+    task.load_weights(os.path.join(report["run_dir"], "final.weights.h5"))
     folder = tmp_path / "lfw"
     for i in test_idx:      # grey 25x25 PNGs, one folder per class
         (folder / data.class_names[data.y[i]]).mkdir(parents=True, exist_ok=True)
         (folder / data.class_names[data.y[i]] / f"{i:03d}.png").write_bytes(
             tf.io.encode_png(data.x[i][..., None]).numpy())
     out = tmp_path / "eval"
-    code = _run(["--model", path, "--data", str(folder), "--split", "all", "--no-plots",
-                 "--out", str(out)])
+    code = _run(["--model", report["export_path"], "--data", str(folder), "--split", "all",
+                 "--no-plots", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     metrics = _report(out)["metrics"]
     ordered = sorted(test_idx, key=lambda i: (data.y[i], i))

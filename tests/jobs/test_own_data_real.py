@@ -22,7 +22,6 @@ from sklearn import metrics as skm
 
 import tfft
 from tfft.cli.main import main
-from tfft.data import load_lfw_subset
 
 pytestmark = pytest.mark.slow
 
@@ -160,21 +159,14 @@ def test_multilabel_csv_reports_per_label_f1_at_the_threshold_of_its_export(
     assert metrics["macro_f1"] >= 0.75 and min(per_label) >= 0.7
 
 
-def test_lfw_png_folders_with_efficientnet_lite0_and_an_export_served_on_png_bytes(tmp_path):
-    """LFW faces vs not, written as PNG class folders (plus one broken file, skipped)."""
-    lfw = load_lfw_subset()
-    root = tmp_path / "lfw"
-    for label, name in enumerate(lfw.class_names):
-        os.makedirs(root / name)
-        for i in np.flatnonzero(lfw.y == label)[:PER_CLASS]:
-            tf.io.write_file(str(root / name / f"{i:03d}.png"),
-                             tf.io.encode_png(lfw.x[i][..., np.newaxis]))
-    (root / "face" / "unreadable.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    spec = "offline:efficientnet_lite0"
-    (tmp_path / "split.json").write_text(json.dumps({"test_fraction": 0.3}))
-    report = _finetune(["--data", str(root), "--backbone", spec, "--on-error", "skip",
-                        "--config", str(tmp_path / "split.json"), "--head-epochs", "10",
-                        "--epochs", "1", "--unfreeze-top", "1", "--batch-size", "16"], tmp_path)
+def test_lfw_png_folders_with_efficientnet_lite0_and_an_export_served_on_png_bytes(lfw_png_job):
+    """LFW faces vs not, written as PNG class folders (plus one broken file, skipped).
+
+    The job runs once per session (`lfw_png_job` in tests/conftest.py); `tfft evaluate`
+    scores its export too (tests/evaluation/test_evaluate_data.py).
+    """
+    report, lfw, spec = lfw_png_job["report"], lfw_png_job["data"], lfw_png_job["spec"]
+    assert lfw_png_job["per_class"] == PER_CLASS
     assert report["data"]["modality"] == "image" and report["data"]["skipped"] == 1
     assert report["data"]["sizes"]["test"] == 37
     assert sum(report["data"]["sizes"].values()) == 2 * PER_CLASS
