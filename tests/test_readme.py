@@ -134,13 +134,15 @@ def test_readme_names_no_removed_api():
 # the progress file marks each block's start and end, so that the parent can name a
 # block that killed the process or hung.
 _RUNNER = r"""
-import gc, json, os, runpy, sys, traceback
+import gc, json, os, runpy, sys, time, traceback
 
 plan, progress_path = json.load(open(sys.argv[1])), sys.argv[2]
 
 def mark(line, event):
     with open(progress_path, "a") as progress:
-        progress.write(json.dumps({"line": line, "event": event}) + "\n")
+        cpu = sum(os.times()[:4])  # this process's and its children's CPU seconds
+        progress.write(json.dumps({"line": line, "event": event, "time": time.time(),
+                                   "cpu": cpu}) + "\n")
 
 for block in plan:
     os.chdir(block["work"])
@@ -229,6 +231,18 @@ def _run_blocks(blocks, root):
             results[died_in] = f"crashed (exit code {code})"
             if running is None:
                 results[died_in] += "\n" + (root / f"runner{attempt}.log").read_text()[-3000:]
+    # Wall and CPU seconds per block, for whoever trims the README's run time (CPU
+    # seconds compare across machine loads): <tmp>/durations.json.
+    started, seconds = {}, {}
+    for progress in sorted(root.glob("progress*.txt")):
+        for event in map(json.loads, progress.read_text().splitlines()):
+            if event["event"] == "start":
+                started[event["line"]] = event
+            elif event["line"] in started:
+                start = started[event["line"]]
+                seconds[event["line"]] = {"wall": round(event["time"] - start["time"], 1),
+                                          "cpu": round(event["cpu"] - start["cpu"], 1)}
+    (root / "durations.json").write_text(json.dumps(seconds, indent=1), encoding="utf-8")
     by_line = {block["line"]: block for block in plan}
     return {
         line: (event, Path(by_line[line]["output"]).read_text(errors="replace")

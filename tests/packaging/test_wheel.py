@@ -19,7 +19,7 @@ def _python(fresh_venv, run_fresh, code):
 def test_wheel_in_a_fresh_venv_installs_assets_and_runs_the_main_job(fresh_venv, run_fresh,
                                                                      startup_noise):
     # Seconds for the wheel and venv (the shared distributions are links), a few for the
-    # assets (83 MB from PyPI or pip's cache), ~2 minutes for the job on 2 cores.
+    # assets (83 MB from PyPI or pip's cache), about a minute for the job on 2 cores.
     python, site = str(fresh_venv["python"]), fresh_venv["site"]
     installed = run_fresh([python, "-m", "pip", "install", str(fresh_venv["wheel"])])
     assert installed.returncode == 0, installed.stdout + installed.stderr
@@ -48,8 +48,9 @@ def test_wheel_in_a_fresh_venv_installs_assets_and_runs_the_main_job(fresh_venv,
     assert _python(fresh_venv, run_fresh, "import importlib.util as u; "
                    "print(u.find_spec('sentence_transformers'))") == "None"
 
-    job = run_fresh(["tfft", "finetune", "--max-examples", "300", "--epochs", "1",
-                     "--run-dir", "run"], timeout=1200)
+    # The default job at reduced size: 300 articles at 64 tokens, one fine-tuning epoch.
+    job = run_fresh(["tfft", "finetune", "--max-examples", "300", "--sequence-length", "64",
+                     "--epochs", "1", "--run-dir", "run"], timeout=1200)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     report = json.loads((fresh_venv["work"] / "run" / "report.json").read_text())
     # Five balanced topics: chance is about 0.2.
