@@ -97,3 +97,18 @@ def test_predict_batches_equals_predict_with_targets_and_refuses_empty():
                                model.predict(x, verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match="empty dataset"):
         predict_batches(model, data.take(0), verbose=0)
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["token-arrays", "raw-text"])
+def test_task_fit_traces_its_train_step_once(tiny_text_backbone, text_batch, raw):
+    model = tfft.build_model(tiny_text_backbone, num_classes=3)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["sparse_categorical_accuracy"])
+    traces = _count_traces(model)
+    x = ["the team won the match", "the minister and the vote", "shares in the bank"] * 4
+    if not raw:
+        x = {k: v[:12] for k, v in text_batch.items()}
+    history = model.fit(x, LABELS[:12], batch_size=4, epochs=2, verbose=0)
+    # Without the variables built first, tf.function traces the step twice.
+    assert len(traces) == 1
+    assert len(history.history["loss"]) == 2

@@ -210,7 +210,7 @@ class GradualUnfreezing(keras.callbacks.Callback):
         model = self._target
         if model.optimizer is None:
             raise ValueError("GradualUnfreezing needs a compiled model; compile it before fit.")
-        self._prepare_optimizer(model)
+        self.prepare_optimizer()
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self.policy.every_steps:
@@ -245,8 +245,13 @@ class GradualUnfreezing(keras.callbacks.Callback):
         self._stages[index][1].apply(self._target)
         self.stage = index
 
-    def _prepare_optimizer(self, model):
-        """Builds the optimizer on every variable the schedule will train."""
+    def prepare_optimizer(self):
+        """Builds the model's optimizer on every variable the schedule will train.
+
+        Runs at the start of `fit`; `tfft.training.build_for_training` calls it
+        before, so the optimizer is not first built on the head alone.
+        """
+        model = self._target
         current = self.stage
         self._stage_to(len(self._stages) - 1)
         future = list(model.trainable_variables)

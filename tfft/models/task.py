@@ -26,6 +26,7 @@ from tfft._compat import dense_kernel_variable
 from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
+from tfft.training.tracing import build_for_training
 
 DEFAULT_BATCH_SIZE = 32
 # Datasets `Task.make_dataset` returned: already preprocessed, so passing one back to
@@ -275,6 +276,8 @@ class Task(keras.Model):
             # Keras shuffles arrays only; for a dataset or generator it warns that
             # shuffle=True (this method's default) is ignored.
             shuffle = shuffle and isinstance(x, (np.ndarray, list, tuple, Mapping, tf.Tensor))
+            # The optimizer's and metrics' variables now, so the train step traces once.
+            build_for_training(self, _element_spec(x, y), callbacks)
             return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                callbacks=callbacks, validation_split=validation_split,
                                validation_data=validation_data, shuffle=shuffle,
@@ -294,6 +297,7 @@ class Task(keras.Model):
                                   sample_weight=sample_weight)
         if validation_data is not None:
             validation_data = self._as_eval_dataset(validation_data, batch)
+        build_for_training(self, train.element_spec, callbacks)
         # The dataset shuffles itself (array inputs) or arrives shuffled (tf.data).
         return super().fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks,
                            validation_data=validation_data, class_weight=class_weight,
@@ -490,6 +494,18 @@ def _as_array_tree(x):
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], str):
         return np.asarray(x, dtype=object)
     return np.asarray(x)
+
+
+def _element_spec(x, y):
+    """`(inputs, labels)` element spec for `build_for_training`, or None if unknown."""
+    if isinstance(x, tf.data.Dataset):
+        return x.element_spec
+    if y is None or isinstance(y, (Mapping, list, tuple)):
+        return None
+    labels = np.asarray(y)
+    if labels.dtype == object:
+        return None
+    return None, tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype))
 
 
 def _split_tail(x, y, sample_weight, fraction):

@@ -386,7 +386,7 @@ def _fit_stage(model, stage, data, val_data, epochs, callbacks, backup_dir, stra
     # train; fit still needs a non-empty dataset.
     train = distribute_dataset(data.epochs(min(first, epochs - 1), epochs), strategy)
     steps = {"steps_per_epoch": data.steps} if data.is_arrays else {}
-    build_for_training(model, getattr(train, "element_spec", None))
+    build_for_training(model, getattr(train, "element_spec", None), callbacks)
     history = model.fit(train, validation_data=val_data, epochs=epochs, callbacks=callbacks,
                         verbose=verbose, shuffle=False, **steps)
     history.resumed_from_epoch = first

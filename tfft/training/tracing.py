@@ -28,6 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft.adapt.gradual import GradualUnfreezing
+
 
 def _label_spec(element_spec: Any) -> Any:
     """The label part of a `(inputs, labels[, weights])` dataset element spec."""
@@ -42,7 +44,8 @@ def _as_keras_tensor(spec: Any) -> Any:
     return None
 
 
-def build_for_training(model: keras.Model, element_spec: Any = None) -> None:
+def build_for_training(model: keras.Model, element_spec: Any = None,
+                       callbacks: Any = None) -> None:
     """Creates a compiled model's optimizer and metric variables before `fit`.
 
     Does nothing for parts already built or a model that is not compiled, so
@@ -53,6 +56,10 @@ def build_for_training(model: keras.Model, element_spec: Any = None) -> None:
         element_spec: the training dataset's `element_spec` (`(inputs,
             labels)`), used to build the compiled metrics for labels of that
             shape. None builds the optimizer only.
+        callbacks: the callbacks `fit` will get. A `GradualUnfreezing` among
+            them builds the optimizer on every block it will open (built on
+            the trainable variables of the moment, the optimizer would have to
+            be replaced when the first block opens).
 
     Example:
 
@@ -64,6 +71,10 @@ def build_for_training(model: keras.Model, element_spec: Any = None) -> None:
     if optimizer is None or not getattr(model, "compiled", False):
         return
     with model.distribute_strategy.scope():
+        for callback in callbacks or ():
+            if isinstance(callback, GradualUnfreezing) and not optimizer.built:
+                callback.prepare_optimizer()
+                optimizer = model.optimizer
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
         y_true = _as_keras_tensor(_label_spec(element_spec))
