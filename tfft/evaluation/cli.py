@@ -33,8 +33,11 @@ from tfft.data.user_data import (
     load_data_spec,
     split_indices,
 )
+from tfft.evaluation import interpretation
+from tfft.utils.files import write_json_atomic
 
 METADATA_FILE = "tfft_metadata.json"
+EXPLAIN_METHODS = ("auto", "integrated_gradients", "grad_cam", "occlusion")
 SPLITS = ("train", "val", "test", "all")
 DEFAULT_SPLIT = {"seed": 0, "val_fraction": 0.15, "test_fraction": 0.15}
 
@@ -76,6 +79,29 @@ def add_parser(subparsers):
     parser.add_argument("--limit", type=int, default=None,
                         help="Score only the first N examples of the split (quick checks).")
     parser.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
+    group = parser.add_argument_group(
+        "interpretation", "Why the model decided, where it fails and for whom (single-label "
+        "classification).")
+    group.add_argument("--explain", type=int, default=None, metavar="N",
+                       help="Explain the N top losses (most confidently wrong examples) with "
+                            "attributions, and add the most-confused class pairs and the "
+                            "calibration (reliability_diagram.png, expected calibration "
+                            "error) to report.json.")
+    group.add_argument("--explain-method", default="auto", choices=EXPLAIN_METHODS,
+                       help="auto: with --keras-model, integrated gradients (texts) or "
+                            "Grad-CAM (images); without it, occlusion on the SavedModel.")
+    group.add_argument("--keras-model", default=None, metavar="PATH.keras",
+                       help="The export's Keras source (the .keras task it was exported "
+                            "from), for gradient attributions; it must give the export's "
+                            "outputs.")
+    group.add_argument("--explain-steps", type=int, default=50,
+                       help="Integrated gradients: path steps. Defaults to 50.")
+    group.add_argument("--slice-by", default=None, metavar="COLUMN",
+                       help="Metrics per slice: a column of the --data file (CSV/TSV/JSONL), "
+                            "or 'length' (text word count, quartiles) or 'brightness' "
+                            "(image mean, quartiles). Writes slices.json and slices.png.")
+    group.add_argument("--min-slice-support", type=int, default=1,
+                       help="Slices smaller than this are left out of the largest gap.")
     parser.set_defaults(func=run)
     return parser
 
@@ -368,6 +394,7 @@ def _run(args):
         raise ValueError(f"--batch-size must be >= 1. Received: {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1. Received: {args.limit}")
+    interpretation.check_arguments(args)
     metadata = read_metadata(model_dir)
     class_names = metadata.get("class_names")
     task = args.task or metadata.get("task")
@@ -392,6 +419,9 @@ def _run(args):
             f"{sorted(splits)}: pick --split {' or --split '.join(sorted(splits))}."
         )
     data = _pick_split(splits, args.split) if given else splits["all"]
+    # Which rows of the loaded file each example is, for --slice-by COLUMN.
+    rows = np.arange(len(data))
+    loaded = len(data)
     if task == "regression":
         class_names = None
     elif class_names is None:
@@ -412,7 +442,7 @@ def _run(args):
             keep, _, _ = split_indices(
                 data.y, split_task, 0.0, 1.0 - max_examples / len(data), split["seed"]
             )
-            data = data.take(keep)
+            data, rows = data.take(keep), rows[keep]
         train_idx, val_idx, test_idx = split_indices(
             data.y, split_task, split["val_fraction"], split["test_fraction"], split["seed"]
         )
@@ -422,9 +452,9 @@ def _run(args):
                 f"The {args.split} split is empty (val_fraction={split['val_fraction']}, "
                 f"test_fraction={split['test_fraction']}). Pick another --split or fraction."
             )
-        data = data.take(indices)
+        data, rows = data.take(indices), rows[indices]
     if args.limit is not None:
-        data = data.take(np.arange(min(args.limit, len(data))))
+        data, rows = data.take(np.arange(min(args.limit, len(data)))), rows[:args.limit]
     if len(data) == 0:
         raise ValueError(f"No examples to evaluate in {data_name!r} ({args.split} split).")
 
@@ -438,9 +468,28 @@ def _run(args):
     )
     os.makedirs(out, exist_ok=True)
     print(report.table())
-    written = [report.save_json(os.path.join(out, "report.json"))]
+    extra, extra_files = {}, []
+    if args.slice_by is not None:
+        groups = interpretation.slice_groups(args.slice_by, data, rows, loaded, spec,
+                                             args.split, given)
+        section, files, table = interpretation.write_slices(report, groups, args, out)
+        print()
+        print(table)
+        extra["slices"] = section
+        extra_files += files
+    if args.explain is not None:
+        section, files = interpretation.write_failures(report, data, model, args, out)
+        extra.update(section)
+        extra_files += files
+    report_path = os.path.join(out, "report.json")
+    if extra:
+        written = [write_json_atomic(report_path, {**report.to_dict(), **extra},
+                                     allow_nan=False)]
+    else:
+        written = [report.save_json(report_path)]
     if not args.no_plots:
         written.extend(report.save_plots(out))
+    written.extend(extra_files)
     print()
     print(f"{args.split} split of {data_name}: {len(data)} examples. Wrote:")
     for path in written:

@@ -38,6 +38,10 @@ class EvaluationReport:
         y_true: np.ndarray or None. Labels the metrics came from; kept for
             plots, left out of `to_dict()`.
         y_pred: np.ndarray or None. Predicted labels (or values), likewise.
+        y_score: np.ndarray or None. Binary and multiclass: the scores the
+            predictions came from, when given as probabilities (for
+            calibration and top losses, `tfft.evaluation.calibration`),
+            likewise.
     """
 
     metrics: dict
@@ -45,6 +49,7 @@ class EvaluationReport:
     class_names: list = None
     y_true: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
     y_pred: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
+    y_score: np.ndarray = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -371,7 +376,8 @@ def _single_label_report(y_true, y_pred, task, class_names, threshold):
     metrics["confusion_matrix"] = skm.confusion_matrix(y_true, pred_ids, labels=labels).tolist()
     metrics["per_class"] = _per_class(y_true, pred_ids, labels, class_names)
     metrics["num_examples"] = len(y_true)
-    return EvaluationReport(metrics, task, class_names, y_true=y_true, y_pred=pred_ids)
+    return EvaluationReport(metrics, task, class_names, y_true=y_true, y_pred=pred_ids,
+                            y_score=scores)
 
 
 def _roc_auc(y_true, scores, task, num_classes):

@@ -34,6 +34,16 @@ def _save(fig, path):
     return path
 
 
+def new_figure(width: float, height: float):
+    """A `matplotlib.figure.Figure` on the Agg canvas (no pyplot, no window)."""
+    return _new_figure(width, height)
+
+
+def save_figure(fig, path: str) -> str:
+    """Writes `fig` to `path` as PNG (creating the folder); returns the path."""
+    return _save(fig, path)
+
+
 def _is_report(report):
     # Duck-typed: the metrics module draws its reports with these functions.
     return isinstance(getattr(report, "metrics", None), dict) and hasattr(report, "task")

@@ -1,0 +1,159 @@
+"""`tfft evaluate --explain N --slice-by COLUMN`: files, numbers and messages."""
+
+import argparse
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.metrics import accuracy_score, f1_score
+
+import tfft
+from tfft.evaluation import calibration_report, cli, top_losses
+
+CLASSES = ["sport", "business"]
+ROWS = [
+    ("the team won the match", "sport", "north"), ("a late win for the team", "sport", "north"),
+    ("shares rose at the bank", "business", "north"), ("bank shares fell", "business", "south"),
+    ("the match was dull", "sport", "south"), ("team shares news", "business", "south"),
+    ("bank win", "sport", "south"), ("nothing at all here", "business", "north"),
+]
+
+
+def _keyword_export(path):
+    class Keywords(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def serve(self, inputs):
+            words = tf.strings.split(tf.strings.lower(inputs))
+            counts = [tf.reduce_sum(tf.cast(tf.strings.regex_full_match(words, p), tf.float32),
+                                    axis=-1) for p in ("match|team|win", "shares|bank")]
+            return {"probabilities": tf.nn.softmax(1.5 * tf.stack(counts, axis=-1))}
+
+    module = Keywords()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    with open(os.path.join(path, cli.METADATA_FILE), "w") as f:
+        json.dump({"class_names": CLASSES, "task": "multiclass"}, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def export_and_csv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interpretation")
+    path = _keyword_export(str(root / "keywords" / "1"))
+    csv = root / "news.csv"
+    pd.DataFrame(ROWS, columns=["text", "label", "region"]).to_csv(csv, index=False)
+    return path, str(csv)
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="tfft")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", *argv])
+    return args.func(args)
+
+
+def _probabilities(path, texts):
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    return serve(inputs=tf.constant(texts))["probabilities"].numpy().astype(np.float64)
+
+
+def test_explain_and_slice_by_column_write_it_all(export_and_csv, tmp_path, capsys):
+    path, csv = export_and_csv
+    out = tmp_path / "run"
+    code = _run(["--model", path, "--data", csv, "--split", "all", "--out", str(out),
+                 "--explain", "2", "--slice-by", "region"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    texts = [r[0] for r in ROWS]
+    y = np.array([CLASSES.index(r[1]) for r in ROWS])
+    probs = _probabilities(path, texts)
+    pred = probs.argmax(axis=1)
+    with open(out / "report.json") as f:
+        report = json.load(f)
+    # Calibration and top losses from the export's own probabilities.
+    assert report["calibration"]["ece"] == pytest.approx(calibration_report(y, probs).ece)
+    expected = top_losses(y, probs, k=2, class_names=CLASSES)
+    assert [r["index"] for r in report["top_losses"]] == [r["index"] for r in expected]
+    wrong = {(CLASSES[a], CLASSES[b]) for a, b in zip(y, pred, strict=True) if a != b}
+    assert {(p["true"], p["predicted"]) for p in report["most_confused"]} == wrong
+    # Occlusion attributions of the top losses: the score drop without each word.
+    with open(out / "top_losses.json") as f:
+        explained = json.load(f)
+    assert explained["method"] == "occlusion"
+    for row, example in zip(report["top_losses"], explained["examples"], strict=True):
+        words = texts[row["index"]].split()
+        target = CLASSES.index(row["predicted"])
+        base = probs[row["index"], target]
+        without = _probabilities(path, [" ".join(words[:j] + words[j + 1:])
+                                        for j in range(len(words))])[:, target]
+        np.testing.assert_allclose(example["word_attributions"], base - without, atol=1e-6)
+    # Slices equal scikit-learn on each region's rows.
+    regions = np.array([r[2] for r in ROWS])
+    with open(out / "slices.json") as f:
+        slices = json.load(f)
+    for row in slices["slices"]:
+        keep = regions == row["slice"]
+        assert row["accuracy"] == accuracy_score(y[keep], pred[keep])
+        assert row["macro_f1"] == f1_score(y[keep], pred[keep], average="macro",
+                                           zero_division=0)
+    assert report["slices"] == slices
+    assert sorted(os.listdir(out)) == [
+        "confusion_matrix.png", "per_class_f1.png", "reliability_diagram.png", "report.json",
+        "slices.json", "slices.png", "top_losses.json", "top_losses.png"]
+    assert "Metrics by region" in printed
+    for name in ("slices.json", "top_losses.png", "reliability_diagram.png"):
+        assert str(out / name) in printed
+
+
+def test_slice_by_length_on_a_test_split_and_bad_flags(export_and_csv, tmp_path, capsys):
+    path, csv = export_and_csv
+    out = tmp_path / "length"
+    assert _run(["--model", path, "--data", csv, "--split", "all", "--out", str(out),
+                 "--slice-by", "length", "--no-plots"]) == 0
+    with open(out / "slices.json") as f:
+        assert sum(s["support"] for s in json.load(f)["slices"]) == len(ROWS)
+    capsys.readouterr()
+    for flags, message in (
+        (["--slice-by", "brightness"], "does not apply to texts"),
+        (["--slice-by", "county"], "no column 'county'"),
+        (["--explain", "0"], "--explain must be >= 1"),
+        (["--explain-method", "integrated_gradients", "--explain", "1"], "--keras-model"),
+        (["--keras-model", str(tmp_path / "none.keras"), "--explain", "1"], ".keras file"),
+    ):
+        code = _run(["--model", path, "--data", csv, "--split", "all", "--out",
+                     str(tmp_path / "bad"), *flags])
+        assert code == 2, flags
+        assert message in capsys.readouterr().err, flags
+
+
+def test_keras_source_gives_integrated_gradients(new_tiny_text_backbone, tmp_path, capsys):
+    task = tfft.build_model(new_tiny_text_backbone(), task="multiclass", num_classes=2,
+                            class_names=CLASSES)
+    source = str(tmp_path / "task.keras")
+    task.save(source)
+    export = tfft.export_saved_model(task, str(tmp_path / "saved" / "tiny"), verify=False)
+    csv = tmp_path / "news.csv"
+    pd.DataFrame(ROWS, columns=["text", "label", "region"]).to_csv(csv, index=False)
+    out = tmp_path / "run"
+    code = _run(["--model", export, "--data", str(csv), "--split", "all", "--out", str(out),
+                 "--explain", "3", "--keras-model", source, "--explain-steps", "16",
+                 "--no-plots"])
+    assert code == 0, capsys.readouterr().err
+    with open(out / "top_losses.json") as f:
+        explained = json.load(f)
+    assert explained["method"] == "integrated_gradients"
+    for example in explained["examples"]:
+        delta = example["score"] - example["baseline_score"]
+        assert sum(example["token_attributions"]) == pytest.approx(delta, rel=0.05, abs=1e-6)
+    # Another model's .keras is refused: it does not give the export's outputs.
+    other = tfft.build_model(new_tiny_text_backbone(), task="multiclass",
+                             num_classes=2, class_names=CLASSES)
+    kernel, bias = other.head.get_weights()
+    other.head.set_weights([kernel, bias + np.array([2.0, -2.0], bias.dtype)])
+    other.save(str(tmp_path / "other.keras"))
+    capsys.readouterr()
+    code = _run(["--model", export, "--data", str(csv), "--split", "all", "--out", str(out),
+                 "--explain", "3", "--keras-model", str(tmp_path / "other.keras")])
+    assert code == 2 and "not the export's source" in capsys.readouterr().err
