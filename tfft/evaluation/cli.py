@@ -2,6 +2,13 @@
 
     tfft evaluate --model saved_models/bbc/1 --data bbc_news --split test --out runs/eval
     tfft evaluate --model saved_models/faces/1 --data photos/ --split all
+    tfft evaluate --model saved_models/bbc/1 --explain 8 --slice-by length
+
+`--explain N` adds the N top losses with their attributions (occlusion on the
+SavedModel, or integrated gradients / Grad-CAM with `--keras-model`, the
+export's `.keras` source), the most-confused class pairs and the calibration
+to report.json; `--slice-by` adds metrics per slice (`tfft.evaluation.
+interpretation` writes those files).
 
 The export's `tfft_metadata.json` (beside `saved_model.pb`) supplies the class
 names, the task, the dataset and the split settings used in training, so the
