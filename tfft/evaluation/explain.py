@@ -570,6 +570,8 @@ def _integrated_gradients(model, texts, targets, class_names, preprocessor, step
         baseline_scores.append(end_scores[0.0])
         path_scores.append(end_scores[1.0])
         tokens.append([tokenizer.id_to_token(int(t)) for t in ids])
+        if (i + 1) % 10 == 0 or i + 1 == len(texts):
+            logger.info("Integrated gradients: %d/%d texts", i + 1, len(texts))
     scores = _scores_of(probabilities, target_ids)
     path_scores = np.array(path_scores)
     if np.max(np.abs(path_scores - scores)) > _PARITY_ATOL:

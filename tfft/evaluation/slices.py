@@ -204,7 +204,7 @@ def _bins(values, bins, unit):
     if len(edges) < 2:
         return [f"1: {values[0]:g} {unit}"] * len(values)
     ids = np.clip(np.searchsorted(edges[1:-1], values, side="right"), 0, len(edges) - 2)
-    names = [f"{i + 1}: {edges[i]:.3g}-{edges[i + 1]:.3g} {unit}" for i in range(len(edges) - 1)]
+    names = [f"{i + 1}: {edges[i]:.4g}-{edges[i + 1]:.4g} {unit}" for i in range(len(edges) - 1)]
     return [names[i] for i in ids]
 
 
@@ -273,5 +273,6 @@ def plot_slices(report: SliceReport, path: str) -> str:
     if gap is not None:
         title += f": accuracy gap {gap['gap']:.3f} ({gap['best']} vs {gap['worst']})"
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / len(rows)), ncol=2,
+              fontsize=9)
     return save_figure(fig, os.fspath(path))
