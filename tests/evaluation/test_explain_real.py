@@ -126,3 +126,44 @@ def test_grad_cam_mass_lies_on_the_cat(lite0, tmp_path):
     assert face[np.unravel_index(np.argmax(heat), heat.shape)]
     paths = explanation.save(str(tmp_path))
     assert any(p.endswith(".png") for p in paths)
+
+
+def test_evaluate_cli_explains_the_real_export_with_its_keras_source(finetune_run, tmp_path,
+                                                                       capsys):
+    import argparse
+    import json
+
+    from tfft.evaluation import cli
+
+    source = str(tmp_path / "task.keras")
+    finetune_run["model"].save(source)
+    out = tmp_path / "eval"
+    parser = argparse.ArgumentParser(prog="tfft")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", "--model", finetune_run["export_path"], "--explain",
+                              "3", "--slice-by", "length", "--keras-model", source,
+                              "--explain-steps", "32", "--out", str(out)])
+    assert args.func(args) == 0, capsys.readouterr().err
+    with open(out / "report.json") as f:
+        report = json.load(f)
+    metrics, names = report["metrics"], report["class_names"]
+    # Slices partition the split: support adds up, accuracies average to the total.
+    slices = report["slices"]["slices"]
+    assert sum(s["support"] for s in slices) == metrics["num_examples"]
+    assert sum(s["support"] * s["accuracy"] for s in slices) / metrics["num_examples"] == \
+        pytest.approx(metrics["accuracy"])
+    # Most-confused pairs are the confusion matrix's off-diagonal cells.
+    matrix = np.asarray(metrics["confusion_matrix"])
+    assert {(p["true"], p["predicted"], p["count"]) for p in report["most_confused"]} == {
+        (names[i], names[j], int(matrix[i, j])) for i in range(len(names))
+        for j in range(len(names)) if i != j and matrix[i, j] > 0}
+    wrong = int(matrix.sum() - np.trace(matrix))
+    assert len(report["top_losses"]) == min(3, wrong)
+    with open(out / "top_losses.json") as f:
+        explained = json.load(f)
+    assert explained["method"] == "integrated_gradients"
+    for row, example in zip(report["top_losses"], explained["examples"], strict=True):
+        assert row["true"] != row["predicted"] == example["target"]
+        assert example["completeness_error"] < 0.05
+    assert 0.0 <= report["calibration"]["ece"] <= 1.0
+    assert sum(b["count"] for b in report["calibration"]["bins"]) == metrics["num_examples"]
