@@ -78,6 +78,8 @@ _EXPORTS = {
     "evaluate": "tfft.evaluation",
     "report_from_predictions": "tfft.evaluation",
     "export_saved_model": "tfft.export",
+    # few-shot learning
+    "few_shot_fit": "tfft.prompting",
     "to_tflite": "tfft.export",
     # tf.distribute
     "get_strategy": "tfft.distribute",

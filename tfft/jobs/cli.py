@@ -36,6 +36,19 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
+def _shots(text):
+    """--shots: an integer >= 2 (a class needs two examples to form a positive pair)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 2 (a class needs two examples for a positive pair), "
+            f"got {value}")
+    return value
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -94,12 +107,16 @@ def add_parser(subparsers):
                    "(default runs/<date>-<time>-<microseconds>, unique)")
     p.add_argument("--method", choices=METHODS,
                    help="adaptation method: fine_tune (head, then top blocks; default), "
-                   "prompt (zero-shot label prompts, no parameter updates) or soft_prompt "
-                   "(learnable prompt vectors before the frozen backbone)")
+                   "prompt (zero-shot label prompts, no parameter updates), soft_prompt "
+                   "(learnable prompt vectors before the frozen backbone) or few_shot "
+                   "(--shots examples per class: contrastive fine-tuning on pairs of them, "
+                   "then the head from the label prompts)")
+    p.add_argument("--shots", type=_shots,
+                   help=f"examples per class for --method few_shot (default {d.shots})")
     p.add_argument("--strategy", choices=METHODS,
                    help="deprecated alias of --method (tf.distribute is --distribution)")
     p.add_argument("--prompt-template",
-                   help="label prompt for --method prompt (default "
+                   help="label prompt for --method prompt and few_shot (default "
                    "'This article is about {label}.')")
     p.add_argument("--distribution",
                    help="tf.distribute strategy: auto, tpu, mirrored, multi_worker, gpu, cpu, "
@@ -124,6 +141,7 @@ def run(args):
             "export_dir": args.export_dir, "run_dir": args.run_dir,
             "method": method, "distribution": args.distribution, "tpu": args.tpu,
             "prompt_template": args.prompt_template, "threshold": args.threshold,
+            "shots": args.shots,
         }
         for field, value in data_overrides(args).items():
             flags[_DATA_SETTINGS.get(field, field)] = (

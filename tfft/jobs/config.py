@@ -17,7 +17,7 @@ from tfft.data.sources import ON_ERROR
 from tfft.data.user_data import DATA_TASKS
 from tfft.distribute import STRATEGY_NAMES
 
-METHODS = ("fine_tune", "prompt", "soft_prompt")
+METHODS = ("fine_tune", "prompt", "soft_prompt", "few_shot")
 DEFAULT_DATASET = "bbc_news"
 # `backbone="auto"` follows the data's modality.
 DEFAULT_BACKBONES = {"text": "keras_hub:all_minilm_l6_v2", "image": "offline:efficientnet_lite0"}
@@ -90,8 +90,12 @@ class JobConfig:
             frozen backbone, then the top blocks), `"prompt"` (zero-shot:
             label prompts embedded by the backbone become the head; no
             parameter updates) or `"soft_prompt"` (learnable prompt vectors
-            before a frozen backbone, trained for `epochs`). The config key
-            `strategy` is a deprecated alias.
+            before a frozen backbone, trained for `epochs`) or `"few_shot"`
+            (`shots` training examples per class: contrastive fine-tuning of
+            the encoder on pairs of them for `epochs`, then the head, starting
+            from the `prompt_template` zero-shot head; see
+            `tfft.few_shot_fit`). The config key `strategy` is a deprecated
+            alias.
         distribution: str. A `tfft.get_strategy` name: `"auto"` (TPU,
             several GPUs, a TF_CONFIG cluster, else one device), `"tpu"`,
             `"mirrored"`, `"multi_worker"`, `"gpu"`, `"cpu"`, `"default"`.
@@ -101,6 +105,8 @@ class JobConfig:
         prompt_template: str. Label prompt for `method="prompt"`.
         prompt_tokens: int. Learnable prompt vectors for `"soft_prompt"`.
         prompt_learning_rate: float. Adam learning rate for `"soft_prompt"`.
+        shots: int. Training examples per class for `"few_shot"` (drawn
+            from the training split with `seed`). Defaults to 8.
 
     Example:
 
@@ -143,6 +149,7 @@ class JobConfig:
     prompt_template: str = "This article is about {label}."
     prompt_tokens: int = 20
     prompt_learning_rate: float = 3e-2
+    shots: int = 8
 
     def __post_init__(self):
         for name, (kind, low) in _FIELD_RULES.items():
@@ -178,7 +185,7 @@ class JobConfig:
                 f"distribution: unknown distribution strategy. Expected one of "
                 f"{list(STRATEGY_NAMES)}. Received: {self.distribution!r}"
             )
-        if self.method == "prompt" and "{label}" not in self.prompt_template:
+        if self.method in ("prompt", "few_shot") and "{label}" not in self.prompt_template:
             raise ConfigError(
                 "prompt_template: must contain the {label} slot. Received: "
                 f"{self.prompt_template!r}"
@@ -427,6 +434,7 @@ _FIELD_RULES = {
     "prompt_template": ("str", None),
     "prompt_tokens": ("int", 1),
     "prompt_learning_rate": ("positive_float", None),
+    "shots": ("int", 2),
 }
 
 
@@ -435,7 +443,8 @@ def _check_field(name, value, kind, low):
     is_int = isinstance(value, int) and not isinstance(value, bool)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == "int" and (not is_int or value < low):
-        what = "a positive integer" if low == 1 else "a non-negative integer"
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            low, f"an integer >= {low}")
         raise ConfigError(f"{name}: expected {what}. Received: {value!r}")
     if kind == "optional_int" and value is not None and not is_int:
         raise ConfigError(f"{name}: expected an integer or null. Received: {value!r}")

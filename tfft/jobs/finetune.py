@@ -58,6 +58,7 @@ from tfft.prompting import (
     build_zero_shot_model,
     count_trainable_params,
 )
+from tfft.prompting.few_shot import check_few_shot_data, few_shot_fit, sample_shots
 from tfft.training.callbacks import EpochSeeding, TrainingDivergedError, default_callbacks
 from tfft.training.feature_cache import fit_cached
 from tfft.training.recipes import completed_epochs, epoch_datasets, fine_tune
@@ -184,6 +185,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
             f"method: {config.method!r} needs texts (label prompts); the data holds "
             f"{modality}s. Use method fine_tune."
         )
+    if config.method == "few_shot":
+        train = _few_shot_train(config, train, strategy)
     print(f"tfft finetune: {data.name} ({config.task}, {modality}s; {_describe_labels(data)}),"
           f" split train/val/test = {len(train)}/{len(val)}/{len(test)} (seed {config.seed})")
     if data.skipped:
@@ -236,6 +239,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
         model, stages = _prompt_stage(run)
     elif config.method == "soft_prompt":
         model, stages = _soft_prompt_stage(run)
+    elif config.method == "few_shot":
+        model, stages = _few_shot_stage(run)
     else:
         stages = [resumable_stage(state, "head", "Stage 1/2 head", task,
                                   lambda: _head_stage(run), on_reload=run.forget_report,
@@ -758,6 +763,48 @@ def _soft_prompt_stage(run):
                        prompt_tokens=config.prompt_tokens, trainable_params=trainable)
     print(f"Soft prompt: {trainable:,} trainable parameters, test accuracy "
           f"{stage['test']['accuracy']:.4f}, macro F1 {stage['test']['macro_f1']:.4f}")
+    return model, [stage]
+
+
+def _few_shot_train(config, train, strategy):
+    """`shots` training examples per class, checked before anything is written."""
+    if strategy.num_replicas_in_sync > 1:
+        raise ConfigError("method: few_shot trains on one device; use distribution: default "
+                          f"(the strategy has {strategy.num_replicas_in_sync} replicas).")
+    if config.task != "multiclass":
+        raise ConfigError(f"method: few_shot trains a multiclass classifier; the task is "
+                          f"{config.task!r}. Use task multiclass or another method.")
+    train = train.take(sample_shots(train.y, config.shots, config.seed))
+    # Fewer than 2 examples of a class, one class only: the message names class and count.
+    check_few_shot_data(np.asarray(train.x).astype(str).tolist(), train.y,
+                        list(train.class_names))
+    return train
+
+
+def _few_shot_stage(run):
+    """Few-shot: contrastive fine-tuning on pairs of the shots, then the head from prompts."""
+    config = run.config
+    started = time.time()
+    print(f"Few-shot: {config.shots} examples per class ({len(run.train)} in all), "
+          f"{config.epochs} contrastive epoch(s) of the whole encoder, head from "
+          f"{config.prompt_template!r}")
+    with _numerical_faults("few_shot", run.run_dir, config.learning_rate):
+        try:
+            model = few_shot_fit(
+                run.backbone, np.asarray(run.train.x).astype(str).tolist(), run.train.y,
+                class_names=list(run.data.class_names), freeze="full", epochs=config.epochs,
+                learning_rate=config.learning_rate, template=config.prompt_template,
+                seed=config.seed, verbose=0 if run.verbose == 0 else 1,
+            )
+        except FloatingPointError as error:
+            raise NumericalError(_fault_message(str(error), "few_shot", run.run_dir,
+                                                config.learning_rate)) from error
+    trainable = trainable_summary(model)["trainable"]
+    stage = run.record("few_shot", started, None, model=model, freeze="full",
+                       shots=config.shots, train_examples=len(run.train),
+                       trainable_params=trainable)
+    print(f"Few-shot: test accuracy {stage['test']['accuracy']:.4f}, macro F1 "
+          f"{stage['test']['macro_f1']:.4f}")
     return model, [stage]
 
 

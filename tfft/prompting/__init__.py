@@ -7,6 +7,9 @@
   zero- or few-shot; `load_smollm2()` / `load_causal_lm("offline:smollm2")` give
   the offline SmolLM2-135M-Instruct.
 - `ZeroShotImageClassifier`: CLIP image-text zero-shot.
+- `few_shot_fit`: contrastive few-shot fine-tuning of a sentence encoder on
+  pairs of a few labelled texts per class (SetFit's recipe), then the head,
+  optionally from the zero-shot label prompts; `make_pairs`, `sample_shots`.
 - `SoftPrompt`, `build_soft_prompt_classifier`, `build_soft_prompt_causal_lm`:
   prompt tuning of a frozen BERT- or Llama-family backbone.
 """
@@ -23,6 +26,7 @@ from tfft.prompting.encoder import (
     ZeroShotEncoderClassifier,
     build_zero_shot_model,
 )
+from tfft.prompting.few_shot import few_shot_fit, make_pairs, sample_shots
 from tfft.prompting.gguf_llama import convert_gguf_to_hf, smollm2_preset_dir
 from tfft.prompting.soft_prompt import (
     PromptPaddingMask,
@@ -58,7 +62,10 @@ __all__ = [
     "build_zero_shot_model",
     "convert_gguf_to_hf",
     "count_trainable_params",
+    "few_shot_fit",
     "load_causal_lm",
     "load_smollm2",
+    "make_pairs",
+    "sample_shots",
     "smollm2_preset_dir",
 ]
