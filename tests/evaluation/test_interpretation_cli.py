@@ -157,3 +157,38 @@ def test_keras_source_gives_integrated_gradients(new_tiny_text_backbone, tmp_pat
     code = _run(["--model", export, "--data", str(csv), "--split", "all", "--out", str(out),
                  "--explain", "3", "--keras-model", str(tmp_path / "other.keras")])
     assert code == 2 and "not the export's source" in capsys.readouterr().err
+
+
+def test_image_export_explained_by_occlusion_and_by_grad_cam(tiny_cnn, tmp_path, capsys):
+    backbone = tfft.load_backbone(
+        tiny_cnn, preprocessor=tfft.ImagePreprocessor((32, 32), scale=1 / 127.5, offset=-1.0))
+    task = tfft.build_model(backbone, task="multiclass", num_classes=2,
+                            class_names=["dark", "light"])
+    source = str(tmp_path / "task.keras")
+    task.save(source)
+    export = tfft.export_saved_model(task, str(tmp_path / "saved" / "tiny"), verify=False)
+    rng = np.random.default_rng(0)
+    images = {}
+    for c, name in enumerate(["dark", "light"]):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(6):
+            image = (rng.integers(0, 120, (36, 40, 3)) + 120 * c).astype(np.uint8)
+            (tmp_path / "photos" / name / f"{i}.png").write_bytes(
+                tf.io.encode_png(image).numpy())
+            images[(name, i)] = image
+    for extra, method in (([], "occlusion"), (["--keras-model", source], "grad_cam")):
+        out = tmp_path / method
+        code = _run(["--model", export, "--data", str(tmp_path / "photos"), "--split", "all",
+                     "--explain", "2", "--slice-by", "brightness", "--out", str(out), *extra])
+        assert code == 0, capsys.readouterr().err
+        with open(out / "report.json") as f:
+            report = json.load(f)
+        with open(out / "top_losses.json") as f:
+            assert json.load(f)["method"] == method
+        with np.load(out / "top_losses.npz") as heatmaps:
+            assert sorted(heatmaps.files) == sorted(
+                f"heatmap_{row['index']}" for row in report["top_losses"])
+            assert all(heatmaps[k].shape == (36, 40) for k in heatmaps.files)
+        slices = report["slices"]["slices"]
+        assert sum(s["support"] for s in slices) == 12
+        assert len(slices) == 4  # brightness quartiles of 12 distinct means
