@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.adapt import FeatureExtraction, parse_freeze
+from tfft.adapt import FeatureExtraction, FreezePolicy, parse_freeze
 from tfft.backbones import Backbone, load_backbone
 from tfft.export.saved_model import trim_to_longest
 from tfft.models import Task, build_model
@@ -355,7 +355,7 @@ def few_shot_fit(
     texts: Sequence[str],
     labels: Sequence[Any],
     class_names: Sequence[str] | None = None,
-    freeze: str = "full",
+    freeze: str | FreezePolicy = "full",
     loss: str = "cosent",
     pair_sampling: str = "in_batch",
     num_pairs: int | None = None,
