@@ -425,7 +425,9 @@ def few_shot_fit(
         sequence_length: int. Tokens per text when `model` is a spec.
             Defaults to 128.
         seed: int. Pairs, batches, dropout and the head's initial weights
-            follow it: the same seed gives the same task. Defaults to 0.
+            follow it: the same seed on a freshly loaded backbone gives the
+            same task (a backbone used before has advanced its dropout
+            seed state). Defaults to 0.
         verbose: int. 1 shows a progress bar of the encoder's steps.
 
     Returns:
