@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,74 +55,6 @@ from bench_common import add_distribution_args, setup_distribution
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
 MAX_LENGTH = 128
-
-
-def _import_peer():
-    try:
-        import torch
-        import transformers
-    except ImportError as error:
-        raise ImportError(
-            "benchmarks/vs_transformers.py needs the peer: pip install -e '.[bench]' "
-            "(torch, transformers)."
-        ) from error
-    return torch, transformers
-
-
-class Peer:
-    """MiniLM + masked mean + Linear in PyTorch + transformers, dynamic padding."""
-
-    def __init__(self, model_dir, num_classes, batch_size, seed):
-        torch, transformers = _import_peer()
-        self.torch = torch
-        torch.manual_seed(seed)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-        self.encoder = transformers.AutoModel.from_pretrained(model_dir)
-        self.dropout = torch.nn.Dropout(0.1)
-        self.head = torch.nn.Linear(self.encoder.config.hidden_size, num_classes)
-        params = list(self.encoder.parameters()) + list(self.head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-        self.batches = None
-
-    def _logits(self, texts):
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
-                                 max_length=MAX_LENGTH, return_tensors="pt")
-        sequence = self.encoder(**encoded).last_hidden_state
-        mask = encoded["attention_mask"].unsqueeze(-1).to(sequence.dtype)
-        pooled = (sequence * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
-
-    def train_epoch(self, texts, labels):
-        if self.batches is None:
-            # Length-sorted batches (counted in the first epoch's time).
-            lengths = [len(ids) for ids in self.tokenizer(
-                list(texts), truncation=True, max_length=MAX_LENGTH)["input_ids"]]
-            order = np.argsort(lengths, kind="stable")
-            self.batches = [order[i:i + self.batch_size]
-                            for i in range(0, len(order), self.batch_size)]
-        self.encoder.train()
-        self.dropout.train()
-        loss_fn = self.torch.nn.CrossEntropyLoss()
-        for b in self.rng.permutation(len(self.batches)):
-            index = self.batches[b]
-            logits = self._logits(texts[index])
-            loss = loss_fn(logits, self.torch.as_tensor(labels[index], dtype=self.torch.long))
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-
-    def predict(self, texts):
-        self.encoder.eval()
-        self.dropout.eval()
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        predictions = np.empty(len(texts), dtype=np.int64)
-        with self.torch.inference_mode():
-            for i in range(0, len(order), 64):
-                index = order[i:i + 64]
-                predictions[index] = self._logits(texts[index]).argmax(-1).numpy()
-        return predictions
 
 
 class TfftRun:
@@ -174,33 +107,22 @@ def load_split(args):
             np.asarray(test.x, dtype=object), np.asarray(test.y))
 
 
-def peer_worker(args):
-    """The peer in its own process: answers `train` and `predict` lines on stdin."""
-    train_x, train_y, test_x, test_y = load_split(args)
-    peer = Peer(asset_path("minilm"), 2, args.batch_size, args.seed)
-    for line in sys.stdin:
-        if line.strip() == "train":
-            start = time.perf_counter()
-            peer.train_epoch(train_x, train_y)
-            answer = {"seconds": time.perf_counter() - start}
-        else:
-            answer = {"accuracy": float(np.mean(peer.predict(test_x) == test_y))}
-        print(json.dumps(answer), flush=True)
-
-
 class PeerProcess:
-    """Drives `peer_worker` in a child process, one epoch per request.
+    """Drives `torch_peer.py` in a child process, one epoch per request.
 
     In its own process the peer shares no thread pools with TensorFlow (in
     one process, PyTorch's epochs after a TensorFlow epoch ran at half speed).
     """
 
-    def __init__(self, args):
-        command = [sys.executable, os.path.abspath(__file__), "--peer-worker",
-                   "--train", str(args.train), "--test", str(args.test),
+    def __init__(self, args, split_path):
+        command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                "torch_peer.py"),
+                   "--split", split_path, "--model-dir", asset_path("minilm"),
                    "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+        # transformers 4.x would otherwise import TensorFlow too, when installed.
+        env = {**os.environ, "USE_TF": "0", "USE_TORCH": "1"}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True, env=env)
 
     def _ask(self, command):
         self.process.stdin.write(command + "\n")
@@ -229,16 +151,18 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     add_distribution_args(parser)
     args = parser.parse_args()
-    if args.peer_worker:
-        peer_worker(args)
-        return
     strategy, settings = setup_distribution(args)
     train_x, train_y, test_x, test_y = load_split(args)
 
-    peer = PeerProcess(args)
+    # The peer reads the same split from a file: its process never imports TensorFlow
+    # (TensorFlow and PyTorch in one process crashed, and share thread pools).
+    folder = tempfile.mkdtemp(prefix="vs_transformers_")
+    split_path = os.path.join(folder, "split.npz")
+    np.savez(split_path, train_x=train_x.astype(str), train_y=train_y,
+             test_x=test_x.astype(str), test_y=test_y)
+    peer = PeerProcess(args, split_path)
     ours = TfftRun(2, args.batch_size, args.seed, strategy, settings["jit_compile"])
     seconds = {"peer": [], "tfft": []}
     for _ in range(args.epochs):
