@@ -71,7 +71,8 @@ def build_for_training(model: keras.Model, element_spec: Any = None,
     if optimizer is None or not getattr(model, "compiled", False):
         return
     with model.distribute_strategy.scope():
-        for callback in callbacks or ():
+        # A keras.callbacks.CallbackList keeps its callbacks in `.callbacks`.
+        for callback in getattr(callbacks, "callbacks", callbacks) or ():
             if isinstance(callback, GradualUnfreezing) and not optimizer.built:
                 callback.prepare_optimizer()
                 optimizer = model.optimizer
