@@ -20,34 +20,16 @@ ROWS = [("the cat and a bird", "animals"), ("my dog", "animals"), ("hot soup", "
         ("a late goal", "sport"), ("the dog ate the cheese", "food"), ("team soup", "sport")]
 
 
-def _keyword_export(path, topics, metadata, activation=tf.nn.softmax):
-    """A SavedModel whose serving_default scores raw texts by keyword counts."""
-    patterns = list(topics.values())
-
-    class Keywords(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def serve(self, inputs):
-            words = tf.strings.split(tf.strings.lower(inputs))
-            counts = [tf.reduce_sum(tf.cast(tf.strings.regex_full_match(words, p), tf.float32),
-                                    axis=-1) for p in patterns]
-            return {"probabilities": activation(3.0 * tf.stack(counts, axis=-1) - 1.0)}
-
-    module = Keywords()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    with open(os.path.join(path, cli.METADATA_FILE), "w") as f:
-        json.dump(metadata, f)
-    return path
-
-
 def _scores(path, texts):
     serve = tf.saved_model.load(path).signatures["serving_default"]
     return serve(inputs=tf.constant(list(texts)))["probabilities"].numpy()
 
 
 @pytest.fixture(scope="module")
-def topic_export(tmp_path_factory):
+def topic_export(tmp_path_factory, keyword_export):
     path = str(tmp_path_factory.mktemp("exports") / "topics" / "1")
-    return _keyword_export(path, TOPICS, {"class_names": list(TOPICS), "task": "multiclass"})
+    return keyword_export(path, TOPICS.values(),
+                          {"class_names": list(TOPICS), "task": "multiclass"}, shift=-1.0)
 
 
 def _run(argv):
@@ -94,7 +76,7 @@ def test_given_test_file_is_scored_and_split_all_refused(topic_export, tmp_path,
     assert not (tmp_path / "all").exists() and not (tmp_path / "val").exists()
 
 
-def test_data_section_of_the_metadata_is_the_default_data(tmp_path, capsys):
+def test_data_section_of_the_metadata_is_the_default_data(tmp_path, capsys, keyword_export):
     """An export whose tfft_metadata.json holds `data` (DataSpec.to_dict()) and `split` is
     scored on its own test split by `tfft evaluate --model EXPORT` alone."""
     from tfft.data.user_data import DataSpec, split_indices
@@ -107,9 +89,9 @@ def test_data_section_of_the_metadata_is_the_default_data(tmp_path, capsys):
     # Beside the DataSpec fields, the job's summary of its data (ignored here).
     data_info = {**spec.to_dict(), "name": "topics", "modality": "text",
                  "class_names": list(TOPICS), "sizes": {"train": 12}, "skipped": 0}
-    model = _keyword_export(str(tmp_path / "m" / "1"), TOPICS, {
+    model = keyword_export(str(tmp_path / "m" / "1"), TOPICS.values(), {
         "class_names": list(TOPICS), "task": "multiclass", "data": data_info,
-        "split": split})
+        "split": split}, shift=-1.0)
     out = tmp_path / "eval"
     assert _run(["--model", model, "--no-plots", "--out", str(out)]) == 0
     assert f"test split of {path}" in capsys.readouterr().out
@@ -181,11 +163,11 @@ def test_regression_test_split_rebuilt_from_the_metadata(tmp_path, capsys):
     assert metrics["mae"] == pytest.approx(np.abs(targets[test_idx] - predicted).mean())
 
 
-def test_multilabel_columns_follow_the_models_classes(tmp_path, capsys):
+def test_multilabel_columns_follow_the_models_classes(tmp_path, capsys, keyword_export):
     topics = {"sport": "match|goal|team", "animals": "cat|dog|bird", "food": "soup|cheese"}
-    model = _keyword_export(str(tmp_path / "tags" / "1"), topics,
-                            {"class_names": list(topics), "task": "multilabel"},
-                            activation=tf.nn.sigmoid)
+    model = keyword_export(str(tmp_path / "tags" / "1"), topics.values(),
+                           {"class_names": list(topics), "task": "multilabel"},
+                           shift=-1.0, activation=tf.nn.sigmoid)
     rows = [("the cat ate soup", "animals;food"), ("team match", "sport"),
             ("dog and goal", "animals;sport"), ("cheese", "food"), ("bird", "animals")]
     path = tmp_path / "tags.csv"

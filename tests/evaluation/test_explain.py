@@ -84,24 +84,10 @@ def test_auto_baseline_is_the_most_uniform_one(text_task):
     assert explanation.baselines == [max(entropy, key=entropy.get)]
 
 
-def _keyword_export(path):
-    """A SavedModel scoring raw texts by keyword counts: sport | business."""
-
-    class Keywords(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def serve(self, inputs):
-            words = tf.strings.split(tf.strings.lower(inputs))
-            counts = [tf.reduce_sum(tf.cast(tf.strings.regex_full_match(words, p), tf.float32),
-                                    axis=-1) for p in ("match|team|win", "shares|bank")]
-            return {"probabilities": tf.nn.softmax(2.0 * tf.stack(counts, axis=-1))}
-
-    module = Keywords()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    return tf.saved_model.load(path)
-
-
-def test_text_occlusion_on_a_saved_model_is_the_score_drop_per_word(tmp_path):
-    export = _keyword_export(str(tmp_path / "keywords"))
+def test_text_occlusion_on_a_saved_model_is_the_score_drop_per_word(tmp_path, keyword_export):
+    # Scores raw texts by keyword counts: sport | business.
+    export = tf.saved_model.load(keyword_export(str(tmp_path / "keywords"),
+                                                ("match|team|win", "shares|bank"), scale=2.0))
     explanation = explain(export, TEXTS[:2], class_names=["sport", "business"])
     assert explanation.method == "occlusion"
     serve = export.signatures["serving_default"]

@@ -22,26 +22,11 @@ ROWS = [
 ]
 
 
-def _keyword_export(path):
-    class Keywords(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def serve(self, inputs):
-            words = tf.strings.split(tf.strings.lower(inputs))
-            counts = [tf.reduce_sum(tf.cast(tf.strings.regex_full_match(words, p), tf.float32),
-                                    axis=-1) for p in ("match|team|win", "shares|bank")]
-            return {"probabilities": tf.nn.softmax(1.5 * tf.stack(counts, axis=-1))}
-
-    module = Keywords()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
-    with open(os.path.join(path, cli.METADATA_FILE), "w") as f:
-        json.dump({"class_names": CLASSES, "task": "multiclass"}, f)
-    return path
-
-
 @pytest.fixture(scope="module")
-def export_and_csv(tmp_path_factory):
+def export_and_csv(tmp_path_factory, keyword_export):
     root = tmp_path_factory.mktemp("interpretation")
-    path = _keyword_export(str(root / "keywords" / "1"))
+    path = keyword_export(str(root / "keywords" / "1"), ("match|team|win", "shares|bank"),
+                          {"class_names": CLASSES, "task": "multiclass"}, scale=1.5)
     csv = root / "news.csv"
     pd.DataFrame(ROWS, columns=["text", "label", "region"]).to_csv(csv, index=False)
     return path, str(csv)
