@@ -24,6 +24,13 @@ def _cli_args(preset, run_dir):
     return [sys.executable, "-m", "tfft.cli.main", *args]
 
 
+def _recorded_epoch(metadata):
+    try:
+        return json.loads(metadata.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_preset, tmp_path,
                                                                       read_weights_file):
@@ -32,11 +39,15 @@ def test_killed_run_resumes_from_last_epoch_and_matches_uninterrupted(small_pres
     metadata = run_dir / "backup" / "fine_tune" / "training_metadata.json"
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Kill the moment Keras has recorded the first fine-tuning epoch: its weights
+        # are written before the metadata, so a parseable record means a complete
+        # checkpoint. A fixed sleep after it was not safe: on a fast machine the
+        # second epoch finished inside the sleep and Keras removed the backup.
         deadline = time.time() + 600
-        while not metadata.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
+        while _recorded_epoch(metadata) is None and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.02)
         assert proc.poll() is None, "the run ended before its first fine-tuning epoch"
-        time.sleep(1.5)  # well inside the second epoch
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert json.loads(metadata.read_text())["epoch"] == 1
