@@ -39,9 +39,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tfft finetune
 
 # The import contract (.importlinter) first: a layering or cycle break fails fast.
+# Two pytest-xdist workers; each test folder stays on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP) | $(FASHION_MNIST)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --config ruff.toml tfft tfft_cli.py tests benchmarks

@@ -1,6 +1,7 @@
 """Shared fixtures: real offline assets loaded once per session, tiny models, checks."""
 
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -19,6 +20,32 @@ VOCAB = [
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: real offline pretrained assets (still run in CI)")
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist keeps on one worker")
+
+
+# `make test` runs pytest-xdist with two workers and `--dist loadgroup`: each group
+# below runs whole on one worker, so the session fixtures a test folder shares (the
+# real MiniLM job, the LFW image job, the README runner) are built once, not once per
+# worker. Groups go out longest first (the weights are rough serial seconds on 2
+# cores; `--durations` shows them), so no worker starts a long group last.
+_GROUP_WEIGHTS = {
+    "test_readme.py": 330, "core": 330, "jobs": 280, "prompting": 230, "packaging": 220,
+    "notebooks": 210, "reliability": 170, "evaluation": 160, "backbones": 150,
+    "training": 110, "export": 110, "strategy": 100, "selection": 80, "data": 70,
+    "feature_cache": 60, "freeze": 60,
+}
+
+
+def _test_group(item):
+    parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+    return parts[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_test_group(item)))
+    # A stable sort: within a group the collection order stays.
+    items.sort(key=lambda item: -_GROUP_WEIGHTS.get(_test_group(item), 0))
 
 
 @pytest.fixture(scope="session", autouse=True)
