@@ -71,7 +71,9 @@ _EXPORTS = {
     "list_presets": "tfft.training",
     "set_mixed_precision": "tfft.training",
     # models
+    "CausalLMTask": "tfft.models",
     "Task": "tfft.models",
+    "build_causal_lm": "tfft.models",
     "build_model": "tfft.models",
     # evaluation and export
     "EvaluationReport": "tfft.evaluation",

@@ -58,6 +58,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfft.adapt.lora import has_lora, merge_lora
+from tfft.export.generate import export_generate_model
+from tfft.models.causal_lm import CausalLMTask
 from tfft.utils.files import (
     private_staging,
     rename_directory_exclusive,
@@ -374,7 +376,15 @@ def export_saved_model(model: keras.Model, directory: str,
     >>> path = tfft.export_saved_model(model, "saved_models/bbc_news", class_names=names)
     >>> serve = tf.saved_model.load(path).signatures["serving_default"]
     >>> serve(tf.constant(["Shares rose after the profit report"]))["class_names"]
+
+    A `tfft.CausalLMTask` is exported with a `generate` signature instead
+    (`tfft.export.generate.export_generate_model`; `sample_inputs` are its
+    verification prompts).
     """
+    if isinstance(model, CausalLMTask):
+        return export_generate_model(model, directory, version=version, overwrite=overwrite,
+                                     metadata=metadata, sample_prompts=sample_inputs,
+                                     verify=verify)
     task = task or _head_task(model)
     if class_names is None:
         class_names = getattr(model, "class_names", None)

@@ -12,12 +12,15 @@ from tfft.adapt import FreezePolicy, apply_freeze, parse_freeze
 from tfft.backbones import Backbone, load_backbone
 from tfft.distribute import check_built_in_scope, prepare_model
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
+from tfft.models.causal_lm import build_causal_lm
 from tfft.models.task import Task, backbone_input_spec
 from tfft.training.presets import compile_model
 
+CAUSAL_LM_TASK = "causal_lm"
+
 
 def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass",
-                num_classes: int = 2, freeze: str | FreezePolicy = "feature_extraction",
+                num_classes: int = 2, freeze: str | FreezePolicy | None = None,
                 preset: str = "auto", pooling: str = "mean", dropout: float = 0.1,
                 hidden_units: int | None = None, compile: bool = True,
                 total_steps: int | None = None,
@@ -37,9 +40,13 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
         backbone: str, keras.Model or `tfft.Backbone`. A spec such as
             `"keras_hub:all_minilm_l6_v2"` (see `tfft.load_backbone`).
         task: str. One of `"binary"`, `"multiclass"`, `"multilabel"`,
-            `"regression"`, `"token_classification"`.
+            `"regression"`, `"token_classification"`, or `"causal_lm"` (a
+            `tfft.CausalLMTask` from a causal LM spec such as
+            `"offline:smollm2"`; see `tfft.build_causal_lm` for its options,
+            passed as keyword arguments).
         num_classes: int. Number of classes (outputs for regression).
-        freeze: str or FreezePolicy. Defaults to `"feature_extraction"`.
+        freeze: str or FreezePolicy. Defaults to `"feature_extraction"`
+            (`"lora:8"` for `task="causal_lm"`).
         preset: str. Compile preset name or `"auto"`; see `tfft.list_presets()`.
         pooling: str. `"mean"` (masked for text), `"max"`, `"cls"` or `"none"`.
         dropout: float. Head dropout. Defaults to 0.1.
@@ -64,6 +71,14 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
     >>> task = tfft.build_model("minilm", task="multiclass", num_classes=5)
     >>> task.fit(train_texts, train_labels, epochs=3)
     """
+    if task == CAUSAL_LM_TASK:
+        if strategy is not None:
+            raise ValueError("task='causal_lm' does not take a strategy yet. Received: "
+                             f"strategy={strategy!r}")
+        return build_causal_lm(backbone, freeze="lora:8" if freeze is None else freeze,
+                               compile=compile, **backbone_kwargs)
+    if freeze is None:
+        freeze = "feature_extraction"
     if strategy is None and tf.distribute.has_strategy():
         # Called inside `with strategy.scope():`: same checks and fixes as strategy=.
         strategy = tf.distribute.get_strategy()
@@ -84,7 +99,8 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
 def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, hidden_units,
                  compile, total_steps, normalize_features, class_names, **backbone_kwargs):
     if task not in TASKS:
-        raise ValueError(f"Unknown task. Expected one of {list(TASKS)}. Received: task={task!r}")
+        raise ValueError(f"Unknown task. Expected one of {[*TASKS, CAUSAL_LM_TASK]}. "
+                         f"Received: task={task!r}")
     policy = parse_freeze(freeze)
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone, **backbone_kwargs)

