@@ -211,29 +211,46 @@ def test_completions_as_labels_are_scored_with_the_sklearn_report(make_lm):
 # -- export --------------------------------------------------------------------------------
 
 
-def test_generate_export_matches_task_generate_in_a_fresh_process(tmp_path, monkeypatch,
-                                                                   make_lm):
-    import tensorflow as tf
+def test_cli_finetunes_exports_and_generates(tmp_path, make_lm, capsys):
+    from tfft.cli.main import main
+    from tfft.models.causal_lm import CausalLMTask
 
-    import tfft.export.generate as generate_module
+    preset = str(tmp_path / "tiny_preset")
+    make_lm().save_to_preset(preset)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in PAIRS * 5))
+    export, run_dir = tmp_path / "export", tmp_path / "run"
+    assert main(["finetune", "--task", "causal_lm", "--backbone", preset, "--data", str(data),
+                 "--lora-rank", "2", "--sequence-length", "32", "--epochs", "1",
+                 "--learning-rate", "0.02", "--export-dir", str(export),
+                 "--run-dir", str(run_dir)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["test"]["tokens"] > 0 and "accuracy" in report["test"]
+    assert main(["generate", "--model", str(export), "--max-new-tokens", "4",
+                 "the film", "the review was good"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    # The same adapters on a fresh base generate the same completions in-process.
+    fresh = build_causal_lm(preset, freeze="lora:2", sequence_length=32, compile=False)
+    assert isinstance(fresh, CausalLMTask)
+    fresh.load_adapters(report["adapters"])
+    assert [x["completion"] for x in lines] == fresh.generate(
+        ["the film", "the review was good"], max_new_tokens=4)
 
-    fresh = generate_module.generate_in_fresh_process
-    task = build_causal_lm(make_lm(), freeze="lora:2", learning_rate=2e-2)
-    task.fit(PAIRS, epochs=1, batch_size=4, verbose=0)
-    prompts = ["the review was good", "the film", "a match was won the answer is"]
-    calls = []
-    monkeypatch.setattr(generate_module, "generate_in_fresh_process",
-                        lambda *args, **kwargs: calls.append(args) or fresh(*args, **kwargs))
-    # Verification reloads the export in a fresh process and compares it with the
-    # in-memory generate function, which must equal task.generate.
-    path = tfft.export_saved_model(task, str(tmp_path / "lm"), sample_inputs=prompts)
-    assert path.endswith(os.path.join("lm", "1")) and len(calls) == 1
-    with open(os.path.join(path, "tfft_metadata.json")) as f:
-        assert json.load(f)["task"] == "causal_lm"
-    out = generate_module.generate_function(task.merge())(tf.constant(prompts),
-                                                          tf.constant(8, tf.int32))
-    assert [t.decode() for t in out["completions"].numpy()] == task.generate(
-        prompts, max_new_tokens=8)
+
+def test_cli_refuses_bad_data_and_writes_nothing(tmp_path, capsys):
+    from tfft.cli.main import main
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"prompt": "hi", "answer": "there"}) + "\n")
+    run_dir = tmp_path / "run"
+    assert main(["finetune", "--task", "causal_lm", "--data", str(data),
+                 "--run-dir", str(run_dir)]) == 2
+    assert "no 'completion' column" in capsys.readouterr().err
+    assert not run_dir.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--task", "causal_lm", "--data", str(data), "--lora-rank", "0"])
+    assert exit_info.value.code == 2
+    assert "expected a positive integer. Received: '0'" in capsys.readouterr().err
 
 
 def test_a_failed_export_verification_writes_nothing(tmp_path, monkeypatch, make_lm):

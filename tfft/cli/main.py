@@ -60,6 +60,98 @@ def _run_predict(args):
     return 0
 
 
+def _add_generate(subparsers):
+    p = subparsers.add_parser(
+        "generate", help="generate completions with an exported causal LM",
+        description="Run an exported causal LM's generate signature (greedy) on raw prompts.",
+    )
+    p.add_argument("--model", required=True,
+                   help="saved_models/NAME directory (newest version) or NAME/VERSION")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32,
+                   help="tokens generated at most per prompt (default 32)")
+    p.add_argument("prompts", nargs="+", help="prompts to complete")
+    p.set_defaults(func=_run_generate)
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer. Received: {text!r}")
+    return value
+
+
+def _run_generate(args):
+    from tfft.export.generate import load_generate
+
+    try:
+        generate = load_generate(args.model)
+    except (ValueError, OSError) as error:
+        print(f"tfft generate: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    for prompt, completion in zip(args.prompts, generate(args.prompts, args.max_new_tokens),
+                                  strict=True):
+        print(json.dumps({"prompt": prompt, "completion": completion}))
+    return 0
+
+
+def _is_causal_lm_finetune(argv):
+    """`tfft finetune ... --task causal_lm`: the causal-LM job has flags of its own."""
+    argv = list(argv)
+    if not argv or argv[0] != "finetune":
+        return False
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv) and argv[i + 1] == "causal_lm":
+            return True
+        if arg == "--task=causal_lm":
+            return True
+    return False
+
+
+def _causal_lm_finetune(argv):
+    from tfft.jobs.causal_lm import DEFAULT_CAUSAL_LM, CausalLMJobConfig, run_causal_lm_job
+
+    p = _Parser(
+        prog="tfft finetune --task causal_lm",
+        description="LoRA fine-tuning of a causal LM on prompt/completion pairs (or text): "
+        "loss on the completions only, then held-out perplexity (and accuracy/macro F1 "
+        "when completions are labels), the adapters alone and a SavedModel with a "
+        "generate signature.",
+    )
+    p.add_argument("--task", choices=["causal_lm"], required=True)
+    p.add_argument("--data", required=True,
+                   help="a .jsonl/.json/.csv file with prompt and completion columns (or text)")
+    p.add_argument("--val-data")
+    p.add_argument("--test-data")
+    p.add_argument("--backbone", default=DEFAULT_CAUSAL_LM,
+                   help=f"causal LM spec (default {DEFAULT_CAUSAL_LM})")
+    p.add_argument("--lora-rank", type=_positive_int, default=8)
+    p.add_argument("--lora-mlp", action="store_true", help="LoRA on the MLP projections too")
+    p.add_argument("--chat-template", action="store_true",
+                   help="format prompts with the model's own chat template")
+    p.add_argument("--sequence-length", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--max-examples", type=_positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export-dir", help="SavedModel directory (default: no export)")
+    p.add_argument("--run-dir")
+    args = p.parse_args(argv[1:])
+    settings = {k: v for k, v in vars(args).items() if k != "task" and v is not None}
+    try:
+        report = run_causal_lm_job(CausalLMJobConfig(**settings))
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"tfft finetune: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({"test": report["test"], "export_path": report["export_path"],
+                      "adapters": report["adapters"], "run_dir": report["run_dir"],
+                      "backbone": report["backbone_spec"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tfft",
@@ -77,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parser(subparsers)
     _add_predict(subparsers)
+    _add_generate(subparsers)
     evaluation_cli.add_parser(subparsers)
     export_cli.add_parser(subparsers)
     selection_cli.add_parser(subparsers)
@@ -88,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import tfft  # noqa: F401  selects the TensorFlow backend first
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _is_causal_lm_finetune(argv):
+        return _causal_lm_finetune(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

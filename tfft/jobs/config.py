@@ -27,6 +27,10 @@ AUTO = "auto"
 DEPRECATED_SETTINGS = {"strategy": "method"}
 
 
+# LoRA fine-tuning of a causal LM on prompt/completion data (`tfft.jobs.causal_lm`).
+CAUSAL_LM_TASK = "causal_lm"
+
+
 class ConfigError(ValueError):
     """A run setting is invalid; the message names the setting and valid values."""
 
@@ -204,9 +208,10 @@ class JobConfig:
                     f"{name}: needs data (the training data) too. Received: "
                     f"{name}={getattr(self, name)!r}, data=None"
                 )
-        if self.task not in DATA_TASKS:
+        if self.task not in (*DATA_TASKS, CAUSAL_LM_TASK):
             raise ConfigError(
-                f"task: unknown task. Expected one of {list(DATA_TASKS)}. Received: "
+                f"task: unknown task. Expected one of {[*DATA_TASKS, CAUSAL_LM_TASK]}. "
+                "Received: "
                 f"{self.task!r}"
             )
         if self.on_error not in ON_ERROR:

@@ -40,8 +40,10 @@ from tfft.distribute import (
 )
 from tfft.evaluation import plot_training_curves, report_from_predictions
 from tfft.export import encode_image, export_saved_model
+from tfft.jobs.causal_lm import DEFAULT_CAUSAL_LM, CausalLMJobConfig, run_causal_lm_job
 from tfft.jobs.config import (
     AUTO,
+    CAUSAL_LM_TASK,
     DEFAULT_BACKBONES,
     DEFAULT_DATASET,
     DEPRECATED_SETTINGS,
@@ -170,6 +172,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     >>> report["test"]["macro_f1"]
     """
     config = _as_config(config, overrides)
+    if config.task == CAUSAL_LM_TASK:
+        return _causal_lm_job(config, verbose)
     check_writable(config.run_dir or "runs", "run directory")
     if config.export_dir and config.export_dir != AUTO:
         _check_export_dir(config.export_dir)
@@ -304,6 +308,25 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     result["model"] = model
     result["preprocessor"] = backbone.preprocessor
     return result
+
+
+def _causal_lm_job(config, verbose):
+    """`task="causal_lm"`: LoRA (rank 8) fine-tuning of a causal LM (`tfft.jobs.causal_lm`)."""
+    export_dir = config.export_dir
+    if export_dir == AUTO:
+        stem = os.path.splitext(os.path.basename(config.data.rstrip("/")))[0]
+        export_dir = os.path.join("saved_models", _slug(f"{stem}_causal_lm"))
+    defaults = JobConfig()
+    return run_causal_lm_job(CausalLMJobConfig(
+        data=config.data, val_data=config.val_data, test_data=config.test_data,
+        backbone=DEFAULT_CAUSAL_LM if config.backbone == AUTO else config.backbone,
+        sequence_length=max(config.sequence_length, 2), batch_size=config.batch_size,
+        epochs=max(config.epochs, 1), seed=config.seed, max_examples=config.max_examples,
+        # The job's default rate suits full fine-tuning; LoRA takes a larger one.
+        learning_rate=(2e-4 if config.learning_rate == defaults.learning_rate
+                       else config.learning_rate),
+        export_dir=export_dir, run_dir=config.run_dir,
+    ), verbose=verbose)
 
 
 def _as_config(config, overrides):
