@@ -22,8 +22,13 @@ def tiny_scenes():
     return make_scenes(64, seed=1, image_size=TINY_SIZE, max_digits=2)
 
 
-def tiny_backbone(seed=0):
-    """A random 5-stage CNN (strides 2-32) with BatchNorm, as a tfft Backbone."""
+@pytest.fixture
+def tiny_backbone():
+    """Builds a random 5-stage CNN (strides 2-32) with BatchNorm, as a tfft Backbone."""
+    return _tiny_backbone
+
+
+def _tiny_backbone(seed=0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((*TINY_SIZE, 3))
     x = inputs
