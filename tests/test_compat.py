@@ -123,6 +123,23 @@ def test_optimizer_internals():
     )
 
 
+def test_adam_variable_state():
+    variables = [keras.Variable(np.ones(2, "float32"), name="kernel"),
+                 keras.Variable(np.ones(3, "float32"), name="gamma")]
+    optimizer = keras.optimizers.AdamW(0.1, weight_decay=0.1)
+    optimizer.exclude_from_weight_decay(var_names=["gamma"])
+    optimizer.build(variables)
+    optimizer.apply([tf.ones(2), 2 * tf.ones(3)], variables)
+    for variable, grad, decays in zip(variables, (1.0, 2.0), (True, False), strict=True):
+        momentum, velocity, decay = _compat.adam_variable_state(optimizer, variable)
+        # After one step: m = (1 - beta_1) g, v = (1 - beta_2) g^2.
+        np.testing.assert_allclose(momentum.numpy(), 0.1 * grad, rtol=1e-5, err_msg=broke(
+            "adam_variable_state", "`_momentums`/`_get_variable_index` changed"))
+        np.testing.assert_allclose(velocity.numpy(), 0.001 * grad**2, rtol=1e-4, err_msg=broke(
+            "adam_variable_state", "`_velocities` changed"))
+        assert decay is decays, broke("adam_variable_state", "`_use_weight_decay` changed")
+
+
 def test_set_symbolic_build_batch_builds_from_the_transformed_batch():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     seen = []

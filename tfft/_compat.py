@@ -102,6 +102,18 @@ def track_optimizer_variable(optimizer, variable) -> None:
     optimizer._track_variable(variable)
 
 
+def adam_variable_state(optimizer, variable) -> tuple[Any, Any, bool]:
+    """`(momentum, velocity, decays)` of one variable in a built Keras Adam-family optimizer.
+
+    The moment slots sit in the private `_momentums`/`_velocities` lists at
+    `_get_variable_index(variable)`; whether the variable takes weight decay
+    (not excluded by `exclude_from_weight_decay`) is `_use_weight_decay`.
+    """
+    index = optimizer._get_variable_index(variable)
+    return (optimizer._momentums[index], optimizer._velocities[index],
+            bool(optimizer._use_weight_decay(variable)))
+
+
 # ---------------------------------------------------------------------------- training
 
 

@@ -15,6 +15,7 @@ from tfft.training.feature_cache import (
     fit_cached,
     list_cached,
 )
+from tfft.training.optimizers import FusedAdamW
 from tfft.training.presets import (
     OPTIMIZER_PRESETS,
     TASK_PRESETS,
@@ -36,6 +37,7 @@ __all__ = [
     "DivergenceGuard",
     "EpochData",
     "EpochSeeding",
+    "FusedAdamW",
     "MonitorCheck",
     "TrainingDivergedError",
     "build_for_training",

@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from tfft.training.optimizers import FusedAdamW
 from tfft.utils.walk import walk_layers
 
 OPTIMIZER_PRESETS = {
@@ -192,7 +193,8 @@ def make_optimizer(
     kind = preset["optimizer"]
     clip = {"clipnorm": preset["clipnorm"]} if preset.get("clipnorm") else {}
     if kind == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=preset.get("weight_decay", 0.01), **clip)
+        # Keras' AdamW math in a training graph half the size (faster first step).
+        return FusedAdamW(lr, weight_decay=preset.get("weight_decay", 0.01), **clip)
     if kind == "adam":
         return keras.optimizers.Adam(lr, **clip)
     if kind == "sgd":
