@@ -29,8 +29,10 @@ NAMES = ["sport", "money"]
 
 
 def _fit(backbone, **kwargs):
+    # interpolation=1 keeps the tuned encoder: the training itself is under test here;
+    # test_interpolation_... checks the move back toward the pretrained weights.
     options = dict(class_names=NAMES, num_pairs=90, batch_size=6, epochs=5,
-                   learning_rate=1e-2, head_epochs=50, verbose=0)
+                   learning_rate=1e-2, head_epochs=50, interpolation=1.0, verbose=0)
     options.update(kwargs)
     return few_shot_fit(backbone, TEXTS, LABELS, **options)
 
@@ -74,6 +76,7 @@ def test_bad_settings_are_named(tiny_text_preprocessor):
         (dict(pair_sampling="hard"), "Unknown pair sampling"),
         (dict(epochs=-1), "epochs must be an int >= 0"),
         (dict(learning_rate=0.0), "learning_rate must be a positive number"),
+        (dict(interpolation=1.5), r"interpolation must be a number in \[0, 1\]"),
         (dict(freeze="feature_extraction"), "leaves no encoder weight trainable"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -201,6 +204,18 @@ def test_same_seed_same_task(fitted, tiny_text_preprocessor):
     for (path, a), b in zip(_weights(task.backbone).items(), again.backbone.weights,
                             strict=True):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-6, err_msg=path)
+
+
+def test_interpolation_puts_the_encoder_halfway_between_pretrained_and_tuned(
+        fitted, tiny_text_preprocessor):
+    tuned, pretrained, _ = fitted
+    task = _fit(_new_backbone(tiny_text_preprocessor), seed=5, interpolation=0.5)
+    half, tuned = _weights(task.backbone), _weights(tuned.backbone)
+    moved = [p for p in pretrained if not np.array_equal(pretrained[p], tuned[p])]
+    assert len(moved) > 10
+    for path in pretrained:
+        np.testing.assert_allclose(half[path], (pretrained[path] + tuned[path]) / 2,
+                                   atol=1e-6, err_msg=path)
 
 
 def test_top_k_policy_moves_only_the_top_block(tiny_text_preprocessor):

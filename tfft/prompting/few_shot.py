@@ -8,7 +8,8 @@ With a handful of labelled texts per class, `few_shot_fit`:
 2. fine-tunes the encoder so that positive pairs embed close together and
    negative pairs apart (cosine similarity; the CoSENT ranking loss or
    SetFit's squared error to 1/0), through a tfft freeze policy (`"full"`,
-   `"top_k:K"`, `"lora:R"`);
+   `"top_k:K"`, `"lora:R"`), then moves the tuned weights halfway back to
+   the pretrained ones (`interpolation`, WiSE-FT's weight-space average);
 3. fits the classification head on the tuned encoder's (L2-normalised,
    mean-pooled) embeddings of the same examples, optionally starting from
    the zero-shot head that label prompts give (`template=`).
@@ -362,6 +363,7 @@ def few_shot_fit(
     epochs: int = 1,
     batch_size: int = 16,
     learning_rate: float = 1e-4,
+    interpolation: float = 0.5,
     template: str | Sequence[str] | None = None,
     verbalizer: Mapping[str, Sequence[str]] | None = None,
     head_epochs: int = 200,
@@ -412,6 +414,14 @@ def few_shot_fit(
         learning_rate: float. AdamW learning rate of the encoder (linear
             warmup over the first 10% of steps, then constant). Defaults to
             1e-4.
+        interpolation: float in [0, 1]. How much of the encoder stage's
+            weight change is kept: each trained weight ends at
+            `pretrained + interpolation * (tuned - pretrained)` before the
+            head is fitted. Averaging the pretrained and the tuned weights
+            (weight-space ensembling, WiSE-FT: Wortsman et al., 2022) keeps
+            what the pretrained encoder, and the label prompts, knew that a
+            handful of examples would otherwise overwrite. 1.0 keeps the
+            tuned weights (SetFit's recipe). Defaults to 0.5.
         template: str or list of str with `{label}`, e.g. `"This article is
             about {label}."`. Given, the label prompts start the head from
             the zero-shot classifier (prompt embeddings as its weights) and
@@ -453,6 +463,10 @@ def few_shot_fit(
                              ("head_epochs", head_epochs, 0), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}. Received: {name}={value!r}")
+    if (isinstance(interpolation, bool) or not isinstance(interpolation, (int, float))
+            or not 0.0 <= interpolation <= 1.0):
+        raise ValueError("interpolation must be a number in [0, 1] (1 keeps the tuned "
+                         f"encoder). Received: interpolation={interpolation!r}")
     if num_pairs is not None and (not isinstance(num_pairs, int) or num_pairs < 1):
         raise ValueError(f"num_pairs must be a positive int or None. Received: {num_pairs!r}")
     for name, value in (("learning_rate", learning_rate),
@@ -473,7 +487,8 @@ def few_shot_fit(
     if epochs > 0:
         _train_encoder(task, train_texts, train_ids, loss=loss, sampling=pair_sampling,
                        num_pairs=num_pairs, epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, seed=seed, verbose=verbose)
+                       learning_rate=learning_rate, interpolation=interpolation, seed=seed,
+                       verbose=verbose)
     features = embed(task, train_texts)
     if template is not None:
         # The zero-shot head, from the (tuned) encoder's prompt embeddings.
@@ -488,7 +503,7 @@ def few_shot_fit(
 
 
 def _train_encoder(task, texts, ids, loss, sampling, num_pairs, epochs, batch_size,
-                   learning_rate, seed, verbose):
+                   learning_rate, interpolation, seed, verbose):
     """The contrastive stage: pairs' cosine similarities, trained through the freeze policy."""
     encoder = feature_model(task)
     variables = task.backbone_layer.trainable_weights
@@ -537,6 +552,7 @@ def _train_encoder(task, texts, ids, loss, sampling, num_pairs, epochs, batch_si
     logger.info("Few-shot encoder stage: %d steps (%s pairs, %s loss, %d trainable weights "
                 "tensors, %s)", total, sampling, loss, len(variables), task.freeze_policy)
     progress = keras.utils.Progbar(total, verbose=verbose, stateful_metrics=["loss"])
+    pretrained = [variable.numpy() for variable in variables] if interpolation < 1 else None
     started = time.time()
     for index, (rows, a, b, same) in enumerate(steps):
         value = step(_gather(tokens, rows), tf.constant(a, tf.int64), tf.constant(b, tf.int64),
@@ -548,6 +564,9 @@ def _train_encoder(task, texts, ids, loss, sampling, num_pairs, epochs, batch_si
                 f"learning_rate (received {learning_rate:g}).")
         progress.update(index + 1, [("loss", value)])
     logger.info("Few-shot encoder stage took %.1f s", time.time() - started)
+    if pretrained is not None:
+        for variable, start in zip(variables, pretrained, strict=True):
+            variable.assign(start + interpolation * (variable.numpy() - start))
 
 
 def _fit_head(task, features, ids, epochs, learning_rate):
