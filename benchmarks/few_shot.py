@@ -14,7 +14,8 @@ same fixed, stratified test sample (macro F1, scikit-learn), disjoint from the p
   many encoder passes as the contrastive stage: ceil(320 / examples) epochs);
 - contrastive: `tfft.few_shot_fit` with its defaults (CoSENT on every pair inside
   class-balanced batches of 16, 1 epoch of at least 20 steps, AdamW 1e-4, whole
-  encoder), starting from the same label prompts as zero_shot.
+  encoder, then halfway back to the pretrained weights: interpolation=0.5), starting
+  from the same label prompts as zero_shot.
 
 The frozen encoder's test embeddings go through tfft's feature cache (computed once,
 reused by zero_shot and probe, and by later runs). Each run restores the pretrained
@@ -27,6 +28,11 @@ Prints one JSON object as the last line: `{bbc,rt}_{8,16}_{method}_macro_f1_{mea
 
     .venv/bin/python benchmarks/few_shot.py [--seeds 5] [--test 500]
         [--sequence-length 64] [--plot benchmarks/results/few_shot.png]
+        [--methods contrastive] [--out RUNS.jsonl]
+    .venv/bin/python benchmarks/few_shot.py --summarize OLD.jsonl NEW.jsonl
+
+`--methods` reruns some methods only (after a change to them); `--summarize` merges
+runs files, a later file's score replacing an earlier one's for the same run.
 """
 
 import argparse
@@ -77,7 +83,8 @@ def head_scores(task, features):
     return head_model(task).predict(np.asarray(features), verbose=0)
 
 
-def run_setting(name, pool, test, backbone, initial, shots, seed, test_features):
+def run_setting(name, pool, test, backbone, initial, shots, seed, test_features,
+                methods=METHODS):
     template, verbalizer = PROMPTS[name]
     if name == "bbc":
         verbalizer = {c: verbalizer.get(c, [c]) for c in pool.class_names}
@@ -86,22 +93,26 @@ def run_setting(name, pool, test, backbone, initial, shots, seed, test_features)
     common = dict(class_names=list(pool.class_names), seed=seed, verbose=0)
     out, seconds = {}, {}
 
-    started = time.time()
     backbone.model.set_weights(initial)
-    zero = few_shot_fit(backbone, x, y, epochs=0, head_epochs=0, template=template,
-                        verbalizer=verbalizer, **common)
-    out["zero_shot"] = macro_f1(test.y, head_scores(zero, test_features))
-    probe = few_shot_fit(backbone, x, y, epochs=0, **common)
-    out["probe"] = macro_f1(test.y, head_scores(probe, test_features))
-    seconds["zero_shot+probe"] = time.time() - started
+    if "zero_shot" in methods or "probe" in methods:
+        started = time.time()
+        zero = few_shot_fit(backbone, x, y, epochs=0, head_epochs=0, template=template,
+                            verbalizer=verbalizer, **common)
+        out["zero_shot"] = macro_f1(test.y, head_scores(zero, test_features))
+        probe = few_shot_fit(backbone, x, y, epochs=0, **common)
+        out["probe"] = macro_f1(test.y, head_scores(probe, test_features))
+        seconds["zero_shot+probe"] = time.time() - started
 
-    started = time.time()
-    task = few_shot_fit(backbone, x, y, template=template, verbalizer=verbalizer, **common)
-    out["contrastive"] = macro_f1(test.y, head_scores(task, embed(task, test.x)))
-    seconds["contrastive"] = time.time() - started
+    if "contrastive" in methods:
+        started = time.time()
+        task = few_shot_fit(backbone, x, y, template=template, verbalizer=verbalizer, **common)
+        out["contrastive"] = macro_f1(test.y, head_scores(task, embed(task, test.x)))
+        seconds["contrastive"] = time.time() - started
+        backbone.model.set_weights(initial)
 
+    if "full" not in methods:
+        return out, seconds, len(y)
     started = time.time()
-    backbone.model.set_weights(initial)
     task = few_shot_fit(backbone, x, y, epochs=0, **common)       # the probe's head
     epochs = math.ceil(FULL_PASSES / len(y))
     tfft.fine_tune(task, (np.asarray(x, dtype=object), y), epochs=epochs, freeze_epochs=0,
@@ -117,6 +128,8 @@ def summarize(records, sizes, settings):
     summary = {}
     for (name, shots), rows in records.items():
         for method in METHODS:
+            if any(method not in r["f1"] for r in rows):
+                continue
             values = np.array([r["f1"][method] for r in rows])
             key = f"{name}_{shots}_{method}_macro_f1"
             summary[f"{key}_mean"] = round(float(values.mean()), 4)
@@ -132,7 +145,7 @@ def plot(summary, names, shot_counts, path):
     import matplotlib.pyplot as plt
 
     settings = [(n, k) for n in names for k in shot_counts
-                if f"{n}_{k}_probe_macro_f1_mean" in summary]
+                if all(f"{n}_{k}_{m}_macro_f1_mean" in summary for m in METHODS)]
     width = 0.2
     fig, ax = plt.subplots(figsize=(2.2 * len(settings) + 2, 4))
     for i, method in enumerate(METHODS):
@@ -154,16 +167,23 @@ def plot(summary, names, shot_counts, path):
 
 
 def summarize_file(args):
-    records, sizes = {}, {}
-    with open(args.summarize) as f:
-        for line in f:
-            run = json.loads(line)
-            records.setdefault((run["dataset"], run["shots"]), []).append({"f1": run["macro_f1"]})
-            sizes[f"{run['dataset']}_test_n"] = run["test_n"]
-            sizes[f"{run['dataset']}_{run['shots']}_train_n"] = run["train_n"]
+    """Summarises runs files; a later file's scores replace an earlier one's for the same
+    dataset, shots, seed and method (a rerun of one method after a change)."""
+    runs, sizes = {}, {}
+    for path in args.summarize:
+        with open(path) as f:
+            for line in f:
+                run = json.loads(line)
+                key = (run["dataset"], run["shots"], run["seed"])
+                runs.setdefault(key, {}).update(run["macro_f1"])
+                sizes[f"{run['dataset']}_test_n"] = run["test_n"]
+                sizes[f"{run['dataset']}_{run['shots']}_train_n"] = run["train_n"]
+    records = {}
+    for (name, shots, _), f1 in sorted(runs.items()):
+        records.setdefault((name, shots), []).append({"f1": f1})
     settings = {"backbone": "minilm (all-MiniLM-L6-v2)", "sequence_length": args.sequence_length,
                 "metric": "macro F1, mean and population std over seeds",
-                "runs_file": args.summarize}
+                "runs_files": args.summarize}
     summary = summarize(records, sizes, settings)
     if args.plot:
         names = [n for n in ("bbc", "rt") if any(k[0] == n for k in records)]
@@ -181,9 +201,12 @@ def main():
     parser.add_argument("--out", default="few_shot_runs.jsonl",
                         help="each finished run, one JSON line")
     parser.add_argument("--plot", default="benchmarks/results/few_shot.png")
-    parser.add_argument("--summarize", metavar="RUNS_JSONL",
-                        help="print the summary (and plot) of the finished runs in this file "
-                        "instead of running: for a run cut short")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="run only these methods (zero_shot and probe run together)")
+    parser.add_argument("--summarize", metavar="RUNS_JSONL", nargs="+",
+                        help="print the summary (and plot) of the finished runs in these files "
+                        "instead of running (for a run cut short); where files score the same "
+                        "run and method, the later file wins")
     args = parser.parse_args()
     if args.summarize:
         return summarize_file(args)
@@ -213,13 +236,13 @@ def main():
             pool, test = data[name]
             for seed in range(args.seeds):
                 f1, seconds, n = run_setting(name, pool, test, backbone, initial, shots, seed,
-                                             test_features[name])
+                                             test_features[name], args.methods)
                 sizes[f"{name}_{shots}_train_n"] = n
                 records.setdefault((name, shots), []).append({"f1": f1})
                 done += 1
                 eta = (time.time() - started) / done * (total - done)
                 log(f"{done}/{total} {name} {shots}-shot seed {seed}: "
-                    + ", ".join(f"{m} {f1[m]:.3f}" for m in METHODS)
+                    + ", ".join(f"{m} {v:.3f}" for m, v in f1.items())
                     + f" ({', '.join(f'{k} {v:.0f}s' for k, v in seconds.items())}; "
                     f"about {eta / 60:.0f} min left)")
                 with open(args.out, "a") as f:
@@ -231,7 +254,7 @@ def main():
                 "seeds": args.seeds, "metric": "macro F1, mean and population std over seeds",
                 "seconds": round(time.time() - started, 1)}
     summary = summarize(records, sizes, settings)
-    if args.plot:
+    if args.plot and set(args.methods) == set(METHODS):
         plot(summary, args.datasets, args.shots, args.plot)
         log(f"plot written to {args.plot}")
     print(json.dumps(summary))
