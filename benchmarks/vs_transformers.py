@@ -11,7 +11,9 @@ epochs. Texts longer than 128 tokens are cut to 128 on both sides.
   order is shuffled every epoch, and each batch is tokenised and padded to
   its own longest text (dynamic padding), under `torch.inference_mode` for
   the evaluation.
-- tfft goes through its public API only: `tfft.build_model`, `Task.compile`,
+- tfft goes through its public API only: `tfft.build_model`, `Task.compile`
+  with `tfft.training.FusedAdamW` (Keras' AdamW math, one fused kernel per
+  variable; `--optimizer keras` uses `keras.optimizers.AdamW`),
   `tfft.data.make_text_dataset(bucketing=True)` and `Task.fit`.
 
 The peer runs in a child process (sharing no thread pools with TensorFlow);
@@ -24,12 +26,16 @@ same held-out test texts.
 Prints one JSON object as the last line: `first_epoch_ratio` and
 `two_epoch_ratio` are tfft examples/s over the peer's (first epoch, first
 two epochs together), plus both accuracies and each side's examples/s.
+With `--seeds 0,1,2` each training seed is one side-by-side run on the same
+split (a JSON line each, then `per_seed` in the last line); the ratios then
+come from the epoch times summed over the seeds and the accuracies are the
+means (with `*_accuracy_std`).
 
 Needs the `bench` extra (`pip install -e .[bench]`: torch, transformers);
 tfft itself never imports them.
 
     .venv/bin/python benchmarks/vs_transformers.py [--train 2048] [--test 1024]
-        [--epochs 2] [--distribution auto]
+        [--epochs 2] [--seed 0] [--seeds 0,1,2] [--optimizer fused] [--distribution auto]
 """
 
 import argparse
@@ -60,13 +66,15 @@ MAX_LENGTH = 128
 class TfftRun:
     """The same model through tfft's public API, length-bucketed."""
 
-    def __init__(self, num_classes, batch_size, seed, strategy, jit_compile):
+    def __init__(self, num_classes, batch_size, seed, strategy, jit_compile, optimizer="fused"):
         keras.utils.set_random_seed(seed)
+        # tfft's AdamW: Keras' math with a fused update per variable (a smaller train graph).
+        make = tfft.training.FusedAdamW if optimizer == "fused" else keras.optimizers.AdamW
         with strategy.scope():
             self.task = tfft.build_model("minilm", num_classes=num_classes, freeze="full",
                                          compile=False, sequence_length=MAX_LENGTH)
             self.task.compile(
-                optimizer=keras.optimizers.AdamW(LEARNING_RATE, weight_decay=WEIGHT_DECAY),
+                optimizer=make(LEARNING_RATE, weight_decay=WEIGHT_DECAY),
                 loss="sparse_categorical_crossentropy",
                 jit_compile=jit_compile,
             )
@@ -114,11 +122,11 @@ class PeerProcess:
     one process, PyTorch's epochs after a TensorFlow epoch ran at half speed).
     """
 
-    def __init__(self, args, split_path):
+    def __init__(self, args, split_path, seed):
         command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "torch_peer.py"),
                    "--split", split_path, "--model-dir", asset_path("minilm"),
-                   "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+                   "--batch-size", str(args.batch_size), "--seed", str(seed)]
         # transformers 4.x would otherwise import TensorFlow too, when installed.
         env = {**os.environ, "USE_TF": "0", "USE_TORCH": "1"}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
@@ -144,26 +152,11 @@ class PeerProcess:
         return accuracy
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=2048)
-    parser.add_argument("--test", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    add_distribution_args(parser)
-    args = parser.parse_args()
-    strategy, settings = setup_distribution(args)
-    train_x, train_y, test_x, test_y = load_split(args)
-
-    # The peer reads the same split from a file: its process never imports TensorFlow
-    # (TensorFlow and PyTorch in one process crashed, and share thread pools).
-    folder = tempfile.mkdtemp(prefix="vs_transformers_")
-    split_path = os.path.join(folder, "split.npz")
-    np.savez(split_path, train_x=train_x.astype(str), train_y=train_y,
-             test_x=test_x.astype(str), test_y=test_y)
-    peer = PeerProcess(args, split_path)
-    ours = TfftRun(2, args.batch_size, args.seed, strategy, settings["jit_compile"])
+def run_seed(args, strategy, settings, split, split_path, seed):
+    """One side-by-side run: per-epoch seconds and test accuracy of both sides."""
+    train_x, train_y, test_x, test_y = split
+    peer = PeerProcess(args, split_path, seed)
+    ours = TfftRun(2, args.batch_size, seed, strategy, settings["jit_compile"], args.optimizer)
     seconds = {"peer": [], "tfft": []}
     for _ in range(args.epochs):
         seconds["peer"].append(peer.train_epoch())
@@ -174,14 +167,65 @@ def main():
         "peer": peer.accuracy(),
         "tfft": float(np.mean(ours.predict(test_x) == test_y)),
     }
-    results = {
-        name: {"epoch_examples_per_s": [round(len(train_x) / s, 2) for s in seconds[name]],
-               "accuracy": round(accuracies[name], 4)}
-        for name in seconds
-    }
+    return seconds, accuracies
+
+
+def _ratios(seconds, epochs):
     peer, ours = seconds["peer"], seconds["tfft"]
-    two = min(2, args.epochs)
-    load = os.getloadavg()
+    two = min(2, epochs)
+    return {
+        "first_epoch_ratio": round(peer[0] / ours[0], 3),
+        "two_epoch_ratio": round(sum(peer[:two]) / sum(ours[:two]), 3),
+        "tfft_first_over_second_epoch": (round(ours[1] / ours[0], 3) if epochs > 1 else None),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=2048)
+    parser.add_argument("--test", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Seed of the train/test split (and of training, without --seeds).")
+    parser.add_argument("--seeds", default=None,
+                        help="Comma-separated training seeds (e.g. 0,1,2): one side-by-side "
+                        "run per seed on the same split. Defaults to --seed.")
+    parser.add_argument("--optimizer", choices=("fused", "keras"), default="fused",
+                        help="tfft's side: tfft.training.FusedAdamW (default) or "
+                        "keras.optimizers.AdamW (the same math, a larger graph).")
+    add_distribution_args(parser)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    strategy, settings = setup_distribution(args)
+    split = load_split(args)
+    train_x, train_y, test_x, test_y = split
+
+    # The peer reads the same split from a file: its process never imports TensorFlow
+    # (TensorFlow and PyTorch in one process crashed, and share thread pools).
+    folder = tempfile.mkdtemp(prefix="vs_transformers_")
+    split_path = os.path.join(folder, "split.npz")
+    np.savez(split_path, train_x=train_x.astype(str), train_y=train_y,
+             test_x=test_x.astype(str), test_y=test_y)
+    runs = []
+    for seed in seeds:
+        seconds, accuracies = run_seed(args, strategy, settings, split, split_path, seed)
+        runs.append({
+            "seed": seed,
+            **_ratios(seconds, args.epochs),
+            "tfft_accuracy": round(accuracies["tfft"], 4),
+            "peer_accuracy": round(accuracies["peer"], 4),
+            "tfft_examples_per_s": [round(len(train_x) / s, 2) for s in seconds["tfft"]],
+            "peer_examples_per_s": [round(len(train_x) / s, 2) for s in seconds["peer"]],
+            "seconds": seconds,
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        })
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "seconds"}), flush=True)
+    # Over all seeds: times summed per epoch, accuracies averaged.
+    total = {side: [sum(run["seconds"][side][e] for run in runs) for e in range(args.epochs)]
+             for side in ("peer", "tfft")}
+    tfft_acc = [run["tfft_accuracy"] for run in runs]
+    peer_acc = [run["peer_accuracy"] for run in runs]
     print(json.dumps({
         "benchmark": "vs_transformers",
         "dataset": "rotten_tomatoes (rotten vs fresh)",
@@ -190,14 +234,17 @@ def main():
         "batch_size": args.batch_size,
         "epochs": args.epochs,
         **settings,
-        "first_epoch_ratio": round(peer[0] / ours[0], 3),
-        "two_epoch_ratio": round(sum(peer[:two]) / sum(ours[:two]), 3),
-        "tfft_first_over_second_epoch": (round(ours[1] / ours[0], 3) if args.epochs > 1 else None),
-        "tfft_accuracy": results["tfft"]["accuracy"],
-        "peer_accuracy": results["peer"]["accuracy"],
-        "tfft_examples_per_s": results["tfft"]["epoch_examples_per_s"],
-        "peer_examples_per_s": results["peer"]["epoch_examples_per_s"],
-        "load_average_1m": round(load[0], 2),
+        "optimizer": "FusedAdamW" if args.optimizer == "fused" else "AdamW",
+        "seeds": seeds,
+        **_ratios(total, args.epochs),
+        "tfft_accuracy": round(float(np.mean(tfft_acc)), 4),
+        "peer_accuracy": round(float(np.mean(peer_acc)), 4),
+        "tfft_accuracy_std": round(float(np.std(tfft_acc)), 4),
+        "peer_accuracy_std": round(float(np.std(peer_acc)), 4),
+        "tfft_examples_per_s": [round(len(seeds) * len(train_x) / s, 2) for s in total["tfft"]],
+        "peer_examples_per_s": [round(len(seeds) * len(train_x) / s, 2) for s in total["peer"]],
+        "per_seed": [{k: v for k, v in run.items() if k != "seconds"} for run in runs],
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }))
 
 

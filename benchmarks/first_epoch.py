@@ -1,0 +1,210 @@
+"""Where tfft's first fine-tuning epoch spends the time the second does not.
+
+The workload of `vs_transformers.py` (MiniLM, full fine-tuning, AdamW,
+Rotten Tomatoes fresh vs rotten, length-bucketed batches of 32). Two epochs
+through `Task.fit`, timed part by part:
+
+- `dataset_s`: `make_text_dataset(bucketing=True)` (its length pass
+  tokenises every text once).
+- `to_first_step_s`: `fit` called until the end of its first batch: tracing
+  the train step in Python, TensorFlow's graph optimisation (Grappler) and
+  the first batch's execution.
+- `trace_s`: tracing alone, measured on a copy of the step function traced to
+  a graph without running it (`get_concrete_function`) before `fit`.
+- `epoch_s`: each epoch's wall time (as `vs_transformers.py` counts it, with
+  `dataset_s` in epoch 1).
+- `new_width_step_s` / `seen_width_step_s`: median step time of batches whose
+  (batch size, width) shape the run meets for the first time vs ones it has
+  met before (per-shape first-run costs: oneDNN primitives, allocations);
+  `new_width_extra_s`: what first meetings cost in total over a seen step.
+- `first_epoch_extra_s`: epoch 1 minus epoch 2.
+- `input_wait_s`: per epoch, time the training loop waited for a batch.
+- `fit_outside_steps_s`: per epoch, `fit` called -> its epoch began, `fit`
+  called -> `on_train_begin`, and last batch -> `fit` returned.
+
+`--optimizer keras` uses `keras.optimizers.AdamW` instead of
+`tfft.training.FusedAdamW` (the same math, a graph twice the size).
+`--grappler` picks TensorFlow's graph optimiser setting (`default`, `off`:
+`disable_meta_optimizer`) to measure what optimising the graph costs and
+what it gives back per step. `--xla on` compiles the step with XLA.
+
+Prints one JSON line. The CPU may be shared: `load_average_1m` is printed.
+
+    .venv/bin/python benchmarks/first_epoch.py [--train 2048] [--grappler default]
+        [--optimizer fused] [--xla off] [--seed 0] [--trace-first]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tfft  # noqa: I001  (sets the Keras backend first)
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn.model_selection import train_test_split
+
+import tfft.data as td
+
+LEARNING_RATE = 5e-5
+WEIGHT_DECAY = 0.01
+MAX_LENGTH = 128
+
+
+class StepClock(keras.callbacks.Callback):
+    """Wall time of every training batch, and the gaps between batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.gaps = [], []
+        self._begin = self._end = None
+        self.fit_called = self.train_begin = self.epoch_begin = self.train_end = None
+        self.outside = []  # per fit: (call -> epoch begin, last batch -> fit returned)
+
+    def on_train_begin(self, logs=None):
+        self.train_begin = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.train_end = time.perf_counter()
+
+    def fit(self, task, dataset, epoch):
+        self.fit_called = time.perf_counter()
+        task.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[self])
+        self.outside.append((self.epoch_begin - self.fit_called,
+                             self.train_begin - self.fit_called,
+                             time.perf_counter() - self._end))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_begin = time.perf_counter()
+        self.steps.append([])
+        self.gaps.append([])
+        self._end = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = time.perf_counter()
+        self.gaps[-1].append(self._begin - self._end)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._end = time.perf_counter()
+        self.steps[-1].append(self._end - self._begin)
+
+
+def load_texts(train, seed):
+    data = td.load_rotten_tomatoes(classes=["rotten", "fresh"])
+    index, _ = train_test_split(np.arange(len(data)), train_size=train, stratify=data.y,
+                                random_state=seed)
+    part = data.take(index)
+    return np.asarray(part.x, dtype=object), np.asarray(part.y, dtype="int32")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grappler", choices=("default", "off"), default="default")
+    parser.add_argument("--xla", choices=("on", "off"), default="off")
+    parser.add_argument("--optimizer", choices=("fused", "keras"), default="fused",
+                        help="tfft.training.FusedAdamW or keras.optimizers.AdamW.")
+    parser.add_argument("--trace-first", action="store_true",
+                        help="Trace a copy of the train step before fit, to time tracing alone.")
+    args = parser.parse_args()
+    if args.grappler == "off":
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    texts, labels = load_texts(args.train, args.seed)
+
+    keras.utils.set_random_seed(args.seed)
+    task = tfft.build_model("minilm", num_classes=2, freeze="full", compile=False,
+                            sequence_length=MAX_LENGTH)
+    optimizer = (tfft.training.FusedAdamW if args.optimizer == "fused"
+                 else keras.optimizers.AdamW)(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    task.compile(optimizer=optimizer,
+                 loss="sparse_categorical_crossentropy", jit_compile=args.xla == "on")
+
+    shapes = []
+
+    def record(features, label):
+        shape = tf.shape(features["token_ids"])
+        tf.py_function(lambda s: shapes.append(tuple(s.numpy())), [shape], [])
+        return features, label
+
+    start = time.perf_counter()
+    dataset = td.make_text_dataset((texts, labels), preprocessor=task.preprocessor,
+                                   batch_size=args.batch_size, bucketing=True, shuffle=True,
+                                   seed=args.seed).map(record)
+    dataset_s = time.perf_counter() - start
+    tfft.training.build_for_training(task, dataset.element_spec)
+
+    trace_s = None
+    if args.trace_first:
+        start = time.perf_counter()
+        tf.function(task.train_step).get_concrete_function(dataset.element_spec)
+        trace_s = time.perf_counter() - start
+
+    traces = []
+    step = task.train_step
+
+    def counted(data):
+        traces.append(time.perf_counter())
+        return step(data)
+
+    task.train_step = counted
+    clock = StepClock()
+    epoch_s = []
+    for epoch in range(2):
+        start = time.perf_counter()
+        clock.fit(task, dataset, epoch)
+        epoch_s.append(time.perf_counter() - start)
+    epoch_s[0] += dataset_s
+
+    # Step i of the run used shapes[i] (the dataset's order is deterministic).
+    flat_steps = clock.steps[0] + clock.steps[1]
+    seen, new, repeat = set(), [], []
+    for i, (shape, seconds) in enumerate(zip(shapes, flat_steps, strict=False)):
+        if i == 0:
+            seen.add(shape)
+            continue
+        (repeat if shape in seen else new).append(seconds)
+        seen.add(shape)
+    seen_median = float(np.median(repeat)) if repeat else None
+    new_median = float(np.median(new)) if new else None
+    first_step = clock.steps[0][0] + clock.gaps[0][0]
+    load = os.getloadavg()
+    print(json.dumps({
+        "benchmark": "first_epoch",
+        "train_examples": len(texts),
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "grappler": args.grappler,
+        "jit_compile": args.xla == "on",
+        "dataset_s": round(dataset_s, 2),
+        "trace_s": None if trace_s is None else round(trace_s, 2),
+        "train_step_traces": len(traces),
+        "to_first_step_s": round(first_step, 2),
+        "first_step_s": round(clock.steps[0][0], 2),
+        "before_first_batch_s": round(clock.gaps[0][0], 2),
+        "epoch_s": [round(s, 2) for s in epoch_s],
+        "first_epoch_extra_s": round(epoch_s[0] - epoch_s[1], 2),
+        "steps_per_epoch": [len(s) for s in clock.steps],
+        "distinct_shapes": [len(set(shapes[:len(clock.steps[0])])), len(set(shapes))],
+        "new_shapes_after_first_step": len(new),
+        "new_width_step_s": None if new_median is None else round(new_median, 4),
+        "seen_width_step_s": None if seen_median is None else round(seen_median, 4),
+        "new_width_extra_s": (None if new_median is None or seen_median is None
+                              else round(float(np.sum(new)) - seen_median * len(new), 2)),
+        "step_sum_s": [round(sum(s), 2) for s in clock.steps],
+        "input_wait_s": [round(sum(g), 2) for g in clock.gaps],
+        # Per epoch: fit called -> on_epoch_begin, fit called -> on_train_begin,
+        # last batch -> fit returned.
+        "fit_outside_steps_s": [[round(t, 2) for t in o] for o in clock.outside],
+        "load_average_1m": round(load[0], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
