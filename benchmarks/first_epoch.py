@@ -10,7 +10,8 @@ through `Task.fit`, timed part by part:
   the train step in Python, TensorFlow's graph optimisation (Grappler) and
   the first batch's execution.
 - `trace_s`: tracing alone, measured on a copy of the step function traced to
-  a graph without running it (`get_concrete_function`) before `fit`.
+  a graph without running it (`get_concrete_function`) before `fit`
+  (`--trace-first`), with `train_graph_nodes`, the traced graph's size.
 - `epoch_s`: each epoch's wall time (as `vs_transformers.py` counts it, with
   `dataset_s` in epoch 1).
 - `new_width_step_s` / `seen_width_step_s`: median step time of batches whose
@@ -140,11 +141,12 @@ def main():
     dataset_s = time.perf_counter() - start
     tfft.training.build_for_training(task, dataset.element_spec)
 
-    trace_s = None
+    trace_s = nodes = None
     if args.trace_first:
         start = time.perf_counter()
-        tf.function(task.train_step).get_concrete_function(dataset.element_spec)
+        graph = tf.function(task.train_step).get_concrete_function(dataset.element_spec).graph
         trace_s = time.perf_counter() - start
+        nodes = len(graph.as_graph_def().node)
 
     traces = []
     step = task.train_step
@@ -184,6 +186,7 @@ def main():
         "jit_compile": args.xla == "on",
         "dataset_s": round(dataset_s, 2),
         "trace_s": None if trace_s is None else round(trace_s, 2),
+        "train_graph_nodes": nodes,
         "train_step_traces": len(traces),
         "to_first_step_s": round(first_step, 2),
         "first_step_s": round(clock.steps[0][0], 2),
