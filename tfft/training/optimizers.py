@@ -72,12 +72,13 @@ class FusedAdamW(keras.optimizers.AdamW):
         object.__setattr__(self, "_scalars", None)
 
     def _step_scalars(self, dtype: Any, learning_rate: Any) -> tuple:
-        """The step's shared scalars, made once per traced graph and dtype."""
+        """The step's shared scalars, made once per traced graph, dtype and learning rate."""
         graph = tf.compat.v1.get_default_graph() if tf.inside_function() else None
         cached = self._scalars
-        if graph is not None and cached is not None and cached[0] is graph \
-                and cached[1] == dtype:
-            return cached[2]
+        key = (graph, dtype, learning_rate)
+        if (graph is not None and cached is not None and cached[0][0] is graph
+                and cached[0][1] == dtype and cached[0][2] is learning_rate):
+            return cached[1]
         step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
@@ -85,7 +86,7 @@ class FusedAdamW(keras.optimizers.AdamW):
         scalars = (lr, beta_1, beta_2, tf.pow(beta_1, step), tf.pow(beta_2, step),
                    tf.cast(self.epsilon, dtype), lr * self.decoupled_weight_decay)
         if graph is not None:
-            object.__setattr__(self, "_scalars", (graph, dtype, scalars))
+            object.__setattr__(self, "_scalars", (key, scalars))
         return scalars
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
