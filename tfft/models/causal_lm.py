@@ -206,13 +206,13 @@ class CausalLMTask(keras.Model):
             from_logits=True, reduction="mean_with_sample_weight"))
         kwargs.setdefault("weighted_metrics", [keras.metrics.SparseCategoricalAccuracy(
             name="accuracy")])
+        # Batches vary in length: XLA would compile the whole model again per shape.
+        kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, **kwargs)
 
-    def get_compile_config(self) -> dict | None:
-        return {"optimizer": "auto"} if self.compiled else None
-
-    def compile_from_config(self, config: dict) -> None:
-        self.compile()
+    def get_compile_config(self) -> None:
+        # Not saved: `fit` compiles a reloaded task with the defaults (or call compile).
+        return None
 
     def format_prompt(self, prompt: str, chat_template: bool | None = None) -> str:
         """The prompt as the model sees it (with the chat template when it applies)."""
@@ -373,8 +373,11 @@ class CausalLMTask(keras.Model):
             else:
                 sampler_obj = keras_hub.samplers.TopPSampler(
                     p=float(top_p), seed=seed, temperature=float(temperature))
+            # Any batch and length: traced once per sampler, not once per shape.
             self._generate_fns[key] = tf.function(
-                self._generate_step_with(sampler_obj), reduce_retracing=True)
+                self._generate_step_with(sampler_obj), input_signature=[{
+                    "token_ids": tf.TensorSpec((None, None), tf.int32),
+                    "padding_mask": tf.TensorSpec((None, None), tf.bool)}])
         return self._generate_fns[key]
 
     def _generate_step_with(self, sampler_obj):
@@ -565,9 +568,12 @@ class CausalLMTask(keras.Model):
 
     def get_config(self) -> dict:
         policy = self.freeze_policy
+        causal_lm = keras.saving.serialize_keras_object(self.causal_lm)
+        # The task trains, not the inner model: its compile state is not restored.
+        causal_lm.pop("compile_config", None)
         return {
             "name": self.name,
-            "causal_lm": keras.saving.serialize_keras_object(self.causal_lm),
+            "causal_lm": causal_lm,
             "freeze_policy": None if policy is None else policy.to_dict(),
             "chat_template": self.chat_template,
             "sequence_length": self.sequence_length,
