@@ -18,6 +18,7 @@ from tfft.data.datasets import (
     select_classes,
 )
 from tfft.data.labels import LabelEncoder, class_weights, multi_hot
+from tfft.data.masks import flip_with_mask, segmentation_dataset
 from tfft.data.pipeline import (
     AUTOTUNE,
     bucket_by_length,
@@ -27,6 +28,7 @@ from tfft.data.pipeline import (
 )
 from tfft.data.sources import DatasetUnavailableError, load
 from tfft.data.splits import split_data, stratified_split
+from tfft.data.synthetic_scenes import Scenes, make_scenes, write_scene_dataset
 from tfft.data.tfds_builders import OFFLINE_DATASETS
 from tfft.data.user_data import (
     DATA_TASKS,
@@ -46,11 +48,13 @@ __all__ = [
     "DatasetUnavailableError",
     "LabelEncoder",
     "LabeledData",
+    "Scenes",
     "add_data_arguments",
     "bucket_by_length",
     "class_weights",
     "data_spec_from_args",
     "default_bucket_boundaries",
+    "flip_with_mask",
     "load",
     "load_bbc_news",
     "load_data_spec",
@@ -60,10 +64,13 @@ __all__ = [
     "load_mnist_5k",
     "load_rotten_tomatoes",
     "make_dataset",
+    "make_scenes",
     "make_text_dataset",
     "multi_hot",
+    "segmentation_dataset",
     "select_classes",
     "split_data",
     "stratified_split",
     "tfds_builders",
+    "write_scene_dataset",
 ]
