@@ -32,7 +32,7 @@ _GROUP_WEIGHTS = {
     "test_readme.py": 330, "core": 330, "jobs": 280, "prompting": 230, "packaging": 220,
     "notebooks": 210, "reliability": 170, "evaluation": 160, "backbones": 150,
     "training": 110, "export": 110, "strategy": 100, "selection": 80, "data": 70,
-    "feature_cache": 60, "freeze": 60,
+    "feature_cache": 60, "freeze": 60, "causal_lm": 400, "vision_dense": 110,
 }
 
 

@@ -13,6 +13,7 @@ from tfft.backbones import Backbone, load_backbone
 from tfft.distribute import check_built_in_scope, prepare_model
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
 from tfft.models.causal_lm import build_causal_lm
+from tfft.models.segmentation import SEGMENTATION_TASK, build_segmentation_model
 from tfft.models.task import Task, backbone_input_spec
 from tfft.training.presets import compile_model
 
@@ -79,6 +80,9 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
                                compile=compile, **backbone_kwargs)
     if freeze is None:
         freeze = "feature_extraction"
+    if task == SEGMENTATION_TASK:  # pooling and head options do not apply
+        return build_segmentation_model(backbone, num_classes, freeze=freeze, compile=compile,
+                                        class_names=class_names, **backbone_kwargs)
     if strategy is None and tf.distribute.has_strategy():
         # Called inside `with strategy.scope():`: same checks and fixes as strategy=.
         strategy = tf.distribute.get_strategy()

@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -43,16 +43,18 @@ from tfft.backbones.causal_lm import (
     read_context_length,
     render_chat_prompt,
 )
-from tfft.data.completions import (
-    CompletionData,
-    TokenizedCompletions,
-    bucket_batches,
-    bucketed_dataset,
-    padded_width,
-    read_completions,
-    tokenize_completions,
-)
 from tfft.utils.walk import walk_layers
+
+if TYPE_CHECKING:
+    from tfft.data.completions import TokenizedCompletions
+
+
+def _completions():
+    """`tfft.data.completions`, imported on first use: importing the `tfft.data` package
+    loads TensorFlow Datasets, which `import tfft` (and so this module) must not."""
+    from tfft.data import completions
+
+    return completions
 
 logger = logging.getLogger(__name__)
 
@@ -229,12 +231,14 @@ class CausalLMTask(keras.Model):
 
     def tokenize_data(self, data: Any) -> TokenizedCompletions:
         """Reads and tokenises training data (see `tfft.data.read_completions`)."""
-        data = read_completions(data)
+        completions = _completions()
+        data = completions.read_completions(data)
         if data.prompts is not None and self.chat_template is not None:
-            data = CompletionData(prompts=[self.format_prompt(p) for p in data.prompts],
-                                  completions=list(data.completions))
+            data = completions.CompletionData(
+                prompts=[self.format_prompt(p) for p in data.prompts],
+                completions=list(data.completions))
         tokenizer = self.tokenizer
-        return tokenize_completions(
+        return completions.tokenize_completions(
             data, self._tokenize_many, self.sequence_length,
             end_token_id=getattr(tokenizer, "end_token_id", None),
             start_token_id=getattr(tokenizer, "start_token_id", None)
@@ -244,10 +248,13 @@ class CausalLMTask(keras.Model):
     def make_dataset(self, data: Any, batch_size: int = 8, shuffle: bool = False,
                      seed: int | None = None) -> tf.data.Dataset:
         """Length-bucketed batches `(inputs, targets, completion weights)` of raw data."""
-        examples = data if isinstance(data, TokenizedCompletions) else self.tokenize_data(data)
+        completions = _completions()
+        examples = (data if isinstance(data, completions.TokenizedCompletions)
+                    else self.tokenize_data(data))
         _check_positive_int("batch_size", batch_size)
-        return bucketed_dataset(examples, batch_size, self.sequence_length, shuffle=shuffle,
-                                seed=seed, pad_token_id=self._pad_id())
+        return completions.bucketed_dataset(examples, batch_size, self.sequence_length,
+                                            shuffle=shuffle, seed=seed,
+                                            pad_token_id=self._pad_id())
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_data=None, shuffle=True, seed=None, **kwargs):
@@ -331,7 +338,7 @@ class CausalLMTask(keras.Model):
         ids = self._tokenize_many(texts)
         self._check_prompt_lengths(ids, max_new_tokens)
         results = [None] * len(ids)
-        for batch in bucket_batches([len(x) for x in ids], batch_size):
+        for batch in _completions().bucket_batches([len(x) for x in ids], batch_size):
             batch = sorted(batch.tolist())
             token_ids, mask = self._pad_prompts([ids[i] for i in batch], max_new_tokens)
             out = fn({"token_ids": tf.constant(token_ids), "padding_mask": tf.constant(mask)})
@@ -425,7 +432,7 @@ class CausalLMTask(keras.Model):
         longest = max(len(r) for r in rows)
         width = longest + max_new_tokens
         if self.max_length:
-            width = min(padded_width(width, 8, self.max_length), self.max_length)
+            width = min(_completions().padded_width(width, 8, self.max_length), self.max_length)
         token_ids = np.full((len(rows), width), self._pad_id(), np.int32)
         mask = np.zeros((len(rows), width), bool)
         for row, ids in enumerate(rows):
