@@ -64,7 +64,10 @@ def make_lm():
 
 def copy_causal_lm(lm):
     """A fresh copy of a KerasHub causal LM (same weights, no adapters), without disk I/O."""
-    backbone = type(lm.backbone).from_config(lm.backbone.get_config())
+    config = lm.backbone.get_config()
+    # KerasHub 0.32's Llama get_config leaves out tie_word_embeddings (SmolLM2 ties them).
+    config.setdefault("tie_word_embeddings", getattr(lm.backbone, "tie_word_embeddings", False))
+    backbone = type(lm.backbone).from_config(config)
     backbone.set_weights(lm.backbone.get_weights())
     return type(lm)(backbone=backbone, preprocessor=lm.preprocessor)
 

@@ -49,6 +49,16 @@ if TYPE_CHECKING:
     from tfft.data.completions import TokenizedCompletions
 
 
+def _backbone_config(backbone):
+    """The backbone's config, with `tie_word_embeddings` where the backbone has one:
+    KerasHub 0.32's Llama `get_config` leaves it out, so a tied model (SmolLM2) would
+    come back from its config with an extra, untied output embedding."""
+    config = backbone.get_config()
+    if hasattr(backbone, "tie_word_embeddings"):
+        config.setdefault("tie_word_embeddings", bool(backbone.tie_word_embeddings))
+    return config
+
+
 def _completions():
     """`tfft.data.completions`, imported on first use: importing the `tfft.data` package
     loads TensorFlow Datasets, which `import tfft` (and so this module) must not."""
@@ -558,7 +568,7 @@ class CausalLMTask(keras.Model):
                   for layer in layers}
         lora_ids = {id(v) for layer in layers for v in (layer.lora_kernel_a,
                                                        layer.lora_kernel_b)}
-        backbone = type(self.backbone).from_config(self.backbone.get_config())
+        backbone = type(self.backbone).from_config(_backbone_config(self.backbone))
         source = [w for w in self.backbone.weights if id(w) not in lora_ids]
         if len(source) != len(backbone.weights):
             raise ValueError(f"merge could not match weights: {len(source)} base weights, "
@@ -578,6 +588,9 @@ class CausalLMTask(keras.Model):
         causal_lm = keras.saving.serialize_keras_object(self.causal_lm)
         # The task trains, not the inner model: its compile state is not restored.
         causal_lm.pop("compile_config", None)
+        inner = causal_lm.get("config", {}).get("backbone")
+        if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
+            inner["config"] = {**inner["config"], **_backbone_config(self.backbone)}
         return {
             "name": self.name,
             "causal_lm": causal_lm,
