@@ -4,11 +4,13 @@ import sys
 import tfft
 
 EXPECTED = [
-    "Backbone", "BackboneInfo", "BackboneLayer", "CacheRefusedError", "DivergenceGuard",
+    "Backbone", "BackboneInfo", "BackboneLayer", "CacheRefusedError", "CausalLMTask",
+    "DivergenceGuard",
     "EvaluationReport",
     "FeatureExtraction", "FreezePolicy", "Full", "Gradual", "GradualUnfreezing", "HubLayer",
     "ImagePreprocessor", "JobConfig", "LayerwiseOptimizer", "LoRA", "Pooling", "Regex", "Task",
-    "TaskHead", "TopK", "TrainingDivergedError", "apply_freeze", "build_model", "compile_model",
+    "TaskHead", "TopK", "TrainingDivergedError", "apply_freeze", "build_causal_lm", "build_model",
+    "compile_model",
     "default_callbacks",
     "evaluate", "export_saved_model", "few_shot_fit", "fine_tune", "fit_cached", "get_preset",
     "get_strategy",
