@@ -18,6 +18,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfft.data.crops import check_min_scale, sample_crop
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -114,10 +116,52 @@ def flip_with_mask(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[
     return image, mask
 
 
+def _augment(image, mask, seed, size, min_scale):
+    if min_scale is None:  # flips only, drawn from the seed as before crops existed
+        return flip_with_mask(image, mask, seed)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image, mask = crop_with_mask(image, mask, crop_seed, min_scale)
+    image, mask = resize_with_mask(image, mask, size)
+    image.set_shape((*size, 3))
+    mask.set_shape(size)
+    return flip_with_mask(image, mask, flip_seed)
+
+
+def crop_with_mask(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
+                   min_scale: float = 0.6) -> tuple[tf.Tensor, tf.Tensor]:
+    """Crops the same random window from an image `(h, w, c)` and its mask `(h, w)`.
+
+    The window comes from `tfft.data.crops.sample_crop`, so the same `seed`
+    cuts the same window as `tfft.data.boxes.crop_with_boxes` (boxes and
+    masks of one image move alike). Stateless.
+
+    Args:
+        image: `(h, w, c)` tensor.
+        mask: `(h, w)` tensor of class ids.
+        seed: shape (2,) int tensor.
+        min_scale: float in (0, 1]. Smallest crop side, as a share of the
+            image's. Defaults to 0.6.
+    """
+    shape = tf.shape(image)
+    top, left, crop_height, crop_width = sample_crop(shape[0], shape[1], seed, min_scale)
+    return (image[top:top + crop_height, left:left + crop_width],
+            mask[top:top + crop_height, left:left + crop_width])
+
+
+def resize_with_mask(image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int]
+                     ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Resizes an image (bilinear, antialiased, float32) and its mask (nearest) to `size`."""
+    size = (int(size[0]), int(size[1]))
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
+    # Class ids must not be blended: nearest neighbour keeps every pixel a real id.
+    mask = tf.image.resize(mask[..., None], size, method="nearest")[..., 0]
+    return image, mask
+
+
 def segmentation_dataset(image_dir: str, mask_dir: str | None = None, num_classes: int = 2,
                          image_size: tuple[int, int] = (128, 128), batch_size: int = 16,
                          shuffle: bool = False, augment: bool = False, seed: int = 0,
-                         preprocessor=None) -> tf.data.Dataset:
+                         preprocessor=None, min_scale: float | None = None) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(images, masks)` batches from image and mask folders.
 
     Images come out float32 `(b, h, w, 3)` (0-255, or through `preprocessor`),
@@ -136,6 +180,10 @@ def segmentation_dataset(image_dir: str, mask_dir: str | None = None, num_classe
         seed: int. Seed of shuffling and flips. Defaults to 0.
         preprocessor: callable or None. Applied to the image batch (e.g. a
             backbone's `ImagePreprocessor`). Defaults to None.
+        min_scale: float in (0, 1] or None. With `augment`, also crop a random
+            window (sides `min_scale`-1 of the image's, `crop_with_mask`) and
+            resize it back to `image_size` before the flip. Defaults to None
+            (flips only).
 
     Example:
 
@@ -148,10 +196,12 @@ def segmentation_dataset(image_dir: str, mask_dir: str | None = None, num_classe
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda i, m: _decode(i, m, size), num_parallel_calls=tf.data.AUTOTUNE)
+    if min_scale is not None:
+        check_min_scale(min_scale)
     if augment:
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, s: flip_with_mask(pair[0], pair[1], s),
+            lambda pair, s: _augment(pair[0], pair[1], s, size, min_scale),
             num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size)
     if preprocessor is not None:
