@@ -13,6 +13,7 @@ from tfft.backbones import Backbone, load_backbone
 from tfft.distribute import check_built_in_scope, prepare_model
 from tfft.layers import TASKS, BackboneLayer, Pooling, TaskHead
 from tfft.models.causal_lm import build_causal_lm
+from tfft.models.detection import DETECTION_TASK, build_detection_model
 from tfft.models.segmentation import SEGMENTATION_TASK, build_segmentation_model
 from tfft.models.task import Task, backbone_input_spec
 from tfft.training.presets import compile_model
@@ -41,7 +42,9 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
         backbone: str, keras.Model or `tfft.Backbone`. A spec such as
             `"keras_hub:all_minilm_l6_v2"` (see `tfft.load_backbone`).
         task: str. One of `"binary"`, `"multiclass"`, `"multilabel"`,
-            `"regression"`, `"token_classification"`, or `"causal_lm"` (a
+            `"regression"`, `"token_classification"`, `"semantic_segmentation"`,
+            `"object_detection"` (a `DetectionTask`; see
+            `tfft.models.detection.build_detection_model`), or `"causal_lm"` (a
             `tfft.CausalLMTask` from a causal LM spec such as
             `"offline:smollm2"`; see `tfft.build_causal_lm` for its options,
             passed as keyword arguments).
@@ -83,6 +86,9 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
     if task == SEGMENTATION_TASK:  # pooling and head options do not apply
         return build_segmentation_model(backbone, num_classes, freeze=freeze, compile=compile,
                                         class_names=class_names, **backbone_kwargs)
+    if task == DETECTION_TASK:  # likewise; see tfft.models.detection for its options
+        return build_detection_model(backbone, num_classes, freeze=freeze, compile=compile,
+                                     class_names=class_names, **backbone_kwargs)
     if strategy is None and tf.distribute.has_strategy():
         # Called inside `with strategy.scope():`: same checks and fixes as strategy=.
         strategy = tf.distribute.get_strategy()
@@ -103,7 +109,8 @@ def build_model(backbone: str | keras.Model | Backbone, task: str = "multiclass"
 def _build_model(backbone, task, num_classes, freeze, preset, pooling, dropout, hidden_units,
                  compile, total_steps, normalize_features, class_names, **backbone_kwargs):
     if task not in TASKS:
-        raise ValueError(f"Unknown task. Expected one of {[*TASKS, CAUSAL_LM_TASK]}. "
+        raise ValueError(f"Unknown task. Expected one of "
+                         f"{[*TASKS, SEGMENTATION_TASK, DETECTION_TASK, CAUSAL_LM_TASK]}. "
                          f"Received: task={task!r}")
     policy = parse_freeze(freeze)
     if not isinstance(backbone, Backbone):
