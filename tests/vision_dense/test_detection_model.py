@@ -208,3 +208,27 @@ def test_plot_writes_a_png(tmp_path, tiny_scenes):
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.getsize(path) > 5000
+
+
+def test_an_export_that_fails_verification_leaves_nothing(tmp_path, tiny_scenes,
+                                                          tiny_task_factory, monkeypatch):
+    import tfft.export.detection as detection_export
+    from tfft.export.saved_model import ExportError, encode_image
+
+    task = tiny_task_factory(compile=False, filters=8)
+    seen = {}
+
+    def disagree(path, samples, expected, atol):
+        seen.update(path=path, files=sorted(os.listdir(path)), expected=expected)
+        raise ExportError("the reloaded SavedModel's 'boxes' differs")
+
+    monkeypatch.setattr(detection_export, "verify_in_fresh_process", disagree)
+    target = tmp_path / "det" / "1"
+    with pytest.raises(ExportError, match="Detection export not written"):
+        detection_export.export_detection(task, str(target),
+                                          verify_with=[encode_image(tiny_scenes.images[0])])
+    # The SavedModel was written and checked in a staging folder, which is gone.
+    assert "saved_model.pb" in seen["files"] and "tfft_detection.json" in seen["files"]
+    assert set(seen["expected"]) == {"boxes", "classes", "scores", "num_detections"}
+    assert not os.path.exists(seen["path"]) and not target.exists()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
