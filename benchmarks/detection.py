@@ -45,7 +45,7 @@ from tfft.backbones import load_backbone
 from tfft.data.boxes import detection_dataset, read_boxes
 from tfft.data.synthetic_scenes import make_scenes, write_scene_dataset
 from tfft.evaluation.detection import evaluate_detection, plot_detections
-from tfft.models.detection import build_detection_model, compile_detection
+from tfft.models.detection import build_detection_model, compile_detection, fit_two_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -68,15 +68,8 @@ def train_and_score_detection(backbone, args, train, test):
     data = detection_dataset(train, image_size=size, batch_size=args.batch_size, shuffle=True,
                              augment=True, seed=args.seed)
     start = time.perf_counter()
-    losses = []
-    if args.frozen_epochs:
-        losses += task.fit(data, epochs=args.frozen_epochs, shuffle=False,
-                           verbose=0).history["loss"]
-    if args.full_epochs:
-        task.freeze("full")
-        compile_detection(task, args.full_lr)
-        losses += task.fit(data, epochs=args.full_epochs, shuffle=False,
-                           verbose=0).history["loss"]
+    losses = fit_two_stage(task, data, compile_detection, args.frozen_epochs, args.full_epochs,
+                           args.full_lr, unfreeze="full")
     seconds = time.perf_counter() - start
     images, boxes = test.load(size)
     result = evaluate_detection(task, images, boxes, test.classes)

@@ -26,7 +26,10 @@ def _add_predict(subparsers):
         description="Run an exported SavedModel's serving_default signature on raw texts.",
     )
     p.add_argument("--model", required=True, help="saved_models/NAME/VERSION directory")
-    p.add_argument("texts", nargs="+", help="texts to classify")
+    p.add_argument("texts", nargs="+", metavar="INPUT",
+                   help="texts to classify, or image files for a detection/segmentation export")
+    p.add_argument("--out", help="folder for the pictures of a detection/segmentation export "
+                   "(default: the current folder)")
     p.set_defaults(func=_run_predict)
 
 
@@ -37,6 +40,12 @@ def _run_predict(args):
         print(f"tfft predict: error: {args.model!r} is not a SavedModel directory "
               "(expected saved_model.pb inside, e.g. saved_models/NAME/1).", file=sys.stderr)
         return EXIT_USAGE
+    from tfft.export.detection import DETECTION_METADATA_FILE
+    from tfft.export.segmentation import SEGMENTATION_METADATA_FILE
+
+    for name in (DETECTION_METADATA_FILE, SEGMENTATION_METADATA_FILE):
+        if os.path.exists(os.path.join(args.model, name)):
+            return _predict_dense(args, os.path.join(args.model, name))
     import tensorflow as tf
 
     from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
@@ -56,6 +65,58 @@ def _run_predict(args):
         for key, value in outputs.items():
             item = value.numpy()[i]
             row[key] = item.decode() if isinstance(item, bytes) else item.tolist()
+        print(json.dumps(row))
+    return 0
+
+
+def _predict_dense(args, metadata_path):
+    """`tfft predict` on a detection/segmentation export: image files in, JSON + PNG out."""
+    import os
+
+    import numpy as np
+    import tensorflow as tf
+
+    with open(metadata_path) as f:
+        metadata = json.load(f)
+    missing = [path for path in args.texts if not os.path.isfile(path)]
+    if missing:
+        print(f"tfft predict: error: {args.model!r} is a {metadata['task']} export and takes "
+              f"image files (PNG/JPEG); not found: {missing[:3]}", file=sys.stderr)
+        return EXIT_USAGE
+    data = [tf.io.read_file(path).numpy() for path in args.texts]
+    try:
+        images = [tf.io.decode_image(b, channels=3, expand_animations=False).numpy()
+                  for b in data]
+    except tf.errors.InvalidArgumentError:
+        print(f"tfft predict: error: the inputs must be PNG/JPEG/GIF/BMP images. Received: "
+              f"{args.texts[:3]}", file=sys.stderr)
+        return EXIT_USAGE
+    serve = tf.saved_model.load(args.model).signatures["serving_default"]
+    outputs = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(data)).items()}
+    out = args.out or "."
+    os.makedirs(out, exist_ok=True)
+    names = metadata["class_names"]
+    for i, path in enumerate(args.texts):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if metadata["task"] == "object_detection":
+            from tfft.evaluation.detection import detections_from_export, plot_detections
+
+            found = detections_from_export(outputs, i)
+            picture = plot_detections(images[i][None], [found],
+                                      os.path.join(out, f"{stem}_boxes.png"), names)
+            row = {"image": path, "boxes": found["boxes"].tolist(),
+                   "classes": [names[c] for c in found["classes"]],
+                   "class_ids": found["classes"].tolist(), "scores": found["scores"].tolist()}
+        else:
+            from tfft.evaluation.segmentation import plot_mask_overlay
+
+            mask = outputs["mask"][i]
+            counts = np.bincount(mask.ravel(), minlength=len(names))
+            picture = plot_mask_overlay(images[i], mask, os.path.join(out, f"{stem}_mask.png"),
+                                        names)
+            row = {"image": path, "mask_size": list(mask.shape),
+                   "pixels": {name: int(n) for name, n in zip(names, counts, strict=False)}}
+        row["picture"] = picture
         print(json.dumps(row))
     return 0
 
@@ -97,17 +158,78 @@ def _run_generate(args):
     return 0
 
 
-def _is_causal_lm_finetune(argv):
-    """`tfft finetune ... --task causal_lm`: the causal-LM job has flags of its own."""
+def _finetune_task(argv):
+    """The `--task` of `tfft finetune ...` when that task has a job (and flags) of its own."""
+    from tfft.jobs.config import DENSE_VISION_TASKS
+
     argv = list(argv)
     if not argv or argv[0] != "finetune":
-        return False
+        return None
+    own = ("causal_lm", *DENSE_VISION_TASKS)
     for i, arg in enumerate(argv):
-        if arg == "--task" and i + 1 < len(argv) and argv[i + 1] == "causal_lm":
-            return True
-        if arg == "--task=causal_lm":
-            return True
-    return False
+        value = argv[i + 1] if arg == "--task" and i + 1 < len(argv) else (
+            arg.partition("=")[2] if arg.startswith("--task=") else None)
+        if value in own:
+            return value
+    return None
+
+
+def _dense_finetune(argv, task):
+    from tfft.jobs.dense_vision import (
+        DEFAULT_DENSE_BACKBONE,
+        DETECTION_TASK,
+        DenseVisionJobConfig,
+        run_dense_vision_job,
+    )
+
+    detection = task == DETECTION_TASK
+    p = _Parser(
+        prog=f"tfft finetune --task {task}",
+        description=("Object detection on a box file (CSV/JSON rows or COCO JSON): "
+                     if detection else
+                     "Semantic segmentation on a folder of images with PNG masks: ")
+        + "the head on the frozen backbone, then the top blocks at a lower rate; "
+        "test-split scores in report.json, a PNG picture and a SavedModel taking image bytes.",
+    )
+    p.add_argument("--task", choices=[task], required=True)
+    p.add_argument("--data", required=True,
+                   help="boxes .csv/.json (or COCO .json)" if detection else "folder of images")
+    p.add_argument("--val-data")
+    p.add_argument("--test-data")
+    if not detection:
+        p.add_argument("--mask-dir", help="PNG masks named like the images "
+                       "(default: masks/ beside --data)")
+        p.add_argument("--val-mask-dir")
+        p.add_argument("--test-mask-dir")
+    p.add_argument("--backbone", default=DEFAULT_DENSE_BACKBONE,
+                   help=f"image backbone spec (default {DEFAULT_DENSE_BACKBONE})")
+    p.add_argument("--class-names", help="comma-separated class names"
+                   + ("" if detection else ", one per mask id, background first"))
+    p.add_argument("--image-size", default="128x128", help="HxW model input (default 128x128)")
+    p.add_argument("--epochs", type=_positive_int, default=2, help="epochs per stage")
+    p.add_argument("--fine-tune-epochs", type=int, help="stage-2 epochs (default --epochs)")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--learning-rate", type=float, default=3e-3)
+    p.add_argument("--fine-tune-learning-rate", type=float, default=1e-3)
+    p.add_argument("--unfreeze", default="top_k_frozen_batch_norm:2",
+                   help="stage-2 freeze policy (default top_k_frozen_batch_norm:2)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--max-examples", type=_positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export-dir", help="SavedModel folder (default RUN_DIR/saved_model)")
+    p.add_argument("--run-dir")
+    args = p.parse_args(argv[1:])
+    settings = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        report = run_dense_vision_job(DenseVisionJobConfig(**settings))
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
+        print(f"tfft finetune: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({"test": report["test"], "export_path": report["export_path"],
+                      "picture": report["picture"], "run_dir": report["run_dir"],
+                      "backbone": report["backbone_spec"]}))
+    return 0
 
 
 def _causal_lm_finetune(argv):
@@ -182,8 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import tfft  # noqa: F401  selects the TensorFlow backend first
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if _is_causal_lm_finetune(argv):
+    own_task = _finetune_task(argv)
+    if own_task == "causal_lm":
         return _causal_lm_finetune(argv)
+    if own_task is not None:
+        return _dense_finetune(argv, own_task)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -188,3 +188,21 @@ def plot_detections(images: Any, detections: list, path: str, class_names: list[
     fig.suptitle(f"predicted boxes (score >= {min_score:g}, solid)"
                  + ("; true boxes dashed" if true_boxes is not None else ""), fontsize=8)
     return save_figure(fig, path)
+
+
+def detections_from_export(outputs: dict, index: int) -> dict:
+    """One image's detections from a detection export's outputs (padding dropped).
+
+    Args:
+        outputs: dict of numpy arrays, what the export's `serving_default`
+            returns (`boxes`, `classes`, `scores`, `num_detections`).
+        index: int. The image.
+
+    Returns:
+        `{"boxes": (k, 4) float32, "classes": (k,) int32, "scores": (k,) float32}`,
+        the form `plot_detections` and `detection_map` take.
+    """
+    count = int(np.asarray(outputs["num_detections"])[index])
+    return {"boxes": np.asarray(outputs["boxes"][index][:count], np.float32),
+            "classes": np.asarray(outputs["classes"][index][:count], np.int32),
+            "scores": np.asarray(outputs["scores"][index][:count], np.float32)}

@@ -92,3 +92,38 @@ def plot_segmentation(images: Any, true_masks: Any, predicted_masks: Any, path: 
         fig.suptitle("  ".join(f"{k}: {name}" for k, name in enumerate(class_names)),
                      fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_mask_overlay(image: Any, mask: Any, path: str, class_names: list[str],
+                      alpha: float = 0.5) -> str:
+    """A PNG of an image with its predicted mask overlaid (background, id 0, left clear).
+
+    The mask is resized (nearest) to the image's size when they differ.
+
+    Args:
+        image: `(h, w, 3)` 0-255 image.
+        mask: `(mh, mw)` class ids.
+        path: str. The PNG to write.
+        class_names: list of str. One per class id.
+        alpha: float. Opacity of the overlay. Defaults to 0.5.
+    """
+    from matplotlib import colormaps
+
+    image = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+    mask = np.asarray(mask)
+    if mask.shape != image.shape[:2]:
+        rows = np.arange(image.shape[0]) * mask.shape[0] // image.shape[0]
+        cols = np.arange(image.shape[1]) * mask.shape[1] // image.shape[1]
+        mask = mask[rows][:, cols]
+    num_classes = max(len(class_names), 2)
+    cmap = colormaps["tab10"].resampled(num_classes)
+    fig = new_figure(3.2, 3.4)
+    ax = fig.subplots()
+    ax.imshow(image)
+    ax.imshow(np.ma.masked_equal(mask, 0), cmap=cmap, vmin=0, vmax=num_classes - 1,
+              alpha=alpha, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    present = [f"{k}: {class_names[k]}" for k in np.unique(mask) if 0 < k < len(class_names)]
+    ax.set_title("predicted: " + (", ".join(present) or "background only"), fontsize=7)
+    return save_figure(fig, path)

@@ -1,5 +1,6 @@
 """Export for serving: versioned SavedModels with preprocessing inside, LiteRT files."""
 
+from tfft.export.detection import export_detection
 from tfft.export.generate import (
     GENERATE_SIGNATURE,
     export_generate_model,
@@ -19,6 +20,7 @@ from tfft.export.saved_model import (
     read_metadata,
     verify_in_fresh_process,
 )
+from tfft.export.segmentation import export_segmentation
 from tfft.export.tflite import run_tflite, to_tflite
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "METADATA_FILE",
     "ExportError",
     "encode_image",
+    "export_detection",
     "export_generate_model",
     "export_saved_model",
+    "export_segmentation",
     "generate_in_fresh_process",
     "list_versions",
     "load_generate",

@@ -10,7 +10,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.export.saved_model import ExportError, verify_in_fresh_process
+from tfft.export.saved_model import (
+    ExportError,
+    register_task_exporter,
+    verify_in_fresh_process,
+)
+from tfft.models.detection import DetectionTask
 from tfft.utils.files import staged_directory
 
 DETECTION_METADATA_FILE = "tfft_detection.json"
@@ -105,3 +110,6 @@ def export_detection(model: keras.Model, directory: str | os.PathLike,
             except ExportError as error:
                 raise ExportError(f"Detection export not written: {error}") from None
     return directory
+
+
+register_task_exporter(DetectionTask, export_detection)

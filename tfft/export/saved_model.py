@@ -321,6 +321,43 @@ def _backbone_metadata(model):
     return info.to_dict() if info is not None else None
 
 
+# Model classes with an exporter of their own (image bytes in, boxes or masks out):
+# `tfft.export.detection` and `tfft.export.segmentation` register theirs on import.
+_TASK_EXPORTERS: dict[type, Any] = {}
+
+
+def register_task_exporter(model_class: type, exporter: Any) -> None:
+    """Makes `export_saved_model` hand instances of `model_class` to `exporter`.
+
+    Args:
+        model_class: type. E.g. `tfft.models.detection.DetectionTask`.
+        exporter: callable `(model, directory, verify_with=, replace=) -> str`
+            writing one SavedModel folder.
+    """
+    _TASK_EXPORTERS[model_class] = exporter
+
+
+def _export_task(exporter, model, directory, version, overwrite, sample_inputs, verify):
+    """A detection/segmentation task exported to `directory/<version>` by its own exporter."""
+    if version is not None and (
+        not isinstance(version, int) or isinstance(version, bool) or version < 1
+    ):
+        raise ValueError(f"version must be a positive int. Received: version={version!r}")
+    directory = os.path.abspath(directory)
+    target = os.path.join(directory, str(version or next_version(directory)))
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"The export version {target!r} already exists. Pass "
+                              "overwrite=True to replace it, or leave version unset.")
+    verify_with = None
+    if verify:
+        height, width = model.image_size
+        verify_with = list(sample_inputs) if sample_inputs else [
+            encode_image(np.full((height, width, 3), 128, np.uint8)),
+            encode_image(np.random.default_rng(0).integers(0, 256, (height, width, 3),
+                                                           dtype=np.uint8))]
+    return exporter(model, target, verify_with=verify_with, replace=overwrite)
+
+
 def export_saved_model(model: keras.Model, directory: str,
                        preprocessor: keras.layers.Layer | None = None,
                        class_names: list[str] | None = None, task: str | None = None,
@@ -379,8 +416,16 @@ def export_saved_model(model: keras.Model, directory: str,
 
     A `tfft.CausalLMTask` is exported with a `generate` signature instead
     (`tfft.export.generate.export_generate_model`; `sample_inputs` are its
-    verification prompts).
+    verification prompts). A `DetectionTask` or `SegmentationTask` goes to
+    `tfft.export.detection.export_detection` / `tfft.export.segmentation.
+    export_segmentation` (image bytes in, boxes or a mask out), written to
+    `directory/<version>`; `sample_inputs` (encoded images) verify it in a
+    fresh process when `verify`.
     """
+    for model_class, exporter in _TASK_EXPORTERS.items():
+        if isinstance(model, model_class):
+            return _export_task(exporter, model, directory, version, overwrite, sample_inputs,
+                                verify)
     if isinstance(model, CausalLMTask):
         return export_generate_model(model, directory, version=version, overwrite=overwrite,
                                      metadata=metadata, sample_prompts=sample_inputs,

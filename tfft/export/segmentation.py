@@ -10,7 +10,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft.export.saved_model import ExportError, verify_in_fresh_process
+from tfft.export.saved_model import (
+    ExportError,
+    register_task_exporter,
+    verify_in_fresh_process,
+)
+from tfft.models.segmentation import SegmentationTask
 from tfft.utils.files import staged_directory
 
 SEGMENTATION_METADATA_FILE = "tfft_segmentation.json"
@@ -93,3 +98,6 @@ def export_segmentation(model: keras.Model, directory: str | os.PathLike,
             except ExportError as error:
                 raise ExportError(f"Segmentation export not written: {error}") from None
     return directory
+
+
+register_task_exporter(SegmentationTask, export_segmentation)

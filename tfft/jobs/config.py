@@ -29,6 +29,10 @@ DEPRECATED_SETTINGS = {"strategy": "method"}
 
 # LoRA fine-tuning of a causal LM on prompt/completion data (`tfft.jobs.causal_lm`).
 CAUSAL_LM_TASK = "causal_lm"
+# Dense vision tasks: their own job (`tfft.jobs.dense_vision`).
+DETECTION_TASK = "object_detection"
+SEGMENTATION_TASK = "semantic_segmentation"
+DENSE_VISION_TASKS = (DETECTION_TASK, SEGMENTATION_TASK)
 
 
 class ConfigError(ValueError):
@@ -208,9 +212,10 @@ class JobConfig:
                     f"{name}: needs data (the training data) too. Received: "
                     f"{name}={getattr(self, name)!r}, data=None"
                 )
-        if self.task not in (*DATA_TASKS, CAUSAL_LM_TASK):
+        if self.task not in (*DATA_TASKS, CAUSAL_LM_TASK, *DENSE_VISION_TASKS):
             raise ConfigError(
-                f"task: unknown task. Expected one of {[*DATA_TASKS, CAUSAL_LM_TASK]}. "
+                "task: unknown task. Expected one of "
+                f"{[*DATA_TASKS, CAUSAL_LM_TASK, *DENSE_VISION_TASKS]}. "
                 "Received: "
                 f"{self.task!r}"
             )
@@ -494,6 +499,13 @@ def check_writable(path, what):
 
 
 __all__ = [
-    "DATA_TASKS", "DEFAULT_BACKBONES", "DEPRECATED_SETTINGS", "METHODS", "ConfigError",
-    "JobConfig", "load_config_file", "renamed_settings",
+    "DATA_TASKS",
+    "DEFAULT_BACKBONES",
+    "DENSE_VISION_TASKS",
+    "DEPRECATED_SETTINGS",
+    "METHODS",
+    "ConfigError",
+    "JobConfig",
+    "load_config_file",
+    "renamed_settings",
 ]

@@ -46,6 +46,7 @@ from tfft.jobs.config import (
     CAUSAL_LM_TASK,
     DEFAULT_BACKBONES,
     DEFAULT_DATASET,
+    DENSE_VISION_TASKS,
     DEPRECATED_SETTINGS,
     METHODS,
     ConfigError,
@@ -53,6 +54,7 @@ from tfft.jobs.config import (
     check_writable,
     renamed_settings,
 )
+from tfft.jobs.dense_vision import DenseVisionJobConfig, run_dense_vision_job
 from tfft.jobs.state import RunState, new_run_dir, resumable_stage
 from tfft.models.builder import build_model, check_labels
 from tfft.prompting import (
@@ -174,6 +176,8 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     config = _as_config(config, overrides)
     if config.task == CAUSAL_LM_TASK:
         return _causal_lm_job(config, verbose)
+    if config.task in DENSE_VISION_TASKS:
+        return _dense_vision_job(config, verbose)
     check_writable(config.run_dir or "runs", "run directory")
     if config.export_dir and config.export_dir != AUTO:
         _check_export_dir(config.export_dir)
@@ -327,6 +331,24 @@ def _causal_lm_job(config, verbose):
                        else config.learning_rate),
         export_dir=export_dir, run_dir=config.run_dir,
     ), verbose=verbose)
+
+
+def _dense_vision_job(config, verbose):
+    """Detection / segmentation: the two-stage job of `tfft.jobs.dense_vision`."""
+    export_dir = None if config.export_dir == AUTO else config.export_dir
+    settings = {"task": config.task, "data": config.data, "val_data": config.val_data,
+                "test_data": config.test_data, "batch_size": config.batch_size,
+                "epochs": max(config.epochs, 1), "seed": config.seed,
+                "max_examples": config.max_examples, "export_dir": export_dir,
+                "run_dir": config.run_dir}
+    if config.backbone != AUTO:
+        settings["backbone"] = config.backbone
+    if config.class_names:
+        settings["class_names"] = tuple(config.class_names)
+    if config.image_size:
+        settings["image_size"] = tuple(config.image_size)
+    return run_dense_vision_job(DenseVisionJobConfig(**settings),
+                                verbose=0 if verbose == "auto" else verbose)
 
 
 def _as_config(config, overrides):
