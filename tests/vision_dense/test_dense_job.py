@@ -173,12 +173,14 @@ def test_detection_job_end_to_end(small_scenes, tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["predict", "--model", report["export_path"], test.image_paths[0],
-                 "--out", str(tmp_path / "pictures")]) == 0
+                 "--out", str(tmp_path / "pictures"), "--min-score", "0.1"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    np.testing.assert_allclose(row["boxes"], found[0]["boxes"], atol=1e-3)
-    assert row["class_ids"] == found[0]["classes"].tolist()
-    assert row["picture"] == str(tmp_path / "pictures" / "scene_0000_boxes.png") or (
-        os.path.exists(row["picture"]))
+    keep = found[0]["scores"] >= 0.1
+    np.testing.assert_allclose(np.reshape(row["boxes"], (-1, 4)), found[0]["boxes"][keep],
+                               atol=1e-3)
+    assert row["class_ids"] == found[0]["classes"][keep].tolist()
+    stem = os.path.splitext(os.path.basename(test.image_paths[0]))[0]
+    assert row["picture"] == str(tmp_path / "pictures" / f"{stem}_boxes.png")
     _png_size(row["picture"])
 
 

@@ -30,6 +30,9 @@ def _add_predict(subparsers):
                    help="texts to classify, or image files for a detection/segmentation export")
     p.add_argument("--out", help="folder for the pictures of a detection/segmentation export "
                    "(default: the current folder)")
+    p.add_argument("--min-score", type=float, default=0.3,
+                   help="detection exports: boxes scoring below it are left out of the JSON "
+                   "and the picture (default 0.3)")
     p.set_defaults(func=_run_predict)
 
 
@@ -102,8 +105,11 @@ def _predict_dense(args, metadata_path):
             from tfft.evaluation.detection import detections_from_export, plot_detections
 
             found = detections_from_export(outputs, i)
+            keep = found["scores"] >= args.min_score
+            found = {key: value[keep] for key, value in found.items()}
             picture = plot_detections(images[i][None], [found],
-                                      os.path.join(out, f"{stem}_boxes.png"), names)
+                                      os.path.join(out, f"{stem}_boxes.png"), names,
+                                      min_score=args.min_score)
             row = {"image": path, "boxes": found["boxes"].tolist(),
                    "classes": [names[c] for c in found["classes"]],
                    "class_ids": found["classes"].tolist(), "scores": found["scores"].tolist()}
