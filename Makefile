@@ -43,7 +43,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP) | $(FASHION_MNIST)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --config ruff.toml tfft tfft_cli.py tests benchmarks

@@ -23,16 +23,21 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist keeps on one worker")
 
 
-# `make test` runs pytest-xdist with two workers and `--dist loadgroup`: each group
-# below runs whole on one worker, so the session fixtures a test folder shares (the
-# real MiniLM job, the LFW image job, the README runner) are built once, not once per
-# worker. Groups go out longest first (the weights are rough serial seconds on 2
-# cores; `--durations` shows them), so no worker starts a long group last.
+# `make test` runs pytest-xdist with two workers. Each top folder of tests/ (and
+# test_readme.py) is one scheduling unit that runs whole on one worker
+# (`pytest_xdist_make_scheduler` below), so the session fixtures a folder shares (the real
+# MiniLM job, the LFW image job, SmolLM2, the README runner) are built once, not once per
+# worker. Units go out heaviest first (the weights are rough serial seconds on 2 cores;
+# `--durations` shows them), so no worker starts a long unit last.
+# Not xdist's `--dist loadgroup` with an `xdist_group` mark added here: with pytest 9.2 and
+# pytest-xdist 3.8 the worker's `@group` node-id suffix never reaches the scheduler, so every
+# folder's tests were spread over both workers (each then built every fixture, and the README
+# runner ran every block on both).
 _GROUP_WEIGHTS = {
     "test_readme.py": 330, "core": 330, "jobs": 280, "prompting": 230, "packaging": 220,
     "notebooks": 210, "reliability": 170, "evaluation": 160, "backbones": 150,
     "training": 110, "export": 110, "strategy": 100, "selection": 80, "data": 70,
-    "feature_cache": 60, "freeze": 60, "causal_lm": 400, "vision_dense": 110,
+    "feature_cache": 60, "freeze": 60, "causal_lm": 400, "vision_dense": 200,
 }
 
 
@@ -42,10 +47,20 @@ def _test_group(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_test_group(item)))
     # A stable sort: within a group the collection order stays.
     items.sort(key=lambda item: -_GROUP_WEIGHTS.get(_test_group(item), 0))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Schedules whole test folders (`tests/core/...` -> `core`), in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FolderScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            parts = nodeid.split("::", 1)[0].split("/")
+            return parts[1] if len(parts) > 2 else parts[-1]
+
+    return FolderScheduling(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
