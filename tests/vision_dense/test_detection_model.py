@@ -232,3 +232,19 @@ def test_an_export_that_fails_verification_leaves_nothing(tmp_path, tiny_scenes,
     assert set(seen["expected"]) == {"boxes", "classes", "scores", "num_detections"}
     assert not os.path.exists(seen["path"]) and not target.exists()
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_fit_on_a_dataset_does_not_warn_that_shuffle_is_ignored(tiny_scenes, tiny_task_factory):
+    import warnings
+
+    import tensorflow as tf
+
+    task = tiny_task_factory()
+    boxes, classes = _targets(tiny_scenes)
+    data = tf.data.Dataset.from_tensor_slices(
+        (tiny_scenes.images[:16].astype("float32"), {"boxes": boxes[:16], "classes": classes[:16]})
+    ).batch(8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task.fit(data, epochs=1, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)], [str(w.message) for w in caught]

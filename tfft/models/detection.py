@@ -52,7 +52,7 @@ from tfft.adapt import FreezePolicy, apply_freeze, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo, load_backbone
 from tfft.layers import BackboneLayer, ImagePreprocessor
 from tfft.layers.detection_head import DetectionHead
-from tfft.models.segmentation import pyramid_feature_model
+from tfft.models.segmentation import DatasetFitModel, pyramid_feature_model
 
 DETECTION_TASK = "object_detection"
 DETECTION_LEVELS = ("P3", "P4", "P5")
@@ -85,7 +85,7 @@ def _box_matcher():
 
 
 @keras.saving.register_keras_serializable(package="tfft")
-class DetectionTask(keras.Model):
+class DetectionTask(DatasetFitModel):
     """A pretrained backbone with a detection head, taking 0-255 images.
 
     Build one with `build_detection_model` or

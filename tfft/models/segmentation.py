@@ -40,8 +40,23 @@ SEGMENTATION_TASK = "semantic_segmentation"
 PYRAMID_LEVELS = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
 
 
+class DatasetFitModel(keras.Model):
+    """A `keras.Model` whose `fit` leaves Keras' array shuffling off for datasets.
+
+    Keras' `fit` defaults to `shuffle=True` and warns that it is ignored when
+    `x` is a `tf.data.Dataset`; the dense tasks train on datasets that shuffle
+    themselves (seeded), so `shuffle` defaults to True for arrays only. An
+    explicit `shuffle=` is passed on unchanged.
+    """
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if len(args) < 7:  # `shuffle` is fit's ninth parameter
+            kwargs.setdefault("shuffle", isinstance(x, (np.ndarray, list, tuple)))
+        return super().fit(x, y, *args, **kwargs)
+
+
 @keras.saving.register_keras_serializable(package="tfft")
-class SegmentationTask(keras.Model):
+class SegmentationTask(DatasetFitModel):
     """A pretrained backbone with a segmentation head, taking 0-255 images.
 
     Build one with `build_segmentation_model` or
