@@ -227,15 +227,7 @@ def _dense_finetune(argv, task):
     p.add_argument("--run-dir")
     args = p.parse_args(argv[1:])
     settings = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        report = run_dense_vision_job(DenseVisionJobConfig(**settings))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
-        print(f"tfft finetune: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    print(json.dumps({"test": report["test"], "export_path": report["export_path"],
-                      "picture": report["picture"], "run_dir": report["run_dir"],
-                      "backbone": report["backbone_spec"]}))
-    return 0
+    return _run_task_job(run_dense_vision_job, DenseVisionJobConfig, settings, "picture")
 
 
 def _causal_lm_finetune(argv):
@@ -269,13 +261,18 @@ def _causal_lm_finetune(argv):
     p.add_argument("--run-dir")
     args = p.parse_args(argv[1:])
     settings = {k: v for k, v in vars(args).items() if k != "task" and v is not None}
+    return _run_task_job(run_causal_lm_job, CausalLMJobConfig, settings, "adapters")
+
+
+def _run_task_job(run, config_class, settings, extra_key):
+    """Runs a task's own job; bad settings or data exit 2, the summary is one JSON line."""
     try:
-        report = run_causal_lm_job(CausalLMJobConfig(**settings))
+        report = run(config_class(**settings))
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as error:
         print(f"tfft finetune: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps({"test": report["test"], "export_path": report["export_path"],
-                      "adapters": report["adapters"], "run_dir": report["run_dir"],
+                      extra_key: report[extra_key], "run_dir": report["run_dir"],
                       "backbone": report["backbone_spec"]}))
     return 0
 

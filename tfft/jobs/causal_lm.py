@@ -23,6 +23,7 @@ from tfft.evaluation.causal_lm import evaluate_completions
 from tfft.export.generate import export_generate_model
 from tfft.jobs.state import new_run_dir
 from tfft.models.causal_lm import build_causal_lm
+from tfft.utils.checks import check_split_fractions
 from tfft.utils.files import write_json_atomic
 
 DEFAULT_CAUSAL_LM = "offline:smollm2"
@@ -86,12 +87,7 @@ class CausalLMJobConfig:
                 self.learning_rate, (int, float)) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a number > 0. Received: "
                              f"{self.learning_rate!r}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name}: expected a number in [0, 1). Received: {value!r}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave examples for training.")
+        check_split_fractions(self.val_fraction, self.test_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,6 +40,7 @@ from tfft.jobs.config import DENSE_VISION_TASKS, DETECTION_TASK
 from tfft.jobs.state import new_run_dir
 from tfft.models.detection import build_detection_model, compile_detection, fit_two_stage
 from tfft.models.segmentation import build_segmentation_model, compile_segmentation
+from tfft.utils.checks import check_split_fractions
 from tfft.utils.files import write_json_atomic
 
 DENSE_TASKS = DENSE_VISION_TASKS
@@ -150,12 +151,7 @@ class DenseVisionJobConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name}: expected a number > 0. Received: {value!r}")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name}: expected a number in [0, 1). Received: {value!r}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("val_fraction + test_fraction must leave images for training.")
+        check_split_fractions(self.val_fraction, self.test_fraction, "images")
         if self.test_data is None and self.test_fraction == 0:
             raise ValueError("test_fraction: 0 without test_data leaves nothing to score.")
         if self.task == DETECTION_TASK and (self.mask_dir or self.test_mask_dir

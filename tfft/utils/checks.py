@@ -60,3 +60,23 @@ def check_positive_number(
         what = "a positive number or None" if allow_none else "a positive number"
         raise error(f"{name} must be {what}. Received: {name}={value!r}")
     return float(value)
+
+
+def check_split_fractions(val_fraction: Any, test_fraction: Any, what: str = "examples") -> None:
+    """Raises unless both shares lie in [0, 1) and leave some of the data for training.
+
+    Args:
+        val_fraction: the share of the data held out for validation.
+        test_fraction: the share of the data held out for testing.
+        what: str. What the data is made of, for the message. Defaults to "examples".
+
+    Example:
+
+    >>> check_split_fractions(0.1, 0.2)
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not 0 <= value < 1):
+            raise ValueError(f"{name}: expected a number in [0, 1). Received: {value!r}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must leave {what} for training.")
