@@ -45,7 +45,8 @@ from tfft.backbones import load_backbone
 from tfft.data.boxes import detection_dataset, read_boxes
 from tfft.data.synthetic_scenes import make_scenes, write_scene_dataset
 from tfft.evaluation.detection import evaluate_detection, plot_detections
-from tfft.models.detection import build_detection_model, compile_detection, fit_two_stage
+from tfft.models.detection import build_detection_model
+from tfft.models.segmentation import fit_two_stage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -68,7 +69,7 @@ def train_and_score_detection(backbone, args, train, test):
     data = detection_dataset(train, image_size=size, batch_size=args.batch_size, shuffle=True,
                              augment=True, seed=args.seed)
     start = time.perf_counter()
-    losses = fit_two_stage(task, data, compile_detection, args.frozen_epochs, args.full_epochs,
+    losses = fit_two_stage(task, data, args.frozen_epochs, args.full_epochs,
                            args.full_lr, unfreeze="full")
     seconds = time.perf_counter() - start
     images, boxes = test.load(size)

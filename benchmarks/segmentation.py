@@ -36,8 +36,7 @@ from tfft.backbones import Backbone, load_backbone
 from tfft.data.masks import segmentation_dataset
 from tfft.data.synthetic_scenes import make_scenes, write_scene_dataset
 from tfft.evaluation.segmentation import evaluate_segmentation, plot_segmentation
-from tfft.models.detection import fit_two_stage
-from tfft.models.segmentation import build_segmentation_model, compile_segmentation
+from tfft.models.segmentation import build_segmentation_model, fit_two_stage
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -59,7 +58,7 @@ def train_and_score(backbone, args, train_dir, test):
                                 batch_size=args.batch_size, shuffle=True, augment=True,
                                 seed=args.seed)
     start = time.perf_counter()
-    losses = fit_two_stage(task, data, compile_segmentation, args.frozen_epochs,
+    losses = fit_two_stage(task, data, args.frozen_epochs,
                            args.full_epochs, args.full_lr, unfreeze="full")
     seconds = time.perf_counter() - start
     result = evaluate_segmentation(task, test.images, test.masks)

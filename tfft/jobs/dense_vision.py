@@ -3,7 +3,7 @@
 Object detection trains on a box file (`boxes.csv`, JSON rows or COCO JSON,
 read by `tfft.data.boxes.read_boxes`); semantic segmentation on a folder of
 images with PNG masks (`masks/` beside it, or `mask_dir`). Both train in two
-stages (`tfft.models.detection.fit_two_stage`): the head on the frozen
+stages (`tfft.models.segmentation.fit_two_stage`): the head on the frozen
 backbone (BatchNorm in inference mode), then the top blocks unfrozen at a
 lower learning rate. The test split (`test_data`, or a seeded share carved
 from the training images) is scored (detection: COCO mAP@0.5, mAP@[.5:.95],
@@ -38,8 +38,8 @@ from tfft.export.detection import export_detection
 from tfft.export.segmentation import export_segmentation
 from tfft.jobs.config import DENSE_VISION_TASKS, DETECTION_TASK
 from tfft.jobs.state import new_run_dir
-from tfft.models.detection import build_detection_model, compile_detection, fit_two_stage
-from tfft.models.segmentation import build_segmentation_model, compile_segmentation
+from tfft.models.detection import build_detection_model
+from tfft.models.segmentation import build_segmentation_model, fit_two_stage
 from tfft.utils.checks import check_split_fractions
 from tfft.utils.files import write_json_atomic
 
@@ -340,7 +340,7 @@ def run_dense_vision_job(config: DenseVisionJobConfig | dict, verbose: str | int
         print(f"tfft finetune: stage {name}: {epochs} epoch(s)")
 
     tuned = config.epochs if config.fine_tune_epochs is None else config.fine_tune_epochs
-    losses = fit_two_stage(task, data, compile_detection if detection else compile_segmentation,
+    losses = fit_two_stage(task, data,
                            config.epochs, tuned, config.fine_tune_learning_rate,
                            unfreeze=config.unfreeze, verbose=verbose, on_stage=on_stage)
     print(f"tfft finetune: training losses {[round(v, 4) for v in losses]}")

@@ -225,6 +225,9 @@ class DetectionTask(DatasetFitModel):
         """Applies a freeze policy to the backbone; recompile before `fit`."""
         return apply_freeze(self, policy)
 
+    def compile_for_training(self, learning_rate: float) -> None:
+        compile_detection(self, learning_rate)
+
     def encode_targets(self, boxes: Any, classes: Any) -> dict:
         """Per-anchor training targets from padded ground truth.
 
@@ -461,46 +464,3 @@ def compile_detection(model: DetectionTask, learning_rate: float = 1e-3) -> None
     """
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=False)
 
-
-def fit_two_stage(task: keras.Model, data: Any, compile_fn: Any, frozen_epochs: int = 1,
-                  tuned_epochs: int = 1, tuned_learning_rate: float = 1e-3,
-                  unfreeze: str | FreezePolicy = "full", verbose: int | str = 0,
-                  on_stage: Any = None) -> list[float]:
-    """Trains a dense task (detection or segmentation) in two stages; returns the losses.
-
-    Stage 1 trains the head on the backbone as built (frozen, BatchNorm in
-    inference mode); stage 2 applies `unfreeze` (e.g. `"full"` or
-    `"top_k_frozen_batch_norm:2"`), recompiles with `compile_fn(task,
-    tuned_learning_rate)` and trains again. The data is not reshuffled by
-    Keras (`shuffle=False`): the dataset shuffles itself, seeded.
-
-    Args:
-        task: DetectionTask or SegmentationTask, compiled for stage 1.
-        data: tf.data.Dataset of training batches.
-        compile_fn: callable. `compile_detection` or `compile_segmentation`.
-        frozen_epochs: int. Stage-1 epochs (0 skips it).
-        tuned_epochs: int. Stage-2 epochs (0 skips it).
-        tuned_learning_rate: float. Stage-2 learning rate.
-        unfreeze: str or FreezePolicy. Stage-2 freeze policy.
-        verbose: Keras `fit` verbosity.
-        on_stage: callable or None. Called as `on_stage(name, epochs)` before
-            each stage (progress lines).
-
-    Returns:
-        The training loss of every epoch, stage 1 then stage 2.
-    """
-    losses: list[float] = []
-    if frozen_epochs:
-        if on_stage is not None:
-            on_stage("head on the frozen backbone", frozen_epochs)
-        losses += task.fit(data, epochs=frozen_epochs, shuffle=False,
-                           verbose=verbose).history["loss"]
-    if tuned_epochs:
-        task.freeze(unfreeze)
-        compile_fn(task, tuned_learning_rate)
-        if on_stage is not None:
-            on_stage(f"fine-tuning ({unfreeze}, learning rate {tuned_learning_rate:g})",
-                     tuned_epochs)
-        losses += task.fit(data, epochs=tuned_epochs, shuffle=False,
-                           verbose=verbose).history["loss"]
-    return [float(v) for v in losses]

@@ -54,6 +54,10 @@ class DatasetFitModel(keras.Model):
             kwargs.setdefault("shuffle", isinstance(x, (np.ndarray, list, tuple)))
         return super().fit(x, y, *args, **kwargs)
 
+    def compile_for_training(self, learning_rate: float) -> None:
+        """Compiles with the task's own loss at `learning_rate` (after a freeze change)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define compile_for_training.")
+
 
 @keras.saving.register_keras_serializable(package="tfft")
 class SegmentationTask(DatasetFitModel):
@@ -146,6 +150,9 @@ class SegmentationTask(DatasetFitModel):
     def freeze(self, policy: FreezePolicy | str) -> FreezePolicy:
         """Applies a freeze policy to the backbone; recompile before `fit`."""
         return apply_freeze(self, policy)
+
+    def compile_for_training(self, learning_rate: float) -> None:
+        compile_segmentation(self, learning_rate)
 
     def predict_masks(self, images: Any, batch_size: int = 16) -> np.ndarray:
         """Class id per pixel, `(n, h, w)` int32, for 0-255 images at `image_size`."""
@@ -313,3 +320,46 @@ def compile_segmentation(model: SegmentationTask, learning_rate: float = 1e-3) -
         metrics=[keras.metrics.MeanIoU(model.num_classes, sparse_y_pred=False,
                                        name="mean_iou")],
     )
+
+
+def fit_two_stage(task: DatasetFitModel, data: Any, frozen_epochs: int = 1,
+                  tuned_epochs: int = 1, tuned_learning_rate: float = 1e-3,
+                  unfreeze: str | FreezePolicy = "full", verbose: int | str = 0,
+                  on_stage: Any = None) -> list[float]:
+    """Trains a dense task (detection or segmentation) in two stages; returns the losses.
+
+    Stage 1 trains the head on the backbone as built (frozen, BatchNorm in
+    inference mode); stage 2 applies `unfreeze` (e.g. `"full"` or
+    `"top_k_frozen_batch_norm:2"`), recompiles with `task.compile_for_training(
+    tuned_learning_rate)` and trains again. The data is not reshuffled by
+    Keras (`shuffle=False`): the dataset shuffles itself, seeded.
+
+    Args:
+        task: DetectionTask or SegmentationTask, compiled for stage 1.
+        data: tf.data.Dataset of training batches.
+        frozen_epochs: int. Stage-1 epochs (0 skips it).
+        tuned_epochs: int. Stage-2 epochs (0 skips it).
+        tuned_learning_rate: float. Stage-2 learning rate.
+        unfreeze: str or FreezePolicy. Stage-2 freeze policy.
+        verbose: Keras `fit` verbosity.
+        on_stage: callable or None. Called as `on_stage(name, epochs)` before
+            each stage (progress lines).
+
+    Returns:
+        The training loss of every epoch, stage 1 then stage 2.
+    """
+    losses: list[float] = []
+    if frozen_epochs:
+        if on_stage is not None:
+            on_stage("head on the frozen backbone", frozen_epochs)
+        losses += task.fit(data, epochs=frozen_epochs, shuffle=False,
+                           verbose=verbose).history["loss"]
+    if tuned_epochs:
+        task.freeze(unfreeze)
+        task.compile_for_training(tuned_learning_rate)
+        if on_stage is not None:
+            on_stage(f"fine-tuning ({unfreeze}, learning rate {tuned_learning_rate:g})",
+                     tuned_epochs)
+        losses += task.fit(data, epochs=tuned_epochs, shuffle=False,
+                           verbose=verbose).history["loss"]
+    return [float(v) for v in losses]
