@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tfft
+from tfft._compat import dense_kernel_variable
 from tfft.data.completions import (
     CompletionData,
     padding_fraction,
@@ -138,6 +139,43 @@ def test_lora_training_changes_only_adapters_and_lowers_the_loss(make_lm):
     assert any(np.any(layer.lora_kernel_b.numpy()) for layer in task.lora_layers())
 
 
+def test_gradient_checkpointing_recomputes_blocks_and_trains_to_the_same_weights(
+        tmp_path, make_lm):
+    def train(checkpointing):
+        lm = make_lm()
+        traced = []
+        for block in lm.backbone.transformer_layers:
+            # Count the Python calls of each block: once per trace without
+            # checkpointing, once more (the recomputation) with it.
+            original = block.call
+            object.__setattr__(block, "call", lambda *a, _call=original, **k: (
+                traced.append(1), _call(*a, **k))[1])
+        task = build_causal_lm(lm, freeze="lora:4", learning_rate=2e-2,
+                               gradient_checkpointing=checkpointing)
+        traced.clear()
+        task.fit(PAIRS * 2, epochs=2, batch_size=8, verbose=0, shuffle=False)
+        return task, len(traced), [v.numpy() for v in task.trainable_variables]
+
+    plain, plain_calls, plain_weights = train(False)
+    checked, checked_calls, checked_weights = train(True)
+    blocks = len(plain.backbone.transformer_layers)
+    # The same number of traces, each calling every block twice instead of once.
+    assert plain_calls > 0 and plain_calls % blocks == 0
+    assert checked_calls == 2 * plain_calls
+    for a, b in zip(plain_weights, checked_weights, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+    assert any(np.any(layer.lora_kernel_b.numpy()) for layer in checked.lora_layers())
+    # Generation and reloading are unaffected; the setting is kept in the file.
+    prompt = [p for p, _ in PAIRS][:2]
+    assert checked.generate(prompt, max_new_tokens=3) == plain.generate(prompt,
+                                                                        max_new_tokens=3)
+    checked.save(str(tmp_path / "task.keras"))
+    back = keras.saving.load_model(str(tmp_path / "task.keras"))
+    assert back.gradient_checkpointing is True
+    with pytest.raises(ValueError, match="gradient_checkpointing must be True or False"):
+        build_causal_lm(make_lm(), gradient_checkpointing="yes")
+
+
 def test_adapters_save_alone_load_on_a_fresh_base_and_merge(tmp_path, make_lm, copy_lm):
     lm = make_lm()
     fresh = copy_lm(lm)
@@ -158,12 +196,24 @@ def test_adapters_save_alone_load_on_a_fresh_base_and_merge(tmp_path, make_lm, c
 
 
 def test_keras_round_trip(tmp_path, make_lm):
-    task = build_causal_lm(make_lm(), freeze="lora:2")
+    task = build_causal_lm(make_lm(), freeze="lora:2", learning_rate=2e-2)
+    task.fit(PAIRS, epochs=1, batch_size=4, verbose=0)
     x = _inputs(task, ["the film was good"])
     task.save(str(tmp_path / "task.keras"))
     back = keras.saving.load_model(str(tmp_path / "task.keras"))
     assert isinstance(back, CausalLMTask) and back.freeze_policy.rank == 2
     np.testing.assert_allclose(np.asarray(back(x)), np.asarray(task(x)), atol=1e-5)
+    # The adapters come back unmerged: base kernels and A, B as trained.
+    assert len(back.lora_layers()) == len(task.lora_layers())
+    for mine, theirs in zip(task.lora_layers(), back.lora_layers(), strict=True):
+        assert np.any(mine.lora_kernel_b.numpy())
+        for name in ("lora_kernel_a", "lora_kernel_b"):
+            np.testing.assert_array_equal(getattr(theirs, name).numpy(),
+                                          getattr(mine, name).numpy())
+        np.testing.assert_array_equal(dense_kernel_variable(theirs).numpy(),
+                                      dense_kernel_variable(mine).numpy())
+    assert sorted(w.path for w in back.trainable_weights) == sorted(
+        w.path for w in task.trainable_weights)
     assert back.generate("the film", max_new_tokens=3) == task.generate("the film",
                                                                         max_new_tokens=3)
 
@@ -222,9 +272,10 @@ def test_cli_finetunes_exports_and_generates(tmp_path, make_lm, capsys):
     export, run_dir = tmp_path / "export", tmp_path / "run"
     assert main(["finetune", "--task", "causal_lm", "--backbone", preset, "--data", str(data),
                  "--lora-rank", "2", "--sequence-length", "32", "--epochs", "1",
-                 "--learning-rate", "0.02", "--export-dir", str(export),
-                 "--run-dir", str(run_dir)]) == 0
+                 "--learning-rate", "0.02", "--gradient-checkpointing",
+                 "--export-dir", str(export), "--run-dir", str(run_dir)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((run_dir / "config.json").read_text())["gradient_checkpointing"] is True
     assert report["test"]["tokens"] > 0 and "accuracy" in report["test"]
     assert main(["generate", "--model", str(export), "--max-new-tokens", "4",
                  "the film", "the review was good"]) == 0

@@ -252,6 +252,9 @@ def _causal_lm_finetune(argv):
     p.add_argument("--chat-template", action="store_true",
                    help="format prompts with the model's own chat template")
     p.add_argument("--sequence-length", type=_positive_int, default=256)
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass: less "
+                   "memory for long sequences and large batches, more time")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--learning-rate", type=float, default=2e-4)

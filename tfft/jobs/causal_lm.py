@@ -45,6 +45,9 @@ class CausalLMJobConfig:
         lora_mlp: bool. LoRA on the MLP projections too. Defaults to False.
         chat_template: bool. Apply the model's chat template. Defaults to False.
         sequence_length: int. Longest training example in tokens. Defaults to 256.
+        gradient_checkpointing: bool. Recompute each transformer block's
+            activations in the backward pass (less memory, more time).
+            Defaults to False.
         batch_size: int. Defaults to 8.
         epochs: int. Defaults to 1.
         learning_rate: float. AdamW learning rate. Defaults to 2e-4.
@@ -63,6 +66,7 @@ class CausalLMJobConfig:
     lora_mlp: bool = False
     chat_template: bool = False
     sequence_length: int = 256
+    gradient_checkpointing: bool = False
     batch_size: int = 8
     epochs: int = 1
     learning_rate: float = 2e-4
@@ -87,6 +91,10 @@ class CausalLMJobConfig:
                 self.learning_rate, (int, float)) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a number > 0. Received: "
                              f"{self.learning_rate!r}")
+        for name in ("lora_mlp", "chat_template", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false. Received: "
+                                 f"{name}={getattr(self, name)!r}")
         check_split_fractions(self.val_fraction, self.test_fraction)
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +148,7 @@ def run_causal_lm_job(config: CausalLMJobConfig | dict, verbose: str | int = "au
     task = build_causal_lm(config.backbone, freeze=f"lora:{config.lora_rank}",
                            sequence_length=config.sequence_length,
                            chat_template=config.chat_template, lora_mlp=config.lora_mlp,
+                           gradient_checkpointing=config.gradient_checkpointing,
                            learning_rate=config.learning_rate)
     examples = task.tokenize_data(train)  # prompts longer than the context fail here
     if config.export_dir and os.path.exists(config.export_dir) and not os.path.isdir(

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import tempfile
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ from tfft.backbones.causal_lm import (
     read_context_length,
     render_chat_prompt,
 )
+from tfft.models.task import _LoRAState
+from tfft.training.checkpointing import checkpoint_layers
 from tfft.utils.walk import walk_layers
 
 if TYPE_CHECKING:
@@ -102,6 +105,11 @@ class CausalLMTask(keras.Model):
         context_length: int. Longest sequence (prompt + generated) the model
             handles; defaults to the backbone's `max_sequence_length` (None
             for rotary models such as Llama: no check).
+        gradient_checkpointing: bool. Recompute each transformer block's
+            activations in the backward pass instead of keeping them
+            (`tfft.training.checkpointing`): less memory for long sequences
+            and large batches, about one more forward pass of time. Defaults
+            to False.
 
     Example:
 
@@ -113,7 +121,8 @@ class CausalLMTask(keras.Model):
     def __init__(self, causal_lm: keras.Model, freeze_policy: FreezePolicy | str | Mapping |
                  None = None, chat_template: str | None = None,
                  sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
-                 context_length: int | None = None, **kwargs: Any) -> None:
+                 context_length: int | None = None, gradient_checkpointing: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not _is_causal_lm(causal_lm):
             raise TypeError(
@@ -131,6 +140,16 @@ class CausalLMTask(keras.Model):
         self.chat_template = chat_template
         self.sequence_length = int(sequence_length)
         self.context_length = None if context_length is None else int(context_length)
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError("gradient_checkpointing must be True or False. Received: "
+                             f"{gradient_checkpointing!r}")
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            checkpoint_layers(_transformer_blocks(causal_lm.backbone))
+        # Keras saves LoRA layers merged; this layer keeps the base kernels and the
+        # adapters apart in the .keras file and puts them back on load.
+        self.lora_state = _LoRAState(name="lora_state")
+        object.__setattr__(self.lora_state, "_task_ref", weakref.ref(self))
         object.__setattr__(self, "_freeze_policy", None)
         object.__setattr__(self, "_generate_fns", {})
         object.__setattr__(self, "_forward_fn", None)
@@ -579,7 +598,9 @@ class CausalLMTask(keras.Model):
         plain = type(lm)(backbone=backbone, preprocessor=lm.preprocessor)
         return CausalLMTask(plain, chat_template=self.chat_template,
                             sequence_length=self.sequence_length,
-                            context_length=self.context_length, name=f"{self.name}_merged")
+                            context_length=self.context_length,
+                            gradient_checkpointing=self.gradient_checkpointing,
+                            name=f"{self.name}_merged")
 
     # -- serialisation -------------------------------------------------------------------
 
@@ -598,6 +619,7 @@ class CausalLMTask(keras.Model):
             "chat_template": self.chat_template,
             "sequence_length": self.sequence_length,
             "context_length": self.context_length,
+            "gradient_checkpointing": self.gradient_checkpointing,
         }
 
     @classmethod
@@ -606,8 +628,9 @@ class CausalLMTask(keras.Model):
         config["causal_lm"] = keras.saving.deserialize_keras_object(config["causal_lm"])
         task = cls(**config)
         if isinstance(task.freeze_policy, LoRA):
-            # KerasHub backbones rebuild their layers without adapters: put them back
-            # so training can go on (the saved kernels hold the merged weights).
+            # KerasHub backbones rebuild their layers without adapters: put them back,
+            # so that `lora_state` has somewhere to load the saved base kernels and
+            # adapters into (unmerged: training goes on, `save_adapters` still works).
             task.freeze(task.freeze_policy)
         return task
 
@@ -626,6 +649,16 @@ def causal_lm_policy(freeze: FreezePolicy | str, lora_mlp: bool = False) -> Free
         f"task='causal_lm' trains with one of {list(CAUSAL_LM_FREEZE_FORMS)}. "
         f"Received: freeze={freeze!r}"
     )
+
+
+def _transformer_blocks(backbone):
+    blocks = getattr(backbone, "transformer_layers", None)
+    if not blocks:
+        raise ValueError(
+            f"gradient_checkpointing=True needs a backbone with `transformer_layers` (KerasHub "
+            f"Llama, GPT-2, Gemma, Mistral ...); {type(backbone).__name__} has none."
+        )
+    return list(blocks)
 
 
 def _dense_layers(model):
@@ -700,7 +733,8 @@ def build_causal_lm(backbone: str | keras.Model, freeze: FreezePolicy | str = "l
                     sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
                     chat_template: bool = False, lora_mlp: bool = False,
                     learning_rate: float | None = None, compile: bool = True,
-                    context_length: int | None = None, **load_kwargs: Any) -> CausalLMTask:
+                    context_length: int | None = None, gradient_checkpointing: bool = False,
+                    **load_kwargs: Any) -> CausalLMTask:
     """Builds a `CausalLMTask` from a causal LM spec or a KerasHub `CausalLM`.
 
     Args:
@@ -719,6 +753,8 @@ def build_causal_lm(backbone: str | keras.Model, freeze: FreezePolicy | str = "l
         context_length: int. Longest prompt + generation; defaults to the
             folder's `max_position_embeddings` (SmolLM2: 8192) or the
             backbone's `max_sequence_length`.
+        gradient_checkpointing: bool. Recompute each block's activations in
+            the backward pass (less memory, more time). Defaults to False.
         **load_kwargs: passed to `load_causal_lm` (e.g. `dtype`).
     """
     policy = causal_lm_policy(freeze, lora_mlp=lora_mlp)
@@ -754,7 +790,9 @@ def build_causal_lm(backbone: str | keras.Model, freeze: FreezePolicy | str = "l
         render_chat_prompt(template, "")  # refuse unsupported templates now
     name = re.sub(r"[^A-Za-z0-9_]+", "_", backbone if isinstance(backbone, str) else lm.name)
     task = CausalLMTask(lm, chat_template=template, sequence_length=sequence_length,
-                        context_length=context_length, name=f"{name.strip('_')}_causal_lm")
+                        context_length=context_length,
+                        gradient_checkpointing=gradient_checkpointing,
+                        name=f"{name.strip('_')}_causal_lm")
     task.freeze(policy)
     logger.info("%s: %d trainable of %d parameters.", task.name,
                 task.trainable_parameter_count(), task.parameter_count())
