@@ -176,6 +176,25 @@ def test_gradient_checkpointing_recomputes_blocks_and_trains_to_the_same_weights
         build_causal_lm(make_lm(), gradient_checkpointing="yes")
 
 
+def test_total_steps_gives_a_warmup_then_a_cosine_to_zero(make_lm):
+    from tfft.jobs.causal_lm import CausalLMJobConfig
+
+    task = build_causal_lm(make_lm(), freeze="lora:2", compile=False)
+    task.compile(learning_rate=1e-3, total_steps=50)
+    rate = task.optimizer.learning_rate
+    schedule = keras.optimizers.schedules.deserialize(
+        task.optimizer.get_config()["learning_rate"])
+    values = [float(schedule(step)) for step in (0, 5, 27, 50)]
+    assert values[0] == 0.0 and values[1] == pytest.approx(1e-3)
+    assert 0.4e-3 < values[2] < 0.6e-3 and values[3] == pytest.approx(0.0, abs=1e-9)
+    assert float(rate) == 0.0  # the optimizer's own clock starts at the warmup
+    with pytest.raises(ValueError, match="total_steps must be a positive int"):
+        task.compile(total_steps=0)
+    with pytest.raises(ValueError, match=r"lr_schedule: expected one of \['cosine', "
+                       r"'constant'\]. Received: lr_schedule='linear'"):
+        CausalLMJobConfig(data="x.jsonl", lr_schedule="linear")
+
+
 def test_adapters_save_alone_load_on_a_fresh_base_and_merge(tmp_path, make_lm, copy_lm):
     lm = make_lm()
     fresh = copy_lm(lm)

@@ -258,6 +258,8 @@ def _causal_lm_finetune(argv):
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--learning-rate", type=float, default=2e-4)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine",
+                   help="cosine: warm up over a tenth of the steps, then down to zero")
     p.add_argument("--max-examples", type=_positive_int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export-dir", help="SavedModel directory (default: no export)")

@@ -27,6 +27,7 @@ from tfft.utils.checks import check_split_fractions
 from tfft.utils.files import write_json_atomic
 
 DEFAULT_CAUSAL_LM = "offline:smollm2"
+LR_SCHEDULES = ("cosine", "constant")
 # Completions count as labels when this few distinct ones cover the data.
 MAX_LABELS = 20
 
@@ -51,6 +52,8 @@ class CausalLMJobConfig:
         batch_size: int. Defaults to 8.
         epochs: int. Defaults to 1.
         learning_rate: float. AdamW learning rate. Defaults to 2e-4.
+        lr_schedule: str. `"cosine"` (a tenth of the steps of linear warmup,
+            then a cosine to zero) or `"constant"`. Defaults to `"cosine"`.
         val_fraction, test_fraction: float. Shares split off `data`.
         seed: int. Split and shuffle seed. Defaults to 0.
         max_examples: int. Use the first this many training examples.
@@ -70,6 +73,7 @@ class CausalLMJobConfig:
     batch_size: int = 8
     epochs: int = 1
     learning_rate: float = 2e-4
+    lr_schedule: str = "cosine"
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -91,6 +95,9 @@ class CausalLMJobConfig:
                 self.learning_rate, (int, float)) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate: expected a number > 0. Received: "
                              f"{self.learning_rate!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule: expected one of {list(LR_SCHEDULES)}. Received: "
+                             f"lr_schedule={self.lr_schedule!r}")
         for name in ("lora_mlp", "chat_template", "gradient_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false. Received: "
@@ -149,7 +156,7 @@ def run_causal_lm_job(config: CausalLMJobConfig | dict, verbose: str | int = "au
                            sequence_length=config.sequence_length,
                            chat_template=config.chat_template, lora_mlp=config.lora_mlp,
                            gradient_checkpointing=config.gradient_checkpointing,
-                           learning_rate=config.learning_rate)
+                           compile=False)
     examples = task.tokenize_data(train)  # prompts longer than the context fail here
     if config.export_dir and os.path.exists(config.export_dir) and not os.path.isdir(
             config.export_dir):
@@ -160,8 +167,11 @@ def run_causal_lm_job(config: CausalLMJobConfig | dict, verbose: str | int = "au
     run_dir = config.run_dir or new_run_dir("runs")
     os.makedirs(run_dir, exist_ok=True)
     write_json_atomic(os.path.join(run_dir, "config.json"), config.to_dict())
-    history = task.fit(task.make_dataset(examples, batch_size=config.batch_size, shuffle=True,
-                                         seed=config.seed),
+    batches = task.make_dataset(examples, batch_size=config.batch_size, shuffle=True,
+                                seed=config.seed)
+    steps = sum(1 for _ in batches) * config.epochs if config.lr_schedule == "cosine" else None
+    task.compile(learning_rate=config.learning_rate, total_steps=steps)
+    history = task.fit(batches,
                        validation_data=val, batch_size=config.batch_size,
                        epochs=config.epochs, verbose=verbose)
     report: dict[str, Any] = {

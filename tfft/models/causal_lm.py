@@ -220,19 +220,30 @@ class CausalLMTask(keras.Model):
     # -- training ---------------------------------------------------------------------
 
     def compile(self, optimizer: Any = "auto", learning_rate: float | None = None,
-                **kwargs: Any) -> None:
+                total_steps: int | None = None, **kwargs: Any) -> None:
         """Compiles for next-token training with the loss on weighted (completion) tokens.
 
         Args:
             optimizer: `"auto"` (AdamW, 2e-4 for LoRA, 2e-5 for full
                 fine-tuning) or a Keras optimizer.
             learning_rate: float. For `"auto"`. Defaults to None (see above).
+            total_steps: int. For `"auto"`: the training steps to come; the
+                rate then warms up linearly over the first tenth and follows a
+                cosine down to zero (`keras.optimizers.schedules.CosineDecay`).
+                Defaults to None: a constant rate.
             **kwargs: passed to `keras.Model.compile`.
         """
         if optimizer == "auto":
             if learning_rate is None:
                 learning_rate = 2e-4 if isinstance(self.freeze_policy, LoRA) else 2e-5
-            optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=0.0)
+            rate: Any = learning_rate
+            if total_steps is not None:
+                _check_positive_int("total_steps", total_steps)
+                warmup = max(1, total_steps // 10)
+                rate = keras.optimizers.schedules.CosineDecay(
+                    0.0, decay_steps=max(total_steps - warmup, 1), warmup_target=learning_rate,
+                    warmup_steps=warmup)
+            optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=0.0)
         kwargs.setdefault("loss", keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight"))
         kwargs.setdefault("weighted_metrics", [keras.metrics.SparseCategoricalAccuracy(

@@ -1,4 +1,5 @@
-"""Training: compile presets, the `fine_tune` recipe, the feature cache and callbacks."""
+"""Training: compile presets, the `fine_tune` recipe, the feature cache, callbacks and
+gradient checkpointing."""
 
 from tfft.training.callbacks import (
     DivergenceGuard,
@@ -7,6 +8,7 @@ from tfft.training.callbacks import (
     TrainingDivergedError,
     default_callbacks,
 )
+from tfft.training.checkpointing import checkpoint_layers, is_checkpointed
 from tfft.training.feature_cache import (
     CacheRefusedError,
     cached_features,
@@ -42,6 +44,7 @@ __all__ = [
     "TrainingDivergedError",
     "build_for_training",
     "cached_features",
+    "checkpoint_layers",
     "clear_cache",
     "compile_model",
     "default_callbacks",
@@ -51,6 +54,7 @@ __all__ = [
     "fit_cached",
     "get_preset",
     "has_batch_norm",
+    "is_checkpointed",
     "list_cached",
     "list_presets",
     "make_optimizer",
