@@ -73,6 +73,25 @@ def test_merge_and_adapters_give_the_same_outputs(trained, smollm2_base, copy_lm
     np.testing.assert_allclose(np.asarray(fresh(x)), want, atol=1e-4)
 
 
+def test_keras_file_reloads_in_a_fresh_process_with_its_adapters(
+        trained, module_reload_in_fresh_process):
+    task, _ = trained
+    x = _inputs(task, PROMPTS)
+    got, info = module_reload_in_fresh_process(task, x)
+    assert info["type"] == "CausalLMTask" and info["freeze_policy"] == task.freeze_policy.to_dict()
+    want = np.asarray(task(x))
+    # Logits of about 10 through 30 blocks: float rounding differs across processes
+    # (batched predict there, a direct call here) by a few 1e-4.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # Unmerged: only the adapters train, and they are the ones trained here.
+    assert info["trainable"] == sorted(w.path for w in task.trainable_weights)
+    assert all("lora" in path for path in info["trainable"])
+    want = [layer.lora_kernel_b.numpy() for layer in task.lora_layers()]
+    assert len(info["lora_b"]) == len(want) == 120
+    for saved, trained_b in zip(info["lora_b"], want, strict=True):
+        np.testing.assert_array_equal(np.asarray(saved, "float32"), trained_b)
+
+
 def test_export_generate_in_a_fresh_process_equals_task_generate(trained, tmp_path):
     task, _ = trained
     path = export_generate_model(task, str(tmp_path / "smollm2"), verify=False)

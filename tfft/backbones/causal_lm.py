@@ -173,3 +173,70 @@ def render_chat_prompt(template: str, prompt: str) -> tuple[str, str]:
     text = (f"{head}{_CHATML_START}user\n{prompt}{_CHATML_END}\n"
             f"{_CHATML_START}assistant\n")
     return text, _CHATML_END
+
+
+# -- tokenizer configs that keep their special tokens ---------------------------------------
+
+LLAMA3_DEFAULT_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>",
+                           ("<|end_header_id|>", "<|start_header_id|>"))
+_TOKENIZER_CLASSES: dict[str, type] = {}
+
+
+def _llama3_tokenizer_with_special_tokens() -> type:
+    """A `keras_hub.models.Llama3Tokenizer` whose config records its special tokens.
+
+    KerasHub 0.32's `Llama3Tokenizer.get_config` leaves out `bos_token`,
+    `eos_token` and `misc_special_tokens`, so a tokenizer converted from a
+    Hugging Face folder with other special tokens (SmolLM2: `<|im_start|>`,
+    `<|im_end|>`, no `<|eot_id|>`) cannot be rebuilt from a `.keras` file: the
+    defaults are looked up in its vocabulary and are not there. Defined on first
+    use, so that importing this module does not import KerasHub.
+    """
+    if "llama3" not in _TOKENIZER_CLASSES:
+        import keras_hub
+
+        @keras.saving.register_keras_serializable(package="tfft")
+        class Llama3TokenizerWithSpecialTokens(keras_hub.models.Llama3Tokenizer):
+            def __init__(self, vocabulary=None, merges=None,
+                         bos_token=LLAMA3_DEFAULT_SPECIALS[0],
+                         eos_token=LLAMA3_DEFAULT_SPECIALS[1],
+                         misc_special_tokens=LLAMA3_DEFAULT_SPECIALS[2], **kwargs):
+                misc = sorted(set(misc_special_tokens))
+                super().__init__(vocabulary=vocabulary, merges=merges, bos_token=bos_token,
+                                 eos_token=eos_token, misc_special_tokens=set(misc), **kwargs)
+                self._tfft_special_tokens = {"bos_token": bos_token, "eos_token": eos_token,
+                                             "misc_special_tokens": misc}
+
+            def get_config(self):
+                return {**super().get_config(), **self._tfft_special_tokens}
+
+        _TOKENIZER_CLASSES["llama3"] = Llama3TokenizerWithSpecialTokens
+    return _TOKENIZER_CLASSES["llama3"]
+
+
+def register_tokenizer_classes() -> None:
+    """Registers tfft's tokenizer classes with Keras (before a `.keras` file is loaded)."""
+    _llama3_tokenizer_with_special_tokens()
+
+
+def tokenizer_config_with_special_tokens(tokenizer: Any, serialized: dict) -> dict:
+    """`serialized` (a tokenizer's `serialize_keras_object`) rebuildable with its special tokens.
+
+    A KerasHub `Llama3Tokenizer` is serialised as tfft's
+    `Llama3TokenizerWithSpecialTokens` with its start, end and other special
+    tokens; other tokenizers are returned unchanged.
+    """
+    import keras_hub
+
+    if not isinstance(tokenizer, keras_hub.models.Llama3Tokenizer):
+        return serialized
+    cls = _llama3_tokenizer_with_special_tokens()
+    if isinstance(tokenizer, cls):
+        return serialized
+    bos, eos = tokenizer.start_token, tokenizer.end_token
+    implied = {bos, eos} | ({"<|eot_id|>"} if eos == "<|end_of_text|>" else set())
+    misc = sorted(set(tokenizer.special_tokens) - implied)
+    return {**serialized, "module": cls.__module__, "class_name": cls.__name__,
+            "registered_name": keras.saving.get_registered_name(cls),
+            "config": {**serialized["config"], "bos_token": bos, "eos_token": eos,
+                       "misc_special_tokens": misc}}

@@ -42,7 +42,9 @@ from tfft.backbones.causal_lm import (
     preset_directory,
     read_chat_template,
     read_context_length,
+    register_tokenizer_classes,
     render_chat_prompt,
+    tokenizer_config_with_special_tokens,
 )
 from tfft.models.task import _LoRAState
 from tfft.training.checkpointing import checkpoint_layers
@@ -335,6 +337,56 @@ class CausalLMTask(keras.Model):
         loss = total / count
         return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count)}
 
+    def score_completions(self, prompts: Sequence[str], candidates: Sequence[str],
+                          batch_size: int = 8, chat_template: bool | None = None
+                          ) -> np.ndarray:
+        """Log-likelihood of each candidate completion after each prompt.
+
+        Tokenised as in training (the formatted prompt, then the completion),
+        so a task tuned on `(prompt, label)` pairs is scored the way it learnt:
+        `score_completions(prompts, [" negative", " positive"]).argmax(-1)`
+        classifies without generating, and the untuned task gives the
+        zero-shot answer of the same kind.
+
+        Returns:
+            float array `(len(prompts), len(candidates))`: the sum of the
+            candidate tokens' log-probabilities.
+        """
+        prompts, candidates = list(prompts), list(candidates)
+        for name, values in (("prompts", prompts), ("candidates", candidates)):
+            if not values or not all(isinstance(v, str) and v for v in values):
+                raise ValueError(f"{name} must be a non-empty list of non-empty strings. "
+                                 f"Received: {values[:3]!r}")
+        _check_positive_int("batch_size", batch_size)
+        prompt_ids = self._tokenize_many([self.format_prompt(p, chat_template) for p in prompts])
+        candidate_ids = self._tokenize_many(candidates)
+        rows = [(i, j, list(p) + list(c), len(p)) for i, p in enumerate(prompt_ids)
+                for j, c in enumerate(candidate_ids)]
+        if self.max_length is not None:
+            for i, j, ids, _ in rows:
+                if len(ids) > self.max_length:
+                    raise ValueError(
+                        f"Prompt {i} with candidate {j} is {len(ids)} tokens; the model's "
+                        f"context is {self.max_length}. Shorten the prompt."
+                    )
+        forward = self._forward()
+        scores = np.zeros((len(prompts), len(candidates)))
+        order = sorted(range(len(rows)), key=lambda k: len(rows[k][2]))
+        for start in range(0, len(order), batch_size):
+            batch = [rows[k] for k in order[start:start + batch_size]]
+            width = max(len(ids) for _, _, ids, _ in batch)
+            token_ids = np.full((len(batch), width), self._pad_id(), np.int32)
+            mask = np.zeros((len(batch), width), bool)
+            for b, (_, _, ids, _) in enumerate(batch):
+                token_ids[b, :len(ids)] = ids
+                mask[b, :len(ids)] = True
+            log_probs = tf.nn.log_softmax(tf.cast(
+                forward(tf.constant(token_ids), tf.constant(mask)), tf.float32)).numpy()
+            for b, (i, j, ids, length) in enumerate(batch):
+                positions = np.arange(length - 1, len(ids) - 1)
+                scores[i, j] = float(log_probs[b, positions, ids[length:]].sum())
+        return scores
+
     # -- generation ---------------------------------------------------------------------
 
     def generate(self, prompts: str | Sequence[str], max_new_tokens: int = 32,
@@ -623,6 +675,11 @@ class CausalLMTask(keras.Model):
         inner = causal_lm.get("config", {}).get("backbone")
         if isinstance(inner, dict) and isinstance(inner.get("config"), dict):
             inner["config"] = {**inner["config"], **_backbone_config(self.backbone)}
+        preprocessor = causal_lm.get("config", {}).get("preprocessor")
+        if isinstance(preprocessor, dict) and isinstance(preprocessor.get("config"), dict) and (
+                isinstance(preprocessor["config"].get("tokenizer"), dict)):
+            preprocessor["config"]["tokenizer"] = tokenizer_config_with_special_tokens(
+                self.tokenizer, preprocessor["config"]["tokenizer"])
         return {
             "name": self.name,
             "causal_lm": causal_lm,
@@ -635,6 +692,7 @@ class CausalLMTask(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> CausalLMTask:
+        register_tokenizer_classes()
         config = dict(config)
         config["causal_lm"] = keras.saving.deserialize_keras_object(config["causal_lm"])
         task = cls(**config)
