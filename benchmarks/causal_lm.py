@@ -7,9 +7,17 @@ pool and a fixed test sample. On the same test sample:
   scoring " positive"/" negative" after "Review: ...\\nSentiment:" (0 and 8
   in-context examples from the pool);
 - `lora_accuracy`: `tfft.build_model("offline:smollm2", task="causal_lm",
-  freeze="lora:8")` trained one epoch on `--train` pool examples as
-  prompt/completion pairs ("Review: ...\\nSentiment:" -> " positive"), then
-  greedy generation read as a label (`tfft.evaluation.causal_lm`).
+  freeze="lora:8")` (`--lora-mlp`: the MLP projections too) trained one epoch
+  on `--train` pool examples as prompt/completion pairs ("Review:
+  ...\\nSentiment:" -> " positive"), AdamW with a tenth of the steps of warmup
+  then a cosine to zero, then greedy generation read as a label
+  (`tfft.evaluation.causal_lm`);
+- `zero_shot_scoring_accuracy` / `lora_scoring_accuracy`: the task before
+  and after training, scored the same way
+  (`CausalLMTask.score_completions`: the likelier of " positive" and
+  " negative" after the prompt, tokenised whole as in training), so the two
+  differ only in the weights. (`CausalLMClassifier` tokenises its template's
+  pieces apart, which the tuned model never saw.)
 
 Also `train_tokens_per_s` (non-padding tokens through the LoRA training
 step, tracing included), `generate_tokens_per_s_batch1` and `_batch8`
@@ -66,6 +74,8 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--max-input-tokens", type=int, default=64)
+    parser.add_argument("--lora-mlp", action="store_true",
+                        help="LoRA on the MLP projections too")
     parser.add_argument("--skip-few-shot", action="store_true")
     args = parser.parse_args()
 
@@ -78,7 +88,9 @@ def main():
     train_data = pool_data.take(np.sort(train_idx))
     names = rt.class_names
     results = {"test_size": len(test_data), "train_size": len(train_data),
-               "model": "SmolLM2-135M-Instruct", "lora_rank": 8, "epochs": 1}
+               "model": "SmolLM2-135M-Instruct", "lora_rank": 8, "epochs": 1,
+               "lora_mlp": args.lora_mlp, "learning_rate": args.learning_rate,
+               "batch_size": args.batch_size}
 
     lm = load_smollm2(sequence_length=1024)
     start = time.perf_counter()
@@ -102,25 +114,37 @@ def main():
 
     # LoRA changes the model in place: after the prompting runs.
     task = tfft.build_model(lm, task="causal_lm", freeze="lora:8",
-                            sequence_length=args.sequence_length,
-                            learning_rate=args.learning_rate)
+                            sequence_length=args.sequence_length, lora_mlp=args.lora_mlp,
+                            compile=False)
     results["trainable_parameters"] = task.trainable_parameter_count()
     pairs = [(prompt(x), " " + WORDS[names[y]]) for x, y in zip(train_data.x, train_data.y,
                                                                  strict=True)]
     examples = task.tokenize_data(pairs)
+    test_prompts = [prompt(x) for x in test_data.x]
+    answers = np.array([WORDS[names[y]] == "positive" for y in test_data.y])
+
+    def scoring_accuracy():
+        scores = task.score_completions(test_prompts, [" negative", " positive"],
+                                        batch_size=16)
+        return round(float(np.mean((scores.argmax(-1) == 1) == answers)), 4)
+
+    results["zero_shot_scoring_accuracy"] = scoring_accuracy()  # adapters start at zero
+    print("zero-shot scoring", results["zero_shot_scoring_accuracy"], file=sys.stderr,
+          flush=True)
+    batches = task.make_dataset(examples, batch_size=args.batch_size, shuffle=True, seed=0)
+    task.compile(learning_rate=args.learning_rate, total_steps=sum(1 for _ in batches))
     held_out = [(prompt(x), " " + WORDS[names[y]]) for x, y in zip(test_data.x[:64],
                                                                     test_data.y[:64],
                                                                     strict=True)]
     results["held_out_perplexity_before"] = round(task.perplexity(held_out)["perplexity"], 3)
     start = time.perf_counter()
-    task.fit(task.make_dataset(examples, batch_size=args.batch_size, shuffle=True, seed=0),
-             epochs=1, verbose=0)
+    task.fit(batches, epochs=1, verbose=0)
     seconds = time.perf_counter() - start
     results["train_seconds"] = round(seconds, 1)
     results["train_tokens_per_s"] = round(examples.num_tokens / seconds, 1)
     results["held_out_perplexity_after"] = round(task.perplexity(held_out)["perplexity"], 3)
     start = time.perf_counter()
-    report = evaluate_completions(task, [prompt(x) for x in test_data.x],
+    report = evaluate_completions(task, test_prompts,
                                   [WORDS[names[y]] for y in test_data.y],
                                   class_names=["negative", "positive"], max_new_tokens=2,
                                   batch_size=args.batch_size)
@@ -129,6 +153,8 @@ def main():
     results["lora_unparsed"] = report.metrics["unparsed"]
     results["lora_eval_seconds"] = round(time.perf_counter() - start, 1)
     print("lora", results["lora_accuracy"], file=sys.stderr, flush=True)
+    results["lora_scoring_accuracy"] = scoring_accuracy()
+    print("lora scoring", results["lora_scoring_accuracy"], file=sys.stderr, flush=True)
     results["generate_tokens_per_s_batch1"] = round(generation_speed(task, 1), 2)
     results["generate_tokens_per_s_batch8"] = round(generation_speed(task, 8), 2)
     results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -335,3 +335,23 @@ def test_a_failed_export_verification_writes_nothing(tmp_path, monkeypatch, make
     with pytest.raises(generate_module.GenerateExportError, match="generates differently"):
         export_generate_model(task, str(tmp_path / "lm"), sample_prompts=["the film"])
     assert not os.path.exists(tmp_path / "lm") or os.listdir(tmp_path / "lm") == []
+
+
+def test_score_completions_sums_the_candidate_token_log_probabilities(make_lm):
+    task = build_causal_lm(make_lm(), freeze="lora:2", compile=False)
+    prompts = ["the film was", "the review was good"]
+    candidates = [" good", " bad awful"]
+    scores = task.score_completions(prompts, candidates, batch_size=3)
+    assert scores.shape == (2, 2)
+    for i, prompt in enumerate(prompts):
+        for j, candidate in enumerate(candidates):
+            # By hand: one forward pass over prompt + candidate, tokenised apart.
+            p_ids = task._tokenize_many([prompt])[0]
+            c_ids = task._tokenize_many([candidate])[0]
+            ids = np.array([p_ids + c_ids], "int32")
+            logits = np.asarray(task({"token_ids": ids, "padding_mask": ids >= 0}))[0]
+            log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            want = sum(log_probs[len(p_ids) - 1 + k, token] for k, token in enumerate(c_ids))
+            assert scores[i, j] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="candidates must be a non-empty list"):
+        task.score_completions(prompts, [])
