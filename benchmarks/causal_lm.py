@@ -7,8 +7,8 @@ pool and a fixed test sample. On the same test sample:
   scoring " positive"/" negative" after "Review: ...\\nSentiment:" (0 and 8
   in-context examples from the pool);
 - `lora_accuracy`: `tfft.build_model("offline:smollm2", task="causal_lm",
-  freeze="lora:8")` (`--lora-mlp`: the MLP projections too) trained one epoch
-  on `--train` pool examples as prompt/completion pairs ("Review:
+  freeze="lora:8")` (`--lora-mlp`: the MLP projections too) trained `--epochs`
+  (default one) on `--train` pool examples as prompt/completion pairs ("Review:
   ...\\nSentiment:" -> " positive"), AdamW with a tenth of the steps of warmup
   then a cosine to zero, then greedy generation read as a label
   (`tfft.evaluation.causal_lm`);
@@ -74,6 +74,7 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--max-input-tokens", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lora-mlp", action="store_true",
                         help="LoRA on the MLP projections too")
     parser.add_argument("--skip-few-shot", action="store_true")
@@ -88,7 +89,7 @@ def main():
     train_data = pool_data.take(np.sort(train_idx))
     names = rt.class_names
     results = {"test_size": len(test_data), "train_size": len(train_data),
-               "model": "SmolLM2-135M-Instruct", "lora_rank": 8, "epochs": 1,
+               "model": "SmolLM2-135M-Instruct", "lora_rank": 8, "epochs": args.epochs,
                "lora_mlp": args.lora_mlp, "learning_rate": args.learning_rate,
                "batch_size": args.batch_size}
 
@@ -132,16 +133,17 @@ def main():
     print("zero-shot scoring", results["zero_shot_scoring_accuracy"], file=sys.stderr,
           flush=True)
     batches = task.make_dataset(examples, batch_size=args.batch_size, shuffle=True, seed=0)
-    task.compile(learning_rate=args.learning_rate, total_steps=sum(1 for _ in batches))
+    task.compile(learning_rate=args.learning_rate,
+                 total_steps=sum(1 for _ in batches) * args.epochs)
     held_out = [(prompt(x), " " + WORDS[names[y]]) for x, y in zip(test_data.x[:64],
                                                                     test_data.y[:64],
                                                                     strict=True)]
     results["held_out_perplexity_before"] = round(task.perplexity(held_out)["perplexity"], 3)
     start = time.perf_counter()
-    task.fit(batches, epochs=1, verbose=0)
+    task.fit(batches, epochs=args.epochs, verbose=0)
     seconds = time.perf_counter() - start
     results["train_seconds"] = round(seconds, 1)
-    results["train_tokens_per_s"] = round(examples.num_tokens / seconds, 1)
+    results["train_tokens_per_s"] = round(examples.num_tokens * args.epochs / seconds, 1)
     results["held_out_perplexity_after"] = round(task.perplexity(held_out)["perplexity"], 3)
     start = time.perf_counter()
     report = evaluate_completions(task, test_prompts,
