@@ -52,7 +52,9 @@ def checkpoint_layers(layers: Iterable[keras.layers.Layer], enabled: bool = True
     """Turns gradient checkpointing on (or off) for each layer; returns how many changed.
 
     Takes effect in train steps traced afterwards: recompile (or call `fit`
-    on a model not yet trained) after changing it.
+    on a model not yet trained) after changing it. A layer with dropout draws
+    new masks when it is recomputed, so its gradient is that of a slightly
+    different forward pass (Llama-family blocks have no dropout by default).
     """
     changed = 0
     for layer in layers:
