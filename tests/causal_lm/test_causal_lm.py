@@ -355,3 +355,19 @@ def test_score_completions_sums_the_candidate_token_log_probabilities(make_lm):
             assert scores[i, j] == pytest.approx(want, abs=1e-4)
     with pytest.raises(ValueError, match="candidates must be a non-empty list"):
         task.score_completions(prompts, [])
+
+
+def test_a_keras_file_saved_before_unmerged_adapters_still_loads(tmp_path, make_lm,
+                                                                  monkeypatch):
+    from tfft.models.task import _LoRAState
+
+    task = build_causal_lm(make_lm(), freeze="lora:2", learning_rate=2e-2)
+    task.fit(PAIRS, epochs=1, batch_size=4, verbose=0)
+    x = _inputs(task, ["the film was good"])
+    # What older files hold: no unmerged adapter entries, the kernels merged by Keras.
+    with monkeypatch.context() as patch:
+        patch.setattr(_LoRAState, "save_own_variables", lambda self, store: None)
+        task.save(str(tmp_path / "old.keras"))
+    back = keras.saving.load_model(str(tmp_path / "old.keras"))
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(task(x)), atol=1e-5)
+    assert not any(np.any(layer.lora_kernel_b.numpy()) for layer in back.lora_layers())
