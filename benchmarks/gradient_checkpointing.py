@@ -30,6 +30,7 @@ def _rss_mb():
 
 
 def child(args):
+    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -49,7 +50,7 @@ def child(args):
     loaded = _rss_mb()
     times = []
 
-    class Timer(__import__("keras").callbacks.Callback):
+    class Timer(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             self.start = time.perf_counter()
 
