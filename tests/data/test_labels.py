@@ -114,3 +114,18 @@ def test_split_data_returns_labeled_parts():
 def test_labeled_data_rejects_out_of_range_labels():
     with pytest.raises(ValueError, match="label 3 at row 1"):
         LabeledData(np.zeros((2, 1)), np.array([0, 3]), ["a", "b"])
+
+
+def test_carve_split_shuffles_once_and_carves_only_missing_splits():
+    from tfft.data.splits import carve_split
+
+    train, val, test = carve_split(20, 0.1, 0.2, seed=4)
+    order = np.random.default_rng(4).permutation(20)
+    assert test.tolist() == order[:4].tolist() and val.tolist() == order[4:6].tolist()
+    assert train.tolist() == sorted(order[6:].tolist())
+    train, val, test = carve_split(20, 0.1, 0.2, seed=4, carve_test=False, max_train=5)
+    assert test is None and val.tolist() == order[:2].tolist()
+    assert train.tolist() == sorted(order[2:7].tolist())
+    # A tiny set still keeps min_test rows for testing; no val share, no val rows.
+    train, val, test = carve_split(3, 0.0, 0.1, seed=0, min_test=1)
+    assert val is None and len(test) == 1 and len(train) == 2

@@ -105,3 +105,29 @@ def split_data(
         data.y, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )
     return data.take(train_idx), data.take(val_idx), data.take(test_idx)
+
+
+def carve_split(
+    n: int, val_fraction: float, test_fraction: float, seed: int, *, carve_val: bool = True,
+    carve_test: bool = True, min_test: int = 0, max_train: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Seeded shuffle split of `n` unlabelled rows for the splits not given as files.
+
+    The rows are shuffled once with `seed`; the first `round(n * test_fraction)`
+    (at least `min_test`) test, the next `round(n * val_fraction)` validate,
+    the rest train (the first `max_train` of them). A split that comes from its
+    own file (`carve_val` / `carve_test` False) takes no rows.
+
+    Returns:
+        `(train_idx, val_idx, test_idx)`: train sorted; val and test in
+        shuffled order, None when not carved (or empty).
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(min_test, round(n * test_fraction)) if carve_test else 0
+    n_val = round(n * val_fraction) if carve_val else 0
+    test = order[:n_test] if n_test else None
+    val = order[n_test:n_test + n_val] if n_val else None
+    train = order[n_test + n_val:]
+    if max_train:
+        train = train[:max_train]
+    return np.sort(train), val, test

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 import keras
-import numpy as np
 
 from tfft.data.completions import CompletionData, read_completions
+from tfft.data.splits import carve_split
 from tfft.evaluation.causal_lm import evaluate_completions
 from tfft.export.generate import export_generate_model
 from tfft.jobs.state import new_run_dir
@@ -118,20 +118,17 @@ def _split(config):
     train = read_completions(config.data)
     val = read_completions(config.val_data) if config.val_data else None
     test = read_completions(config.test_data) if config.test_data else None
-    order = np.random.default_rng(config.seed).permutation(len(train))
-    n_test = 0 if test is not None else round(len(train) * config.test_fraction)
-    n_val = 0 if val is not None else round(len(train) * config.val_fraction)
-    if test is None and n_test:
-        test = _take(train, order[:n_test])
-    if val is None and n_val:
-        val = _take(train, order[n_test:n_test + n_val])
-    rest = order[n_test + n_val:]
-    if config.max_examples:
-        rest = rest[:config.max_examples]
+    rest, val_idx, test_idx = carve_split(
+        len(train), config.val_fraction, config.test_fraction, config.seed,
+        carve_val=val is None, carve_test=test is None, max_train=config.max_examples)
+    if test_idx is not None:
+        test = _take(train, test_idx)
+    if val_idx is not None:
+        val = _take(train, val_idx)
     if len(rest) == 0:
         raise ValueError(f"data: no training examples are left after the split. Received "
                          f"{len(train)} examples in {config.data!r}.")
-    return _take(train, np.sort(rest)), val, test
+    return _take(train, rest), val, test
 
 
 def _labels_of(data):

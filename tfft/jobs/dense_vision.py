@@ -32,6 +32,7 @@ from tfft.data.masks import (
     list_segmentation_files,
     resize_with_mask,
 )
+from tfft.data.splits import carve_split
 from tfft.evaluation.detection import evaluate_detection, plot_detections
 from tfft.evaluation.segmentation import evaluate_segmentation, plot_segmentation
 from tfft.export.detection import export_detection
@@ -234,20 +235,19 @@ def _read_splits(config):
                 if config.test_data else None)
         class_names = (list(config.class_names) if config.class_names
                        else [f"class_{k}" for k in range(num)])
-    order = np.random.default_rng(config.seed).permutation(len(train))
-    n_test = 0 if test is not None else max(1, round(len(train) * config.test_fraction))
-    n_val = 0 if val is not None else round(len(train) * config.val_fraction)
-    if test is None:
-        test = _subset(train, np.sort(order[:n_test]))
-    if val is None and n_val:
-        val = _subset(train, np.sort(order[n_test:n_test + n_val]))
-    rest = order[n_test + n_val:]
-    if config.max_examples:
-        rest = rest[:config.max_examples]
+    # Dense tasks always keep at least one test image.
+    rest, val_idx, test_idx = carve_split(
+        len(train), config.val_fraction, config.test_fraction, config.seed,
+        carve_val=val is None, carve_test=test is None, min_test=1,
+        max_train=config.max_examples)
+    if test_idx is not None:
+        test = _subset(train, np.sort(test_idx))
+    if val_idx is not None:
+        val = _subset(train, np.sort(val_idx))
     if len(rest) == 0:
         raise ValueError(f"data: no training images are left after the split. Received "
                          f"{len(train)} images in {config.data!r}.")
-    return _subset(train, np.sort(rest)), val, test, class_names
+    return _subset(train, rest), val, test, class_names
 
 
 def _segmentation_dataset(data, size, batch_size, shuffle, augment, seed):
