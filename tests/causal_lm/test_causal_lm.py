@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -124,6 +125,11 @@ def test_an_encoder_backbone_is_refused():
                                          max_sequence_length=8)
     with pytest.raises(ValueError, match=r"causal \(GPT-style\).*Received: BertBackbone"):
         tfft.build_model(bert, task="causal_lm")
+    # Encoder and image specs are named as such, before any download is tried.
+    for spec in ("minilm", "keras_app:MobileNetV2", "offline:efficientnet_lite0",
+                 "tfhub:https://tfhub.dev/x"):
+        with pytest.raises(ValueError, match=rf"{re.escape(spec)}' names an encoder or image"):
+            tfft.build_model(spec, task="causal_lm")
 
 
 def test_lora_training_changes_only_adapters_and_lowers_the_loss(make_lm):
@@ -305,6 +311,32 @@ def test_cli_finetunes_exports_and_generates(tmp_path, make_lm, capsys):
     fresh.load_adapters(report["adapters"])
     assert [x["completion"] for x in lines] == fresh.generate(
         ["the film", "the review was good"], max_new_tokens=4)
+
+
+def test_run_job_passes_the_causal_lm_settings_through(tmp_path, make_lm):
+    import tfft
+    from tfft.jobs.config import ConfigError
+
+    preset = str(tmp_path / "tiny_preset")
+    make_lm().save_to_preset(preset)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in PAIRS * 5))
+    run_dir = tmp_path / "run"
+    report = tfft.run_job(task="causal_lm", backbone=preset, data=str(data), epochs=1,
+                          sequence_length=32, lora_rank=2, lora_mlp=True,
+                          lr_schedule="constant", test_fraction=0.2, export_dir=None,
+                          run_dir=str(run_dir), verbose=0)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["lora_rank"], saved["lora_mlp"], saved["lr_schedule"]) == (2, True, "constant")
+    assert saved["test_fraction"] == 0.2 and saved["val_fraction"] == 0.1  # the job's own
+    task = report["model"]
+    assert task.freeze_policy.rank == 2
+    # Attention and MLP projections: 4 + 3 per block of the tiny Llama's 2.
+    assert len(task.lora_layers()) == 7 * len(task.backbone.transformer_layers)
+    # Constant: still the full rate after the last step (the cosine ends at zero).
+    assert float(task.optimizer.learning_rate) == pytest.approx(2e-4)
+    with pytest.raises(ConfigError, match=r"\['lora_mlp'\] apply to task: causal_lm only"):
+        tfft.run_job(task="multiclass", lora_mlp=True)
 
 
 def test_cli_refuses_bad_data_and_writes_nothing(tmp_path, capsys):

@@ -13,6 +13,8 @@ from typing import Any
 
 import keras
 
+from tfft.backbones.registry import ALIASES, SOURCES
+
 SMOLLM2_SPECS = ("offline:smollm2", "smollm2", "smollm2_135m_instruct")
 CAUSAL_LM_SPEC_FORMS = (
     "'offline:smollm2' (the offline SmolLM2-135M-Instruct), a KerasHub preset name "
@@ -84,6 +86,12 @@ def load_causal_lm(
     name = spec.strip()
     if name in SMOLLM2_SPECS:
         return load_smollm2(sequence_length=sequence_length, **kwargs)
+    source = name.partition(":")[0] if ":" in name else None
+    if name in ALIASES or (source in SOURCES and source != "keras_hub"):
+        raise ValueError(
+            f"{spec!r} names an encoder or image backbone, not a causal LM. Expected "
+            f"{CAUSAL_LM_SPEC_FORMS}."
+        )
     if name.startswith("keras_hub:"):
         name = name.partition(":")[2]
     name, local = resolve_local_preset(

@@ -178,7 +178,8 @@ class JobConfig:
                 f"data: <your file, folder or TFDS name>. Received: {self.dataset!r}"
             )
         self._check_data()
-        if self.backbone != AUTO:
+        # A causal LM is any KerasHub causal-LM preset or folder; its job checks it on load.
+        if self.backbone != AUTO and self.task != CAUSAL_LM_TASK:
             try:
                 parse_spec(self.backbone)
             except (ValueError, TypeError) as error:

@@ -172,10 +172,15 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
 
     >>> report = tfft.run_job(max_examples=300, epochs=1)
     >>> report["test"]["macro_f1"]
+
+    With `task="causal_lm"` the settings of `tfft.jobs.causal_lm.CausalLMJobConfig`
+    that the main job lacks (`lora_rank`, `lora_mlp`, `chat_template`,
+    `gradient_checkpointing`, `lr_schedule`) are accepted too.
     """
+    config, causal_settings = _causal_lm_settings(config, overrides)
     config = _as_config(config, overrides)
     if config.task == CAUSAL_LM_TASK:
-        return _causal_lm_job(config, verbose)
+        return _causal_lm_job(config, verbose, causal_settings)
     if config.task in DENSE_VISION_TASKS:
         return _dense_vision_job(config, verbose)
     check_writable(config.run_dir or "runs", "run directory")
@@ -314,13 +319,44 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
     return result
 
 
-def _causal_lm_job(config, verbose):
-    """`task="causal_lm"`: LoRA (rank 8) fine-tuning of a causal LM (`tfft.jobs.causal_lm`)."""
+# Causal-LM job settings with no main-job counterpart; `run_job` passes them through.
+_CAUSAL_LM_ONLY = tuple(
+    sorted({f.name for f in dataclasses.fields(CausalLMJobConfig)}
+           - {f.name for f in dataclasses.fields(JobConfig)}))
+
+
+def _causal_lm_settings(config, overrides):
+    """Takes the causal-LM-only settings out of `config` (a dict) and `overrides`.
+
+    Returns `(config, settings)`; `overrides` loses those keys in place. They
+    are refused, by name, when the task is not `causal_lm`.
+    """
+    given = dict(config) if isinstance(config, dict) else {}
+    task = overrides.get("task", given.get("task", getattr(config, "task", None)))
+    found = sorted(k for k in _CAUSAL_LM_ONLY if k in given or k in overrides)
+    if not found:
+        return config, {}
+    if task != CAUSAL_LM_TASK:
+        raise ConfigError(f"Setting(s) {found} apply to task: causal_lm only. Received: "
+                          f"task={task!r}.")
+    settings = {k: given.pop(k) for k in found if k in given}
+    settings.update({k: overrides.pop(k) for k in found if k in overrides})
+    return (given if isinstance(config, dict) else config), settings
+
+
+def _causal_lm_job(config, verbose, settings=None):
+    """`task="causal_lm"`: LoRA fine-tuning of a causal LM (`tfft.jobs.causal_lm`).
+
+    `settings`: the causal-LM-only ones (`_CAUSAL_LM_ONLY`).
+    """
     export_dir = config.export_dir
     if export_dir == AUTO:
         stem = os.path.splitext(os.path.basename(config.data.rstrip("/")))[0]
         export_dir = os.path.join("saved_models", _slug(f"{stem}_causal_lm"))
     defaults = JobConfig()
+    # The causal-LM job's own split shares unless the caller set others.
+    fractions = {name: getattr(config, name) for name in ("val_fraction", "test_fraction")
+                 if getattr(config, name) != getattr(defaults, name)}
     return run_causal_lm_job(CausalLMJobConfig(
         data=config.data, val_data=config.val_data, test_data=config.test_data,
         backbone=DEFAULT_CAUSAL_LM if config.backbone == AUTO else config.backbone,
@@ -329,7 +365,7 @@ def _causal_lm_job(config, verbose):
         # The job's default rate suits full fine-tuning; LoRA takes a larger one.
         learning_rate=(2e-4 if config.learning_rate == defaults.learning_rate
                        else config.learning_rate),
-        export_dir=export_dir, run_dir=config.run_dir,
+        export_dir=export_dir, run_dir=config.run_dir, **fractions, **(settings or {}),
     ), verbose=verbose)
 
 
