@@ -19,6 +19,12 @@ pool and a fixed test sample. On the same test sample:
   differ only in the weights. (`CausalLMClassifier` tokenises its template's
   pieces apart, which the tuned model never saw.)
 
+`lora_vs_zero_shot`: the paired difference on the same texts (LoRA generation
+minus `CausalLMClassifier` zero-shot): the accuracy gap, its 95% interval from
+10,000 bootstrap resamples of the test texts, and the exact McNemar p-value
+(two-sided binomial test on the texts exactly one of the two gets right);
+`lora_scoring_vs_zero_shot_scoring` likewise for the two scoring rows.
+
 Also `train_tokens_per_s` (non-padding tokens through the LoRA training
 step, tracing included), `generate_tokens_per_s_batch1` and `_batch8`
 (greedy, 32 new tokens per prompt, after a warm-up call) and `peak_rss_mb`.
@@ -34,6 +40,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.model_selection import train_test_split
 
 import tfft
@@ -54,6 +61,20 @@ GENERATION_PROMPTS = [
 
 def prompt(text):
     return f"Review: {text}\nSentiment:"
+
+
+def paired_difference(correct_a, correct_b, resamples=10_000, seed=0):
+    """A minus B on the same texts: gap, bootstrap 95% interval, McNemar p."""
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(a), size=(resamples, len(a)))
+    gaps = (a[draws] - b[draws]).mean(axis=1)
+    only_a, only_b = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
+    p_value = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"gap": round(float(np.mean(a - b)), 4),
+            "ci95": [round(float(q), 4) for q in np.percentile(gaps, [2.5, 97.5])],
+            "only_a_right": only_a, "only_b_right": only_b,
+            "mcnemar_p": float(f"{p_value:.3g}")}
 
 
 def generation_speed(task, batch_size, new_tokens=32):
@@ -98,8 +119,8 @@ def main():
     zero = CausalLMClassifier(lm, TEMPLATE, VERBALIZER, class_names=names,
                               max_input_tokens=args.max_input_tokens)
     predicted = zero.predict(list(test_data.x))
-    results["zero_shot_accuracy"] = round(float(np.mean(
-        [names.index(p) == y for p, y in zip(predicted, test_data.y, strict=True)])), 4)
+    zero_correct = [names.index(p) == y for p, y in zip(predicted, test_data.y, strict=True)]
+    results["zero_shot_accuracy"] = round(float(np.mean(zero_correct)), 4)
     results["zero_shot_seconds"] = round(time.perf_counter() - start, 1)
     print("zero-shot", results["zero_shot_accuracy"], file=sys.stderr, flush=True)
     if not args.skip_few_shot:
@@ -124,12 +145,13 @@ def main():
     test_prompts = [prompt(x) for x in test_data.x]
     answers = np.array([WORDS[names[y]] == "positive" for y in test_data.y])
 
-    def scoring_accuracy():
+    def scoring_correct():
         scores = task.score_completions(test_prompts, [" negative", " positive"],
                                         batch_size=16)
-        return round(float(np.mean((scores.argmax(-1) == 1) == answers)), 4)
+        return (scores.argmax(-1) == 1) == answers
 
-    results["zero_shot_scoring_accuracy"] = scoring_accuracy()  # adapters start at zero
+    zero_scoring_correct = scoring_correct()  # the adapters start at zero
+    results["zero_shot_scoring_accuracy"] = round(float(np.mean(zero_scoring_correct)), 4)
     print("zero-shot scoring", results["zero_shot_scoring_accuracy"], file=sys.stderr,
           flush=True)
     batches = task.make_dataset(examples, batch_size=args.batch_size, shuffle=True, seed=0)
@@ -154,8 +176,13 @@ def main():
     results["lora_macro_f1"] = round(report.metrics["macro_f1"], 4)
     results["lora_unparsed"] = report.metrics["unparsed"]
     results["lora_eval_seconds"] = round(time.perf_counter() - start, 1)
+    lora_correct = report.y_true == report.y_pred
+    results["lora_vs_zero_shot"] = paired_difference(lora_correct, zero_correct)
     print("lora", results["lora_accuracy"], file=sys.stderr, flush=True)
-    results["lora_scoring_accuracy"] = scoring_accuracy()
+    lora_scoring_correct = scoring_correct()
+    results["lora_scoring_accuracy"] = round(float(np.mean(lora_scoring_correct)), 4)
+    results["lora_scoring_vs_zero_shot_scoring"] = paired_difference(lora_scoring_correct,
+                                                                     zero_scoring_correct)
     print("lora scoring", results["lora_scoring_accuracy"], file=sys.stderr, flush=True)
     results["generate_tokens_per_s_batch1"] = round(generation_speed(task, 1), 2)
     results["generate_tokens_per_s_batch8"] = round(generation_speed(task, 8), 2)
