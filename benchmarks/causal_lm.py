@@ -30,7 +30,7 @@ step, tracing included), `generate_tokens_per_s_batch1` and `_batch8`
 (greedy, 32 new tokens per prompt, after a warm-up call) and `peak_rss_mb`.
 Prints one JSON line. The CPU may be shared: times are noisy.
 
-    .venv/bin/python benchmarks/causal_lm.py --train 320 --test 300
+    .venv/bin/python benchmarks/causal_lm.py --train 640 --test 1000 --lora-mlp --learning-rate 1e-3
 """
 
 import argparse
