@@ -183,3 +183,23 @@ def test_every_function_is_documented_and_tested(name):
     assert getattr(_compat, name).__doc__, f"tfft._compat.{name} needs a docstring"
     source = pathlib.Path(__file__).read_text()
     assert f"_compat.{name}(" in source, f"tfft._compat.{name} has no test in {__file__}"
+
+
+def test_write_export_archive_stores_each_variable_once(tmp_path):
+    model = _dense_model()
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model.call,
+                         input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    _compat.write_export_archive(archive, str(tmp_path / "export"))
+    stored = sum(int(np.prod(shape)) for name, shape in
+                 tf.train.list_variables(str(tmp_path / "export" / "variables" / "variables"))
+                 if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    # keras-team/keras#23553: plain `write_out` stores 2 x count_params().
+    assert stored == model.count_params(), broke(
+        "write_export_archive", f"{stored} values stored for {model.count_params()} "
+        "parameters: ExportArchive's `_tf_trackable` variable lists changed")
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    np.testing.assert_allclose(loaded.serve(x).numpy(), model(x).numpy(), rtol=1e-6)
+    assert len(loaded.variables) == len(model.variables)

@@ -179,3 +179,27 @@ def saving_loads_graph_layers_first() -> bool:
     inputs = keras.Input((2,))
     order = saving_load_order(Probe(inputs, keras.layers.Dense(1)(inputs)))
     return bool(order) and order[0] == "layers"
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def write_export_archive(archive, path: str) -> None:
+    """`archive.write_out(path)` with each variable stored once.
+
+    Keras 3 (3.12 to 3.15 at least; keras-team/keras#23553, open) keeps two
+    objects per weight in an `ExportArchive`: the Keras variables `track()`
+    collects (`archive._tf_trackable.variables` and its trainable and
+    non-trainable lists) and the `tf.Variable`s the endpoints capture
+    (`_all_variables`). TensorFlow's checkpoint tells objects apart by
+    identity, so it writes every weight twice: twice the disk, and twice the
+    variable memory in whatever loads the SavedModel (TF Serving included).
+    Swapping the tracked lists for the `tf.Variable`s inside
+    (`variable_value`) makes both lists hold the same objects, stored once.
+    """
+    trackable = archive._tf_trackable
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        tracked = getattr(trackable, name, None)
+        if tracked:
+            setattr(trackable, name, [variable_value(v) for v in tracked])
+    archive.write_out(path, verbose=False)

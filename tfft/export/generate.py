@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft._compat import write_export_archive
 from tfft.models.causal_lm import CausalLMTask
 from tfft.utils.files import private_staging, rename_directory_exclusive, replace_directory
 from tfft.utils.version import __version__
@@ -161,7 +162,7 @@ def export_generate_model(task: CausalLMTask, directory: str, version: int | Non
             plain.tokenizer.build(None)
         archive.track(plain.tokenizer)
         archive.add_endpoint(GENERATE_SIGNATURE, fn)
-        archive.write_out(staging, verbose=False)
+        write_export_archive(archive, staging)
         info = {
             "task": "causal_lm",
             "signature": {"name": GENERATE_SIGNATURE,

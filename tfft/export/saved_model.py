@@ -57,6 +57,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft._compat import write_export_archive
 from tfft.adapt.lora import has_lora, merge_lora
 from tfft.export.generate import export_generate_model
 from tfft.models.causal_lm import CausalLMTask
@@ -473,7 +474,7 @@ def export_saved_model(model: keras.Model, directory: str,
             archive.track(preprocessor)
         for name, (fn, signature) in fns.items():
             archive.add_endpoint(name, fn, input_signature=signature)
-        archive.write_out(staging, verbose=False)
+        write_export_archive(archive, staging)
         signatures = {
             name: {"input": signature[0].name, "dtype": signature[0].dtype.name,
                    "shape": signature[0].shape.as_list()}

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft._compat import write_export_archive
 from tfft.export.saved_model import ExportError
 from tfft.utils.files import write_bytes_atomic
 
@@ -123,7 +124,7 @@ def to_tflite(model: keras.Model, path: str, preprocessor: keras.layers.Layer | 
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serve", serve, input_signature=[spec])
-        archive.write_out(tmp, verbose=False)
+        write_export_archive(archive, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serve"])
         if optimizations:
             converter.optimizations = list(optimizations)
