@@ -332,7 +332,7 @@ def _causal_lm_settings(config, overrides):
     are refused, by name, when the task is not `causal_lm`.
     """
     given = dict(config) if isinstance(config, dict) else {}
-    task = overrides.get("task", given.get("task", getattr(config, "task", None)))
+    task = overrides.get("task", given.get("task", getattr(config, "task", JobConfig.task)))
     found = sorted(k for k in _CAUSAL_LM_ONLY if k in given or k in overrides)
     if not found:
         return config, {}
