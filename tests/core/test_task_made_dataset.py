@@ -15,6 +15,8 @@ def test_predict_on_its_own_image_dataset_preprocesses_once(tiny_cnn):
     np.testing.assert_allclose(task.predict(made, verbose=0), direct, atol=1e-6)
     assert task.make_dataset(made) is made
     labelled = task.make_dataset(images, np.arange(6) % 2, batch_size=3)
+    # tf.data's autotuning thread stalled the end of `fit` (tfft.data.pipeline_options).
+    assert labelled.options().autotune.enabled is False
     loss = task.evaluate(labelled, verbose=0, return_dict=True)["loss"]
     want = task.evaluate(images, np.arange(6) % 2, verbose=0, return_dict=True)["loss"]
     np.testing.assert_allclose(loss, want, rtol=1e-5)

@@ -1,3 +1,5 @@
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -123,13 +125,74 @@ def test_bucketing_pads_each_batch_to_its_longest(tiny_preprocessor, texts):
     assert len(dropped) == sum(1 for _ in dropped) < batches
 
 
+def _lengths(x):
+    return tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1).numpy()
+
+
+def test_sorted_pools_batch_each_pool_in_length_order(tiny_preprocessor, texts):
+    data = td.LabeledData(texts, np.arange(len(texts)), [])
+    # Pools of 2 batches of 4: the first pool is examples 0-7, whose token
+    # lengths are 6, 3, 15, 3, 12, 4, 6, 6.
+    dataset = td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                                   bucketing=True, pool_batches=2)
+    batches = [(x, y.numpy()) for x, y in dataset]
+    assert [sorted(y.tolist()) for _, y in batches[:2]] == [[0, 1, 3, 5], [2, 4, 6, 7]]
+    for x, _ in batches:
+        lengths = _lengths(x)
+        assert x["token_ids"].shape[1] == lengths.max()
+        assert x["segment_ids"].shape == x["token_ids"].shape
+    assert sorted(np.concatenate([y for _, y in batches]).tolist()) == list(range(len(texts)))
+    assert len(dataset) == len(batches) == 6
+    dropped = td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                                   bucketing=True, drop_remainder=True)
+    assert len(dropped) == sum(1 for _ in dropped) == 5
+
+
+def test_sorted_pools_reshuffle_and_keep_batches_of_near_equal_length(tiny_preprocessor,
+                                                                       texts):
+    data = td.LabeledData(texts, np.arange(len(texts)), [])
+    # One pool holds every example: the batches cut its length order into runs.
+    dataset = td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
+                                   bucketing=True, shuffle=True, seed=3, pool_batches=8)
+    epochs = []
+    for _ in range(2):
+        ranges, labels = [], []
+        for x, y in dataset:
+            lengths = _lengths(x)
+            ranges.append((lengths.min(), lengths.max()))
+            labels.extend(y.numpy().tolist())
+        ranges.sort()
+        assert all(high <= low for (_, high), (low, _) in itertools.pairwise(ranges))
+        assert sorted(labels) == list(range(len(texts)))
+        epochs.append(labels)
+    assert epochs[0] != epochs[1]
+    with pytest.raises(ValueError, match="pool_batches"):
+        td.make_text_dataset(data, preprocessor=tiny_preprocessor, bucketing=True,
+                             pool_batches=0)
+
+
+def test_training_datasets_run_without_the_autotuning_thread(tiny_preprocessor, texts):
+    """tf.data's autotuning thread stalled the end of `fit` (see `pipeline_options`)."""
+    data = td.LabeledData(texts, np.arange(len(texts)) % 2, ["a", "b"])
+    made = [
+        td.make_dataset(data, preprocess=tiny_preprocessor),
+        td.make_text_dataset(data, preprocessor=tiny_preprocessor, bucketing=True),
+        td.make_text_dataset(data, preprocessor=tiny_preprocessor, bucketing=True,
+                             bucket_boundaries=[4, 8]),
+    ]
+    for dataset in made:
+        assert dataset.options().autotune.enabled is False
+        assert dataset.options().deterministic is True
+
+
 class MaskedMean(keras.layers.Layer):
     def call(self, sequence, mask):
         mask = keras.ops.cast(mask, sequence.dtype)[..., None]
         return keras.ops.sum(sequence * mask, axis=1) / keras.ops.sum(mask, axis=1)
 
 
-def test_bucketing_predictions_equal_fixed_length(tiny_preprocessor, texts, vocab):
+@pytest.mark.parametrize("boundaries", [None, [4, 8]], ids=["sorted_pools", "buckets"])
+def test_bucketing_predictions_equal_fixed_length(tiny_preprocessor, texts, vocab, boundaries):
     import keras_hub
 
     keras.utils.set_random_seed(0)
@@ -160,7 +223,8 @@ def test_bucketing_predictions_equal_fixed_length(tiny_preprocessor, texts, voca
         td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4))
     bucketed, bucket_widths = predictions(
         td.make_text_dataset(data, preprocessor=tiny_preprocessor, batch_size=4,
-                             bucketing=True, bucket_boundaries=[4, 8], shuffle=True))
+                             bucketing=True, bucket_boundaries=boundaries, shuffle=True,
+                             pool_batches=2))
     assert fixed_widths == {24} and max(bucket_widths) < 24 and len(bucket_widths) > 1
     np.testing.assert_allclose(bucketed, fixed, atol=1e-5)
     assert np.abs(fixed).max() > 1e-3  # the comparison is not between zeros

@@ -25,6 +25,7 @@ from tfft.data.pipeline import (
     default_bucket_boundaries,
     make_dataset,
     make_text_dataset,
+    pipeline_options,
 )
 from tfft.data.sources import DatasetUnavailableError, load
 from tfft.data.splits import split_data, stratified_split
@@ -67,6 +68,7 @@ __all__ = [
     "make_scenes",
     "make_text_dataset",
     "multi_hot",
+    "pipeline_options",
     "segmentation_dataset",
     "select_classes",
     "split_data",

@@ -27,6 +27,7 @@ from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_free
 from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
 from tfft.training.tracing import build_for_training
+from tfft.utils.tfdata import pipeline_options
 
 DEFAULT_BATCH_SIZE = 32
 # Datasets `Task.make_dataset` returned: already preprocessed, so passing one back to
@@ -248,7 +249,9 @@ class Task(keras.Model):
                 x, None if y is None else np.asarray(y),
                 None if sample_weight is None else np.asarray(sample_weight),
             )
-            dataset = tf.data.Dataset.from_tensor_slices(packed)
+            dataset = tf.data.Dataset.from_tensor_slices(packed).with_options(
+                pipeline_options()
+            )
             if shuffle:
                 size = len(next(iter(tf.nest.flatten(x))))
                 dataset = dataset.shuffle(size, seed=seed, reshuffle_each_iteration=True)
