@@ -130,6 +130,31 @@ def test_mixed_precision_policy_and_float32_outputs(text_batch):
         tfft.set_mixed_precision("fp8")
 
 
+def test_auto_mixed_precision_on_a_cpu_follows_its_bfloat16_support(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from tfft.training import presets
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("auto picks mixed_float16 on a GPU")
+    native = tmp_path / "zen4"
+    native.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    plain = tmp_path / "skylake"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert presets.cpu_has_native_bfloat16(str(native))
+    assert not presets.cpu_has_native_bfloat16(str(plain))
+    assert not presets.cpu_has_native_bfloat16(str(tmp_path / "missing"))
+    read = presets.cpu_has_native_bfloat16
+    try:
+        for path, expected in ((plain, "float32"), (native, "mixed_bfloat16")):
+            monkeypatch.setattr(presets, "cpu_has_native_bfloat16",
+                                lambda path=str(path): read(path))
+            assert tfft.set_mixed_precision("auto") == expected
+            assert keras.mixed_precision.global_policy().name == expected
+    finally:
+        tfft.set_mixed_precision("float32")
+
+
 def test_auto_preset_for_gradual_unfreezing_is_the_backbone_family(tiny_bert, tiny_cnn):
     text = tfft.build_model(tiny_bert, num_classes=3, freeze="gradual", total_steps=10)
     assert isinstance(text.optimizer, keras.optimizers.AdamW)

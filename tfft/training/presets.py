@@ -318,12 +318,34 @@ def _find_backbone(model):
     return None
 
 
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    Reads the Linux CPU flags; False where they cannot be read. Without these
+    instructions bfloat16 is emulated and slower than float32.
+
+    Args:
+        cpuinfo: str. Path of the CPU description. Defaults to `/proc/cpuinfo`.
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        return False
+    return False
+
+
 def set_mixed_precision(mode: str | None = "auto") -> str:
     """Sets Keras' global dtype policy before a model is built.
 
     Args:
-        mode: str. `"auto"` (`mixed_float16` on a GPU, `mixed_bfloat16` on
-            CPU or TPU), `"mixed_bfloat16"`, `"mixed_float16"`, `"float32"`.
+        mode: str. `"auto"` (`mixed_float16` on a GPU, `mixed_bfloat16` on a
+            TPU or on a CPU with native bfloat16 (`cpu_has_native_bfloat16`),
+            `float32` on other CPUs), `"mixed_bfloat16"`, `"mixed_float16"`,
+            `"float32"`.
 
     Returns:
         The policy name set.
@@ -336,6 +358,11 @@ def set_mixed_precision(mode: str | None = "auto") -> str:
     if mode == "auto":
         import tensorflow as tf
 
-        mode = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+        if tf.config.list_physical_devices("GPU"):
+            mode = "mixed_float16"
+        elif tf.config.list_logical_devices("TPU") or cpu_has_native_bfloat16():
+            mode = "mixed_bfloat16"
+        else:
+            mode = "float32"
     keras.mixed_precision.set_global_policy(mode or "float32")
     return mode or "float32"
