@@ -92,6 +92,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bucket-boundaries", action="store_true",
+                        help="Fixed length buckets (td.default_bucket_boundaries(128)) instead "
+                        "of make_text_dataset's default length-sorted pools.")
     add_distribution_args(parser)
     args = parser.parse_args()
     strategy, settings = setup_distribution(args)
@@ -115,6 +118,8 @@ def main():
     for name, bucketing in (("fixed_128", False), ("bucketed", True)):
         make = dict(preprocessor=backbone.preprocessor, batch_size=args.batch_size,
                     bucketing=bucketing)
+        if bucketing and args.bucket_boundaries:
+            make["bucket_boundaries"] = td.default_bucket_boundaries(128)
         # Each run trains its own copy of the backbone, from the same weights.
         with strategy.scope():
             own = tfft.load_backbone("minilm", sequence_length=128)
@@ -146,6 +151,7 @@ def main():
         "train_examples": len(train),
         "test_examples": len(test),
         "batch_size": args.batch_size,
+        "batching": "bucket_boundaries" if args.bucket_boundaries else "sorted_pools",
         "epochs": 1,
         **settings,
         "median_tokens": float(np.median(lengths)),

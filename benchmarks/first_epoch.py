@@ -20,6 +20,8 @@ through `Task.fit`, timed part by part:
   `new_width_extra_s`: what first meetings cost in total over a seen step.
 - `first_epoch_extra_s`: epoch 1 minus epoch 2.
 - `input_wait_s`: per epoch, time the training loop waited for a batch.
+- `padding_ratio`: token positions the model computed (batch x width,
+  summed) over real tokens.
 - `fit_outside_steps_s`: per epoch, `fit` called -> its epoch began, `fit`
   called -> `on_train_begin`, and last batch -> `fit` returned.
 
@@ -32,7 +34,8 @@ what it gives back per step. `--xla on` compiles the step with XLA.
 Prints one JSON line. The CPU may be shared: `load_average_1m` is printed.
 
     .venv/bin/python benchmarks/first_epoch.py [--train 2048] [--grappler default]
-        [--optimizer fused] [--xla off] [--seed 0] [--trace-first]
+        [--optimizer fused] [--xla off] [--mixed-precision off] [--seed 0]
+        [--trace-first] [--bucket-boundaries]
 """
 
 import argparse
@@ -60,8 +63,10 @@ MAX_LENGTH = 128
 class StepClock(keras.callbacks.Callback):
     """Wall time of every training batch, and the gaps between batches."""
 
-    def __init__(self):
+    def __init__(self, batch_shape, batch_tokens):
         super().__init__()
+        self.batch_shape, self.batch_tokens = batch_shape, batch_tokens
+        self.shapes, self.real_tokens = [], []
         self.steps, self.gaps = [], []
         self._begin = self._end = None
         self.fit_called = self.train_begin = self.epoch_begin = self.train_end = None
@@ -93,6 +98,9 @@ class StepClock(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._end = time.perf_counter()
         self.steps[-1].append(self._end - self._begin)
+        self.shapes.append(tuple(int(v) for v in self.batch_shape.numpy()))
+        self.real_tokens.append(int(self.batch_tokens.numpy()))
+        self._end = time.perf_counter()  # reading the variables is not the step's time
 
 
 def load_texts(train, seed):
@@ -112,11 +120,19 @@ def main():
     parser.add_argument("--xla", choices=("on", "off"), default="off")
     parser.add_argument("--optimizer", choices=("fused", "keras"), default="fused",
                         help="tfft.training.FusedAdamW or keras.optimizers.AdamW.")
+    parser.add_argument("--mixed-precision", choices=("on", "off"), default="off",
+                        help="on: Keras' mixed_bfloat16 policy (bfloat16 compute, "
+                        "float32 weights).")
+    parser.add_argument("--bucket-boundaries", action="store_true",
+                        help="Fixed length buckets (default_bucket_boundaries) instead of "
+                        "sorted pools.")
     parser.add_argument("--trace-first", action="store_true",
                         help="Trace a copy of the train step before fit, to time tracing alone.")
     args = parser.parse_args()
     if args.grappler == "off":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    if args.mixed_precision == "on":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     texts, labels = load_texts(args.train, args.seed)
 
     keras.utils.set_random_seed(args.seed)
@@ -127,17 +143,13 @@ def main():
     task.compile(optimizer=optimizer,
                  loss="sparse_categorical_crossentropy", jit_compile=args.xla == "on")
 
-    shapes = []
-
-    def record(features, label):
-        shape = tf.shape(features["token_ids"])
-        tf.py_function(lambda s: shapes.append(tuple(s.numpy())), [shape], [])
-        return features, label
 
     start = time.perf_counter()
     dataset = td.make_text_dataset((texts, labels), preprocessor=task.preprocessor,
                                    batch_size=args.batch_size, bucketing=True, shuffle=True,
-                                   seed=args.seed).map(record)
+                                   seed=args.seed, bucket_boundaries=(
+                                       td.default_bucket_boundaries(MAX_LENGTH)
+                                       if args.bucket_boundaries else None))
     dataset_s = time.perf_counter() - start
     tfft.training.build_for_training(task, dataset.element_spec)
 
@@ -151,12 +163,20 @@ def main():
     traces = []
     step = task.train_step
 
+    # Each step writes its batch's shape and real token count into variables
+    # the callback reads after the step.
+    batch_shape = tf.Variable([0, 0], dtype=tf.int32, trainable=False)
+    batch_tokens = tf.Variable(0, dtype=tf.int32, trainable=False)
+
     def counted(data):
         traces.append(time.perf_counter())
+        features = data[0]
+        batch_shape.assign(tf.shape(features["token_ids"]))
+        batch_tokens.assign(tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32)))
         return step(data)
 
     task.train_step = counted
-    clock = StepClock()
+    clock = StepClock(batch_shape, batch_tokens)
     epoch_s = []
     for epoch in range(2):
         start = time.perf_counter()
@@ -164,7 +184,7 @@ def main():
         epoch_s.append(time.perf_counter() - start)
     epoch_s[0] += dataset_s
 
-    # Step i of the run used shapes[i] (the dataset's order is deterministic).
+    shapes, real_tokens = clock.shapes, clock.real_tokens
     flat_steps = clock.steps[0] + clock.steps[1]
     seen, new, repeat = set(), [], []
     for i, (shape, seconds) in enumerate(zip(shapes, flat_steps, strict=False)):
@@ -195,12 +215,16 @@ def main():
         "first_epoch_extra_s": round(epoch_s[0] - epoch_s[1], 2),
         "steps_per_epoch": [len(s) for s in clock.steps],
         "distinct_shapes": [len(set(shapes[:len(clock.steps[0])])), len(set(shapes))],
+        # Token positions computed over real tokens, both epochs.
+        "padding_ratio": round(sum(b * w for b, w in shapes) / sum(real_tokens), 3),
         "new_shapes_after_first_step": len(new),
         "new_width_step_s": None if new_median is None else round(new_median, 4),
         "seen_width_step_s": None if seen_median is None else round(seen_median, 4),
         "new_width_extra_s": (None if new_median is None or seen_median is None
                               else round(float(np.sum(new)) - seen_median * len(new), 2)),
         "step_sum_s": [round(sum(s), 2) for s in clock.steps],
+        "mixed_precision": args.mixed_precision == "on",
+        "batching": "bucket_boundaries" if args.bucket_boundaries else "sorted_pools",
         "input_wait_s": [round(sum(g), 2) for g in clock.gaps],
         # Per epoch: fit called -> on_epoch_begin, fit called -> on_train_begin,
         # last batch -> fit returned.

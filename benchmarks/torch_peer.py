@@ -8,10 +8,15 @@ TensorFlow: with both frameworks in one process the peer crashed (PyTorch
 `train` (one epoch, its seconds) or `predict` (test accuracy).
 
     python benchmarks/torch_peer.py --split SPLIT.npz --model-dir DIR
-        [--batch-size 32] [--seed 0]
+        [--batch-size 32] [--seed 0] [--precision fp32]
+
+`--precision bf16` runs the forward passes under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (float32 weights and
+optimizer, as Hugging Face's Trainer does with `bf16=True` on a CPU).
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -38,9 +43,10 @@ def _import_peer():
 class Peer:
     """MiniLM + masked mean + Linear in PyTorch + transformers, dynamic padding."""
 
-    def __init__(self, model_dir, num_classes, batch_size, seed):
+    def __init__(self, model_dir, num_classes, batch_size, seed, precision="fp32"):
         torch, transformers = _import_peer()
         self.torch = torch
+        self.precision = precision
         torch.manual_seed(seed)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.encoder = transformers.AutoModel.from_pretrained(model_dir)
@@ -52,13 +58,19 @@ class Peer:
         self.rng = np.random.default_rng(seed)
         self.batches = None
 
+    def _autocast(self):
+        if self.precision == "bf16":
+            return self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _logits(self, texts):
         encoded = self.tokenizer(list(texts), padding=True, truncation=True,
                                  max_length=MAX_LENGTH, return_tensors="pt")
-        sequence = self.encoder(**encoded).last_hidden_state
-        mask = encoded["attention_mask"].unsqueeze(-1).to(sequence.dtype)
-        pooled = (sequence * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
+        with self._autocast():
+            sequence = self.encoder(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(sequence.dtype)
+            pooled = (sequence * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return self.head(self.dropout(pooled)).float()
 
     def train_epoch(self, texts, labels):
         if self.batches is None:
@@ -97,11 +109,13 @@ def main():
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
     with np.load(args.split, allow_pickle=False) as split:
         train_x, train_y = split["train_x"].astype(object), split["train_y"]
         test_x, test_y = split["test_x"].astype(object), split["test_y"]
-    peer = Peer(args.model_dir, int(train_y.max()) + 1, args.batch_size, args.seed)
+    peer = Peer(args.model_dir, int(train_y.max()) + 1, args.batch_size, args.seed,
+                args.precision)
     for line in sys.stdin:
         if line.strip() == "train":
             start = time.perf_counter()

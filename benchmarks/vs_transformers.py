@@ -14,7 +14,13 @@ epochs. Texts longer than 128 tokens are cut to 128 on both sides.
 - tfft goes through its public API only: `tfft.build_model`, `Task.compile`
   with `tfft.training.FusedAdamW` (Keras' AdamW math, one fused kernel per
   variable; `--optimizer keras` uses `keras.optimizers.AdamW`),
-  `tfft.data.make_text_dataset(bucketing=True)` and `Task.fit`.
+  `tfft.data.make_text_dataset(bucketing=True)` (length-sorted pools of 32
+  batches, each batch padded to its longest) and `Task.fit`.
+- Precision: `--mixed-precision auto` (`bench_common`) trains tfft's side in
+  `mixed_bfloat16` on a CPU with native bfloat16 (AVX512-BF16/AMX) and in
+  float32 on others; the peer runs in float32 unless `--peer-precision bf16`
+  (PyTorch's bfloat16 autocast), so both settings can be compared like for
+  like.
 
 The peer runs in a child process (sharing no thread pools with TensorFlow);
 the two sides alternate whole epochs (peer epoch 1, tfft epoch 1, peer
@@ -36,6 +42,7 @@ tfft itself never imports them.
 
     .venv/bin/python benchmarks/vs_transformers.py [--train 2048] [--test 1024]
         [--epochs 2] [--seed 0] [--seeds 0,1,2] [--optimizer fused] [--distribution auto]
+        [--mixed-precision auto] [--peer-precision fp32]
 """
 
 import argparse
@@ -56,7 +63,7 @@ from sklearn.model_selection import train_test_split
 
 import tfft.data as td
 from tfft.assets import asset_path
-from bench_common import add_distribution_args, setup_distribution
+from bench_common import add_distribution_args, read_json_line, setup_distribution
 
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
@@ -126,7 +133,8 @@ class PeerProcess:
         command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                 "torch_peer.py"),
                    "--split", split_path, "--model-dir", asset_path("minilm"),
-                   "--batch-size", str(args.batch_size), "--seed", str(seed)]
+                   "--batch-size", str(args.batch_size), "--seed", str(seed),
+                   "--precision", args.peer_precision]
         # transformers 4.x would otherwise import TensorFlow too, when installed.
         env = {**os.environ, "USE_TF": "0", "USE_TORCH": "1"}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE,
@@ -135,12 +143,7 @@ class PeerProcess:
     def _ask(self, command):
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
-        while True:
-            line = self.process.stdout.readline()
-            if not line:
-                raise RuntimeError(f"The peer process ended (exit code {self.process.wait()}).")
-            if line.startswith("{"):
-                return json.loads(line)
+        return read_json_line(self.process)
 
     def train_epoch(self):
         return self._ask("train")["seconds"]
@@ -194,6 +197,9 @@ def main():
     parser.add_argument("--optimizer", choices=("fused", "keras"), default="fused",
                         help="tfft's side: tfft.training.FusedAdamW (default) or "
                         "keras.optimizers.AdamW (the same math, a larger graph).")
+    parser.add_argument("--peer-precision", choices=("fp32", "bf16"), default="fp32",
+                        help="The peer's forward pass: float32 (default) or bfloat16 "
+                        "autocast (what --mixed-precision is on tfft's side).")
     add_distribution_args(parser)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
@@ -235,6 +241,7 @@ def main():
         "epochs": args.epochs,
         **settings,
         "optimizer": "FusedAdamW" if args.optimizer == "fused" else "AdamW",
+        "peer_precision": args.peer_precision,
         "seeds": seeds,
         **_ratios(total, args.epochs),
         "tfft_accuracy": round(float(np.mean(tfft_acc)), 4),
