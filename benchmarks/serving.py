@@ -23,6 +23,10 @@ the same short (8-word) and long (about 120-word) text, alternating blocks
 of calls so load falls on both alike; `p50_ratio_saved_model_over_peer`
 below 1 means the export is faster.
 
+`vs_peer` also times the same model exported with
+`export_saved_model(..., jit_compile=True)` (its model part compiled by XLA;
+`xla_saved_model_p50_ms`, after warm-up calls that compile the request's shape).
+
 `--mixed-precision` defaults to off here (on, the model trains and is
 exported in bfloat16): the figures are for a float32 export.
 
@@ -107,24 +111,27 @@ def start_peer(model, folder):
     return ServingPeer(model, folder)
 
 
-def paired_p50(saved_model_fn, peer, text, requests, rounds=4, warmup=5):
-    """Single-request p50 (ms) of the export and of the peer on `text`.
+def paired_p50(exports, peer, text, requests, rounds=4, warmup=5):
+    """Single-request p50 (ms) of each export and of the peer on `text`.
 
-    The two alternate in `rounds` blocks of `requests / rounds` calls, each
-    timed in its own process while the other waits, so load from other
-    processes falls on both alike.
+    `exports` maps names to serving functions. Each round times
+    `requests / rounds` calls of the peer (in its own process, while this
+    one waits), then of each export, so load from other processes falls on
+    all alike.
     """
-    for _ in range(warmup):
-        saved_model_fn([text])
-    seconds = {"saved_model": [], "peer": []}
+    for fn in exports.values():
+        for _ in range(warmup):
+            fn([text])
+    seconds = {name: [] for name in [*exports, "peer"]}
     answer = None
     for _ in range(rounds):
         answer = peer.time(text, requests // rounds)
         seconds["peer"].extend(answer["seconds"])
-        for _ in range(requests // rounds):
-            t0 = time.perf_counter()
-            saved_model_fn([text])
-            seconds["saved_model"].append(time.perf_counter() - t0)
+        for name, fn in exports.items():
+            for _ in range(requests // rounds):
+                t0 = time.perf_counter()
+                fn([text])
+                seconds[name].append(time.perf_counter() - t0)
     p50 = {name: round(float(np.percentile(np.array(s) * 1000, 50)), 2)
            for name, s in seconds.items()}
     return p50, answer
@@ -185,6 +192,14 @@ def main():
         def saved_model_fn(texts):
             return serve(tf.constant(texts))["probabilities"].numpy()
 
+        # The same model exported with its model part compiled by XLA.
+        xla_path = tfft.export_saved_model(model, os.path.join(tmp, "export_xla"),
+                                           jit_compile=True)
+        serve_xla = tf.saved_model.load(xla_path).signatures["serving_default"]
+
+        def xla_saved_model_fn(texts):
+            return serve_xla(tf.constant(texts))["probabilities"].numpy()
+
         def keras_fn(texts):
             return np.asarray(model(pre(tf.constant(texts)), training=False))
 
@@ -215,7 +230,9 @@ def main():
         else:
             result["vs_peer"] = {}
             for name, text in (("short", SHORT_TEXT), ("long", long_text(texts))):
-                p50, answer = paired_p50(saved_model_fn, peer, text, args.peer_requests)
+                p50, answer = paired_p50(
+                    {"saved_model": saved_model_fn, "xla": xla_saved_model_fn}, peer, text,
+                    args.peer_requests)
                 result["vs_peer"][name] = {
                     "words": len(text.split()),
                     "tokens": answer["tokens"],
@@ -225,6 +242,10 @@ def main():
                         p50["saved_model"] / p50["peer"], 3),
                     "max_abs_diff_probabilities": float(np.max(np.abs(
                         saved_model_fn([text]) - np.array(answer["probabilities"])))),
+                    "xla_saved_model_p50_ms": p50["xla"],
+                    "p50_ratio_xla_saved_model_over_peer": round(p50["xla"] / p50["peer"], 3),
+                    "xla_max_abs_diff_probabilities": float(np.max(np.abs(
+                        xla_saved_model_fn([text]) - saved_model_fn([text])))),
                 }
             peer.close()
     sm, km = result["saved_model"], result["keras_in_memory"]

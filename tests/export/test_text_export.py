@@ -216,3 +216,37 @@ def test_trim_to_longest_keeps_every_unpadded_token(tiny_text_preprocessor, text
         assert not np.any(np.asarray(features["padding_mask"])[:, longest:])
     empty = saved_model.trim_to_longest(tiny_text_preprocessor(tf.constant([""])))
     assert empty["token_ids"].shape[1] >= 1
+    # Rounded up to a multiple (for XLA), never past the padded width (16 here).
+    rounded = saved_model.trim_to_longest(features, multiple=8)
+    assert rounded["token_ids"].shape[1] == min(16, -(-longest // 8) * 8)
+    np.testing.assert_array_equal(rounded["token_ids"],
+                                  features["token_ids"][:, :rounded["token_ids"].shape[1]])
+    assert saved_model.trim_to_longest(features, multiple=64)["token_ids"].shape[1] == 16
+
+
+def _xla_functions(signature):
+    """Names of the functions in a loaded signature's graph marked for XLA."""
+    graph = signature.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    marked = [f.signature.name for f in graph.library.function
+              if f.attr.get("_XlaMustCompile") is not None and f.attr["_XlaMustCompile"].b]
+    marked += [n.name for n in nodes
+               if n.attr.get("_XlaMustCompile") is not None and n.attr["_XlaMustCompile"].b]
+    return marked
+
+
+def test_jit_compiled_export_serves_the_same_outputs(make_text_model, tmp_path, texts):
+    model = make_text_model()
+    # Verified against the in-memory model in a fresh process inside.
+    path = export_saved_model(model, str(tmp_path / "xla"), class_names=CLASSES,
+                              sample_inputs=["the bank", "film award"], jit_compile=True)
+    got = tfft_export.load_serving_outputs_in_fresh_process(path, texts)
+    want = expected_probabilities(model, texts)
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)
+    assert list(got["class_names"]) == [CLASSES[i] for i in want.argmax(-1)]
+    assert tfft_export.read_metadata(path)["jit_compile"] is True
+    assert _xla_functions(tf.saved_model.load(path).signatures["serving_default"])
+    plain = export_saved_model(model, str(tmp_path / "plain"), class_names=CLASSES,
+                               verify=False)
+    assert tfft_export.read_metadata(plain)["jit_compile"] is False
+    assert not _xla_functions(tf.saved_model.load(plain).signatures["serving_default"])
