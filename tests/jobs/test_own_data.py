@@ -113,3 +113,19 @@ def test_run_dirs_written_before_own_data_still_resume(tmp_path):
                                       backbone="keras_hub:all_minilm_l6_v2"))
     with pytest.raises(ConfigError, match="data, dataset differ"):
         RunState(str(tmp_path), JobConfig(epochs=2, data="mine.csv"))
+
+
+def test_export_jit_compile_setting_and_flag():
+    import argparse
+
+    from tfft.jobs import cli as job_cli
+    from tfft.jobs.config import ConfigError, JobConfig
+
+    assert JobConfig.from_dict({"export_jit_compile": True}).export_jit_compile is True
+    assert JobConfig().export_jit_compile is False
+    with pytest.raises(ConfigError, match="export_jit_compile"):
+        JobConfig.from_dict({"export_jit_compile": "yes"})
+    parser = argparse.ArgumentParser()
+    job_cli.add_parser(parser.add_subparsers())
+    assert parser.parse_args(["finetune", "--export-jit-compile"]).export_jit_compile is True
+    assert parser.parse_args(["finetune"]).export_jit_compile is False

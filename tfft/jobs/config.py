@@ -91,6 +91,9 @@ class JobConfig:
         export_dir: str. Model directory; the version goes below it (None
             skips the export; `"auto"`, the default:
             `saved_models/<data name>_<backbone name>`).
+        export_jit_compile: bool. Compile the export's model part with XLA
+            (`export_saved_model(jit_compile=True)`): faster single requests
+            on CPU, about 1 s of compilation per new request shape.
         run_dir: str. Where the report, logs and checkpoints go. Defaults to
             `runs/<date>-<time>-<microseconds>`, created exclusively (unique).
         feature_cache: bool. Train the head on cached backbone features.
@@ -149,6 +152,7 @@ class JobConfig:
     seed: int = 0
     max_examples: int | None = None
     export_dir: str | None = AUTO
+    export_jit_compile: bool = False
     run_dir: str | None = None
     feature_cache: bool = True
     method: str = "fine_tune"
@@ -437,6 +441,7 @@ _FIELD_RULES = {
     "seed": ("int", 0),
     "max_examples": ("optional_int", None),
     "export_dir": ("optional_str", None),
+    "export_jit_compile": ("bool", None),
     "run_dir": ("optional_str", None),
     "feature_cache": ("bool", None),
     "method": ("str", None),

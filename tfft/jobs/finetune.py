@@ -281,6 +281,7 @@ def run_job(config: JobConfig | dict | None = None, verbose: str | int = "auto",
             model, export_dir, preprocessor=backbone.preprocessor,
             class_names=class_names, task=config.task, modality=modality,
             sample_inputs=_export_samples(test.x, modality), threshold=config.threshold,
+            jit_compile=config.export_jit_compile,
             metadata={
                 "backbone_spec": backbone_spec, "dataset": data.name, "data": data_info,
                 "split": {"seed": config.seed, "val_fraction": config.val_fraction,
