@@ -151,6 +151,11 @@ def test_auto_mixed_precision_on_a_cpu_follows_its_bfloat16_support(tmp_path, mo
                                 lambda path=str(path): read(path))
             assert tfft.set_mixed_precision("auto") == expected
             assert keras.mixed_precision.global_policy().name == expected
+        # A named TPU keeps bfloat16 whatever its host CPU has (before the TPU
+        # system starts TensorFlow lists no TPU devices).
+        monkeypatch.setattr(presets, "cpu_has_native_bfloat16", lambda: read(str(plain)))
+        monkeypatch.setenv("TPU_NAME", "local")
+        assert tfft.set_mixed_precision("auto") == "mixed_bfloat16"
     finally:
         tfft.set_mixed_precision("float32")
 

@@ -424,8 +424,8 @@ def export_saved_model(model: keras.Model, directory: str,
             metadata. Defaults to 0.5.
         jit_compile: bool. Run the model part of each request through XLA
             (the tokenizer and image decoding stay outside). On CPU this cuts
-            TensorFlow's per-op overhead (MiniLM, one 8-word request: 7.4 ms
-            instead of 9.3 ms, `benchmarks/serving.py`), but XLA compiles
+            TensorFlow's per-op overhead (MiniLM, one 8-word request: 6.7 ms
+            instead of 9.4 ms, `benchmarks/serving.py`), but XLA compiles
             about 1 s per new request shape, so text widths are rounded up
             to multiples of `XLA_WIDTH_MULTIPLE` (16): at most
             `sequence_length / 16` compilations per batch size, each paid by

@@ -338,6 +338,14 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
+def _on_tpu(tf) -> bool:
+    """A TPU is attached or named (before the TPU system starts, it lists no devices)."""
+    import os
+
+    return bool(tf.config.list_logical_devices("TPU") or tf.config.list_physical_devices("TPU")
+                or os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"))
+
+
 def set_mixed_precision(mode: str | None = "auto") -> str:
     """Sets Keras' global dtype policy before a model is built.
 
@@ -360,7 +368,7 @@ def set_mixed_precision(mode: str | None = "auto") -> str:
 
         if tf.config.list_physical_devices("GPU"):
             mode = "mixed_float16"
-        elif tf.config.list_logical_devices("TPU") or cpu_has_native_bfloat16():
+        elif _on_tpu(tf) or cpu_has_native_bfloat16():
             mode = "mixed_bfloat16"
         else:
             mode = "float32"
