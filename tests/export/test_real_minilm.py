@@ -25,8 +25,10 @@ def test_minilm_cached_head_then_serving_export(minilm, bbc, tmp_path):
                                        make_dataset=make_ds, epochs=2, batch_size=16,
                                        directory=str(tmp_path / "cache"), verbose=0)
     assert history.cache_hits == (False, False)
+    # The XLA-compiled export (the default one is the main job's, tests/jobs); verified
+    # against the in-memory model in a fresh process inside.
     path = export_saved_model(model, str(tmp_path / "bbc"), class_names=bbc.class_names,
-                  sample_inputs=[str(t) for t in x[30:34]])  # verified in a fresh process
+                              sample_inputs=[str(t) for t in x[30:34]], jit_compile=True)
     serve = tf.saved_model.load(path).signatures["serving_default"]
     texts = [str(t)[:500] for t in x[34:]]
     got = serve(tf.constant(texts))
@@ -37,3 +39,4 @@ def test_minilm_cached_head_then_serving_export(minilm, bbc, tmp_path):
     meta = read_metadata(path)
     assert meta["backbone"]["spec"] == "keras_hub:all_minilm_l6_v2"
     assert meta["preprocessing"]["sequence_length"] == 64
+    assert meta["jit_compile"] is True
