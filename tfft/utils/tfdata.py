@@ -10,9 +10,9 @@ def pipeline_options(deterministic: bool = True) -> tf.data.Options:
 
     tf.data's autotuning is off: its model thread made deleting an iterator
     that had run for an epoch wait for the thread's next wake-up, up to 25 s
-    (seen in `fit`'s return in 6 of 10 MiniLM runs of
-    `benchmarks/first_epoch.py` on 2 CPU cores; none in 10 with it off, at the
-    same step times). `AUTOTUNE` parallelism then means one call per CPU
+    (seen at `fit`'s return in 10 of 15 two-epoch MiniLM runs of
+    `benchmarks/first_epoch.py` on 2 CPU cores; none in 5 runs with it off, at
+    the same step times). `AUTOTUNE` parallelism then means one call per CPU
     core, and prefetch buffers still size themselves.
 
     Args:
