@@ -35,6 +35,7 @@ exported in bfloat16): the figures are for a float32 export.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -102,11 +103,11 @@ class ServingPeer:
 
 
 def start_peer(model, folder):
-    """A `ServingPeer`, or None without the `bench` extra."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
+    """A `ServingPeer`, or None without the `bench` extra.
+
+    Looked up, not imported: PyTorch stays out of this TensorFlow process.
+    """
+    if any(importlib.util.find_spec(name) is None for name in ("torch", "transformers")):
         return None
     return ServingPeer(model, folder)
 

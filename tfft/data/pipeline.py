@@ -24,7 +24,7 @@ import tensorflow as tf
 from tfft.backbones import Backbone, load_backbone
 from tfft.data.datasets import LabeledData
 from tfft.utils.checks import check_int
-from tfft.utils.tfdata import pipeline_options
+from tfft.utils.tfdata import pipeline_options, trim_to_longest
 
 AUTOTUNE = tf.data.AUTOTUNE
 _BOUNDARY_STEPS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -304,18 +304,7 @@ def _sort_pool(features, label):
 
 def _trim_batch(features, label):
     """Cuts a batch's sequence features to its longest unpadded example."""
-    mask = features["padding_mask"]
-    longest = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=1))
-    longest = tf.maximum(longest, 1)
-    width = tf.shape(mask)[1]
-
-    def cut(value):
-        if value.shape.rank != 2:
-            return value
-        return tf.cond(tf.equal(tf.shape(value)[1], width), lambda: value[:, :longest],
-                       lambda: value)
-
-    return {k: cut(v) for k, v in features.items()}, label
+    return trim_to_longest(features), label
 
 
 def make_text_dataset(

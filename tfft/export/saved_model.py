@@ -66,6 +66,7 @@ from tfft.utils.files import (
     rename_directory_exclusive,
     replace_directory,
 )
+from tfft.utils.tfdata import trim_to_longest
 from tfft.utils.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -253,47 +254,6 @@ def _takes_any_length(model):
     if not inputs:
         return False
     return all(len(x.shape) != 2 or x.shape[1] is None for x in tf.nest.flatten(inputs))
-
-
-def trim_to_longest(features: Any, multiple: int = 1) -> Any:
-    """Cuts a padded text batch to its longest sequence (at least 1 token).
-
-    A text preprocessor pads every request to its fixed `sequence_length`
-    (128 for MiniLM); a short request then pays for 128 tokens of attention
-    and feed-forward compute. Right padding that the model masks out changes
-    no output, so the export serves each request at its own longest
-    sequence instead. Features without a `padding_mask`, or whose second
-    axis is not the mask's, pass through as they are.
-
-    Args:
-        features: dict of `[batch, sequence_length]` tensors with a
-            `padding_mask`, as KerasHub text preprocessors return.
-        multiple: int. Round the cut up to a multiple of this (never past the
-            padded width), so a compiler that specialises on shapes (XLA)
-            meets fewer widths. Defaults to 1.
-
-    Returns:
-        The same dict with each sequence feature cut to the batch's longest
-        unpadded length (rounded up to `multiple`).
-    """
-    if not isinstance(features, dict) or "padding_mask" not in features:
-        return features
-    mask = features["padding_mask"]
-    width = tf.shape(mask)[1]
-    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
-    # The appended 0 keeps an empty batch's maximum defined.
-    longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
-    if multiple > 1:
-        longest = (longest + multiple - 1) // multiple * multiple
-    longest = tf.clip_by_value(longest, 1, width)
-
-    def cut(value):
-        if value.shape.rank != 2:
-            return value
-        return tf.cond(tf.equal(tf.shape(value)[1], width),
-                       lambda: value[:, :longest], lambda: value)
-
-    return {key: cut(value) for key, value in features.items()}
 
 
 def _default_sample_inputs(modality):

@@ -1,6 +1,8 @@
-"""tf.data settings shared by every input pipeline tfft builds (data and models layers)."""
+"""tf.data settings and batch trimming shared by the data, models and export layers."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import tensorflow as tf
 
@@ -22,3 +24,46 @@ def pipeline_options(deterministic: bool = True) -> tf.data.Options:
     options.deterministic = deterministic
     options.autotune.enabled = False
     return options
+
+
+def trim_to_longest(features: Any, multiple: int = 1) -> Any:
+    """Cuts a padded text batch to its longest sequence (at least 1 token).
+
+    A text preprocessor pads every request to its fixed `sequence_length`
+    (128 for MiniLM); a short request then pays for 128 tokens of attention
+    and feed-forward compute. Right padding that the model masks out changes
+    no output, so the export serves each request at its own longest
+    sequence instead (text exports), and `tfft.data.make_text_dataset`
+    cuts each length-bucketed batch the same way. Features without a
+    `padding_mask`, or whose second axis is not the mask's, pass through as
+    they are.
+
+    Args:
+        features: dict of `[batch, sequence_length]` tensors with a
+            `padding_mask`, as KerasHub text preprocessors return.
+        multiple: int. Round the cut up to a multiple of this (never past the
+            padded width), so a compiler that specialises on shapes (XLA)
+            meets fewer widths. Defaults to 1.
+
+    Returns:
+        The same dict with each sequence feature cut to the batch's longest
+        unpadded length (rounded up to `multiple`).
+    """
+    if not isinstance(features, dict) or "padding_mask" not in features:
+        return features
+    mask = features["padding_mask"]
+    width = tf.shape(mask)[1]
+    lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    # The appended 0 keeps an empty batch's maximum defined.
+    longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+    if multiple > 1:
+        longest = (longest + multiple - 1) // multiple * multiple
+    longest = tf.clip_by_value(longest, 1, width)
+
+    def cut(value):
+        if value.shape.rank != 2:
+            return value
+        return tf.cond(tf.equal(tf.shape(value)[1], width),
+                       lambda: value[:, :longest], lambda: value)
+
+    return {key: cut(value) for key, value in features.items()}
