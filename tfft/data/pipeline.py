@@ -278,6 +278,11 @@ def bucket_by_length(
     )
 
 
+# The map functions below hold no Python control flow over tensors, so AutoGraph
+# (which tf.data applies to every map function) is told to leave them as they are:
+# converting them cost about a third of `make_text_dataset`'s CPU time at its
+# first call. User preprocessors stay converted.
+@tf.autograph.experimental.do_not_convert
 def _trim(features, label):
     """Cuts one tokenised example's features to its unpadded length."""
     length = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32))
@@ -295,6 +300,7 @@ def _token_lengths(inputs, tokenize, num_parallel_calls):
     return np.concatenate(list(dataset.as_numpy_iterator()))
 
 
+@tf.autograph.experimental.do_not_convert
 def _sort_pool(features, label):
     """Orders one padded pool of examples by unpadded length (stable)."""
     lengths = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
@@ -302,6 +308,7 @@ def _sort_pool(features, label):
     return {k: tf.gather(v, order) for k, v in features.items()}, tf.gather(label, order)
 
 
+@tf.autograph.experimental.do_not_convert
 def _trim_batch(features, label):
     """Cuts a batch's sequence features to its longest unpadded example."""
     return trim_to_longest(features), label
