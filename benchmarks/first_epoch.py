@@ -18,6 +18,10 @@ through `Task.fit`, timed part by part:
   (batch size, width) shape the run meets for the first time vs ones it has
   met before (per-shape first-run costs: oneDNN primitives, allocations);
   `new_width_extra_s`: what first meetings cost in total over a seen step.
+  The two medians mix epochs and widths, so this overstates what a new
+  shape costs; `epoch1_ms_per_token` compares like with like: epoch 1's
+  steps on shapes met for the first time vs on shapes met before, in
+  milliseconds per token position (step time over batch width).
 - `first_epoch_extra_s`: epoch 1 minus epoch 2.
 - `input_wait_s`: per epoch, time the training loop waited for a batch.
 - `padding_ratio`: token positions the model computed (batch x width,
@@ -193,6 +197,11 @@ def main():
             continue
         (repeat if shape in seen else new).append(seconds)
         seen.add(shape)
+    # Epoch 1 alone: ms per token position of steps on new vs seen shapes.
+    first_new, first_seen, seen_in_first = [], [], set(shapes[:1])
+    for shape, seconds in zip(shapes[1:len(clock.steps[0])], clock.steps[0][1:], strict=True):
+        (first_seen if shape in seen_in_first else first_new).append(1000 * seconds / shape[1])
+        seen_in_first.add(shape)
     seen_median = float(np.median(repeat)) if repeat else None
     new_median = float(np.median(new)) if new else None
     first_step = clock.steps[0][0] + clock.gaps[0][0]
@@ -222,6 +231,13 @@ def main():
         "seen_width_step_s": None if seen_median is None else round(seen_median, 4),
         "new_width_extra_s": (None if new_median is None or seen_median is None
                               else round(float(np.sum(new)) - seen_median * len(new), 2)),
+        "epoch1_ms_per_token": {
+            "new_shape": round(float(np.median(first_new)), 2) if first_new else None,
+            "seen_shape": round(float(np.median(first_seen)), 2) if first_seen else None,
+            "epoch2": round(float(np.median(
+                [1000 * t / sh[1] for sh, t in zip(shapes[len(clock.steps[0]):], clock.steps[1],
+                                                    strict=True)])), 2),
+        },
         "step_sum_s": [round(sum(s), 2) for s in clock.steps],
         "mixed_precision": args.mixed_precision == "on",
         "batching": "bucket_boundaries" if args.bucket_boundaries else "sorted_pools",
