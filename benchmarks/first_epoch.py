@@ -16,7 +16,7 @@ through `Task.fit`, timed part by part:
   `dataset_s` in epoch 1).
 - `new_width_step_s` / `seen_width_step_s`: median step time of batches whose
   (batch size, width) shape the run meets for the first time vs ones it has
-  met before (per-shape first-run costs: oneDNN primitives, allocations);
+  met before (what a per-shape first-run cost would show up in);
   `new_width_extra_s`: what first meetings cost in total over a seen step.
   The two medians mix epochs and widths, so this overstates what a new
   shape costs; `epoch1_ms_per_token` compares like with like: epoch 1's

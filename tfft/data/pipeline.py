@@ -280,8 +280,8 @@ def bucket_by_length(
 
 # The map functions below hold no Python control flow over tensors, so AutoGraph
 # (which tf.data applies to every map function) is told to leave them as they are:
-# converting them cost about a third of `make_text_dataset`'s CPU time at its
-# first call. User preprocessors stay converted.
+# converting them cost about a quarter of `make_text_dataset`'s CPU time at its
+# first call (1.12 s -> 0.84 s on 2,048 reviews). User preprocessors stay converted.
 @tf.autograph.experimental.do_not_convert
 def _trim(features, label):
     """Cuts one tokenised example's features to its unpadded length."""
