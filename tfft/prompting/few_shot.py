@@ -35,11 +35,11 @@ import tensorflow as tf
 
 from tfft.adapt import FeatureExtraction, FreezePolicy, parse_freeze
 from tfft.backbones import Backbone, load_backbone
-from tfft.export.saved_model import trim_to_longest
 from tfft.models import Task, build_model
 from tfft.prompting.templates import LabelTemplate, as_templates, as_verbalizer
 from tfft.training.feature_cache import feature_model, head_model
 from tfft.training.presets import compile_model
+from tfft.utils.tfdata import trim_to_longest
 
 logger = logging.getLogger(__name__)
 

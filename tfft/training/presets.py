@@ -9,6 +9,7 @@ task=...)` picks both from the task and the backbone, like KerasHub's
 from __future__ import annotations
 
 import copy
+import os
 import weakref
 from typing import Any
 
@@ -340,8 +341,6 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def _on_tpu(tf) -> bool:
     """A TPU is attached or named (before the TPU system starts, it lists no devices)."""
-    import os
-
     return bool(tf.config.list_logical_devices("TPU") or tf.config.list_physical_devices("TPU")
                 or os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR"))
 
