@@ -48,6 +48,7 @@ from tfft.backbones.causal_lm import (
 )
 from tfft.models.task import _LoRAState
 from tfft.training.checkpointing import checkpoint_layers
+from tfft.training.tracing import build_for_training
 from tfft.utils.walk import walk_layers
 
 if TYPE_CHECKING:
@@ -317,6 +318,10 @@ class CausalLMTask(keras.Model):
             x, batch_size=batch_size, shuffle=shuffle, seed=seed)
         if validation_data is not None and not _is_token_dataset(validation_data):
             validation_data = self.make_dataset(validation_data, batch_size=batch_size)
+        # The optimizer's variables now, not inside the first trace of the train
+        # step: that trace would run twice (SmolLM2 with LoRA, 2 CPU cores: 74 s of
+        # tracing before the first step instead of 43 s).
+        build_for_training(self, train.element_spec, callbacks)
         return super().fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks,
                            validation_data=validation_data, shuffle=False, **kwargs)
 
