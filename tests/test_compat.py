@@ -203,3 +203,43 @@ def test_write_export_archive_stores_each_variable_once(tmp_path):
     loaded = tf.saved_model.load(str(tmp_path / "export"))
     np.testing.assert_allclose(loaded.serve(x).numpy(), model(x).numpy(), rtol=1e-6)
     assert len(loaded.variables) == len(model.variables)
+
+
+def test_write_export_archive_traces_no_default_serving_signature(tmp_path):
+    traces = []
+
+    class Counting(keras.layers.Layer):
+        def call(self, x):
+            traces.append(1)  # Python runs once per trace
+            return x * 2.0
+
+    def traces_while_writing(write):
+        inputs = keras.Input((3,))
+        model = keras.Model(inputs, Counting()(inputs))
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serve", model.call,
+                             input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        before = len(traces)
+        write(archive)
+        return len(traces) - before, model
+
+    plain, _ = traces_while_writing(
+        lambda archive: archive.write_out(str(tmp_path / "plain"), verbose=False))
+    ours, model = traces_while_writing(
+        lambda archive: _compat.write_export_archive(archive, str(tmp_path / "export")))
+    # Keras' walk for lookup tables traces the model's default serving signature.
+    assert ours == plain - 1, broke(
+        "write_export_archive", f"{ours} traces while writing, {plain} with write_out")
+    assert model._default_save_signature is not None  # the property is back
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_allclose(loaded.serve(x).numpy(), 2 * x)
+
+    # Endpoints saved as their concrete functions: no retrace inside the save.
+    concrete, _ = traces_while_writing(lambda archive: _compat.write_export_archive(
+        archive, str(tmp_path / "concrete"), concrete_endpoints=True))
+    assert concrete == ours - 1, broke(
+        "write_export_archive", f"{concrete} traces with concrete_endpoints=True")
+    serve = tf.saved_model.load(str(tmp_path / "concrete")).signatures["serve"]
+    np.testing.assert_allclose(next(iter(serve(tf.constant(x)).values())).numpy(), 2 * x)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 KERAS_VERSION = keras.__version__
 
@@ -184,8 +185,8 @@ def saving_loads_graph_layers_first() -> bool:
 # ---------------------------------------------------------------------------- export
 
 
-def write_export_archive(archive, path: str) -> None:
-    """`archive.write_out(path)` with each variable stored once.
+def write_export_archive(archive, path: str, concrete_endpoints: bool = False) -> None:
+    """`archive.write_out(path)` with each variable stored once, and no needless traces.
 
     Keras 3 (3.12 to 3.15 at least; keras-team/keras#23553, open) keeps two
     objects per weight in an `ExportArchive`: the Keras variables `track()`
@@ -196,10 +197,42 @@ def write_export_archive(archive, path: str) -> None:
     variable memory in whatever loads the SavedModel (TF Serving included).
     Swapping the tracked lists for the `tf.Variable`s inside
     (`variable_value`) makes both lists hold the same objects, stored once.
+
+    `write_out` also traces every tracked Keras model's forward pass for
+    nothing: its search for lookup tables walks the models the way SavedModel
+    does, which builds and traces each model's default serving signature
+    (`_default_save_signature`). A default signature only captures what the
+    model already holds, so the walk finds the same tables without it (the
+    property is None meanwhile). SmolLM2's `generate` export (2 CPU cores):
+    84 s -> 69 s; a MiniLM classifier's about 1.5 s less.
+
+    `tf.saved_model.save` also traces each endpoint once more: a
+    `tf.function`'s cache key includes the save context, so the trace made
+    for `add_endpoint` is not reused. `concrete_endpoints=True` saves the
+    endpoints as those concrete functions instead (same signatures and
+    outputs; SmolLM2's `generate` export: 69 s -> 42 s), but the
+    reloaded attributes are then concrete functions, which take tensors of
+    the signature's exact types only (no NumPy arrays, no optional
+    arguments); the signatures are the same either way.
     """
+    from keras.src.backend.tensorflow.layer import TFLayer
+
     trackable = archive._tf_trackable
     for name in ("variables", "trainable_variables", "non_trainable_variables"):
         tracked = getattr(trackable, name, None)
         if tracked:
             setattr(trackable, name, [variable_value(v) for v in tracked])
-    archive.write_out(path, verbose=False)
+    if concrete_endpoints:
+        for name in archive._endpoint_names:
+            concrete = archive._get_concrete_fn(name)
+            if not isinstance(concrete, tf.types.experimental.ConcreteFunction):
+                concrete = concrete.get_concrete_function()  # the add_endpoint trace
+            setattr(trackable, name, concrete)
+            # `_get_concrete_fn` returns the attribute itself for these names.
+            archive._endpoint_signatures[name] = concrete.structured_input_signature
+    default_signature = TFLayer.__dict__["_default_save_signature"]
+    TFLayer._default_save_signature = property(lambda self: None)
+    try:
+        archive.write_out(path, verbose=False)
+    finally:
+        TFLayer._default_save_signature = default_signature

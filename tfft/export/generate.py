@@ -162,7 +162,9 @@ def export_generate_model(task: CausalLMTask, directory: str, version: int | Non
             plain.tokenizer.build(None)
         archive.track(plain.tokenizer)
         archive.add_endpoint(GENERATE_SIGNATURE, fn)
-        write_export_archive(archive, staging)
+        # Only the `generate` signature is served: saved as the traced concrete
+        # function, it is not traced again inside `tf.saved_model.save`.
+        write_export_archive(archive, staging, concrete_endpoints=True)
         info = {
             "task": "causal_lm",
             "signature": {"name": GENERATE_SIGNATURE,
