@@ -35,6 +35,7 @@ from tfft.adapt import FreezePolicy, apply_freeze, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo, load_backbone
 from tfft.layers import BackboneLayer, ImagePreprocessor
 from tfft.layers.segmentation_head import SegmentationHead
+from tfft.training.tracing import build_for_training
 
 SEGMENTATION_TASK = "semantic_segmentation"
 PYRAMID_LEVELS = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
@@ -46,12 +47,16 @@ class DatasetFitModel(keras.Model):
     Keras' `fit` defaults to `shuffle=True` and warns that it is ignored when
     `x` is a `tf.data.Dataset`; the dense tasks train on datasets that shuffle
     themselves (seeded), so `shuffle` defaults to True for arrays only. An
-    explicit `shuffle=` is passed on unchanged.
+    explicit `shuffle=` is passed on unchanged. The optimizer is built before
+    the train step is traced, so it is traced once.
     """
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if len(args) < 7:  # `shuffle` is fit's ninth parameter
             kwargs.setdefault("shuffle", isinstance(x, (np.ndarray, list, tuple)))
+        # The optimizer's variables before the first trace of the train step, which
+        # would otherwise run twice (once more to check for new variables).
+        build_for_training(self, None, kwargs.get("callbacks"))
         return super().fit(x, y, *args, **kwargs)
 
     def compile_for_training(self, learning_rate: float) -> None:
