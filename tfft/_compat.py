@@ -8,6 +8,7 @@ when an upgrade changes what a function relies on: one file to fix.
 
 from __future__ import annotations
 
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -185,6 +186,9 @@ def saving_loads_graph_layers_first() -> bool:
 # ---------------------------------------------------------------------------- export
 
 
+_DEFAULT_SIGNATURE_LOCK = threading.RLock()
+
+
 def write_export_archive(archive, path: str, concrete_endpoints: bool = False) -> None:
     """`archive.write_out(path)` with each variable stored once, and no needless traces.
 
@@ -230,9 +234,11 @@ def write_export_archive(archive, path: str, concrete_endpoints: bool = False) -
             setattr(trackable, name, concrete)
             # `_get_concrete_fn` returns the attribute itself for these names.
             archive._endpoint_signatures[name] = concrete.structured_input_signature
-    default_signature = TFLayer.__dict__["_default_save_signature"]
-    TFLayer._default_save_signature = property(lambda self: None)
-    try:
-        archive.write_out(path, verbose=False)
-    finally:
-        TFLayer._default_save_signature = default_signature
+    # One export at a time swaps the class property (threads would restore each other's).
+    with _DEFAULT_SIGNATURE_LOCK:
+        default_signature = TFLayer.__dict__["_default_save_signature"]
+        TFLayer._default_save_signature = property(lambda self: None)
+        try:
+            archive.write_out(path, verbose=False)
+        finally:
+            TFLayer._default_save_signature = default_signature

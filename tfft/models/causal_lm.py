@@ -320,7 +320,7 @@ class CausalLMTask(keras.Model):
             validation_data = self.make_dataset(validation_data, batch_size=batch_size)
         # The optimizer's variables now, not inside the first trace of the train
         # step: that trace would run twice (SmolLM2 with LoRA, 2 CPU cores: 74 s of
-        # tracing before the first step instead of 43 s).
+        # tracing before the first step instead of 30 s).
         build_for_training(self, train.element_spec, callbacks)
         return super().fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks,
                            validation_data=validation_data, shuffle=False, **kwargs)
