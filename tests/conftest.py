@@ -175,6 +175,23 @@ def read_weights_file():
 
 
 @pytest.fixture(scope="session")
+def count_train_step_traces():
+    """`count(model)`: a list that grows by one each time `fit` traces `model`'s train step."""
+
+    def count(model):
+        traces, step = [], model.train_step
+
+        def counted(data):
+            traces.append(1)  # Python runs once per trace
+            return step(data)
+
+        model.train_step = counted
+        return traces
+
+    return count
+
+
+@pytest.fixture(scope="session")
 def free_ports():
     """`free_ports(n)`: n TCP ports on 127.0.0.1 free at the time of the call."""
     import socket

@@ -145,15 +145,9 @@ def test_lora_training_changes_only_adapters_and_lowers_the_loss(make_lm):
     assert any(np.any(layer.lora_kernel_b.numpy()) for layer in task.lora_layers())
 
 
-def test_fit_traces_the_train_step_once(make_lm):
+def test_fit_traces_the_train_step_once(make_lm, count_train_step_traces):
     task = build_causal_lm(make_lm(), freeze="lora:4", learning_rate=5e-2)
-    traces, step = [], task.train_step
-
-    def counted(data):
-        traces.append(1)  # Python runs once per trace
-        return step(data)
-
-    task.train_step = counted
+    traces = count_train_step_traces(task)
     task.fit(PAIRS, epochs=1, batch_size=4, verbose=0, seed=0)
     # The optimizer is built before fit: built inside the first trace, its new
     # variables would make tf.function trace the whole step a second time.

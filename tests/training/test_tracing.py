@@ -11,22 +11,10 @@ from tfft.training.tracing import build_for_training, predict_batches
 LABELS = np.arange(16) % 3
 
 
-def _count_traces(model):
-    """Counts how often fit traces the model's train step (a Python call per trace)."""
-    calls = []
-    step = model.train_step
-
-    def counted(data):
-        calls.append(1)
-        return step(data)
-
-    model.train_step = counted
-    return calls
-
-
-def test_fine_tune_traces_each_stage_train_step_once(tiny_bert, text_batch):
+def test_fine_tune_traces_each_stage_train_step_once(tiny_bert, text_batch,
+                                                     count_train_step_traces):
     model = tfft.build_model(tiny_bert, num_classes=3)
-    traces = _count_traces(model)
+    traces = count_train_step_traces(model)
     histories = fine_tune(model, (text_batch, LABELS), epochs=1, freeze_epochs=1,
                           unfreeze="full", lr=1e-3, batch_size=8, verbose=0)
     # Built lazily, the optimizer's variables appear inside the first trace and
@@ -37,7 +25,7 @@ def test_fine_tune_traces_each_stage_train_step_once(tiny_bert, text_batch):
         assert 0.0 <= accuracy <= 1.0
 
 
-def test_build_for_training_keeps_fit_results_identical():
+def test_build_for_training_keeps_fit_results_identical(count_train_step_traces):
     def make():
         keras.utils.set_random_seed(0)
         inputs = keras.Input((4,))
@@ -49,7 +37,7 @@ def test_build_for_training_keeps_fit_results_identical():
     x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
     data = tf.data.Dataset.from_tensor_slices((x, LABELS.astype("int32"))).batch(8)
     lazy, early = make(), make()
-    early_traces = _count_traces(early)
+    early_traces = count_train_step_traces(early)
     build_for_training(early, data.element_spec)
     lazy_history = lazy.fit(data, epochs=2, verbose=0).history
     early_history = early.fit(data, epochs=2, verbose=0).history
@@ -100,11 +88,12 @@ def test_predict_batches_equals_predict_with_targets_and_refuses_empty():
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["token-arrays", "raw-text"])
-def test_task_fit_traces_its_train_step_once(tiny_text_backbone, text_batch, raw):
+def test_task_fit_traces_its_train_step_once(tiny_text_backbone, text_batch, raw,
+                                            count_train_step_traces):
     model = tfft.build_model(tiny_text_backbone, num_classes=3)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
                   metrics=["sparse_categorical_accuracy"])
-    traces = _count_traces(model)
+    traces = count_train_step_traces(model)
     x = ["the team won the match", "the minister and the vote", "shares in the bank"] * 4
     if not raw:
         x = {k: v[:12] for k, v in text_batch.items()}

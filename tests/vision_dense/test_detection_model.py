@@ -40,7 +40,7 @@ def tiny_task_factory(tiny_backbone):
 
 
 def test_training_lowers_the_loss_and_feature_extraction_keeps_the_backbone(
-        tiny_scenes, tiny_task_factory):
+        tiny_scenes, tiny_task_factory, count_train_step_traces):
     task = tiny_task_factory(learning_rate=3e-3)
     assert isinstance(task, DetectionTask)
     assert sorted(task.backbone.output) == ["P3", "P4", "P5"]
@@ -54,13 +54,7 @@ def test_training_lowers_the_loss_and_feature_extraction_keeps_the_backbone(
     before = _snapshot(task.backbone.weights)
     head_before = _snapshot(task.head.trainable_weights)
     boxes, classes = _targets(tiny_scenes)
-    traces, step = [], task.train_step
-
-    def counted(data):
-        traces.append(1)  # Python runs once per trace
-        return step(data)
-
-    task.train_step = counted
+    traces = count_train_step_traces(task)
     history = task.fit(tiny_scenes.images.astype("float32"), {"boxes": boxes, "classes": classes},
                        epochs=4, batch_size=16, verbose=0)
     # The optimizer is built before fit, so the train step is traced once.
