@@ -101,3 +101,24 @@ def test_task_fit_traces_its_train_step_once(tiny_text_backbone, text_batch, raw
     # Without the variables built first, tf.function traces the step twice.
     assert len(traces) == 1
     assert len(history.history["loss"]) == 2
+
+
+def test_task_predict_on_raw_texts_traces_once_across_calls(tiny_text_backbone):
+    model = tfft.build_model(tiny_text_backbone, num_classes=3)
+    step, traces = model.predict_step, []
+
+    def counted(data):
+        traces.append(1)  # Python runs once per trace
+        return step(data)
+
+    model.predict_step = counted
+    texts = ["the team won the match", "the minister and the vote", "shares in the bank",
+             "a film star won an award", "the software and the internet"]
+    # Batches of 2, 2 and 1 (two shapes), then batches of 3 and 2 in a second call.
+    first = model.predict(texts, batch_size=2, verbose=0)
+    second = model.predict(texts, batch_size=3, verbose=0)
+    # Keras alone traces for the first batch's shape and again for the last one.
+    assert len(traces) == 1
+    want = model.predict_on_batch(texts)
+    np.testing.assert_allclose(first, want, atol=1e-6)
+    np.testing.assert_allclose(second, want, atol=1e-6)

@@ -26,7 +26,7 @@ from tfft._compat import dense_kernel_variable
 from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
-from tfft.training.tracing import build_for_training
+from tfft.training.tracing import build_for_training, trace_predict_function
 from tfft.utils.tfdata import pipeline_options
 
 DEFAULT_BATCH_SIZE = 32
@@ -321,6 +321,7 @@ class Task(keras.Model):
         if self._takes_arrays_as_is(x):
             return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
         data = self.make_dataset(x, batch_size=batch_size or DEFAULT_BATCH_SIZE)
+        trace_predict_function(self, data.element_spec)  # one trace, not two
         return super().predict(data, verbose=verbose, **kwargs)
 
     def predict_on_batch(self, x):

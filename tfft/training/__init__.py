@@ -30,7 +30,7 @@ from tfft.training.presets import (
     set_mixed_precision,
 )
 from tfft.training.recipes import EpochData, epoch_datasets, fine_tune
-from tfft.training.tracing import build_for_training, predict_batches
+from tfft.training.tracing import build_for_training, predict_batches, trace_predict_function
 
 __all__ = [
     "OPTIMIZER_PRESETS",
@@ -61,4 +61,5 @@ __all__ = [
     "predict_batches",
     "preset_of",
     "set_mixed_precision",
+    "trace_predict_function",
 ]
