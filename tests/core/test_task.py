@@ -71,6 +71,40 @@ def test_tf_data_of_raw_strings_is_preprocessed_in_the_pipeline(tiny_text_backbo
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_datasets_share_one_preprocessor_trace_until_its_config_changes(new_tiny_text_backbone,
+                                                                        tiny_tokenizer):
+    import keras_hub
+
+    backbone = new_tiny_text_backbone()
+    # Its own preprocessor: this test changes it.
+    backbone.preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tiny_tokenizer, sequence_length=16)
+    task = tfft.build_model(backbone, num_classes=3)
+    preprocessor, traces = backbone.preprocessor, []
+    want = preprocessor(tf.constant(TEXTS))
+    call = preprocessor.call
+
+    def counted(*args, **kwargs):
+        traces.append(1)  # Python runs once per trace
+        return call(*args, **kwargs)
+
+    preprocessor.call = counted
+    first = task.make_dataset(TEXTS, LABELS, batch_size=4)
+    second = task.make_dataset(TEXTS[:5], batch_size=2)
+    labelled = task.make_dataset(tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(3))
+    assert len(traces) == 1
+    x, y = next(iter(first))
+    np.testing.assert_array_equal(x["token_ids"], want["token_ids"][:4])
+    np.testing.assert_array_equal(y, LABELS[:4])
+    np.testing.assert_array_equal(next(iter(second))["token_ids"], want["token_ids"][:2])
+    np.testing.assert_array_equal(next(iter(labelled))[0]["padding_mask"],
+                                  want["padding_mask"][:3])
+    # A new sequence length is a new config: traced again, and used.
+    backbone.preprocessor.sequence_length = 8
+    x = next(iter(task.make_dataset(TEXTS, batch_size=4)))
+    assert len(traces) == 2 and x["token_ids"].shape == (4, 8)
+
+
 def test_validation_split_on_raw_inputs_holds_out_the_tail(tiny_text_backbone):
     task = tfft.build_model(tiny_text_backbone, num_classes=3)
     history = task.fit(TEXTS, LABELS, validation_split=0.25, epochs=1, verbose=0)
