@@ -34,8 +34,11 @@ def exported(make_text_model, tmp_path_factory):
     return model, path
 
 
-def test_fresh_process_outputs_equal_in_memory_model(exported, texts):
+def test_fresh_process_outputs_equal_in_memory_model(exported, texts, monkeypatch):
     model, path = exported
+    # Like a serving process, the verifying one runs the export without Keras.
+    monkeypatch.setattr(tfft_export, "_VERIFY_SCRIPT", tfft_export._VERIFY_SCRIPT + (
+        "\nassert 'keras' not in sys.modules, [m for m in sys.modules if 'keras' in m]\n"))
     got = tfft_export.load_serving_outputs_in_fresh_process(path, texts)
     want = expected_probabilities(model, texts)
     assert got["probabilities"].shape == (len(texts), 3)
@@ -44,6 +47,17 @@ def test_fresh_process_outputs_equal_in_memory_model(exported, texts):
     assert list(got["class_names"]) == [CLASSES[i] for i in want.argmax(-1)]
     # The inputs were chosen so the model does not give one class to everything.
     assert len(set(got["class_ids"].tolist())) > 1
+
+
+def test_verifying_process_imports_tensorflow_text_when_its_op_libraries_are_not_found(
+        exported, texts, monkeypatch):
+    model, path = exported
+    script = tfft_export._VERIFY_SCRIPT
+    assert '"_*.so"' in script
+    monkeypatch.setattr(tfft_export, "_VERIFY_SCRIPT", script.replace('"_*.so"', '"_none*.so"'))
+    got = tfft_export.load_serving_outputs_in_fresh_process(path, texts)
+    np.testing.assert_allclose(got["probabilities"], expected_probabilities(model, texts),
+                               atol=1e-5)
 
 
 def test_first_export_is_version_1_with_metadata(exported):
