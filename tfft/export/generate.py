@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfft._compat import write_export_archive
+from tfft.export.fresh_process import SERVING_IMPORTS
 from tfft.models.causal_lm import CausalLMTask
 from tfft.utils.files import private_staging, rename_directory_exclusive, replace_directory
 from tfft.utils.version import __version__
@@ -264,13 +265,8 @@ def load_generate(path: str) -> Any:
     return generate
 
 
-_FRESH_SCRIPT = r"""
-import json, sys
-try:
-    import tensorflow_text  # noqa: F401  registers the tokenizer ops
-except ImportError:
-    pass
-import tensorflow as tf
+_FRESH_SCRIPT = SERVING_IMPORTS + r"""
+import json
 path, prompts_file, out_file, n = sys.argv[1:5]
 with open(prompts_file, encoding="utf-8") as f:
     prompts = json.load(f)
