@@ -105,6 +105,26 @@ def test_datasets_share_one_preprocessor_trace_until_its_config_changes(new_tiny
     assert len(traces) == 2 and x["token_ids"].shape == (4, 8)
 
 
+def test_a_preprocessor_without_a_config_is_mapped_as_it_is(new_tiny_text_backbone):
+    class NoConfig(keras.layers.Layer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def call(self, x):
+            return self.inner(x)
+
+        def get_config(self):
+            raise NotImplementedError("no config")
+
+    backbone = new_tiny_text_backbone()
+    inner = backbone.preprocessor
+    backbone.preprocessor = NoConfig(inner)
+    task = tfft.build_model(backbone, num_classes=3)
+    x = next(iter(task.make_dataset(TEXTS, batch_size=4)))
+    np.testing.assert_array_equal(x["token_ids"], inner(tf.constant(TEXTS[:4]))["token_ids"])
+
+
 def test_validation_split_on_raw_inputs_holds_out_the_tail(tiny_text_backbone):
     task = tfft.build_model(tiny_text_backbone, num_classes=3)
     history = task.fit(TEXTS, LABELS, validation_split=0.25, epochs=1, verbose=0)

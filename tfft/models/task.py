@@ -274,17 +274,21 @@ class Task(keras.Model):
         _MADE_DATASETS.add(dataset)
         return dataset
 
-    def _preprocess_function(self) -> tf.types.experimental.PolymorphicFunction:
+    def _preprocess_function(self) -> Any:
         """The preprocessor as one `tf.function`, reused by every dataset `make_dataset` makes.
 
         `Dataset.map` traces its function for every new dataset, and tracing a
         tokenizer and its packer builds ~1,000 ops (MiniLM: ~1 s on 2 CPU
         cores); calling this function from the map reuses its trace for inputs
         of the same type. It is made again when the preprocessor, or its
-        config (a new `sequence_length`, say), changes.
+        config (a new `sequence_length`, say), changes. A preprocessor without a
+        config is mapped as it is, traced per dataset.
         """
-        key = (id(self.preprocessor), json.dumps(
-            self.preprocessor.get_config(), sort_keys=True, default=str))
+        try:
+            config = json.dumps(self.preprocessor.get_config(), sort_keys=True, default=str)
+        except Exception:  # no config to tell a changed preprocessor by
+            return self.preprocessor
+        key = (id(self.preprocessor), config)
         cached = self.__dict__.get("_preprocess_cache")
         if cached is None or cached[0] != key:
             call = self.preprocessor.__call__
