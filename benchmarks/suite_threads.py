@@ -54,6 +54,7 @@ def main():
     for run in range(args.runs):
         for name, env in ways if run % 2 == 0 else ways[::-1]:  # alternate the order
             times[name].append(round(_run(args.tests, args.workers, env), 1))
+            print(f"run {run + 1}/{args.runs}, {name[:-2]}: {times[name][-1]} s", file=sys.stderr)
     medians = {name: round(statistics.median(values), 1) for name, values in times.items()}
     print(json.dumps({
         "benchmark": "suite_threads",
