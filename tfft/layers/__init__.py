@@ -4,6 +4,7 @@ They import nothing from tfft above `tfft.utils`, so every other part can use th
 """
 
 from tfft.layers.backbone_layer import BackboneLayer
+from tfft.layers.fused_ops import fused_training_ops, gelu_tanh, layer_norm_last_axis
 from tfft.layers.heads import TASKS, TaskHead
 from tfft.layers.hub_layer import HubLayer, allow_hub_handles
 from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor
@@ -19,4 +20,7 @@ __all__ = [
     "Pooling",
     "TaskHead",
     "allow_hub_handles",
+    "fused_training_ops",
+    "gelu_tanh",
+    "layer_norm_last_axis",
 ]

@@ -1,0 +1,161 @@
+"""tfft's GELU / layer norm with closed-form gradients (`tfft.layers.fused_ops`).
+
+Each op is checked against what it replaces (value and every gradient), the
+swap against the layers it touches (restored, config unchanged), and a
+task's training with it against training without it, on a tiny BERT and on
+the real MiniLM.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfft
+from tfft.layers.fused_ops import (
+    fusable_layers,
+    fused_training_ops,
+    gelu_tanh,
+    layer_norm_last_axis,
+)
+from tfft.utils.tfdata import pipeline_options
+
+from ..conftest import tiny_text_batch
+
+
+def _value_and_gradient(fn, x, weights=()):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+        # A weighted sum, so every output element gets its own upstream gradient.
+        upstream = tf.cast(tf.range(tf.size(y)), tf.float32) / tf.cast(tf.size(y), tf.float32)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.reshape(upstream, tf.shape(y)))
+    return y, tape.gradient(loss, [x, *weights])
+
+
+def test_gelu_tanh_equals_tf_gelu_and_its_gradient_in_float32():
+    x = tf.constant(np.linspace(-8, 8, 4000).reshape(4, -1), tf.float32)
+    fused, (fused_grad,) = _value_and_gradient(gelu_tanh, x)
+    reference, (reference_grad,) = _value_and_gradient(
+        lambda v: tf.nn.gelu(v, approximate=True), x)
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fused_grad.numpy(), reference_grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_tanh_in_bfloat16_is_nearer_float32_than_the_bfloat16_composite():
+    x32 = tf.constant(np.random.default_rng(0).normal(0, 3, (64, 96)), tf.float32)
+    x16 = tf.cast(x32, tf.bfloat16)
+    exact = tf.nn.gelu(tf.cast(x16, tf.float32), approximate=True)
+    fused = gelu_tanh(x16)
+    composite = tf.nn.gelu(x16, approximate=True)
+    assert fused.dtype == tf.bfloat16
+    fused_error = float(tf.reduce_mean(tf.abs(tf.cast(fused, tf.float32) - exact)))
+    composite_error = float(tf.reduce_mean(tf.abs(tf.cast(composite, tf.float32) - exact)))
+    assert fused_error < composite_error
+
+
+def test_layer_norm_last_axis_equals_keras_and_its_gradients():
+    rng = np.random.default_rng(1)
+    layer = keras.layers.LayerNormalization(epsilon=1e-12)
+    layer.build((3, 5, 16))
+    layer.gamma.assign(rng.normal(1.0, 0.2, 16).astype("float32"))
+    layer.beta.assign(rng.normal(0.0, 0.2, 16).astype("float32"))
+    x = tf.constant(rng.normal(0.5, 2.0, (3, 5, 16)), tf.float32)
+    weights = [layer.gamma.value, layer.beta.value]
+
+    fused, fused_grads = _value_and_gradient(
+        lambda v: layer_norm_last_axis(v, layer.gamma.value, layer.beta.value, 1e-12), x, weights)
+    reference, reference_grads = _value_and_gradient(layer, x, weights)
+    np.testing.assert_allclose(fused.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(fused_grads, reference_grads, strict=True):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_training_ops_swaps_inside_the_block_and_restores_every_layer(tiny_bert):
+    task = tfft.build_model(tiny_bert, num_classes=3)
+    dense, norms = fusable_layers(task)
+    # Tiny BERT: one GELU feed-forward per layer; two norms per layer and the embeddings'.
+    assert len(dense) == 3 and len(norms) == 7
+    activations = [layer.activation for layer in dense]
+    config = task.get_config()
+    batch = tiny_text_batch(n=4)
+    before = task(batch, training=False).numpy()
+
+    with fused_training_ops(task) as swapped:
+        assert swapped == 10
+        assert all(layer.activation is gelu_tanh for layer in dense)
+        assert all("call" in vars(layer) for layer in norms)
+        with fused_training_ops(task) as again:  # nested (another replica's trace)
+            assert again == 10
+        assert all(layer.activation is gelu_tanh for layer in dense)
+        inside = task(batch, training=False).numpy()
+
+    assert [layer.activation for layer in dense] == activations
+    assert not any("call" in vars(layer) for layer in norms)
+    assert task.get_config() == config
+    np.testing.assert_allclose(inside, before, rtol=1e-5, atol=1e-6)
+    with fused_training_ops(task, enabled=False) as swapped:
+        assert swapped == 0 and dense[0].activation is activations[0]
+
+
+def _train(make_task, fused_ops, batches, steps):
+    task = make_task()
+    task.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    task.fused_ops = fused_ops
+    data = tf.data.Dataset.from_tensor_slices(batches).batch(8).take(steps)
+    data = data.with_options(pipeline_options())
+    keras.utils.set_random_seed(7)  # the same dropout masks both ways
+    history = task.fit(data, epochs=1, verbose=0)
+    spec = data.element_spec
+    nodes = len(tf.function(task.train_step).get_concrete_function(spec).graph
+                .as_graph_def().node)
+    return task, history.history["loss"][0], nodes
+
+
+def test_training_with_fused_ops_equals_training_without(new_tiny_text_backbone):
+    def make():
+        keras.utils.set_random_seed(0)
+        return tfft.build_model(new_tiny_text_backbone(), num_classes=3, freeze="full")
+
+    batch = tiny_text_batch(n=24, seed=3)
+    labels = np.arange(24) % 3
+    # None: the default, on since no GPU or TPU is visible here.
+    fused, fused_loss, fused_nodes = _train(make, None, (batch, labels), steps=3)
+    plain, plain_loss, plain_nodes = _train(make, False, (batch, labels), steps=3)
+    assert fused_nodes < plain_nodes  # the default traced the fused ops
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-5)
+    moved = 0
+    for ours, theirs, start in zip(fused.weights, plain.weights, make().weights, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-6,
+                                   err_msg=ours.path)
+        moved += not np.allclose(np.asarray(ours), np.asarray(start))
+    assert moved > 20  # training changed the weights it compares
+
+
+@pytest.mark.slow
+def test_real_minilm_trains_the_same_with_fused_ops(bbc):
+    """The real all-MiniLM-L6-v2, three steps of 8 BBC articles at 64 tokens, both ways."""
+    texts, labels = list(bbc.x[:24]), np.asarray(bbc.y[:24]) % 5
+
+    def make():
+        keras.utils.set_random_seed(0)
+        return tfft.build_model("minilm", num_classes=5, freeze="full", sequence_length=64,
+                                compile=False)
+
+    first = make()
+    features = first.preprocessor(tf.constant(texts))
+    first_weights = [np.asarray(w) for w in first.weights]
+    dense, norms = fusable_layers(first)
+    assert len(dense) == 6 and len(norms) == 13  # six BERT layers + the embeddings' norm
+    del first
+
+    fused, fused_loss, fused_nodes = _train(make, True, (features, labels), steps=3)
+    plain, plain_loss, plain_nodes = _train(make, False, (features, labels), steps=3)
+    assert fused_nodes < plain_nodes
+    assert fused_loss == pytest.approx(plain_loss, rel=1e-4)
+    moved = 0
+    for ours, theirs, start in zip(fused.weights, plain.weights, first_weights, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-3, atol=2e-6,
+                                   err_msg=ours.path)
+        moved += not np.allclose(np.asarray(ours), start)
+    assert moved > 90
