@@ -130,6 +130,9 @@ def main():
     parser.add_argument("--bucket-boundaries", action="store_true",
                         help="Fixed length buckets (default_bucket_boundaries) instead of "
                         "sorted pools.")
+    parser.add_argument("--fused-ops", choices=("auto", "on", "off"), default="auto",
+                        help="Task.fused_ops: auto (tfft's GELU / layer-norm gradients on "
+                        "CPUs), on, or off (Keras' own).")
     parser.add_argument("--trace-first", action="store_true",
                         help="Trace a copy of the train step before fit, to time tracing alone.")
     args = parser.parse_args()
@@ -146,6 +149,7 @@ def main():
                  else keras.optimizers.AdamW)(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     task.compile(optimizer=optimizer,
                  loss="sparse_categorical_crossentropy", jit_compile=args.xla == "on")
+    task.fused_ops = None if args.fused_ops == "auto" else args.fused_ops == "on"
 
 
     start = time.perf_counter()
@@ -241,6 +245,7 @@ def main():
         "step_sum_s": [round(sum(s), 2) for s in clock.steps],
         "mixed_precision": args.mixed_precision == "on",
         "batching": "bucket_boundaries" if args.bucket_boundaries else "sorted_pools",
+        "fused_ops": args.fused_ops,
         "input_wait_s": [round(sum(g), 2) for g in clock.gaps],
         # Per epoch: fit called -> on_epoch_begin, fit called -> on_train_begin,
         # last batch -> fit returned.

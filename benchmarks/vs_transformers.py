@@ -73,7 +73,8 @@ MAX_LENGTH = 128
 class TfftRun:
     """The same model through tfft's public API, length-bucketed."""
 
-    def __init__(self, num_classes, batch_size, seed, strategy, jit_compile, optimizer="fused"):
+    def __init__(self, num_classes, batch_size, seed, strategy, jit_compile, optimizer="fused",
+                 fused_ops="auto"):
         keras.utils.set_random_seed(seed)
         # tfft's AdamW: Keras' math with a fused update per variable (a smaller train graph).
         make = tfft.training.FusedAdamW if optimizer == "fused" else keras.optimizers.AdamW
@@ -85,6 +86,8 @@ class TfftRun:
                 loss="sparse_categorical_crossentropy",
                 jit_compile=jit_compile,
             )
+        # auto: tfft's closed-form GELU / layer-norm gradients on CPUs (Task.fused_ops).
+        self.task.fused_ops = None if fused_ops == "auto" else fused_ops == "on"
         self.batch_size = batch_size
         self.seed = seed
         self.dataset = None
@@ -159,7 +162,8 @@ def run_seed(args, strategy, settings, split, split_path, seed):
     """One side-by-side run: per-epoch seconds and test accuracy of both sides."""
     train_x, train_y, test_x, test_y = split
     peer = PeerProcess(args, split_path, seed)
-    ours = TfftRun(2, args.batch_size, seed, strategy, settings["jit_compile"], args.optimizer)
+    ours = TfftRun(2, args.batch_size, seed, strategy, settings["jit_compile"], args.optimizer,
+                   args.fused_ops)
     seconds = {"peer": [], "tfft": []}
     for _ in range(args.epochs):
         seconds["peer"].append(peer.train_epoch())
@@ -200,6 +204,9 @@ def main():
     parser.add_argument("--peer-precision", choices=("fp32", "bf16"), default="fp32",
                         help="The peer's forward pass: float32 (default) or bfloat16 "
                         "autocast (what --mixed-precision is on tfft's side).")
+    parser.add_argument("--fused-ops", choices=("auto", "on", "off"), default="auto",
+                        help="Task.fused_ops on tfft's side: auto (on CPUs), on or off "
+                        "(Keras' GELU and layer norm, as before).")
     add_distribution_args(parser)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
@@ -242,6 +249,7 @@ def main():
         **settings,
         "optimizer": "FusedAdamW" if args.optimizer == "fused" else "AdamW",
         "peer_precision": args.peer_precision,
+        "fused_ops": args.fused_ops,
         "seeds": seeds,
         **_ratios(total, args.epochs),
         "tfft_accuracy": round(float(np.mean(tfft_acc)), 4),
