@@ -31,6 +31,17 @@ def add_distribution_args(parser):
                         help="jit_compile; auto: on for GPU/TPU, off on CPU.")
 
 
+def add_fused_ops_arg(parser):
+    parser.add_argument("--fused-ops", choices=("auto", "on", "off"), default="auto",
+                        help="Task.fused_ops on tfft's side: auto (tfft's GELU / layer-norm "
+                        "gradients on CPUs), on, or off (Keras' own, as before).")
+
+
+def fused_ops_setting(choice):
+    """`Task.fused_ops` for a `--fused-ops` choice: None (auto), True or False."""
+    return None if choice == "auto" else choice == "on"
+
+
 def _accelerator(strategy):
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "tpu"

@@ -58,6 +58,7 @@ import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
 import tfft.data as td
+from bench_common import add_fused_ops_arg, fused_ops_setting
 
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
@@ -130,9 +131,7 @@ def main():
     parser.add_argument("--bucket-boundaries", action="store_true",
                         help="Fixed length buckets (default_bucket_boundaries) instead of "
                         "sorted pools.")
-    parser.add_argument("--fused-ops", choices=("auto", "on", "off"), default="auto",
-                        help="Task.fused_ops: auto (tfft's GELU / layer-norm gradients on "
-                        "CPUs), on, or off (Keras' own).")
+    add_fused_ops_arg(parser)
     parser.add_argument("--trace-first", action="store_true",
                         help="Trace a copy of the train step before fit, to time tracing alone.")
     args = parser.parse_args()
@@ -149,7 +148,7 @@ def main():
                  else keras.optimizers.AdamW)(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     task.compile(optimizer=optimizer,
                  loss="sparse_categorical_crossentropy", jit_compile=args.xla == "on")
-    task.fused_ops = None if args.fused_ops == "auto" else args.fused_ops == "on"
+    task.fused_ops = fused_ops_setting(args.fused_ops)
 
 
     start = time.perf_counter()

@@ -9,20 +9,21 @@ layer normalisation, dropout, softmax, the optimizer, the matrix products
 compute threads, so shares, not wall time, are the figure to read.
 
 `--fused-ops off` profiles Keras' own GELU and layer norm (as before
-`Task.fused_ops`); `--mixed-precision on|off` (default auto: bfloat16 on CPUs
-that compute it in hardware).
+`Task.fused_ops`); `--distribution`, `--mixed-precision` and `--xla` as in
+`bench_common` (auto: bfloat16 on CPUs that compute it in hardware).
 
-Prints one JSON line: `op_ms` (total), `share` per part, `step_s` (median
-wall time of the profiled `fit` over its steps, profiler on), `load_average_1m`.
+Prints one JSON line: `op_ms` (total), `share` per part, `step_s` (wall time
+of the profiled `fit` divided by its steps, profiler on), `load_average_1m`.
 
     .venv/bin/python benchmarks/step_profile.py [--train 1024] [--steps 16]
-        [--fused-ops auto] [--mixed-precision auto]
+        [--fused-ops auto] [--mixed-precision auto] [--distribution auto]
 """
 
 import argparse
 import glob
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -35,8 +36,13 @@ import keras
 import tensorflow as tf
 
 import tfft.data as td
+from bench_common import (
+    add_distribution_args,
+    add_fused_ops_arg,
+    fused_ops_setting,
+    setup_distribution,
+)
 from first_epoch import load_texts
-from tfft.training.presets import cpu_has_native_bfloat16
 
 # First match wins: an op's name (its name scope) says which part it belongs to.
 PARTS = (("gelu", ("Gelu", "gelu")), ("layer_norm", ("layer_norm",)),
@@ -80,20 +86,18 @@ def main():
     parser.add_argument("--train", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fused-ops", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto")
+    add_fused_ops_arg(parser)
+    add_distribution_args(parser)
     args = parser.parse_args()
-    bfloat16 = args.mixed_precision == "on" or (
-        args.mixed_precision == "auto" and cpu_has_native_bfloat16())
-    if bfloat16:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    strategy, settings = setup_distribution(args)
     texts, labels = load_texts(args.train, args.seed)
     keras.utils.set_random_seed(args.seed)
-    task = tfft.build_model("minilm", num_classes=2, freeze="full", compile=False,
-                            sequence_length=128)
-    task.compile(optimizer=tfft.training.FusedAdamW(5e-5, weight_decay=0.01),
-                 loss="sparse_categorical_crossentropy")
-    task.fused_ops = None if args.fused_ops == "auto" else args.fused_ops == "on"
+    with strategy.scope():
+        task = tfft.build_model("minilm", num_classes=2, freeze="full", compile=False,
+                                sequence_length=128)
+        task.compile(optimizer=tfft.training.FusedAdamW(5e-5, weight_decay=0.01),
+                     loss="sparse_categorical_crossentropy", jit_compile=settings["jit_compile"])
+    task.fused_ops = fused_ops_setting(args.fused_ops)
     dataset = td.make_text_dataset((texts, labels), preprocessor=task.preprocessor,
                                    batch_size=32, bucketing=True, shuffle=True, seed=args.seed)
     print("warm-up epoch ...", file=sys.stderr, flush=True)
@@ -106,12 +110,13 @@ def main():
     seconds = time.perf_counter() - start
     tf.profiler.experimental.stop()
     totals = op_times(logdir)
+    shutil.rmtree(logdir, ignore_errors=True)
     total = sum(totals.values())
     print(json.dumps({
         "benchmark": "step_profile",
         "train_examples": args.train,
         "steps": args.steps,
-        "mixed_precision": bfloat16,
+        **settings,
         "fused_ops": args.fused_ops,
         "op_ms": round(total, 1),
         "share": {part: round(ms / total, 3) for part, ms in

@@ -63,7 +63,13 @@ from sklearn.model_selection import train_test_split
 
 import tfft.data as td
 from tfft.assets import asset_path
-from bench_common import add_distribution_args, read_json_line, setup_distribution
+from bench_common import (
+    add_distribution_args,
+    add_fused_ops_arg,
+    fused_ops_setting,
+    read_json_line,
+    setup_distribution,
+)
 
 LEARNING_RATE = 5e-5
 WEIGHT_DECAY = 0.01
@@ -86,8 +92,7 @@ class TfftRun:
                 loss="sparse_categorical_crossentropy",
                 jit_compile=jit_compile,
             )
-        # auto: tfft's closed-form GELU / layer-norm gradients on CPUs (Task.fused_ops).
-        self.task.fused_ops = None if fused_ops == "auto" else fused_ops == "on"
+        self.task.fused_ops = fused_ops_setting(fused_ops)
         self.batch_size = batch_size
         self.seed = seed
         self.dataset = None
@@ -204,9 +209,7 @@ def main():
     parser.add_argument("--peer-precision", choices=("fp32", "bf16"), default="fp32",
                         help="The peer's forward pass: float32 (default) or bfloat16 "
                         "autocast (what --mixed-precision is on tfft's side).")
-    parser.add_argument("--fused-ops", choices=("auto", "on", "off"), default="auto",
-                        help="Task.fused_ops on tfft's side: auto (on CPUs), on or off "
-                        "(Keras' GELU and layer norm, as before).")
+    add_fused_ops_arg(parser)
     add_distribution_args(parser)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
