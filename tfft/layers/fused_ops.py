@@ -6,10 +6,11 @@ are compositions of elementwise ops), and Keras uses a fused layer norm for
 its torch backend only. On a CPU those compositions cost more than the
 matrix products around them once the products run in bfloat16:
 
-- GELU (tanh form, as KerasHub's BERT, GPT-2 and their kin use): in bfloat16
-  each of its ~8 forward and ~15 gradient ops converts every element to
-  float32 and back. Here it runs in float32 inside (one cast in, one out)
-  and its gradient is the closed form, 6 ops instead of autodiff's ~15.
+- GELU (tanh form, as KerasHub's BERT, GPT-2 and their kin use): TensorFlow's
+  bfloat16 elementwise kernels on a CPU ran its forward and backward pass
+  at about 60% of their float32 speed (17.1 vs 10.4 ms on 1,280 x 1,536).
+  Here it runs in float32 inside (one cast in, one out) and its gradient is
+  the closed form instead of autodiff through the forward composition.
 - Layer normalisation: Keras already computes it in float32; the gradient
   here is the closed form (one pass for the input, two sums for gamma/beta)
   instead of autodiff through the mean, variance and rsqrt.
