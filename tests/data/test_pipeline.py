@@ -1,4 +1,5 @@
 import itertools
+import time
 
 import keras
 import numpy as np
@@ -183,6 +184,25 @@ def test_training_datasets_run_without_the_autotuning_thread(tiny_preprocessor, 
     for dataset in made:
         assert dataset.options().autotune.enabled is False
         assert dataset.options().deterministic is True
+        assert dataset.options().experimental_warm_start is True
+
+
+def test_pipeline_options_start_the_pipeline_when_the_iterator_is_made():
+    """Warm start: batches are prepared while `fit` traces its step, before the first next()."""
+    prepared = []
+
+    def prepare(i):
+        prepared.append(int(i))
+        return i
+
+    dataset = tf.data.Dataset.range(8).with_options(td.pipeline_options()).map(
+        lambda i: tf.py_function(prepare, [i], tf.int64), num_parallel_calls=2).prefetch(2)
+    iterator = iter(dataset)
+    deadline = time.monotonic() + 10
+    while not prepared and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert prepared, "nothing was prepared before the first next()"
+    assert [int(next(iterator)) for _ in range(8)] == list(range(8))
 
 
 class MaskedMean(keras.layers.Layer):
