@@ -1,4 +1,4 @@
-"""tfft's GELU / layer norm with closed-form gradients (`tfft.layers.fused_ops`).
+"""tfft's fused training ops: GELU, layer norm, dropout and attention (`tfft.layers.fused_ops`).
 
 Each op is checked against what it replaces (value and every gradient), the
 swap against the layers it touches (restored, config unchanged), and a
@@ -71,27 +71,115 @@ def test_layer_norm_last_axis_equals_keras_and_its_gradients():
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def _keras_dropout(rate, seed):
+    layer = keras.layers.Dropout(rate, seed=seed)
+    layer.build((None,))
+    return layer
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_dropout_draws_keras_mask_and_passes_gradient_through_it(dtype):
+    x = tf.cast(tf.reshape(tf.range(1, 3 * 7 * 16 + 1, dtype=tf.float32), (3, 7, 16)) / 50, dtype)
+    fused, plain = _keras_dropout(0.3, seed=11), _keras_dropout(0.3, seed=11)
+    for step in range(2):  # the second call: both seed generators advanced alike
+        with fused_training_ops(fused):
+            ours, (our_grad,) = _value_and_gradient(lambda v: fused(v, training=True), x)
+        theirs, (their_grad,) = _value_and_gradient(lambda v: plain(v, training=True), x)
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=f"call {step}")
+        np.testing.assert_array_equal(our_grad.numpy(), their_grad.numpy())
+        dropped = float(tf.reduce_mean(tf.cast(ours == 0, tf.float32)))
+        assert 0.2 < dropped < 0.4
+    with fused_training_ops(fused):
+        np.testing.assert_array_equal(fused(x, training=False).numpy(), x.numpy())
+
+
+def _attention_pair(dropout, seed=5):
+    layers = []
+    for _ in range(2):
+        layer = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, dropout=dropout,
+                                                seed=seed)
+        layer.build((2, 6, 10), (2, 6, 10))
+        layers.append(layer)
+    layers[1].set_weights(layers[0].get_weights())
+    return layers
+
+
+def _attention_loss(layer, x, mask):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, x, attention_mask=mask, training=True)
+        upstream = tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y)) / 100.0
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    return y, tape.gradient(loss, [x, *layer.trainable_weights])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25], ids=["no_dropout", "dropout"])
+def test_fused_attention_equals_multi_head_attention_and_its_gradients(dropout):
+    x = tf.constant(np.random.default_rng(2).normal(0, 1, (2, 6, 10)), tf.float32)
+    # Padding in the first example; the second's last query row attends to nothing.
+    mask = np.ones((2, 6, 6), bool)
+    mask[0, :, 4:] = False
+    mask[1, 5, :] = False
+    fused, plain = _attention_pair(dropout)
+    with fused_training_ops(fused) as swapped:
+        assert swapped == 2 and "_compute_attention" in vars(fused)  # and its dropout layer
+        ours, our_grads = _attention_loss(fused, x, mask)
+    assert "_compute_attention" not in vars(fused)
+    theirs, their_grads = _attention_loss(plain, x, mask)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    for our_grad, their_grad in zip(our_grads, their_grads, strict=True):
+        np.testing.assert_allclose(our_grad.numpy(), their_grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_attention_in_bfloat16_stays_near_float32():
+    x = tf.constant(np.random.default_rng(3).normal(0, 1, (2, 6, 10)), tf.float32)
+    fused, plain = _attention_pair(0.1)
+    with fused_training_ops(fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            q = tf.cast(fused._query_dense(x), tf.bfloat16)
+            k = tf.cast(fused._key_dense(x), tf.bfloat16)
+            v = tf.cast(fused._value_dense(x), tf.bfloat16)
+            ours = fused._compute_attention(q, k, v, None, False)[0]
+            loss = tf.reduce_sum(tf.cast(ours, tf.float32) ** 2)
+        our_grad = tape.gradient(loss, x)
+    assert ours.dtype == tf.bfloat16
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        reference = plain._compute_attention(plain._query_dense(x), plain._key_dense(x),
+                                             plain._value_dense(x), None, False)[0]
+        loss = tf.reduce_sum(reference ** 2)
+    reference_grad = tape.gradient(loss, x)
+    np.testing.assert_allclose(tf.cast(ours, tf.float32).numpy(), reference.numpy(), atol=0.03)
+    np.testing.assert_allclose(our_grad.numpy(), reference_grad.numpy(), atol=0.05, rtol=0.05)
+
+
 def test_fused_training_ops_swaps_inside_the_block_and_restores_every_layer(tiny_bert):
     task = tfft.build_model(tiny_bert, num_classes=3)
-    dense, norms = fusable_layers(task)
-    # Tiny BERT: one GELU feed-forward per layer; two norms per layer and the embeddings'.
-    assert len(dense) == 3 and len(norms) == 7
+    found = fusable_layers(task)
+    # Tiny BERT, 3 layers: a GELU feed-forward and an attention layer each; two norms each
+    # and the embeddings'; three dropouts each (the attention layer's own, after attention,
+    # after the feed-forward), the embeddings' and the head's.
+    assert [len(layers) for layers in found] == [3, 7, 3, 11]
+    dense, norms = found.gelu_dense, found.layer_norms
     activations = [layer.activation for layer in dense]
     config = task.get_config()
     batch = tiny_text_batch(n=4)
     before = task(batch, training=False).numpy()
 
     with fused_training_ops(task) as swapped:
-        assert swapped == 10
+        assert swapped == 24
         assert all(layer.activation is gelu_tanh for layer in dense)
-        assert all("call" in vars(layer) for layer in norms)
+        assert all("call" in vars(layer) for layer in norms + found.dropout)
+        assert all("_compute_attention" in vars(layer) for layer in found.attention)
         with fused_training_ops(task) as again:  # nested (another replica's trace)
-            assert again == 10
+            assert again == 24
         assert all(layer.activation is gelu_tanh for layer in dense)
         inside = task(batch, training=False).numpy()
 
     assert [layer.activation for layer in dense] == activations
-    assert not any("call" in vars(layer) for layer in norms)
+    assert not any("call" in vars(layer) for layer in norms + found.dropout)
+    assert not any("_compute_attention" in vars(layer) for layer in found.attention)
     assert task.get_config() == config
     np.testing.assert_allclose(inside, before, rtol=1e-5, atol=1e-6)
     with fused_training_ops(task, enabled=False) as swapped:
@@ -145,8 +233,9 @@ def test_real_minilm_trains_the_same_with_fused_ops(bbc):
     first = make()
     features = first.preprocessor(tf.constant(texts))
     first_weights = [np.asarray(w) for w in first.weights]
-    dense, norms = fusable_layers(first)
-    assert len(dense) == 6 and len(norms) == 13  # six BERT layers + the embeddings' norm
+    found = fusable_layers(first)
+    # Six BERT layers (+ the embeddings' norm and dropout, and the head's dropout).
+    assert [len(layers) for layers in found] == [6, 13, 6, 20]
     del first
 
     fused, fused_loss, fused_nodes = _train(make, True, (features, labels), steps=3)

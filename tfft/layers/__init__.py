@@ -4,7 +4,13 @@ They import nothing from tfft above `tfft.utils`, so every other part can use th
 """
 
 from tfft.layers.backbone_layer import BackboneLayer
-from tfft.layers.fused_ops import fused_training_ops, gelu_tanh, layer_norm_last_axis
+from tfft.layers.fused_ops import (
+    dot_product_attention,
+    fusable_layers,
+    fused_training_ops,
+    gelu_tanh,
+    layer_norm_last_axis,
+)
 from tfft.layers.heads import TASKS, TaskHead
 from tfft.layers.hub_layer import HubLayer, allow_hub_handles
 from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor
@@ -20,6 +26,8 @@ __all__ = [
     "Pooling",
     "TaskHead",
     "allow_hub_handles",
+    "dot_product_attention",
+    "fusable_layers",
     "fused_training_ops",
     "gelu_tanh",
     "layer_norm_last_axis",

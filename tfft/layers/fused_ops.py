@@ -14,6 +14,16 @@ matrix products around them once the products run in bfloat16:
 - Layer normalisation: Keras already computes it in float32; the gradient
   here is the closed form (one pass for the input, two sums for gamma/beta)
   instead of autodiff through the mean, variance and rsqrt.
+- Dropout: the same keep mask as Keras' (the layer's seed generator, the
+  same random op), its gradient one select instead of autodiff's
+  broadcast-aware pair of products with their shape bookkeeping.
+- Attention (`keras.layers.MultiHeadAttention`'s scaled dot product, mask,
+  softmax, dropout): the forward ops Keras runs, the backward pass written
+  out (four matrix products and the softmax gradient in float32) instead
+  of autodiff through transposes, broadcasting batch products and selects.
+  In MiniLM's train step these were 1,600 of the graph's 4,000 nodes; a
+  graph's size is what tracing it and TensorFlow's graph optimisation cost
+  (the first step's ~2 s on a CPU), and every node is a kernel to launch.
 
 `fused_training_ops(model)` swaps them into a model's eligible layers for
 the length of a `with` block (a train step's trace) and restores each
@@ -29,7 +39,7 @@ import contextlib
 import threading
 import types
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import tensorflow as tf
@@ -98,6 +108,160 @@ def layer_norm_last_axis(x: Any, gamma: Any, beta: Any, epsilon: float) -> Any:
     return normalise(x, gamma, beta)
 
 
+# TensorFlow's "auto_select" random algorithm, which `tf.random.stateless_uniform` uses.
+_AUTO_SELECT = 3
+
+
+def draw_seed(seed_generator: Any) -> Any:
+    """The int32 seed Keras' TensorFlow backend draws from `seed_generator` (advancing it)."""
+    seed = seed_generator.next()
+    if seed.dtype != tf.int32:
+        # What Keras does: its seed state is int64, TensorFlow's stateless ops want int32.
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+    return seed
+
+
+def dropout_keep_mask(shape: Any, rate: float, seed: Any, dtype: Any) -> Any:
+    """The keep mask `keras.random.dropout` draws for `seed` (from `draw_seed`).
+
+    Bit for bit Keras' mask for the same seed, without the no-op rescaling
+    `tf.random.stateless_uniform` adds to a [0, 1) draw.
+    """
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
+    uniform = tf.raw_ops.StatelessRandomUniformV2(shape=shape, key=key, counter=counter,
+                                                  alg=_AUTO_SELECT, dtype=dtype)
+    return uniform >= tf.constant(rate, dtype)
+
+
+def masked_scale(x: Any, keep: Any, scale: float) -> Any:
+    """`where(keep, x * scale, 0)` with a one-select gradient (dropout's apply step)."""
+
+    @tf.custom_gradient
+    def apply(x):
+        factor, zero = tf.constant(scale, x.dtype), tf.zeros((), x.dtype)
+
+        def grad(upstream):
+            with tf.name_scope("dropout_grad"):
+                return tf.where(keep, upstream * factor, zero)
+
+        return tf.where(keep, x * factor, zero), grad
+
+    return apply(x)
+
+
+def _fused_dropout_call(self, inputs, training=False):
+    if training is not True or not 0.0 < self.rate < 1.0 or self.noise_shape is not None:
+        # Inference, no-op or all-zero rates, or a broadcast mask: Keras' own call.
+        return type(self).call(self, inputs, training=training)
+    with tf.name_scope("fused_dropout"):
+        keep = dropout_keep_mask(tf.shape(inputs), self.rate, draw_seed(self.seed_generator),
+                                 inputs.dtype)
+        return masked_scale(inputs, keep, 1.0 / (1.0 - self.rate))
+
+
+def dot_product_attention(query: Any, key: Any, value: Any, mask: Any = None,
+                          scale: float = 1.0, dropout: float = 0.0, seed: Any = None) -> Any:
+    """Scaled dot-product attention with a hand-written backward pass.
+
+    What `keras.layers.MultiHeadAttention` computes for one attention axis
+    in training: `softmax(mask(q k^T * scale))`, masked positions zeroed
+    after the softmax, dropout of the probabilities, times `v`.
+
+    Args:
+        query: `[batch, target, heads, dim]`.
+        key, value: `[batch, source, heads, dim]`.
+        mask: bool, broadcastable to `[batch, heads, target, source]`; False
+            positions are not attended to. None: all are.
+        scale: float. Multiplies the query (Keras: `1 / sqrt(key_dim)`).
+        dropout: float in [0, 1). Dropout rate of the attention probabilities.
+        seed: int32 `[2]` seed of the dropout mask (`draw_seed`); needed when
+            `dropout` > 0.
+
+    Returns:
+        `[batch, target, heads, dim]` in `query`'s dtype.
+    """
+    if dropout and seed is None:
+        raise ValueError("dot_product_attention needs a seed when dropout > 0.")
+    with tf.name_scope("fused_attention"):
+        return _attention(query, key, value, mask, scale, dropout, seed)
+
+
+def _attention(query, key, value, mask, scale, rate, seed):
+    dtype = query.dtype
+    zero = tf.zeros((), dtype)
+    heads_first = tf.constant([0, 2, 1, 3])
+    query_scale = tf.constant(scale, dtype)
+    keep_scale = tf.constant(1.0 / (1.0 - rate), dtype)
+
+    @tf.custom_gradient
+    def attend(query, key, value):
+        q = tf.transpose(query * query_scale, heads_first)
+        k = tf.transpose(key, heads_first)
+        v = tf.transpose(value, heads_first)
+        scores = tf.matmul(q, k, transpose_b=True)
+        if mask is not None:
+            # Keras' masked softmax: a large negative score, then zeros (a row with
+            # nothing to attend to gives zeros, not a uniform average).
+            scores = tf.where(mask, scores, tf.constant(-3e4 if dtype == tf.float16 else -1e9,
+                                                        dtype))
+        probs = tf.nn.softmax(scores, axis=-1)
+        if mask is not None:
+            probs = tf.where(mask, probs, zero)
+        keep = None
+        if rate:
+            keep = dropout_keep_mask(tf.shape(probs), rate, seed, dtype)
+        dropped = probs if keep is None else tf.where(keep, probs * keep_scale, zero)
+        output = tf.transpose(tf.matmul(dropped, v), heads_first)
+
+        def grad(upstream):
+            with tf.name_scope("fused_attention_grad"):
+                d_output = tf.transpose(upstream, heads_first)
+                d_value = tf.matmul(dropped, d_output, transpose_a=True)
+                d_probs = tf.matmul(d_output, v, transpose_b=True)
+                if keep is not None:
+                    d_probs = tf.where(keep, d_probs * keep_scale, zero)
+                # Softmax: p * (dp - sum(dp * p)); masked positions have p = 0, so
+                # their score gradient is 0 without another select.
+                p32, dp32 = tf.cast(probs, tf.float32), tf.cast(d_probs, tf.float32)
+                d_scores = tf.cast(
+                    p32 * (dp32 - tf.reduce_sum(dp32 * p32, axis=-1, keepdims=True)), dtype)
+                d_query = tf.matmul(d_scores, k) * query_scale
+                d_key = tf.matmul(d_scores, q, transpose_a=True)
+                return (tf.transpose(d_query, heads_first), tf.transpose(d_key, heads_first),
+                        tf.transpose(d_value, heads_first))
+
+        return output, grad
+
+    return attend(query, key, value)
+
+
+def _fused_compute_attention(self, query, key, value, attention_mask=None, training=None,
+                             return_attention_scores=False, use_causal_mask=False):
+    rate = self._dropout
+    if (return_attention_scores or use_causal_mask or len(query.shape) != 4
+            or tuple(self._attention_axes) != (1,) or training not in (True, False, None)
+            or not 0.0 < rate < 1.0):
+        # Scores wanted, a causal mask, other attention axes, a symbolic
+        # `training`, or no dropout (Keras then calls its backend's
+        # `dot_product_attention`, which averages a row with nothing to attend
+        # to instead of zeroing it): Keras' own computation.
+        return type(self)._compute_attention(
+            self, query, key, value, attention_mask=attention_mask, training=training,
+            return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask)
+    mask = None
+    if attention_mask is not None:
+        mask = tf.cast(attention_mask, tf.bool)
+        if len(mask.shape) == 3:
+            mask = mask[:, None]  # [batch, 1, target, source]: every head
+    seed = None
+    if training:
+        with tf.name_scope("fused_attention"):
+            seed = draw_seed(self._dropout_layer.seed_generator)
+    output = dot_product_attention(query, key, value, mask, self._inverse_sqrt_key_dim,
+                                   rate if training else 0.0, seed)
+    return output, None
+
+
 def _fused_layer_norm_call(self, inputs):
     axes = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
     rank = len(inputs.shape)
@@ -115,21 +279,40 @@ def _is_tanh_gelu(activation: Any) -> bool:
             and getattr(activation, "__module__", "").startswith("keras_hub."))
 
 
-def fusable_layers(model: Any) -> tuple[list, list]:
-    """The Dense layers with KerasHub's tanh GELU, and the plain LayerNormalizations."""
-    dense, norms, seen, stack = [], [], set(), [model]
+class FusableLayers(NamedTuple):
+    """A model's layers `fused_training_ops` swaps, by kind."""
+
+    gelu_dense: list
+    layer_norms: list
+    attention: list
+    dropout: list
+
+
+def fusable_layers(model: Any) -> FusableLayers:
+    """The layers of `model` that `fused_training_ops` swaps.
+
+    Dense layers with KerasHub's tanh GELU, plain `LayerNormalization`s
+    (last axis, with scale and centre), plain `MultiHeadAttention`s (their
+    attention step) and plain `Dropout`s. Subclasses are left alone: they
+    may compute something else.
+    """
+    found, seen, stack = FusableLayers([], [], [], []), set(), [model]
     while stack:
         layer = stack.pop()
         if id(layer) in seen:
             continue
         seen.add(id(layer))
         if isinstance(layer, keras.layers.Dense) and _is_tanh_gelu(layer.activation):
-            dense.append(layer)
+            found.gelu_dense.append(layer)
         elif (type(layer) is keras.layers.LayerNormalization and not layer.rms_scaling
               and layer.gamma is not None and layer.beta is not None):
-            norms.append(layer)
+            found.layer_norms.append(layer)
+        elif type(layer) is keras.layers.MultiHeadAttention:
+            found.attention.append(layer)
+        elif type(layer) is keras.layers.Dropout:
+            found.dropout.append(layer)
         stack.extend(sublayers(layer))
-    return dense, norms
+    return found
 
 
 # Models whose layers are swapped now: id -> [open blocks, what to restore].
@@ -140,29 +323,33 @@ _LOCK = threading.Lock()
 
 
 def _swap(model: Any) -> list:
-    dense, norms = fusable_layers(model)
+    found = fusable_layers(model)
     restore = []
-    for layer in dense:
-        restore.append((layer, layer.activation))
+    for layer in found.gelu_dense:
+        restore.append((layer, "activation", layer.activation))
         layer.activation = gelu_tanh
-    for layer in norms:
-        if "call" not in vars(layer):
-            layer.call = types.MethodType(_fused_layer_norm_call, layer)
-            restore.append((layer, None))
+    methods = [(found.layer_norms, "call", _fused_layer_norm_call),
+               (found.dropout, "call", _fused_dropout_call),
+               (found.attention, "_compute_attention", _fused_compute_attention)]
+    for layers, name, method in methods:
+        for layer in layers:
+            if name not in vars(layer):  # not already replaced on this instance
+                setattr(layer, name, types.MethodType(method, layer))
+                restore.append((layer, name, None))
     return restore
 
 
 def _restore(restore: list) -> None:
-    for layer, activation in restore:
-        if activation is None:
-            del layer.call
+    for layer, name, value in restore:
+        if value is None:
+            delattr(layer, name)
         else:
-            layer.activation = activation
+            setattr(layer, name, value)
 
 
 @contextlib.contextmanager
 def fused_training_ops(model: Any, enabled: bool = True) -> Iterator[int]:
-    """Runs the block with `gelu_tanh` and `layer_norm_last_axis` in `model`'s layers.
+    """Runs the block with tfft's fused ops in `model`'s layers (see `fusable_layers`).
 
     Meant around a train step's trace: the graph traced inside keeps the
     fused ops, and every layer is restored when the block ends (its config,

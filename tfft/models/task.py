@@ -299,9 +299,10 @@ class Task(keras.Model):
             object.__setattr__(self, "_preprocess_cache", cached)
         return cached[1]
 
-    #: Whether the train step traces GELU and layer normalisation with tfft's
-    #: closed-form gradients (`tfft.layers.fused_training_ops`: the same
-    #: function, a smaller graph, faster steps on CPUs). None (default): when
+    #: Whether the train step traces GELU, layer normalisation, dropout and
+    #: attention with tfft's hand-written gradients
+    #: (`tfft.layers.fused_training_ops`: the same function, a smaller graph,
+    #: faster steps on CPUs). None (default): when
     #: training on CPUs only (no GPU or TPU visible), where it was measured;
     #: True or False forces it. Set it before the first `fit`: the step is
     #: traced once.
