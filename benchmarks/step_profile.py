@@ -5,11 +5,11 @@ Rotten Tomatoes in length-sorted pools of batches of 32). After one warm-up
 epoch, `--steps` steps run under `tf.profiler.experimental` and the kernel
 time of every op is summed by the part of the model its name falls in: GELU,
 layer normalisation, dropout, softmax, the optimizer, the matrix products
-(MatMul, Einsum, BatchMatMul), and the rest. Summed over TensorFlow's
+(MatMul, Einsum, BatchMatMul), the fused attention's other ops, and the rest. Summed over TensorFlow's
 compute threads, so shares, not wall time, are the figure to read.
 
-`--fused-ops off` profiles Keras' own GELU and layer norm (as before
-`Task.fused_ops`); `--distribution`, `--mixed-precision` and `--xla` as in
+`--fused-ops off` profiles Keras' own GELU, layer norm, dropout and
+attention (as before `Task.fused_ops`); `--distribution`, `--mixed-precision` and `--xla` as in
 `bench_common` (auto: bfloat16 on CPUs that compute it in hardware).
 
 Prints one JSON line: `op_ms` (total), `share` per part, `step_s` (wall time
@@ -45,11 +45,14 @@ from bench_common import (
 from first_epoch import load_texts
 
 # First match wins: an op's name (its name scope) says which part it belongs to.
+# "attention": the fused attention's ops other than its matrix products (softmax, mask,
+# dropout, transposes); Keras' own attention counts those under "softmax", "dropout", "other".
 PARTS = (("gelu", ("Gelu", "gelu")), ("layer_norm", ("layer_norm",)),
          ("dropout", ("dropout",)), ("softmax", ("softmax",)),
          ("optimizer", ("fused_adamw", "adamw", "ResourceApply")),
          ("matmul", (":_MklMatMul", ":MatMul", ":_MklEinsum", ":Einsum", "BatchMatMul",
-                     "_MklFusedMatMul")))
+                     "_MklFusedMatMul")),
+         ("attention", ("fused_attention",)))
 
 
 def part_of(name):
