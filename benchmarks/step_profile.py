@@ -5,8 +5,9 @@ Rotten Tomatoes in length-sorted pools of batches of 32). After one warm-up
 epoch, `--steps` steps run under `tf.profiler.experimental` and the kernel
 time of every op is summed by the part of the model its name falls in: GELU,
 layer normalisation, dropout, softmax, the optimizer, the matrix products
-(MatMul, Einsum, BatchMatMul), the fused attention's other ops, and the rest. Summed over TensorFlow's
-compute threads, so shares, not wall time, are the figure to read.
+(MatMul, Einsum, BatchMatMul), the fused attention's other ops, and the
+rest. Summed over TensorFlow's compute threads, so shares, not wall time,
+are the figure to read.
 
 `--fused-ops off` profiles Keras' own GELU, layer norm, dropout and
 attention (as before `Task.fused_ops`); `--distribution`, `--mixed-precision` and `--xla` as in
