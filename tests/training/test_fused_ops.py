@@ -115,6 +115,8 @@ def _attention_loss(layer, x, mask):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.25], ids=["no_dropout", "dropout"])
 def test_fused_attention_equals_multi_head_attention_and_its_gradients(dropout):
+    # Without dropout Keras runs its backend's dot_product_attention, which averages the
+    # fully masked row instead of zeroing it: the swap must keep Keras' code there.
     x = tf.constant(np.random.default_rng(2).normal(0, 1, (2, 6, 10)), tf.float32)
     # Padding in the first example; the second's last query row attends to nothing.
     mask = np.ones((2, 6, 6), bool)
