@@ -240,7 +240,8 @@ def _fused_compute_attention(self, query, key, value, attention_mask=None, train
                              return_attention_scores=False, use_causal_mask=False):
     rate = self._dropout
     if (return_attention_scores or use_causal_mask or len(query.shape) != 4
-            or tuple(self._attention_axes) != (1,) or training not in (True, False, None)
+            or tuple(self._attention_axes) != (1,)
+            or not (training is None or isinstance(training, bool))
             or not 0.0 < rate < 1.0):
         # Scores wanted, a causal mask, other attention axes, a symbolic
         # `training`, or no dropout (Keras then calls its backend's
