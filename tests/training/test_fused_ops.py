@@ -161,8 +161,11 @@ def test_fused_training_ops_swaps_inside_the_block_and_restores_every_layer(tiny
     found = fusable_layers(task)
     # Tiny BERT, 3 layers: a GELU feed-forward and an attention layer each; two norms each
     # and the embeddings'; three dropouts each (the attention layer's own, after attention,
-    # after the feed-forward), the embeddings' and the head's.
-    assert [len(layers) for layers in found] == [3, 7, 3, 11]
+    # after the feed-forward), the embeddings' and the head's. The three blocks form one
+    # group of repeated blocks.
+    assert [len(layers) for layers in found] == [3, 7, 3, 11, 1]
+    blocks = found.repeated_blocks[0]
+    assert len(blocks) == 3
     dense, norms = found.gelu_dense, found.layer_norms
     activations = [layer.activation for layer in dense]
     config = task.get_config()
@@ -170,22 +173,26 @@ def test_fused_training_ops_swaps_inside_the_block_and_restores_every_layer(tiny
     before = task(batch, training=False).numpy()
 
     with fused_training_ops(task) as swapped:
-        assert swapped == 24
+        assert swapped == 27
         assert all(layer.activation is gelu_tanh for layer in dense)
-        assert all("call" in vars(layer) for layer in norms + found.dropout)
+        assert all("call" in vars(layer) for layer in norms + found.dropout + blocks)
         assert all("_compute_attention" in vars(layer) for layer in found.attention)
         with fused_training_ops(task) as again:  # nested (another replica's trace)
-            assert again == 24
+            assert again == 27
         assert all(layer.activation is gelu_tanh for layer in dense)
         inside = task(batch, training=False).numpy()
 
     assert [layer.activation for layer in dense] == activations
-    assert not any("call" in vars(layer) for layer in norms + found.dropout)
+    assert not any("call" in vars(layer) for layer in norms + found.dropout + blocks)
     assert not any("_compute_attention" in vars(layer) for layer in found.attention)
     assert task.get_config() == config
     np.testing.assert_allclose(inside, before, rtol=1e-5, atol=1e-6)
     with fused_training_ops(task, enabled=False) as swapped:
         assert swapped == 0 and dense[0].activation is activations[0]
+    with fused_training_ops(task, enabled=False, share_blocks=True) as swapped:
+        assert swapped == 3 and dense[0].activation is activations[0]
+        assert all("call" in vars(layer) for layer in blocks)
+        assert not any("call" in vars(layer) for layer in norms)
 
 
 def _train(make_task, fused_ops, batches, steps):
@@ -236,8 +243,10 @@ def test_real_minilm_trains_the_same_with_fused_ops(bbc):
     features = first.preprocessor(tf.constant(texts))
     first_weights = [np.asarray(w) for w in first.weights]
     found = fusable_layers(first)
-    # Six BERT layers (+ the embeddings' norm and dropout, and the head's dropout).
-    assert [len(layers) for layers in found] == [6, 13, 6, 20]
+    # Six BERT layers (+ the embeddings' norm and dropout, and the head's dropout),
+    # the six blocks one group of repeated blocks (traced once by `fit`'s step).
+    assert [len(layers) for layers in found] == [6, 13, 6, 20, 1]
+    assert len(found.repeated_blocks[0]) == 6
     del first
 
     fused, fused_loss, fused_nodes = _train(make, True, (features, labels), steps=3)

@@ -46,6 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfft._compat import sublayers
+from tfft.layers.repeated_blocks import SharedTrace, repeated_blocks, shared_call
 
 # sqrt(2 / pi) and the cubic coefficient of GELU's tanh approximation.
 _SQRT_2_OVER_PI = 0.7978845608028654
@@ -288,6 +289,8 @@ class FusableLayers(NamedTuple):
     layer_norms: list
     attention: list
     dropout: list
+    #: Groups of identical blocks traced once (`tfft.layers.repeated_blocks`).
+    repeated_blocks: list
 
 
 def fusable_layers(model: Any) -> FusableLayers:
@@ -296,9 +299,11 @@ def fusable_layers(model: Any) -> FusableLayers:
     Dense layers with KerasHub's tanh GELU, plain `LayerNormalization`s
     (last axis, with scale and centre), plain `MultiHeadAttention`s (their
     attention step) and plain `Dropout`s. Subclasses are left alone: they
-    may compute something else.
+    may compute something else. `repeated_blocks` lists the groups of
+    identical blocks whose `call` one trace serves (see
+    `tfft.layers.repeated_blocks`).
     """
-    found, seen, stack = FusableLayers([], [], [], []), set(), [model]
+    found, seen, stack = FusableLayers([], [], [], [], repeated_blocks(model)), set(), [model]
     while stack:
         layer = stack.pop()
         if id(layer) in seen:
@@ -324,8 +329,10 @@ _ACTIVE: dict[int, list] = {}
 _LOCK = threading.Lock()
 
 
-def _swap(model: Any) -> list:
+def _swap(model: Any, fuse: bool, share: bool) -> list:
     found = fusable_layers(model)
+    if not fuse:
+        found = found._replace(gelu_dense=[], layer_norms=[], attention=[], dropout=[])
     restore = []
     for layer in found.gelu_dense:
         restore.append((layer, "activation", layer.activation))
@@ -338,6 +345,13 @@ def _swap(model: Any) -> list:
             if name not in vars(layer):  # not already replaced on this instance
                 setattr(layer, name, types.MethodType(method, layer))
                 restore.append((layer, name, None))
+    # After the swaps above: the one trace of a group runs its first block's
+    # sublayers, fused ops included.
+    for group in found.repeated_blocks if share else []:
+        call = shared_call(SharedTrace(group[0]))
+        for layer in group:
+            layer.call = types.MethodType(call, layer)
+            restore.append((layer, "call", None))
     return restore
 
 
@@ -350,20 +364,24 @@ def _restore(restore: list) -> None:
 
 
 @contextlib.contextmanager
-def fused_training_ops(model: Any, enabled: bool = True) -> Iterator[int]:
+def fused_training_ops(model: Any, enabled: bool = True,
+                       share_blocks: bool | None = None) -> Iterator[int]:
     """Runs the block with tfft's fused ops in `model`'s layers (see `fusable_layers`).
 
     Meant around a train step's trace: the graph traced inside keeps the
     fused ops, and every layer is restored when the block ends (its config,
-    saving and later traces see the original). Yields how many layers use
-    the fused ops inside the block (0 when `enabled` is False).
+    saving and later traces see the original). `share_blocks` (default: as
+    `enabled`) also traces each group of `model`'s repeated identical blocks
+    once (`tfft.layers.repeated_blocks`). Yields how many layers are swapped
+    inside the block (0 when both are off).
 
     Example:
 
     >>> with tfft.layers.fused_training_ops(task):
     ...     graph = tf.function(task.train_step).get_concrete_function(spec)
     """
-    if not enabled:
+    share = enabled if share_blocks is None else share_blocks
+    if not enabled and not share:
         yield 0
         return
     key = id(model)
@@ -371,7 +389,7 @@ def fused_training_ops(model: Any, enabled: bool = True) -> Iterator[int]:
         if key in _ACTIVE:
             _ACTIVE[key][0] += 1
         else:
-            _ACTIVE[key] = [1, _swap(model)]
+            _ACTIVE[key] = [1, _swap(model, enabled, share)]
         swapped = len(_ACTIVE[key][1])
     try:
         yield swapped

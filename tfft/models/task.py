@@ -308,9 +308,17 @@ class Task(keras.Model):
     #: traced once.
     fused_ops: bool | None = None
 
+    #: Whether the train step traces each group of the model's repeated
+    #: identical blocks (a transformer's layers) once and calls that trace
+    #: for every block of the group (`tfft.layers.repeated_blocks`): the
+    #: steps compute the same, the trace is shorter (MiniLM: 1,166 graph
+    #: nodes instead of 3,380). None (default): as `fused_ops`. Set it
+    #: before the first `fit`.
+    share_blocks: bool | None = None
+
     def train_step(self, data):
         enabled = self.fused_ops if self.fused_ops is not None else _training_on_cpu()
-        with fused_training_ops(self, enabled):
+        with fused_training_ops(self, enabled, self.share_blocks):
             return super().train_step(data)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
