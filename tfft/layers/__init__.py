@@ -15,6 +15,7 @@ from tfft.layers.heads import TASKS, TaskHead
 from tfft.layers.hub_layer import HubLayer, allow_hub_handles
 from tfft.layers.image_preprocessor import NORMALISATIONS, ImagePreprocessor
 from tfft.layers.pooling import POOLING_MODES, Pooling
+from tfft.layers.shared_blocks import repeated_blocks
 
 __all__ = [
     "NORMALISATIONS",
@@ -31,4 +32,5 @@ __all__ = [
     "fused_training_ops",
     "gelu_tanh",
     "layer_norm_last_axis",
+    "repeated_blocks",
 ]

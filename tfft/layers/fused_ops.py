@@ -46,7 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfft._compat import sublayers
-from tfft.layers.repeated_blocks import SharedTrace, repeated_blocks, shared_call
+from tfft.layers.shared_blocks import SharedTrace, repeated_blocks, shared_call
 
 # sqrt(2 / pi) and the cubic coefficient of GELU's tanh approximation.
 _SQRT_2_OVER_PI = 0.7978845608028654
@@ -289,7 +289,8 @@ class FusableLayers(NamedTuple):
     layer_norms: list
     attention: list
     dropout: list
-    #: Groups of identical blocks traced once (`tfft.layers.repeated_blocks`).
+    #: Groups of identical blocks traced once (`tfft.layers.repeated_blocks`,
+    #: `tfft.layers.shared_blocks`).
     repeated_blocks: list
 
 
@@ -301,7 +302,7 @@ def fusable_layers(model: Any) -> FusableLayers:
     attention step) and plain `Dropout`s. Subclasses are left alone: they
     may compute something else. `repeated_blocks` lists the groups of
     identical blocks whose `call` one trace serves (see
-    `tfft.layers.repeated_blocks`).
+    `tfft.layers.shared_blocks`).
     """
     found, seen, stack = FusableLayers([], [], [], [], repeated_blocks(model)), set(), [model]
     while stack:

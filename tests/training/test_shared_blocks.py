@@ -1,4 +1,4 @@
-"""Repeated blocks traced once (`tfft.layers.repeated_blocks`).
+"""Repeated blocks traced once (`tfft.layers.shared_blocks`).
 
 Which layers are grouped, and that a step traced with one shared trace per
 group computes what the step traced block by block computes: loss,
@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import tfft
 from tfft.layers.fused_ops import fused_training_ops
-from tfft.layers.repeated_blocks import repeated_blocks
+from tfft.layers.shared_blocks import repeated_blocks
 from tfft.utils.tfdata import pipeline_options
 
 from ..conftest import make_tiny_bert, tiny_text_batch

@@ -15,7 +15,7 @@ function with its own weights. TensorFlow's gradient of a function call
 is itself traced once per function, so the backward pass is shared too.
 When the train step runs, TensorFlow inlines the calls before its graph
 optimiser and executor see them, so the steps compute what they computed
-before, op for op (see `tests/training/test_repeated_blocks.py`).
+before, op for op (see `tests/training/test_shared_blocks.py`).
 
 Neither Keras nor TensorFlow does this for a `fit` step (JAX users get it
 from `jax.lax.scan` over stacked weights, which TensorFlow's `fit` path
