@@ -155,3 +155,44 @@ def test_task_trains_the_same_with_shared_blocks(new_tiny_text_backbone, policy)
                                    err_msg=ours.path)
         moved += not np.allclose(np.asarray(ours), np.asarray(start))
     assert moved > 20
+
+
+class _CapturingBlock(_Block):
+    """A block whose call reads a `tf.Variable` Keras does not track."""
+
+    def __init__(self, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = offset
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.untracked = [tf.Variable(tf.fill((self.units,), self.offset), trainable=False)]
+
+    def call(self, x, training=None):
+        return super().call(x, training=training) + self.untracked[0]
+
+
+def test_blocks_whose_trace_captures_a_variable_are_traced_one_by_one():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8,))
+    # Same config, different untracked offsets: one trace cannot compute both.
+    blocks = [_CapturingBlock(name="first"), _CapturingBlock(name="second")]
+    blocks[1].offset = 1.0
+    x = inputs
+    for block in blocks:
+        x = block(x)
+    model = keras.Model(inputs, x)
+    assert len(repeated_blocks(model)) == 1
+    data = tf.constant(np.random.default_rng(1).normal(size=(4, 8)), tf.float32)
+    expected = model(data, training=False)
+
+    @tf.function
+    def forward(data):
+        return model(data, training=False)
+
+    with fused_training_ops(model, enabled=False, share_blocks=True):
+        shared = forward(data)
+        calls = [op for op in forward.get_concrete_function(data).graph.get_operations()
+                 if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
+    np.testing.assert_allclose(shared.numpy(), expected.numpy(), rtol=1e-6)
+    assert calls == []  # fell back: each block traced its own call

@@ -106,7 +106,11 @@ class SharedTrace:
     go in as arguments, the non-trainable values the call updates (dropout
     seed states) and the losses it adds come back and are applied to
     `layer`. Outside a traced graph, or under a strategy with several
-    replicas, it calls `layer`'s own `call`.
+    replicas, it calls `layer`'s own `call`. So does every block of the group
+    when the trace captured anything from outside (a `tf.Variable` read
+    past Keras, a random draw from Keras' global seed generator, a tensor
+    kept on the layer): what it captured would be the first block's, or one
+    for all, so the blocks are traced one by one as without sharing.
     """
 
     def __init__(self, template: Any):
@@ -117,6 +121,7 @@ class SharedTrace:
         # states), over every trace so far.
         self.updated: set[int] = set()
         self.traces = 0
+        self.usable = True
 
     def _traced(self, trainable, non_trainable, args, kwargs):
         self.traces += 1
@@ -139,6 +144,11 @@ class SharedTrace:
             return self.call_method(layer, *args, **kwargs)
         trainable = [_stored(v) for v in layer.trainable_variables]
         non_trainable = [_stored(v) for v in layer.non_trainable_variables]
+        if self.usable:
+            traced = self.function.get_concrete_function(trainable, non_trainable, args, kwargs)
+            self.usable = not traced.captured_inputs
+        if not self.usable:
+            return self.call_method(layer, *args, **kwargs)
         outputs, after, losses = self.function(trainable, non_trainable, args, kwargs)
         variables = layer.non_trainable_variables
         for index in sorted(self.updated):
