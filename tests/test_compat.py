@@ -247,3 +247,37 @@ def test_write_export_archive_traces_no_default_serving_signature(tmp_path):
         "write_export_archive", f"{concrete} traces with concrete_endpoints=True")
     serve = tf.saved_model.load(str(tmp_path / "concrete")).signatures["serve"]
     np.testing.assert_allclose(next(iter(serve(tf.constant(x)).values())).numpy(), 2 * x)
+
+
+def test_graph_optimizer_light_sets_the_call_options_inside_only():
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    def rewrite_options():
+        serialized = context.context().function_call_options.config_proto_serialized
+        return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
+
+    rewriter = rewriter_config_pb2.RewriterConfig
+    square = tf.function(lambda x: x * x)
+    before = rewrite_options()
+    assert before.meta_optimizer_iterations == rewriter.DEFAULT_NUM_ITERS
+    with _compat.graph_optimizer_light():
+        inside = rewrite_options()
+        assert float(square(tf.constant(3.0))) == 9.0
+    assert (inside.meta_optimizer_iterations, inside.layout_optimizer,
+            inside.memory_optimization) == (rewriter.ONE, rewriter.OFF, rewriter.NO_MEM_OPT), broke(
+        "graph_optimizer_light", "context.function_call_options no longer carries the config")
+    assert rewrite_options() == before
+
+    # An option the user set stays as set.
+    ctx = context.context()
+    saved = ctx.function_call_options
+    config = config_pb2.ConfigProto.FromString(saved.config_proto_serialized)
+    config.graph_options.rewrite_options.layout_optimizer = rewriter.ON
+    ctx.function_call_options = context.FunctionCallOptions(config_proto=config)
+    try:
+        with _compat.graph_optimizer_light():
+            assert rewrite_options().layout_optimizer == rewriter.ON
+            assert rewrite_options().meta_optimizer_iterations == rewriter.ONE
+    finally:
+        ctx.function_call_options = saved

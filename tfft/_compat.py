@@ -8,9 +8,10 @@ when an upgrade changes what a function relies on: one file to fix.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -145,6 +146,52 @@ def set_symbolic_build_batch(model, transform: Callable[[Any], Any]) -> None:
 
     # Set on the instance, past Keras's attribute tracking: it is not model state.
     object.__setattr__(model, "_maybe_symbolic_build", types.MethodType(build, model))
+
+
+def graph_optimizer_light() -> contextlib.AbstractContextManager:
+    """Functions first called inside run TensorFlow's graph optimiser lighter.
+
+    One Grappler round instead of two and no layout or memory pass, for
+    the calls made in this thread inside the `with` block (TensorFlow's
+    per-thread `context.function_call_options`, whose config is an attribute
+    of each function call and is what Grappler reads when it instantiates
+    the function; a function called both ways is optimised once per way).
+    Options set by the user (`tf.config.optimizer.set_experimental_options`
+    or the global config) are kept; only options left at their default change.
+    """
+    return _graph_optimizer_light()
+
+
+_LIGHT_OPTIONS: dict[bytes, Any] = {}
+
+
+@contextlib.contextmanager
+def _graph_optimizer_light() -> Iterator[None]:
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    before = ctx.function_call_options
+    key = before.config_proto_serialized
+    options = _LIGHT_OPTIONS.get(key)
+    if options is None:
+        config = config_pb2.ConfigProto.FromString(key)
+        rewrite = config.graph_options.rewrite_options
+        rewriter = rewriter_config_pb2.RewriterConfig
+        if rewrite.meta_optimizer_iterations == rewriter.DEFAULT_NUM_ITERS:
+            rewrite.meta_optimizer_iterations = rewriter.ONE
+        if rewrite.layout_optimizer == rewriter.DEFAULT:
+            rewrite.layout_optimizer = rewriter.OFF
+        if rewrite.memory_optimization == rewriter.DEFAULT_MEM_OPT:
+            rewrite.memory_optimization = rewriter.NO_MEM_OPT
+        options = context.FunctionCallOptions(executor_type=before.executor_type,
+                                              config_proto=config)
+        _LIGHT_OPTIONS[key] = options
+    ctx.function_call_options = options
+    try:
+        yield
+    finally:
+        ctx.function_call_options = before
 
 
 # ---------------------------------------------------------------------------- saving

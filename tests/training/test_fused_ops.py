@@ -229,6 +229,36 @@ def test_training_with_fused_ops_equals_training_without(new_tiny_text_backbone)
     assert moved > 20  # training changed the weights it compares
 
 
+def test_fused_ops_optimise_the_train_step_in_one_grappler_round(new_tiny_text_backbone):
+    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    batch, labels = tiny_text_batch(n=8, seed=3), np.arange(8) % 3
+    data = tf.data.Dataset.from_tensor_slices((batch, labels)).batch(8)
+    seen = {}
+    for fused_ops in (True, False):
+        task = tfft.build_model(new_tiny_text_backbone(), num_classes=3, freeze="full")
+        task.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        task.fused_ops = fused_ops
+        step = task.train_step
+
+        def recording(data, step=step, fused_ops=fused_ops):
+            # Traced inside the train function's first call: the options it runs under.
+            serialized = context.context().function_call_options.config_proto_serialized
+            seen[fused_ops] = config_pb2.ConfigProto.FromString(serialized)
+            return step(data)
+
+        task.train_step = recording
+        task.fit(data, epochs=1, verbose=0)
+    rewriter = rewriter_config_pb2.RewriterConfig
+    light = seen[True].graph_options.rewrite_options
+    assert (light.meta_optimizer_iterations, light.layout_optimizer,
+            light.memory_optimization) == (rewriter.ONE, rewriter.OFF, rewriter.NO_MEM_OPT)
+    plain = seen[False].graph_options.rewrite_options
+    assert plain.meta_optimizer_iterations == rewriter.DEFAULT_NUM_ITERS
+    assert plain.layout_optimizer == rewriter.DEFAULT
+
+
 @pytest.mark.slow
 def test_real_minilm_trains_the_same_with_fused_ops(bbc):
     """The real all-MiniLM-L6-v2, three steps of 8 BBC articles at 64 tokens, both ways."""

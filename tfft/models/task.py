@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfft._compat import dense_kernel_variable
+from tfft._compat import dense_kernel_variable, graph_optimizer_light
 from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
@@ -302,10 +302,12 @@ class Task(keras.Model):
     #: Whether the train step traces GELU, layer normalisation, dropout and
     #: attention with tfft's hand-written gradients
     #: (`tfft.layers.fused_training_ops`: the same function, a smaller graph,
-    #: faster steps on CPUs). None (default): when
-    #: training on CPUs only (no GPU or TPU visible), where it was measured;
-    #: True or False forces it. Set it before the first `fit`: the step is
-    #: traced once.
+    #: faster steps on CPUs), and TensorFlow optimises that graph in one
+    #: round of Grappler without its layout and memory passes (GPU passes,
+    #: which change nothing in a CPU step; `tfft._compat.graph_optimizer_light`).
+    #: None (default): when training on CPUs only (no GPU or TPU visible),
+    #: where it was measured; True or False forces it. Set it before the
+    #: first `fit`: the step is traced once.
     fused_ops: bool | None = None
 
     #: Whether the train step traces each group of the model's repeated
@@ -316,10 +318,26 @@ class Task(keras.Model):
     #: before the first `fit`.
     share_blocks: bool | None = None
 
+    def _fused_ops_on(self) -> bool:
+        return self.fused_ops if self.fused_ops is not None else _training_on_cpu()
+
     def train_step(self, data):
-        enabled = self.fused_ops if self.fused_ops is not None else _training_on_cpu()
-        with fused_training_ops(self, enabled, self.share_blocks):
+        with fused_training_ops(self, self._fused_ops_on(), self.share_blocks):
             return super().train_step(data)
+
+    def make_train_function(self, force=False):
+        made = self.train_function
+        super().make_train_function(force)
+        function = self.train_function
+        if function is made or function is None or not self._fused_ops_on():
+            return function
+
+        def train_function(*args):
+            with graph_optimizer_light():
+                return function(*args)
+
+        self.train_function = train_function
+        return train_function
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
