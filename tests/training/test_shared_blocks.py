@@ -196,3 +196,21 @@ def test_blocks_whose_trace_captures_a_variable_are_traced_one_by_one():
                  if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
     np.testing.assert_allclose(shared.numpy(), expected.numpy(), rtol=1e-6)
     assert calls == []  # fell back: each block traced its own call
+
+
+class _NoConfigBlock(_Block):
+    """A block whose `get_config` cannot be made (a required argument Keras cannot store)."""
+
+    def __init__(self, activation_fn, **kwargs):
+        super().__init__(**kwargs)
+        self.activation_fn = activation_fn
+
+    def get_config(self):
+        raise NotImplementedError("no config")
+
+
+def test_blocks_without_a_config_are_not_grouped():
+    inputs = keras.Input((8,))
+    x = _NoConfigBlock(tf.nn.relu)(_NoConfigBlock(tf.nn.relu)(inputs))
+    model = keras.Model(inputs, x)
+    assert repeated_blocks(model) == []

@@ -55,6 +55,15 @@ def _shareable(layer: Any) -> bool:
             and layer.built and len(sublayers(layer)) >= 2 and "call" not in vars(layer))
 
 
+def _signature_if_shareable(layer: Any) -> str | None:
+    if not _shareable(layer):
+        return None
+    try:
+        return _signature(layer)
+    except Exception:  # a layer whose config Keras cannot make: not shared
+        return None
+
+
 def repeated_blocks(model: Any) -> list[list]:
     """Groups of `model`'s sibling layers that one trace can compute.
 
@@ -62,7 +71,8 @@ def repeated_blocks(model: Any) -> list[list]:
     config but for the name, the same variables (shape, dtype, trainable),
     trainability, dtype policy and, recursively, the same sublayers; only
     composite layers (two sublayers or more) and no models. A grouped
-    block's own sublayers are not grouped again.
+    block's own sublayers are not grouped again. A layer whose config
+    cannot be read (`get_config` raises) is never grouped.
 
     Example:
 
@@ -79,8 +89,9 @@ def repeated_blocks(model: Any) -> list[list]:
         for child in sublayers(parent):
             if id(child) in seen:
                 continue
-            if _shareable(child):
-                by_signature.setdefault(_signature(child), []).append(child)
+            signature = _signature_if_shareable(child)
+            if signature is not None:
+                by_signature.setdefault(signature, []).append(child)
             else:
                 stack.append(child)
         for group in by_signature.values():
