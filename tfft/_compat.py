@@ -16,6 +16,8 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context
 
 KERAS_VERSION = keras.__version__
 
@@ -148,7 +150,11 @@ def set_symbolic_build_batch(model, transform: Callable[[Any], Any]) -> None:
     object.__setattr__(model, "_maybe_symbolic_build", types.MethodType(build, model))
 
 
-def graph_optimizer_light() -> contextlib.AbstractContextManager:
+_LIGHT_OPTIONS: dict[bytes, Any] = {}
+
+
+@contextlib.contextmanager
+def graph_optimizer_light() -> Iterator[None]:
     """Functions first called inside run TensorFlow's graph optimiser lighter.
 
     One Grappler round instead of two and no layout or memory pass, for
@@ -159,17 +165,6 @@ def graph_optimizer_light() -> contextlib.AbstractContextManager:
     Options set by the user (`tf.config.optimizer.set_experimental_options`
     or the global config) are kept; only options left at their default change.
     """
-    return _graph_optimizer_light()
-
-
-_LIGHT_OPTIONS: dict[bytes, Any] = {}
-
-
-@contextlib.contextmanager
-def _graph_optimizer_light() -> Iterator[None]:
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-    from tensorflow.python.eager import context
-
     ctx = context.context()
     before = ctx.function_call_options
     key = before.config_proto_serialized

@@ -131,11 +131,9 @@ class SharedTrace:
         # Indices of the non-trainable variables a trace assigned (dropout seed
         # states), over every trace so far.
         self.updated: set[int] = set()
-        self.traces = 0
         self.usable = True
 
     def _traced(self, trainable, non_trainable, args, kwargs):
-        self.traces += 1
         template = self.template
         mapping = list(zip(template.trainable_variables, trainable, strict=True))
         mapping += list(zip(template.non_trainable_variables, non_trainable, strict=True))
