@@ -267,6 +267,9 @@ def test_graph_optimizer_light_sets_the_call_options_inside_only():
     assert (inside.meta_optimizer_iterations, inside.layout_optimizer,
             inside.memory_optimization) == (rewriter.ONE, rewriter.OFF, rewriter.NO_MEM_OPT), broke(
         "graph_optimizer_light", "context.function_call_options no longer carries the config")
+    assert (inside.constant_folding, inside.shape_optimization, inside.loop_optimization,
+            inside.experimental_conditional_code_motion) == (rewriter.OFF,) * 4
+    assert inside.disable_tfg_optimizer and inside.remapping == rewriter.DEFAULT
     assert rewrite_options() == before
 
     # An option the user set stays as set.
@@ -274,10 +277,12 @@ def test_graph_optimizer_light_sets_the_call_options_inside_only():
     saved = ctx.function_call_options
     config = config_pb2.ConfigProto.FromString(saved.config_proto_serialized)
     config.graph_options.rewrite_options.layout_optimizer = rewriter.ON
+    config.graph_options.rewrite_options.constant_folding = rewriter.ON
     ctx.function_call_options = context.FunctionCallOptions(config_proto=config)
     try:
         with _compat.graph_optimizer_light():
             assert rewrite_options().layout_optimizer == rewriter.ON
+            assert rewrite_options().constant_folding == rewriter.ON
             assert rewrite_options().meta_optimizer_iterations == rewriter.ONE
     finally:
         ctx.function_call_options = saved
