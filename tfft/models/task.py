@@ -303,8 +303,9 @@ class Task(keras.Model):
     #: attention with tfft's hand-written gradients
     #: (`tfft.layers.fused_training_ops`: the same function, a smaller graph,
     #: faster steps on CPUs), and TensorFlow optimises that graph in one
-    #: round of Grappler without its layout and memory passes (GPU passes,
-    #: which change nothing in a CPU step; `tfft._compat.graph_optimizer_light`).
+    #: round of Grappler without the passes that change nothing in a CPU
+    #: step (layout, memory, constant folding, shape, loop, conditional code
+    #: motion, MLIR; `tfft._compat.graph_optimizer_light`).
     #: None (default): when training on CPUs only (no GPU or TPU visible),
     #: where it was measured; True or False forces it. Set it before the
     #: first `fit`: the step is traced once.
