@@ -185,6 +185,22 @@ def test_every_function_is_documented_and_tested(name):
     assert f"_compat.{name}(" in source, f"tfft._compat.{name} has no test in {__file__}"
 
 
+def test_one_tf_variable_name_shares_the_tensorflow_name_inside_only():
+    with _compat.one_tf_variable_name():
+        first = keras.Variable(np.zeros(3, "float32"), name="first")
+        second = keras.Variable(np.zeros(2, "float32"), name="second")
+    third = keras.Variable(np.zeros(2, "float32"), name="third")
+    assert (first.name, second.name, third.name) == ("first", "second", "third")
+    assert first.value.name == second.value.name, broke(
+        "one_tf_variable_name", f"{first.value.name} != {second.value.name}: "
+        "tf.variable_creator_scope no longer sets the inner variable's name")
+    assert third.value.name.startswith("third")
+    first.assign([1.0, 2.0, 3.0])
+    second.assign([4.0, 5.0])
+    np.testing.assert_array_equal(first.numpy(), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(second.numpy(), [4.0, 5.0])
+
+
 def test_write_export_archive_stores_each_variable_once(tmp_path):
     model = _dense_model()
     x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")

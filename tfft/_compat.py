@@ -202,6 +202,33 @@ def graph_optimizer_light() -> Iterator[None]:
         ctx.function_call_options = before
 
 
+def _one_name(next_creator, **kwargs):
+    kwargs["name"] = "Variable"
+    return next_creator(**kwargs)
+
+
+@contextlib.contextmanager
+def one_tf_variable_name() -> Iterator[None]:
+    """Keras variables made inside share one TensorFlow-level name (faster, eagerly).
+
+    Eager TensorFlow keeps one kernel per op and attribute set, and a
+    variable's TensorFlow name is an attribute of the op that makes it
+    (`VarHandleOp`'s `debug_name`): each uniquely named variable builds a
+    kernel of its own, ~0.7 ms on a 2-core CPU against ~0.15 ms for the
+    whole variable otherwise. Keras names each optimizer slot after its
+    weight, so building AdamW for MiniLM (206 slots) took 0.27 s, 0.14 s
+    inside this block. Only the inner `tf.Variable`'s `name` changes
+    (`variable.value.name`); the Keras name and path, which `.keras` files,
+    `optimizer.variables` and checkpoints go by, stay. Does nothing under a
+    strategy with several replicas (it names each replica's copy).
+    """
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        yield
+        return
+    with tf.variable_creator_scope(_one_name):
+        yield
+
+
 # ---------------------------------------------------------------------------- saving
 
 

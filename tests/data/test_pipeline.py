@@ -1,4 +1,5 @@
 import itertools
+import sys
 import time
 
 import keras
@@ -185,6 +186,52 @@ def test_training_datasets_run_without_the_autotuning_thread(tiny_preprocessor, 
         assert dataset.options().autotune.enabled is False
         assert dataset.options().deterministic is True
         assert dataset.options().experimental_warm_start is True
+
+
+class _FileRecorder(keras.layers.Layer):
+    """A preprocessor layer that records which file its `__call__` runs from."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.files = []
+
+    def __call__(self, texts):
+        # AutoGraph runs a converted function from a generated file of its own.
+        self.files.append(sys._getframe().f_code.co_filename)
+        return self.inner(texts)
+
+
+def test_keras_layer_preprocessors_are_traced_without_autograph(tiny_preprocessor, texts):
+    data = td.LabeledData(texts, np.arange(len(texts)) % 2, ["a", "b"])
+    recorder = _FileRecorder(tiny_preprocessor)
+    fixed = td.make_dataset(data, preprocess=recorder, batch_size=4)
+    pooled = td.make_text_dataset(data, preprocessor=recorder, batch_size=4, bucketing=True)
+    bucketed = td.make_text_dataset(data, preprocessor=recorder, batch_size=4, bucketing=True,
+                                    bucket_boundaries=[4, 8])
+    assert recorder.files and set(recorder.files) == {__file__}
+    expected = td.make_dataset(data, preprocess=tiny_preprocessor, batch_size=4)
+    for (x, y), (x0, y0) in zip(fixed, expected, strict=True):
+        np.testing.assert_array_equal(x["token_ids"], x0["token_ids"])
+        np.testing.assert_array_equal(y, y0)
+    assert sum(int(y.shape[0]) for _, y in pooled) == len(texts)
+    assert sum(int(y.shape[0]) for _, y in bucketed) == len(texts)
+
+
+def test_plain_function_preprocessors_keep_autograph(tiny_preprocessor, texts):
+    def preprocess(batch):
+        features = dict(tiny_preprocessor(batch))
+        # A Python `if` on a tensor: only AutoGraph turns it into graph control flow.
+        if tf.reduce_any(features["padding_mask"][:, 0]):
+            features["segment_ids"] = features["segment_ids"] + 1
+        return features
+
+    data = td.LabeledData(texts, np.arange(len(texts)) % 2, ["a", "b"])
+    for dataset in (td.make_dataset(data, preprocess=preprocess, batch_size=4),
+                    td.make_text_dataset(data, preprocessor=preprocess, batch_size=4,
+                                         bucketing=True)):
+        x, _ = next(iter(dataset))
+        assert int(tf.reduce_min(x["segment_ids"])) == 1
 
 
 def test_pipeline_options_start_the_pipeline_when_the_iterator_is_made():

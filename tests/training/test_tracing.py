@@ -49,6 +49,48 @@ def test_build_for_training_keeps_fit_results_identical(count_train_step_traces)
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_build_for_training_slots_keep_keras_names_and_save_and_restore(tmp_path):
+    # Built early, the slots share one TensorFlow-level name (eager TensorFlow
+    # makes one kernel per variable name); Keras' names, what saving goes by, stay.
+    def make():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(5, activation="relu", name="hidden")(inputs)
+        outputs = keras.layers.Dense(3, activation="softmax", name="out")(hidden)
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer=tfft.training.FusedAdamW(0.01, weight_decay=0.01),
+                      loss="sparse_categorical_crossentropy")
+        return model
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, LABELS.astype("int32"))).batch(8)
+    lazy, early = make(), make()
+    build_for_training(early, data.element_spec)
+    lazy.fit(data, epochs=2, verbose=0)
+    early.fit(data, epochs=2, verbose=0)
+    slots = [v for v in early.optimizer.variables if "_momentum" in v.path or "_velocity" in v.path]
+    assert len(slots) == 8
+    assert len({v.value.name for v in slots}) == 1
+    assert [v.path for v in early.optimizer.variables] == \
+        [v.path for v in lazy.optimizer.variables]
+    for a, b in zip(lazy.optimizer.variables, early.optimizer.variables, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6)
+
+    early.save(tmp_path / "early.keras")
+    loaded = keras.saving.load_model(tmp_path / "early.keras")
+    checkpoint = tf.train.Checkpoint(model=early, optimizer=early.optimizer)
+    path = checkpoint.write(str(tmp_path / "ckpt"))
+    restored = make()
+    build_for_training(restored, data.element_spec)
+    tf.train.Checkpoint(model=restored, optimizer=restored.optimizer).read(path) \
+        .assert_existing_objects_matched()
+    for other in (loaded, restored):
+        assert [v.path for v in other.optimizer.variables] == \
+            [v.path for v in early.optimizer.variables]
+        for a, b in zip(early.optimizer.variables, other.optimizer.variables, strict=True):
+            np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
 def test_feature_cache_computes_features_in_one_trace(tiny_bert, text_batch):
     model = tfft.build_model(tiny_bert, num_classes=3)
     pooling = model.get_layer("pooling")

@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfft._compat import one_tf_variable_name
 from tfft.adapt.gradual import GradualUnfreezing
 
 
@@ -76,7 +77,7 @@ def build_for_training(model: keras.Model, element_spec: Any = None,
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None or not getattr(model, "compiled", False):
         return
-    with model.distribute_strategy.scope():
+    with model.distribute_strategy.scope(), one_tf_variable_name():
         # A keras.callbacks.CallbackList keeps its callbacks in `.callbacks`.
         for callback in getattr(callbacks, "callbacks", callbacks) or ():
             if isinstance(callback, GradualUnfreezing) and not optimizer.built:
