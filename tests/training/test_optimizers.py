@@ -41,6 +41,25 @@ def test_fused_adamw_matches_keras_adamw(exclude):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_fused_adamw_decay_multiplies_by_one_minus_lr_times_decay():
+    # A zero gradient leaves Adam's step at zero: only the decay moves the variable.
+    start = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    ours = keras.Variable(start)
+    theirs = keras.Variable(start)
+    keep = np.float32(1) - np.float32(0.01) * np.float32(0.3)
+
+    def two_steps(optimizer, variable):
+        optimizer.build([variable])
+        apply = tf.function(lambda: optimizer.apply_gradients([(tf.zeros((8, 8)), variable)]))
+        apply()
+        apply()
+
+    two_steps(FusedAdamW(0.01, weight_decay=0.3), ours)
+    two_steps(keras.optimizers.AdamW(0.01, weight_decay=0.3), theirs)
+    np.testing.assert_array_equal(ours.numpy(), start * keep * keep)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6)
+
+
 def test_fused_adamw_traces_a_smaller_graph():
     def nodes(optimizer):
         model = _model()
