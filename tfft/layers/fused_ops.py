@@ -71,8 +71,11 @@ def _gelu_tanh(x: Any) -> Any:
     def grad(upstream):
         # Named, so profiles can tell these ops from others (the tape calls this unscoped).
         with tf.name_scope("gelu_tanh_grad"):
-            slope = 0.5 * (1.0 + tanh) + 0.5 * x32 * (1.0 - tanh * tanh) * _SQRT_2_OVER_PI * (
-                1.0 + 3.0 * _CUBIC * x32 * x32)
+            # d/dx = 0.5 (1 + t) + x (1 - t^2) (0.5 c + 1.5 c k x^2), t the forward's
+            # tanh: the constants folded and (1 - t^2) times its factor as one
+            # TanhGrad kernel, 9 elementwise passes over the activation instead of 12.
+            inner = x32 * (0.5 * _SQRT_2_OVER_PI + 1.5 * _SQRT_2_OVER_PI * _CUBIC * (x32 * x32))
+            slope = (0.5 + 0.5 * tanh) + tf.raw_ops.TanhGrad(y=tanh, dy=inner)
             return tf.cast(tf.cast(upstream, tf.float32) * slope, x.dtype)
 
     return tf.cast(0.5 * x32 * (1.0 + tanh), x.dtype), grad
