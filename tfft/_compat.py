@@ -220,7 +220,8 @@ def one_tf_variable_name() -> Iterator[None]:
     inside this block. Only the inner `tf.Variable`'s `name` changes
     (`variable.value.name`); the Keras name and path, which `.keras` files,
     `optimizer.variables` and checkpoints go by, stay. Does nothing under a
-    strategy with several replicas (it names each replica's copy).
+    strategy with several replicas, which names each replica's copy after
+    the variable's name.
     """
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         yield
