@@ -84,8 +84,13 @@ def _image_prepare(backbone, image_size):
     return prepare
 
 
+def _augment_layers(augment):
+    """`augment` as a list: one layer or callable, or a list or tuple of them."""
+    return list(augment) if isinstance(augment, (list, tuple)) else [augment]
+
+
 def _augmenter(augment):
-    layers = augment if isinstance(augment, (list, tuple)) else [augment]
+    layers = _augment_layers(augment)
     for layer in layers:
         if not callable(layer):
             raise TypeError(
@@ -184,8 +189,7 @@ def make_dataset(
         return batch_x, batch_y
 
     stage_one = _unconverted_for_layers(stage_one, preprocessor)
-    augment_layers = augment if isinstance(augment, (list, tuple)) else [augment]
-    stage_two = _unconverted_for_layers(stage_two, preprocessor, *augment_layers)
+    stage_two = _unconverted_for_layers(stage_two, preprocessor, *_augment_layers(augment))
 
     dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).with_options(
         pipeline_options(deterministic)
