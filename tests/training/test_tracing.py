@@ -6,7 +6,11 @@ import tensorflow as tf
 import tfft
 from tfft.training.feature_cache import compute_features, feature_model
 from tfft.training.recipes import fine_tune
-from tfft.training.tracing import build_for_training, predict_batches
+from tfft.training.tracing import (
+    build_for_training,
+    make_single_train_function,
+    predict_batches,
+)
 
 LABELS = np.arange(16) % 3
 
@@ -47,6 +51,48 @@ def test_build_for_training_keeps_fit_results_identical(count_train_step_traces)
         np.testing.assert_allclose(early_history[key], values, rtol=1e-6)
     for a, b in zip(lazy.get_weights(), early.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def _tiny_dense_model(**compile_kwargs):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["sparse_categorical_accuracy"], **compile_kwargs)
+    return model
+
+
+def test_single_train_function_trains_as_keras_nested_function_in_one_graph():
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = LABELS.astype("int32")
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    ours, keras_own = _tiny_dense_model(), _tiny_dense_model()
+    ours.train_function = function = make_single_train_function(ours)  # fit keeps it
+    ours_history = ours.fit(data, epochs=2, verbose=0).history
+    keras_history = keras_own.fit(data, epochs=2, verbose=0).history
+    assert ours.train_function is function
+    assert ours_history.keys() == keras_history.keys()
+    for key, values in keras_history.items():
+        np.testing.assert_allclose(ours_history[key], values, rtol=1e-6)
+    # train_on_batch passes a list of one batch instead of an iterator.
+    ours_logs = ours.train_on_batch(x[:8], y[:8], return_dict=True)
+    keras_logs = keras_own.train_on_batch(x[:8], y[:8], return_dict=True)
+    for key, value in keras_logs.items():
+        np.testing.assert_allclose(ours_logs[key], value, rtol=1e-6)
+    for a, b in zip(ours.get_weights(), keras_own.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # One graph: the optimizer's updates are in it, not in a nested function call.
+    ops = {op.type for op in function.traced.get_concrete_function(iter(data)).graph
+           .get_operations()}
+    assert "AssignAddVariableOp" in ops  # the optimizer's step counter
+    assert not ops & {"StatefulPartitionedCall", "PartitionedCall"}
+
+
+@pytest.mark.parametrize("setting", [{"jit_compile": True}, {"steps_per_execution": 2},
+                                     {"run_eagerly": True}], ids=["xla", "steps", "eager"])
+def test_single_train_function_leaves_other_settings_to_keras(setting):
+    assert make_single_train_function(_tiny_dense_model(**setting)) is None
 
 
 def test_build_for_training_slots_keep_keras_names_and_save_and_restore(tmp_path):

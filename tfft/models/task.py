@@ -28,7 +28,11 @@ from tfft.adapt import FreezePolicy, LoRA, apply_freeze, lora_layers, parse_free
 from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
 from tfft.layers.fused_ops import fused_training_ops
-from tfft.training.tracing import build_for_training, trace_predict_function
+from tfft.training.tracing import (
+    build_for_training,
+    make_single_train_function,
+    trace_predict_function,
+)
 from tfft.utils.tfdata import pipeline_options
 
 DEFAULT_BATCH_SIZE = 32
@@ -327,10 +331,15 @@ class Task(keras.Model):
             return super().train_step(data)
 
     def make_train_function(self, force=False):
-        made = self.train_function
-        super().make_train_function(force)
-        function = self.train_function
-        if function is made or function is None or not self._fused_ops_on():
+        if self.train_function is not None and not force:
+            return self.train_function
+        # One tf.function where Keras nests two (`make_single_train_function`).
+        function = make_single_train_function(self)
+        if function is None:
+            super().make_train_function(force)
+            function = self.train_function
+        self.train_function = function
+        if function is None or not self._fused_ops_on():
             return function
 
         def train_function(*args):

@@ -12,6 +12,14 @@ backward pass and optimizer update twice before its first step (measured on
 MiniLM with AdamW, 2 CPU cores: 18 s before the first step, 10 s once the
 variables exist). `build_for_training` creates them up front, eagerly.
 
+`make_single_train_function`: Keras on TensorFlow nests its train step in
+two `tf.function`s (an inner one for the step, so that `jit_compile` covers
+the step and not the iterator, and an outer one that reads the iterator);
+every variable is captured into both and both are traced and converted.
+Without XLA, one step per call, on one replica, the same step traced in one
+function reaches its first step ~0.15 s sooner (MiniLM, 2 CPU cores) and
+runs the same graph once inlined. `tfft.Task` trains through it.
+
 `trace_predict_function`: `model.predict` traces its predict function for
 the first batch's shape and again, relaxed, for the last, smaller batch;
 traced first for the dataset's own signature (batch axis unknown), it serves
@@ -96,6 +104,59 @@ def build_for_training(model: keras.Model, element_spec: Any = None,
             # that now.
             if getattr(metric, "built", True) is False:
                 metric.build(y_true, outputs[0])
+
+
+def _without_optionals(data: Any) -> Any:
+    """Keras' convention: an empty `tf.experimental.Optional` in a batch stands for None."""
+    return keras.tree.map_structure(
+        lambda item: None if isinstance(item, tf.experimental.Optional) else item, data
+    )
+
+
+def make_single_train_function(model: keras.Model) -> Any:
+    """`model`'s train function as one `tf.function`, or None where Keras' own applies.
+
+    Keeps the contract of the function Keras makes: called with a tf.data
+    iterator it trains on the next batch and returns the step's logs (an
+    exhausted iterator raises `OutOfRangeError`, as Keras' does with one
+    step per call); called with a list of batches (`train_on_batch`) it
+    trains on the first. Returns None (use Keras' function) on another
+    backend, run eagerly, with `jit_compile`, with `steps_per_execution`
+    above 1 or under several replicas (Keras' function reduces their
+    outputs).
+
+    Args:
+        model: keras.Model. A compiled model.
+
+    Returns:
+        The train function (its `traced` attribute is the `tf.function`
+        that trains on an iterator), or None.
+    """
+    if (keras.backend.backend() != "tensorflow" or model.run_eagerly or model.jit_compile
+            or getattr(model, "steps_per_execution", 1) != 1
+            or model.distribute_strategy.num_replicas_in_sync > 1):
+        return None
+
+    @tf.autograph.experimental.do_not_convert
+    def one_step(data):
+        return model.distribute_strategy.run(model.train_step, args=(_without_optionals(data),))
+
+    @tf.autograph.experimental.do_not_convert
+    def step_on_iterator(iterator):
+        return one_step(iterator.get_next())
+
+    on_iterator = tf.function(step_on_iterator, reduce_retracing=True)
+    on_batch = tf.function(one_step, reduce_retracing=True)
+
+    def function(iterator):
+        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+            return on_iterator(iterator)
+        for data in iterator:
+            return on_batch(data)
+        raise ValueError("The train function got no batch: pass a list of one batch.")
+
+    function.traced = on_iterator  # the tf.function, for its concrete graph
+    return function
 
 
 def trace_predict_function(model: keras.Model, element_spec: Any) -> None:
