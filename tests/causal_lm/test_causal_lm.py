@@ -153,6 +153,8 @@ def test_fit_traces_the_train_step_once(make_lm, count_train_step_traces):
     # variables would make tf.function trace the whole step a second time.
     assert len(traces) == 1
     assert task.optimizer.built
+    # In one tf.function (tfft.training.make_single_train_function), not Keras' two.
+    assert hasattr(task.train_function, "traced")
 
 
 def test_gradient_checkpointing_recomputes_blocks_and_trains_to_the_same_weights(

@@ -54,6 +54,8 @@ def test_full_fine_tuning_changes_the_backbone(tiny_scenes, tiny_backbone):
              verbose=0)
     assert all(not np.array_equal(a, w.numpy())
                for a, w in zip(before, task.backbone.trainable_weights, strict=True))
+    # In one tf.function (tfft.training.make_single_train_function), not Keras' two.
+    assert hasattr(task.train_function, "traced")
 
 
 def test_top_k_trains_only_the_top_stages(tiny_backbone):

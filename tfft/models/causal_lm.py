@@ -48,7 +48,7 @@ from tfft.backbones.causal_lm import (
 )
 from tfft.models.task import _LoRAState
 from tfft.training.checkpointing import checkpoint_layers
-from tfft.training.tracing import build_for_training
+from tfft.training.tracing import SingleTrainFunction, build_for_training
 from tfft.utils.walk import walk_layers
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def _is_causal_lm(model):
 
 
 @keras.saving.register_keras_serializable(package="tfft")
-class CausalLMTask(keras.Model):
+class CausalLMTask(SingleTrainFunction, keras.Model):
     """A causal language model being fine-tuned: training, generation, adapters.
 
     Build one with `tfft.build_model(spec, task="causal_lm", freeze="lora:8")`

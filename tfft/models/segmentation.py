@@ -35,13 +35,13 @@ from tfft.adapt import FreezePolicy, apply_freeze, parse_freeze
 from tfft.backbones import Backbone, BackboneInfo, load_backbone
 from tfft.layers import BackboneLayer, ImagePreprocessor
 from tfft.layers.segmentation_head import SegmentationHead
-from tfft.training.tracing import build_for_training
+from tfft.training.tracing import SingleTrainFunction, build_for_training
 
 SEGMENTATION_TASK = "semantic_segmentation"
 PYRAMID_LEVELS = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
 
 
-class DatasetFitModel(keras.Model):
+class DatasetFitModel(SingleTrainFunction, keras.Model):
     """A `keras.Model` whose `fit` leaves Keras' array shuffling off for datasets.
 
     Keras' `fit` defaults to `shuffle=True` and warns that it is ignored when

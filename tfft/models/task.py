@@ -29,8 +29,8 @@ from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
 from tfft.layers.fused_ops import fused_training_ops
 from tfft.training.tracing import (
+    SingleTrainFunction,
     build_for_training,
-    make_single_train_function,
     trace_predict_function,
 )
 from tfft.utils.tfdata import pipeline_options
@@ -44,7 +44,7 @@ _MADE_DATASETS: weakref.WeakSet = weakref.WeakSet()
 
 
 @keras.saving.register_keras_serializable(package="tfft")
-class Task(keras.Model):
+class Task(SingleTrainFunction, keras.Model):
     """A pretrained backbone adapted to a task, taking raw inputs.
 
     Build one with `tfft.build_model(...)`; the constructor is for code that
@@ -331,15 +331,10 @@ class Task(keras.Model):
             return super().train_step(data)
 
     def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        # One tf.function where Keras nests two (`make_single_train_function`).
-        function = make_single_train_function(self)
-        if function is None:
-            super().make_train_function(force)
-            function = self.train_function
-        self.train_function = function
-        if function is None or not self._fused_ops_on():
+        made = self.train_function
+        # One tf.function where Keras nests two (`SingleTrainFunction`).
+        function = super().make_train_function(force)
+        if function is made or function is None or not self._fused_ops_on():
             return function
 
         def train_function(*args):

@@ -30,7 +30,13 @@ from tfft.training.presets import (
     set_mixed_precision,
 )
 from tfft.training.recipes import EpochData, epoch_datasets, fine_tune
-from tfft.training.tracing import build_for_training, predict_batches, trace_predict_function
+from tfft.training.tracing import (
+    SingleTrainFunction,
+    build_for_training,
+    make_single_train_function,
+    predict_batches,
+    trace_predict_function,
+)
 
 __all__ = [
     "OPTIMIZER_PRESETS",
@@ -41,6 +47,7 @@ __all__ = [
     "EpochSeeding",
     "FusedAdamW",
     "MonitorCheck",
+    "SingleTrainFunction",
     "TrainingDivergedError",
     "build_for_training",
     "cached_features",
@@ -58,6 +65,7 @@ __all__ = [
     "list_cached",
     "list_presets",
     "make_optimizer",
+    "make_single_train_function",
     "predict_batches",
     "preset_of",
     "set_mixed_precision",

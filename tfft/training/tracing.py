@@ -18,7 +18,8 @@ the step and not the iterator, and an outer one that reads the iterator);
 every variable is captured into both and both are traced and converted.
 Without XLA, one step per call, on one replica, the same step traced in one
 function reaches its first step ~0.15 s sooner (MiniLM, 2 CPU cores) and
-runs the same graph once inlined. `tfft.Task` trains through it.
+runs the same graph once inlined. tfft's tasks train through it (the
+`SingleTrainFunction` mixin).
 
 `trace_predict_function`: `model.predict` traces its predict function for
 the first batch's shape and again, relaxed, for the last, smaller batch;
@@ -157,6 +158,28 @@ def make_single_train_function(model: keras.Model) -> Any:
 
     function.traced = on_iterator  # the tf.function, for its concrete graph
     return function
+
+
+class SingleTrainFunction:
+    """`keras.Model` mixin: `fit` trains through `make_single_train_function`.
+
+    Where that returns None (XLA, several steps per call, several replicas,
+    run eagerly), Keras' own train function is made.
+
+    Example:
+
+    >>> class MyTask(SingleTrainFunction, keras.Model): ...
+    """
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        function = make_single_train_function(self)
+        if function is None:
+            super().make_train_function(force)
+            return self.train_function
+        self.train_function = function
+        return function
 
 
 def trace_predict_function(model: keras.Model, element_spec: Any) -> None:
