@@ -287,6 +287,11 @@ def test_graph_optimizer_light_sets_the_call_options_inside_only():
             inside.experimental_conditional_code_motion) == (rewriter.OFF,) * 4
     assert inside.disable_tfg_optimizer and inside.remapping == rewriter.DEFAULT
     assert rewrite_options() == before
+    with _compat.graph_optimizer_light(remapper=False):
+        assert rewrite_options().remapping == rewriter.OFF
+        assert rewrite_options().meta_optimizer_iterations == rewriter.ONE
+    with _compat.graph_optimizer_light():  # cached per setting
+        assert rewrite_options().remapping == rewriter.DEFAULT
 
     # An option the user set stays as set.
     ctx = context.context()

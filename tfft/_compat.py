@@ -150,7 +150,7 @@ def set_symbolic_build_batch(model, transform: Callable[[Any], Any]) -> None:
     object.__setattr__(model, "_maybe_symbolic_build", types.MethodType(build, model))
 
 
-_LIGHT_OPTIONS: dict[bytes, Any] = {}
+_LIGHT_OPTIONS: dict[tuple[bytes, bool], Any] = {}
 
 
 # Passes that changed little or nothing in MiniLM's train step (Grappler's log:
@@ -161,7 +161,7 @@ _LIGHT_PASSES_OFF = ("layout_optimizer", "constant_folding", "shape_optimization
 
 
 @contextlib.contextmanager
-def graph_optimizer_light() -> Iterator[None]:
+def graph_optimizer_light(remapper: bool = True) -> Iterator[None]:
     """Functions first called inside run TensorFlow's graph optimiser lighter.
 
     One Grappler round instead of two, without the layout, memory,
@@ -175,20 +175,25 @@ def graph_optimizer_light() -> Iterator[None]:
     function inlining) are the ones that change a transformer's train step.
     Options set by the user (`tf.config.optimizer.set_experimental_options`
     or the global config) are kept; only options left at their default change.
+
+    Args:
+        remapper: bool. Keep the remapper (fused convolution, batch-norm and
+            dense-plus-bias kernels). False turns it off too, for a graph it
+            has nothing to fuse in (`tfft.training.tracing.remapper_has_work`).
     """
     ctx = context.context()
     before = ctx.function_call_options
-    key = before.config_proto_serialized
+    key = (before.config_proto_serialized, remapper)
     options = _LIGHT_OPTIONS.get(key)
     if options is None:
-        config = config_pb2.ConfigProto.FromString(key)
+        config = config_pb2.ConfigProto.FromString(key[0])
         rewrite = config.graph_options.rewrite_options
         rewriter = rewriter_config_pb2.RewriterConfig
         if rewrite.meta_optimizer_iterations == rewriter.DEFAULT_NUM_ITERS:
             rewrite.meta_optimizer_iterations = rewriter.ONE
         if rewrite.memory_optimization == rewriter.DEFAULT_MEM_OPT:
             rewrite.memory_optimization = rewriter.NO_MEM_OPT
-        for name in _LIGHT_PASSES_OFF:
+        for name in _LIGHT_PASSES_OFF + (() if remapper else ("remapping",)):
             if getattr(rewrite, name) == rewriter.DEFAULT:
                 setattr(rewrite, name, rewriter.OFF)
         rewrite.disable_tfg_optimizer = True

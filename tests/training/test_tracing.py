@@ -10,6 +10,7 @@ from tfft.training.tracing import (
     build_for_training,
     make_single_train_function,
     predict_batches,
+    remapper_has_work,
 )
 
 LABELS = np.arange(16) % 3
@@ -93,6 +94,61 @@ def test_single_train_function_trains_as_keras_nested_function_in_one_graph():
                                      {"run_eagerly": True}], ids=["xla", "steps", "eager"])
 def test_single_train_function_leaves_other_settings_to_keras(setting):
     assert make_single_train_function(_tiny_dense_model(**setting)) is None
+
+
+def _traced_step(model, x, y):
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    build_for_training(model, data.element_spec)
+    return make_single_train_function(model).traced.get_concrete_function(iter(data))
+
+
+class _BiasAddDense(keras.layers.Layer):
+    """A TF1-style dense layer: MatMul, then BiasAdd."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4))
+        self.bias = self.add_weight(shape=(4,), initializer="zeros")
+
+    def call(self, inputs):
+        return tf.nn.bias_add(tf.matmul(inputs, self.kernel), self.bias)
+
+
+@pytest.mark.parametrize("layers", [1, 4], ids=["head", "dense-stack"])
+def test_remapper_has_work_counts_dense_bias_chains(layers):
+    inputs = keras.Input((4,))
+    outputs = inputs
+    for _ in range(layers):
+        outputs = _BiasAddDense()(outputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="mse")
+    x = np.ones((8, 4), "float32")
+    assert remapper_has_work(_traced_step(model, x, x)) is (layers == 4)
+
+
+def test_remapper_has_work_for_cnns_not_for_a_transformer_task(tiny_cnn, tiny_text_backbone,
+                                                               text_batch, monkeypatch):
+    cnn = tfft.build_model(tiny_cnn, num_classes=3)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    assert remapper_has_work(_traced_step(cnn, images, LABELS[:8]))
+    text = tfft.build_model(tiny_text_backbone, num_classes=3)
+    tokens = {k: v[:8] for k, v in text_batch.items()}
+    assert not remapper_has_work(_traced_step(text, tokens, LABELS[:8]))
+
+    # On CPUs the task then optimises its step without the remapper.
+    import tfft.models.task as task_module
+
+    settings, light = [], task_module.graph_optimizer_light
+
+    def recorded(remapper=True):
+        settings.append(remapper)
+        return light(remapper)
+
+    monkeypatch.setattr(task_module, "graph_optimizer_light", recorded)
+    fresh = tfft.build_model(tiny_text_backbone, num_classes=3)
+    fresh.fused_ops = True
+    fresh.fit(tokens, LABELS[:8], batch_size=4, epochs=1, verbose=0)
+    # Traced under the default light options, then both steps run without it.
+    assert settings == [True, False, False]
 
 
 def test_build_for_training_slots_keep_keras_names_and_save_and_restore(tmp_path):

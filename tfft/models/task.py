@@ -31,6 +31,7 @@ from tfft.layers.fused_ops import fused_training_ops
 from tfft.training.tracing import (
     SingleTrainFunction,
     build_for_training,
+    remapper_has_work,
     trace_predict_function,
 )
 from tfft.utils.tfdata import pipeline_options
@@ -309,7 +310,8 @@ class Task(SingleTrainFunction, keras.Model):
     #: faster steps on CPUs), and TensorFlow optimises that graph in one
     #: round of Grappler without the passes that change nothing in a CPU
     #: step (layout, memory, constant folding, shape, loop, conditional code
-    #: motion, MLIR; `tfft._compat.graph_optimizer_light`).
+    #: motion, MLIR, and the remapper when the step has nothing for it to
+    #: fuse: `tfft._compat.graph_optimizer_light`).
     #: None (default): when training on CPUs only (no GPU or TPU visible),
     #: where it was measured; True or False forces it. Set it before the
     #: first `fit`: the step is traced once.
@@ -337,8 +339,20 @@ class Task(SingleTrainFunction, keras.Model):
         if function is made or function is None or not self._fused_ops_on():
             return function
 
+        remapper = []  # decided once, from the first traced step
+
         def train_function(*args):
-            with graph_optimizer_light():
+            if not remapper:
+                traced = getattr(function, "traced", None)
+                iterator = args[0] if args else None
+                with graph_optimizer_light():  # traced as the call below would
+                    remapper.append(
+                        remapper_has_work(traced.get_concrete_function(iterator))
+                        if traced is not None and isinstance(
+                            iterator, (tf.data.Iterator, tf.distribute.DistributedIterator))
+                        else True
+                    )
+            with graph_optimizer_light(remapper[0]):
                 return function(*args)
 
         self.train_function = train_function

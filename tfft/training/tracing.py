@@ -160,6 +160,47 @@ def make_single_train_function(model: keras.Model) -> Any:
     return function
 
 
+# What TensorFlow's remapper fuses into one CPU kernel with a gain worth its pass:
+# convolutions and batch norms (with their bias and activation), and 2-D MatMuls
+# followed by BiasAdd (dense layers on 2-D inputs, as TF1-style and TF Hub models
+# write them). A transformer's dense layers run on 3-D inputs (Tensordot's reshapes
+# or a BatchMatMul before the BiasAdd), which it leaves alone; a classifier head and
+# a pooler make a couple of chains.
+_FUSED_BY_REMAPPER = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "FusedBatchNorm",
+                                "FusedBatchNormV2", "FusedBatchNormV3"})
+_DENSE_BIAS_CHAINS = 4
+
+
+def remapper_has_work(concrete_function: Any) -> bool:
+    """Whether TensorFlow's remapper has fusions to make in a traced step.
+
+    True when the step (its graph and every function it calls) holds a
+    convolution or batch norm, or at least four MatMul -> BiasAdd chains
+    (a function and its gradient's forward copy count twice). A Keras 3
+    transformer's step has none of these but a head's and a pooler's, and
+    on MiniLM's step the pass ran 65-75 ms (2 CPU cores) for that one
+    fusion, with the same step times without it (`tfft.Task` then turns it
+    off; `tfft._compat.graph_optimizer_light`).
+
+    Args:
+        concrete_function: a traced `tf.function` (`ConcreteFunction`).
+
+    Returns:
+        bool.
+    """
+    graph_def = concrete_function.graph.as_graph_def()
+    chains = 0
+    for nodes in [graph_def.node, *(f.node_def for f in graph_def.library.function)]:
+        producer = {node.name: node.op for node in nodes}
+        for node in nodes:
+            if node.op in _FUSED_BY_REMAPPER:
+                return True
+            if (node.op == "BiasAdd" and node.input
+                    and producer.get(node.input[0].lstrip("^").split(":")[0]) == "MatMul"):
+                chains += 1
+    return chains >= _DENSE_BIAS_CHAINS
+
+
 class SingleTrainFunction:
     """`keras.Model` mixin: `fit` trains through `make_single_train_function`.
 
