@@ -32,6 +32,9 @@ same held-out test texts.
 Prints one JSON object as the last line: `first_epoch_ratio` and
 `two_epoch_ratio` are tfft examples/s over the peer's (first epoch, first
 two epochs together), plus both accuracies and each side's examples/s.
+`tfft_first_over_second_epoch` is tfft's second epoch time over its first
+(1.0: no first-epoch cost); `peer_first_over_second_epoch` the same for the
+peer, which traces nothing: what the machine alone does to a first epoch.
 With `--seeds 0,1,2` each training seed is one side-by-side run on the same
 split (a JSON line each, then `per_seed` in the last line); the ratios then
 come from the epoch times summed over the seeds and the accuracies are the
@@ -189,6 +192,8 @@ def _ratios(seconds, epochs):
         "first_epoch_ratio": round(peer[0] / ours[0], 3),
         "two_epoch_ratio": round(sum(peer[:two]) / sum(ours[:two]), 3),
         "tfft_first_over_second_epoch": (round(ours[1] / ours[0], 3) if epochs > 1 else None),
+        # The peer traces nothing: how much the machine alone slows a first epoch.
+        "peer_first_over_second_epoch": (round(peer[1] / peer[0], 3) if epochs > 1 else None),
     }
 
 
