@@ -29,6 +29,7 @@ from tfft.backbones import Backbone, BackboneInfo
 from tfft.layers import BackboneLayer, Pooling, TaskHead
 from tfft.layers.fused_ops import fused_training_ops
 from tfft.training.tracing import (
+    ITERATOR_TYPES,
     SingleTrainFunction,
     build_for_training,
     remapper_has_work,
@@ -339,20 +340,13 @@ class Task(SingleTrainFunction, keras.Model):
         if function is made or function is None or not self._fused_ops_on():
             return function
 
-        remapper = []  # decided once, from the first traced step
+        remapper = None  # decided once, from the first traced step
 
         def train_function(*args):
-            if not remapper:
-                traced = getattr(function, "traced", None)
-                iterator = args[0] if args else None
-                with graph_optimizer_light():  # traced as the call below would
-                    remapper.append(
-                        remapper_has_work(traced.get_concrete_function(iterator))
-                        if traced is not None and isinstance(
-                            iterator, (tf.data.Iterator, tf.distribute.DistributedIterator))
-                        else True
-                    )
-            with graph_optimizer_light(remapper[0]):
+            nonlocal remapper
+            if remapper is None:
+                remapper = _step_needs_remapper(function, args)
+            with graph_optimizer_light(remapper):
                 return function(*args)
 
         self.train_function = train_function
@@ -589,6 +583,21 @@ def _as_array_tree(x):
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], str):
         return np.asarray(x, dtype=object)
     return np.asarray(x)
+
+
+def _step_needs_remapper(function, args) -> bool:
+    """Whether the step `function` is about to run with `args` has work for the remapper.
+
+    Traces the step (which the call then reuses) under the light options the
+    call runs with; True when it cannot tell (Keras' own function, or a list
+    of batches from `train_on_batch`).
+    """
+    traced = getattr(function, "traced", None)
+    iterator = args[0] if args else None
+    if traced is None or not isinstance(iterator, ITERATOR_TYPES):
+        return True
+    with graph_optimizer_light():
+        return remapper_has_work(traced.get_concrete_function(iterator))
 
 
 def _element_spec(x, y):

@@ -114,6 +114,10 @@ def _without_optionals(data: Any) -> Any:
     )
 
 
+#: What Keras' `fit` passes its train function: one of these, or a list of batches.
+ITERATOR_TYPES = (tf.data.Iterator, tf.distribute.DistributedIterator)
+
+
 def make_single_train_function(model: keras.Model) -> Any:
     """`model`'s train function as one `tf.function`, or None where Keras' own applies.
 
@@ -150,7 +154,7 @@ def make_single_train_function(model: keras.Model) -> Any:
     on_batch = tf.function(one_step, reduce_retracing=True)
 
     def function(iterator):
-        if isinstance(iterator, (tf.data.Iterator, tf.distribute.DistributedIterator)):
+        if isinstance(iterator, ITERATOR_TYPES):
             return on_iterator(iterator)
         for data in iterator:
             return on_batch(data)
