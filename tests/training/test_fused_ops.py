@@ -94,6 +94,9 @@ def test_fused_dropout_draws_keras_mask_and_passes_gradient_through_it(dtype):
 
 
 def _attention_pair(dropout, seed=5):
+    # Weights from a fixed seed: the bfloat16 test's tolerance held for the weights
+    # the suite's order happened to give, not for every draw the global RNG left.
+    keras.utils.set_random_seed(seed)
     layers = []
     for _ in range(2):
         layer = keras.layers.MultiHeadAttention(num_heads=3, key_dim=4, dropout=dropout,
