@@ -26,8 +26,17 @@ through `Task.fit`, timed part by part:
 - `input_wait_s`: per epoch, time the training loop waited for a batch.
 - `padding_ratio`: token positions the model computed (batch x width,
   summed) over real tokens.
-- `fit_outside_steps_s`: per epoch, `fit` called -> its epoch began, `fit`
-  called -> `on_train_begin`, and last batch -> `fit` returned.
+- `fit_outside_steps_s`: per `fit` call, `fit` called -> its first epoch
+  began, `fit` called -> `on_train_begin`, and last batch -> `fit` returned.
+- `epoch_first_step_s` / `epoch_median_step_s`: each epoch's first batch
+  (an input pipeline that starts cold waits inside it) and median batch.
+- `minor_faults`: per epoch, memory pages the process touched for the first
+  time (its working set growing); `first_touch_ms_per_mb`: what this machine
+  charges per MB of them (`first_touch_ms_per_mb()`), so their part of
+  `first_epoch_extra_s` is about `4096 * faults / 2**20` times it, in ms.
+
+One `fit` call per epoch by default (as `vs_transformers.py` times epochs);
+`--one-fit` trains both epochs in one `fit(epochs=2)` call, as users do.
 
 `--optimizer keras` uses `keras.optimizers.AdamW` instead of
 `tfft.training.FusedAdamW` (the same math, a graph twice the size).
@@ -39,12 +48,14 @@ Prints one JSON line. The CPU may be shared: `load_average_1m` is printed.
 
     .venv/bin/python benchmarks/first_epoch.py [--train 2048] [--grappler default]
         [--optimizer fused] [--xla off] [--mixed-precision off] [--seed 0]
-        [--trace-first] [--bucket-boundaries]
+        [--trace-first] [--bucket-boundaries] [--one-fit]
 """
 
 import argparse
 import json
+import mmap
 import os
+import resource
 import sys
 import time
 
@@ -74,7 +85,8 @@ class StepClock(keras.callbacks.Callback):
         self.shapes, self.real_tokens = [], []
         self.steps, self.gaps = [], []
         self._begin = self._end = None
-        self.fit_called = self.train_begin = self.epoch_begin = self.train_end = None
+        self.fit_called = self.train_begin = self.train_end = None
+        self.epoch_begins, self.epoch_ends, self.epoch_end_faults = [], [], []
         self.outside = []  # per fit: (call -> epoch begin, last batch -> fit returned)
 
     def on_train_begin(self, logs=None):
@@ -83,18 +95,25 @@ class StepClock(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.train_end = time.perf_counter()
 
-    def fit(self, task, dataset, epoch):
+    def fit(self, task, dataset, epoch, epochs=1):
         self.fit_called = time.perf_counter()
-        task.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0, callbacks=[self])
-        self.outside.append((self.epoch_begin - self.fit_called,
-                             self.train_begin - self.fit_called,
-                             time.perf_counter() - self._end))
+        first = len(self.epoch_begins)
+        task.fit(dataset, epochs=epoch + epochs, initial_epoch=epoch, verbose=0,
+                 callbacks=[self])
+        returned = time.perf_counter()
+        self.outside.append((self.epoch_begins[first] - self.fit_called,
+                             self.train_begin - self.fit_called, returned - self._end))
+        return returned
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_begin = time.perf_counter()
+        self.epoch_begins.append(time.perf_counter())
         self.steps.append([])
         self.gaps.append([])
         self._end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append(time.perf_counter())
+        self.epoch_end_faults.append(minor_faults())
 
     def on_train_batch_begin(self, batch, logs=None):
         self._begin = time.perf_counter()
@@ -106,6 +125,30 @@ class StepClock(keras.callbacks.Callback):
         self.shapes.append(tuple(int(v) for v in self.batch_shape.numpy()))
         self.real_tokens.append(int(self.batch_tokens.numpy()))
         self._end = time.perf_counter()  # reading the variables is not the step's time
+
+
+def first_touch_ms_per_mb(megabytes=256):
+    """What this machine charges for memory a process touches for the first time.
+
+    Touches one byte per 4 KiB page of a fresh anonymous mapping (huge pages
+    off for it, as for most of TensorFlow's allocations): a minor page fault
+    each. A first epoch takes more of them than later ones (its working set
+    grows); times this figure, they are part of its extra time that is the
+    machine's, not the framework's (some virtual machines back guest memory
+    lazily and charge several times what a bare CPU does).
+    """
+    size = megabytes << 20
+    with mmap.mmap(-1, size) as memory:
+        if hasattr(memory, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+            memory.madvise(mmap.MADV_NOHUGEPAGE)
+        start = time.perf_counter()
+        for offset in range(0, size, 4096):
+            memory[offset] = 1
+        return 1000 * (time.perf_counter() - start) / megabytes
+
+
+def minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def load_texts(train, seed):
@@ -132,6 +175,9 @@ def main():
                         help="Fixed length buckets (default_bucket_boundaries) instead of "
                         "sorted pools.")
     add_fused_ops_arg(parser)
+    parser.add_argument("--one-fit", action="store_true",
+                        help="Both epochs in one fit(epochs=2) call, as users call it, instead "
+                        "of one call per epoch (vs_transformers.py's way of timing epochs).")
     parser.add_argument("--trace-first", action="store_true",
                         help="Trace a copy of the train step before fit, to time tracing alone.")
     args = parser.parse_args()
@@ -185,11 +231,20 @@ def main():
     task.train_step = counted
     clock = StepClock(batch_shape, batch_tokens)
     epoch_s = []
-    for epoch in range(2):
-        start = time.perf_counter()
-        clock.fit(task, dataset, epoch)
-        epoch_s.append(time.perf_counter() - start)
+    if args.one_fit:
+        start, faults = time.perf_counter(), minor_faults()
+        returned = clock.fit(task, dataset, 0, epochs=2)
+        epoch_s = [clock.epoch_ends[0] - start, returned - clock.epoch_ends[0]]
+        faults = [clock.epoch_end_faults[0] - faults, minor_faults() - clock.epoch_end_faults[0]]
+    else:
+        faults = []
+        for epoch in range(2):
+            start, before = time.perf_counter(), minor_faults()
+            clock.fit(task, dataset, epoch)
+            epoch_s.append(time.perf_counter() - start)
+            faults.append(minor_faults() - before)
     epoch_s[0] += dataset_s
+    touch_ms_per_mb = first_touch_ms_per_mb()
 
     shapes, real_tokens = clock.shapes, clock.real_tokens
     flat_steps = clock.steps[0] + clock.steps[1]
@@ -246,9 +301,17 @@ def main():
         "batching": "bucket_boundaries" if args.bucket_boundaries else "sorted_pools",
         "fused_ops": args.fused_ops,
         "input_wait_s": [round(sum(g), 2) for g in clock.gaps],
-        # Per epoch: fit called -> on_epoch_begin, fit called -> on_train_begin,
-        # last batch -> fit returned.
+        "one_fit": args.one_fit,
+        # Each epoch's first batch (a cold input pipeline waits in it) and the median.
+        "epoch_first_step_s": [round(s[0], 2) for s in clock.steps],
+        "epoch_median_step_s": [round(float(np.median(s)), 3) for s in clock.steps],
+        # Per fit call: fit called -> its first on_epoch_begin, fit called ->
+        # on_train_begin, last batch -> fit returned.
         "fit_outside_steps_s": [[round(t, 2) for t in o] for o in clock.outside],
+        # Minor page faults per epoch (dataset building not counted), and this
+        # machine's cost of one first-touched MB (measured after training).
+        "minor_faults": faults,
+        "first_touch_ms_per_mb": round(touch_ms_per_mb, 3),
         "load_average_1m": round(load[0], 2),
     }))
 

@@ -1,5 +1,7 @@
 """tfft.Task: typed parts, raw inputs, and `.keras` reloads in a fresh process (tiny models)."""
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,8 @@ import tensorflow as tf
 
 import tfft
 from tfft.adapt import lora_layers
+
+from ..conftest import tiny_text_batch
 
 TEXTS = [
     "the news of the game", "the market shares profit", "film music star award",
@@ -261,3 +265,59 @@ def test_evaluate_takes_labeled_data_of_raw_inputs(tiny_text_backbone):
                                             class_names=CLASSES)
     assert report["accuracy"] == expected["accuracy"]
     assert report["macro_f1"] == expected["macro_f1"]
+
+
+def _bucketed(backbone):
+    return tfft.data.make_text_dataset((TEXTS, LABELS), backbone=backbone, batch_size=4,
+                                       bucketing=True, shuffle=True, seed=3, pool_batches=2)
+
+
+def test_fit_trains_every_epoch_from_one_pipeline_on_the_same_batches(new_tiny_text_backbone):
+    """One repeated pipeline for all epochs trains as Keras' iterator per epoch does."""
+
+    def train(**kwargs):
+        keras.utils.set_random_seed(0)
+        backbone = new_tiny_text_backbone()
+        task = tfft.build_model(backbone, num_classes=3, freeze="full")
+        # A new dataset each run: its reshuffling seed advances with every pass.
+        history = task.fit(_bucketed(backbone), epochs=3, verbose=0, **kwargs)
+        return history.history["loss"], [w.numpy() for w in task.weights]
+
+    continuous = train()
+    # An explicit steps_per_epoch leaves the dataset as it is: Keras makes an
+    # iterator per epoch, as it did before.
+    keras_own = train(steps_per_epoch=int(_bucketed(new_tiny_text_backbone()).cardinality()))
+    np.testing.assert_allclose(continuous[0], keras_own[0], rtol=1e-6)
+    for a, b in zip(continuous[1], keras_own[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("continuous", [True, False], ids=["one_pipeline", "steps_given"])
+def test_fit_prepares_the_next_epoch_while_the_last_batches_train(tiny_bert, continuous):
+    events = []
+    features = {k: tf.constant(v) for k, v in tiny_text_batch(n=8).items()}
+
+    def made(i):
+        events.append(("made", int(i)))
+        return i
+
+    def example(i):
+        i = tf.py_function(made, [i], tf.int64)
+        i.set_shape(())
+        return {k: tf.gather(v, i) for k, v in features.items()}, i % 2
+
+    dataset = tf.data.Dataset.range(8).map(example).batch(4)
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            events.append(("trained", batch))
+            time.sleep(0.1)  # a slower step: time for the pipeline to run ahead
+
+    task = tfft.build_model(tiny_bert, num_classes=2)
+    kwargs = {} if continuous else {"steps_per_epoch": 2}
+    task.fit(dataset, epochs=2, verbose=0, callbacks=[Record()], **kwargs)
+    # Ninth example made: the second pass's first; the second event "trained" is
+    # the first epoch's last batch.
+    ninth = [i for i, event in enumerate(events) if event[0] == "made"][8]
+    first_epoch_end = [i for i, event in enumerate(events) if event[0] == "trained"][1]
+    assert (ninth < first_epoch_end) is continuous

@@ -329,3 +329,18 @@ def test_multi_hot_labels_and_nondeterministic_order():
     y = np.concatenate([b.numpy() for _, b in dataset])
     assert y.dtype == np.float32 and y.shape == (4, 2)
     assert sorted(map(tuple, y.tolist())) == sorted(map(tuple, targets.tolist()))
+
+
+def test_continuous_epochs_repeats_a_dataset_of_known_size_only():
+    from tfft.utils.tfdata import continuous_epochs
+
+    dataset = tf.data.Dataset.range(10).batch(4)
+    repeated, steps = continuous_epochs(dataset)
+    assert steps == 3
+    assert int(repeated.cardinality()) == tf.data.INFINITE_CARDINALITY
+    # Pass after pass, the same three batches (the last one short).
+    assert [len(b) for b in itertools.islice(repeated.as_numpy_iterator(), 6)] == [4, 4, 2] * 2
+    unknown = tf.data.Dataset.range(10).filter(lambda i: i > 2)
+    for x, given in ((dataset, 2), (unknown, None), (dataset.repeat(), None),
+                     (dataset.take(0), None), (np.zeros((8, 2)), None)):
+        assert continuous_epochs(x, given) == (x, given)

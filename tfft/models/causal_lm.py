@@ -49,6 +49,7 @@ from tfft.backbones.causal_lm import (
 from tfft.models.task import _LoRAState
 from tfft.training.checkpointing import checkpoint_layers
 from tfft.training.tracing import SingleTrainFunction, build_for_training
+from tfft.utils.tfdata import continuous_epochs
 from tfft.utils.walk import walk_layers
 
 if TYPE_CHECKING:
@@ -322,6 +323,7 @@ class CausalLMTask(SingleTrainFunction, keras.Model):
         # step: that trace would run twice (SmolLM2 with LoRA, 2 CPU cores: 74 s of
         # tracing before the first step instead of 30 s).
         build_for_training(self, train.element_spec, callbacks)
+        train, kwargs["steps_per_epoch"] = continuous_epochs(train, kwargs.get("steps_per_epoch"))
         return super().fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks,
                            validation_data=validation_data, shuffle=False, **kwargs)
 

@@ -36,6 +36,7 @@ from tfft.backbones import Backbone, BackboneInfo, load_backbone
 from tfft.layers import BackboneLayer, ImagePreprocessor
 from tfft.layers.segmentation_head import SegmentationHead
 from tfft.training.tracing import SingleTrainFunction, build_for_training
+from tfft.utils.tfdata import continuous_epochs
 
 SEGMENTATION_TASK = "semantic_segmentation"
 PYRAMID_LEVELS = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
@@ -48,7 +49,8 @@ class DatasetFitModel(SingleTrainFunction, keras.Model):
     `x` is a `tf.data.Dataset`; the dense tasks train on datasets that shuffle
     themselves (seeded), so `shuffle` defaults to True for arrays only. An
     explicit `shuffle=` is passed on unchanged. The optimizer is built before
-    the train step is traced, so it is traced once.
+    the train step is traced, so it is traced once. A dataset of known size
+    feeds every epoch from one pipeline (`tfft.utils.tfdata.continuous_epochs`).
     """
 
     def fit(self, x=None, y=None, *args, **kwargs):
@@ -57,6 +59,9 @@ class DatasetFitModel(SingleTrainFunction, keras.Model):
         # The optimizer's variables before the first trace of the train step, which
         # would otherwise run twice (once more to check for new variables).
         build_for_training(self, None, kwargs.get("callbacks"))
+        if len(args) < 11:  # `steps_per_epoch` is fit's thirteenth parameter
+            # A dataset: every epoch from one pipeline (`continuous_epochs`).
+            x, kwargs["steps_per_epoch"] = continuous_epochs(x, kwargs.get("steps_per_epoch"))
         return super().fit(x, y, *args, **kwargs)
 
     def compile_for_training(self, learning_rate: float) -> None:

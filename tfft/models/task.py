@@ -35,7 +35,7 @@ from tfft.training.tracing import (
     remapper_has_work,
     trace_predict_function,
 )
-from tfft.utils.tfdata import pipeline_options
+from tfft.utils.tfdata import continuous_epochs, pipeline_options
 
 DEFAULT_BATCH_SIZE = 32
 # Datasets `Task.make_dataset` returned: already preprocessed, so passing one back to
@@ -362,6 +362,8 @@ class Task(SingleTrainFunction, keras.Model):
             shuffle = shuffle and isinstance(x, (np.ndarray, list, tuple, Mapping, tf.Tensor))
             # The optimizer's and metrics' variables now, so the train step traces once.
             build_for_training(self, _element_spec(x, y), callbacks)
+            # A dataset: every epoch from one pipeline (arrays are Keras' own).
+            x, kwargs["steps_per_epoch"] = continuous_epochs(x, kwargs.get("steps_per_epoch"))
             return super().fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
                                callbacks=callbacks, validation_split=validation_split,
                                validation_data=validation_data, shuffle=shuffle,
@@ -382,6 +384,7 @@ class Task(SingleTrainFunction, keras.Model):
         if validation_data is not None:
             validation_data = self._as_eval_dataset(validation_data, batch)
         build_for_training(self, train.element_spec, callbacks)
+        train, kwargs["steps_per_epoch"] = continuous_epochs(train, kwargs.get("steps_per_epoch"))
         # The dataset shuffles itself (array inputs) or arrives shuffled (tf.data).
         return super().fit(train, epochs=epochs, verbose=verbose, callbacks=callbacks,
                            validation_data=validation_data, class_weight=class_weight,
