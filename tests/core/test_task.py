@@ -68,6 +68,8 @@ def test_tf_data_of_raw_strings_is_preprocessed_in_the_pipeline(tiny_text_backbo
     task = tfft.build_model(tiny_text_backbone, num_classes=3)
     raw = tf.data.Dataset.from_tensor_slices((TEXTS, LABELS)).batch(4)
     mapped = task.make_dataset(raw)
+    # tfft's pipeline options where the user's dataset set none (no autotuning).
+    assert mapped.options().autotune.enabled is False
     x, y = next(iter(mapped))
     assert set(x) == {"token_ids", "segment_ids", "padding_mask"}
     assert x["token_ids"].dtype == tf.int32 and y.shape == (4,)
@@ -84,6 +86,7 @@ def test_datasets_share_one_preprocessor_trace_until_its_config_changes(new_tiny
     backbone.preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
         tiny_tokenizer, sequence_length=16)
     task = tfft.build_model(backbone, num_classes=3)
+    task.trim_batches = False  # batches as the preprocessor pads them
     preprocessor, traces = backbone.preprocessor, []
     want = preprocessor(tf.constant(TEXTS))
     call = preprocessor.call
@@ -125,6 +128,7 @@ def test_a_preprocessor_without_a_config_is_mapped_as_it_is(new_tiny_text_backbo
     inner = backbone.preprocessor
     backbone.preprocessor = NoConfig(inner)
     task = tfft.build_model(backbone, num_classes=3)
+    task.trim_batches = False  # batches as the preprocessor pads them
     x = next(iter(task.make_dataset(TEXTS, batch_size=4)))
     np.testing.assert_array_equal(x["token_ids"], inner(tf.constant(TEXTS[:4]))["token_ids"])
 

@@ -162,3 +162,22 @@ def test_hub_layer_task_reloads_fine_tuned(scenarios):
     np.testing.assert_allclose(scenario["got"], task.predict(sample, verbose=0), atol=1e-6)
     assert described["trainable"] == _trainable_paths(task)
     assert described["backbone_info"]["source"] == "tfhub"
+
+
+def test_minilm_cuts_review_batches_to_their_longest_with_the_padded_outputs(minilm):
+    from tfft.data import load_rotten_tomatoes
+
+    reviews = load_rotten_tomatoes(classes=["rotten", "fresh"])
+    texts, labels = np.asarray(reviews.x[:96], dtype=object), np.asarray(reviews.y[:96])
+    task = tfft.build_model(minilm, num_classes=2, freeze="feature_extraction")
+    widths, longest = [], []
+    for x, _ in task.make_dataset(texts, labels, batch_size=32):
+        widths.append(int(x["token_ids"].shape[1]))
+        longest.append(int(x["padding_mask"].numpy().sum(axis=1).max()))
+    assert widths == longest and max(widths) < 64, widths  # the preprocessor pads to 64
+
+    cut = task.predict(texts, verbose=0), task.evaluate(texts, labels, verbose=0)
+    task.trim_batches = False
+    padded = task.predict(texts, verbose=0), task.evaluate(texts, labels, verbose=0)
+    np.testing.assert_allclose(cut[0], padded[0], atol=1e-5)
+    np.testing.assert_allclose(cut[1], padded[1], rtol=1e-5)

@@ -344,3 +344,17 @@ def test_continuous_epochs_repeats_a_dataset_of_known_size_only():
     for x, given in ((dataset, 2), (unknown, None), (dataset.repeat(), None),
                      (dataset.take(0), None), (np.zeros((8, 2)), None)):
         assert continuous_epochs(x, given) == (x, given)
+
+
+def test_with_pipeline_options_fills_in_only_what_the_dataset_left_unset():
+    from tfft.utils.tfdata import with_pipeline_options
+
+    unset = with_pipeline_options(tf.data.Dataset.range(4).map(lambda i: i + 1)).options()
+    assert unset.autotune.enabled is False and unset.experimental_warm_start is True
+    own = tf.data.Options()
+    own.autotune.enabled, own.deterministic = True, False
+    chosen = tf.data.Dataset.range(4).with_options(own).map(lambda i: i + 1)
+    options = with_pipeline_options(chosen).options()
+    assert options.autotune.enabled is True and options.deterministic is False
+    assert options.experimental_warm_start is True
+    assert list(with_pipeline_options(chosen).as_numpy_iterator()) == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ import tensorflow as tf
 from tfft.data.datasets import LabeledData
 from tfft.evaluation.metrics import EvaluationReport, infer_task, report_from_predictions
 from tfft.evaluation.signatures import predict_fn
+from tfft.models.task import Task
 from tfft.utils.checks import check_int
 
 
@@ -72,6 +73,11 @@ def evaluate(
             )
         if n_x == 0:
             raise ValueError("Cannot evaluate on an empty set: data has no examples.")
+        if preprocess is None and isinstance(model, Task):
+            # The task's own `predict`: raw texts shortest first, in batches cut to
+            # their longest (`Task.trim_batches`), scores back in the data's order.
+            scores = model.predict(x, batch_size=int(batch_size), verbose=0)
+            return _report(np.asarray(scores), np.asarray(y), task, class_names, threshold)
         dataset = tf.data.Dataset.from_tensor_slices((_tensorable(x), np.asarray(y)))
         dataset = dataset.batch(int(batch_size))
     elif isinstance(data, tf.data.Dataset):
@@ -102,8 +108,11 @@ def evaluate(
         labels.append(np.asarray(y_batch))
     if not labels:
         raise ValueError("Cannot evaluate on an empty set: the dataset yielded no batches.")
-    y_score = np.concatenate(outputs, axis=0)
-    y_true = np.concatenate(labels, axis=0)
+    return _report(np.concatenate(outputs, axis=0), np.concatenate(labels, axis=0), task,
+                   class_names, threshold)
+
+
+def _report(y_score, y_true, task, class_names, threshold):
     if task is None:
         task = infer_task(y_true, y_score)
     # Checked here so the message speaks of the model's outputs, not "predictions".

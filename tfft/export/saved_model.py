@@ -67,7 +67,7 @@ from tfft.utils.files import (
     rename_directory_exclusive,
     replace_directory,
 )
-from tfft.utils.tfdata import trim_to_longest
+from tfft.utils.tfdata import XLA_WIDTH_MULTIPLE, takes_any_length, trim_to_longest
 from tfft.utils.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -80,8 +80,6 @@ OUTPUT_KEYS = ("probabilities", "class_ids", "class_names")
 EXPORT_TASKS = ("binary", "multiclass", "multilabel", "regression")
 MODALITIES = ("text", "image")
 MULTILABEL_THRESHOLD = 0.5
-# `jit_compile=True` text exports round request widths up to a multiple of this.
-XLA_WIDTH_MULTIPLE = 16
 
 
 class ExportError(RuntimeError):
@@ -210,7 +208,7 @@ def _serving_fns(model, preprocessor, modality, task, class_names, image_size=No
         return outputs_from(call(features))
 
     if modality == "text":
-        trim = _takes_any_length(model)
+        trim = takes_any_length(model)
         multiple = XLA_WIDTH_MULTIPLE if jit_compile else 1
 
         def serve(inputs):
@@ -247,14 +245,6 @@ def _serving_fns(model, preprocessor, modality, task, class_names, image_size=No
             serve_arrays, [tf.TensorSpec([None, None, None, 3], tf.uint8, name=ARRAY_INPUT)]
         ),
     }
-
-
-def _takes_any_length(model):
-    """Whether every sequence input of `model` takes any length (`[batch, None]`)."""
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
-        return False
-    return all(len(x.shape) != 2 or x.shape[1] is None for x in tf.nest.flatten(inputs))
 
 
 def _default_sample_inputs(modality):

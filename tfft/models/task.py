@@ -35,7 +35,14 @@ from tfft.training.tracing import (
     remapper_has_work,
     trace_predict_function,
 )
-from tfft.utils.tfdata import continuous_epochs, pipeline_options
+from tfft.utils.tfdata import (
+    XLA_WIDTH_MULTIPLE,
+    continuous_epochs,
+    pipeline_options,
+    takes_any_length,
+    trim_to_longest,
+    with_pipeline_options,
+)
 
 DEFAULT_BATCH_SIZE = 32
 # Datasets `Task.make_dataset` returned: already preprocessed, so passing one back to
@@ -226,6 +233,9 @@ class Task(SingleTrainFunction, keras.Model):
     ) -> tf.data.Dataset:
         """A batched `tf.data.Dataset` of preprocessed inputs (and targets).
 
+        Batches of texts are cut to their longest sequence where that cannot
+        change a result (`trim_batches`).
+
         Args:
             x: raw inputs (list or array of strings or images, a dict of
                 arrays) or a `tf.data.Dataset` of raw or preprocessed batches.
@@ -269,17 +279,49 @@ class Task(SingleTrainFunction, keras.Model):
             return dataset
 
         preprocessor = self._preprocess_function()
+        multiple = self._trim_multiple()
 
         def preprocess(*element):
+            features = preprocessor(element[0])
+            if multiple:
+                features = trim_to_longest(features, multiple)
             if len(element) == 1:
-                return preprocessor(element[0])
-            return (preprocessor(element[0]), *element[1:])
+                return features
+            return (features, *element[1:])
 
         dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE
         )
+        if isinstance(x, tf.data.Dataset):  # arrays got them with `from_tensor_slices`
+            dataset = with_pipeline_options(dataset)
         _MADE_DATASETS.add(dataset)
         return dataset
+
+    #: Whether `make_dataset` cuts each batch of texts to its longest
+    #: sequence instead of the preprocessor's fixed `sequence_length` (MiniLM:
+    #: 128 tokens; a Rotten Tomatoes review has ~28). The model masks the
+    #: padding out, so outputs, losses and gradients are those of the padded
+    #: batch (to float rounding), at a fraction of the compute. It applies to
+    #: what `fit`, `evaluate` and `predict` make from raw texts, and to the
+    #: `tfft finetune` job. None (default): when it cannot change a result —
+    #: the backbone takes any length, pools over the `padding_mask` and the
+    #: task predicts one output per example — and not on TPUs, which compile
+    #: one program per shape; under XLA (`jit_compile`) widths round up to
+    #: multiples of 16 (at most 8 shapes for 128 tokens). False keeps the
+    #: fixed length; True cuts whenever the batches have a `padding_mask`.
+    trim_batches: bool | None = None
+
+    def _trim_multiple(self) -> int:
+        """What `make_dataset` rounds a cut text batch's width up to; 0: no cut."""
+        if self.trim_batches is None:
+            info = self.backbone_info
+            if (info is None or info.mask_key != "padding_mask"
+                    or self.pooling.mode == "none" or not takes_any_length(self)
+                    or _on_tpu_strategy(self.distribute_strategy)):
+                return 0
+        elif not self.trim_batches:
+            return 0
+        return XLA_WIDTH_MULTIPLE if self.jit_compile is True else 1
 
     def _preprocess_function(self) -> Any:
         """The preprocessor as one `tf.function`, reused by every dataset `make_dataset` makes.
@@ -382,7 +424,8 @@ class Task(SingleTrainFunction, keras.Model):
         train = self.make_dataset(x, y, batch_size=batch, shuffle=shuffle,
                                   sample_weight=sample_weight)
         if validation_data is not None:
-            validation_data = self._as_eval_dataset(validation_data, batch)
+            validation_data = self._as_eval_dataset(validation_data, batch,
+                                                    kwargs.get("validation_steps"))
         build_for_training(self, train.element_spec, callbacks)
         train, kwargs["steps_per_epoch"] = continuous_epochs(train, kwargs.get("steps_per_epoch"))
         # The dataset shuffles itself (array inputs) or arrives shuffled (tf.data).
@@ -392,21 +435,55 @@ class Task(SingleTrainFunction, keras.Model):
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  **kwargs):
-        """`keras.Model.evaluate` that also takes raw inputs."""
+        """`keras.Model.evaluate` that also takes raw inputs (texts run as in `predict`)."""
         if self._takes_arrays_as_is(x):
             return super().evaluate(x, y, batch_size=batch_size, verbose=verbose,
                                     sample_weight=sample_weight, **kwargs)
-        data = self.make_dataset(x, y, batch_size=batch_size or DEFAULT_BATCH_SIZE,
-                                 sample_weight=sample_weight)
+        # Shortest first (the metrics do not depend on the order).
+        data = self._as_eval_dataset((x, y, sample_weight), batch_size or DEFAULT_BATCH_SIZE,
+                                     kwargs.get("steps"))
         return super().evaluate(data, verbose=verbose, **kwargs)
 
     def predict(self, x, batch_size=None, verbose="auto", **kwargs):
-        """`keras.Model.predict` that also takes raw inputs."""
+        """`keras.Model.predict` that also takes raw inputs.
+
+        An array or list of raw texts runs shortest first, in batches cut to
+        their longest text (`trim_batches`), unless `steps` is given; the
+        outputs come back in `x`'s order (batch callbacks see the run's).
+        """
         if self._takes_arrays_as_is(x):
             return super().predict(x, batch_size=batch_size, verbose=verbose, **kwargs)
+        order = self._shortest_first(x, kwargs.get("steps"))
+        if order is not None:
+            x = _take(x, order)
         data = self.make_dataset(x, batch_size=batch_size or DEFAULT_BATCH_SIZE)
         trace_predict_function(self, data.element_spec)  # one trace, not two
-        return super().predict(data, verbose=verbose, **kwargs)
+        outputs = super().predict(data, verbose=verbose, **kwargs)
+        if order is None:
+            return outputs
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return tf.nest.map_structure(lambda a: a[inverse], outputs)
+
+    def _shortest_first(self, x, steps):
+        """An order of raw texts `x`, shortest first, or None to keep theirs.
+
+        `predict` and `evaluate` run batches cut to their longest text
+        (`trim_batches`); batched in order of length, those batches pad
+        little. The length in characters stands in for the length in
+        tokens. None when batches are not cut, for inputs other than
+        arrays or lists of strings (or dicts of them, for text pairs), and
+        when `steps` asks for the first batches only.
+        """
+        if steps is not None or isinstance(x, (tf.data.Dataset, tf.Tensor)):
+            return None
+        columns = tf.nest.flatten(_as_array_tree(x))
+        if not columns or any(c.ndim != 1 or c.dtype.kind not in "OSU" for c in columns):
+            return None
+        if len(columns[0]) < 2 or not self._trim_multiple():
+            return None
+        lengths = sum(np.fromiter(map(len, c), dtype=np.int64, count=len(c)) for c in columns)
+        return np.argsort(lengths, kind="stable")
 
     def predict_on_batch(self, x):
         """`keras.Model.predict_on_batch` that also takes one batch of raw inputs."""
@@ -423,10 +500,14 @@ class Task(SingleTrainFunction, keras.Model):
         return super().train_on_batch(self.preprocess(x), y, sample_weight=sample_weight,
                                       class_weight=class_weight, return_dict=return_dict)
 
-    def _as_eval_dataset(self, data, batch_size):
+    def _as_eval_dataset(self, data, batch_size, steps=None):
         if isinstance(data, tf.data.Dataset):
             return self.make_dataset(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(data))
+        order = self._shortest_first(x, steps)
+        if order is not None:
+            x, y, sample_weight = (None if v is None else _take(v, order)
+                                   for v in (x, y, sample_weight))
         return self.make_dataset(x, y, batch_size=batch_size, sample_weight=sample_weight)
 
     def _takes_arrays_as_is(self, x):
@@ -580,6 +661,10 @@ def _x_spec(element_spec):
     return element_spec
 
 
+def _take(tree, order):
+    return tf.nest.map_structure(lambda a: np.asarray(a)[order], _as_array_tree(tree))
+
+
 def _as_array_tree(x):
     if isinstance(x, Mapping):
         return {k: np.asarray(v) for k, v in x.items()}
@@ -635,6 +720,11 @@ def _split_tail(x, y, sample_weight, fraction):
     sample_weight = None if sample_weight is None else np.asarray(sample_weight)
     validation = keras.utils.pack_x_y_sample_weight(tail(x), tail(y), tail(sample_weight))
     return (head(x), head(y), head(sample_weight)), validation
+
+
+def _on_tpu_strategy(strategy) -> bool:
+    return isinstance(strategy, (tf.distribute.TPUStrategy,
+                                 tf.distribute.experimental.TPUStrategy))
 
 
 def _training_on_cpu() -> bool:

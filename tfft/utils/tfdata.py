@@ -6,6 +6,10 @@ from typing import Any
 
 import tensorflow as tf
 
+#: What `trim_to_longest` rounds widths up to for XLA, which compiles once per
+#: input shape: at most `sequence_length / 16` widths per batch size.
+XLA_WIDTH_MULTIPLE = 16
+
 
 def pipeline_options(deterministic: bool = True) -> tf.data.Options:
     """The `tf.data.Options` of every dataset tfft builds for training.
@@ -32,6 +36,19 @@ def pipeline_options(deterministic: bool = True) -> tf.data.Options:
     options.autotune.enabled = False
     options.experimental_warm_start = True
     return options
+
+
+def with_pipeline_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with `pipeline_options()` wherever it has not set an option itself.
+
+    For a pipeline tfft extends from a user's dataset (a `Task` mapping its
+    preprocessor over raw texts): tf.data's autotuning otherwise sizes the
+    map's parallelism, which on 2 CPU cores made `Task.predict` over a
+    dataset of 1,024 Rotten Tomatoes reviews take 5.9-10.5 s instead of
+    5.7-6.4 s (MiniLM, batches cut; `benchmarks/text_batches.py`). Options
+    the dataset sets keep their values.
+    """
+    return dataset.with_options(pipeline_options()).with_options(dataset.options())
 
 
 def continuous_epochs(x: Any, steps_per_epoch: Any = None) -> tuple[Any, Any]:
@@ -66,6 +83,14 @@ def continuous_epochs(x: Any, steps_per_epoch: Any = None) -> tuple[Any, Any]:
     if size <= 0:  # unknown (-2), infinite (-1) or empty
         return x, steps_per_epoch
     return x.repeat().prefetch(2), size
+
+
+def takes_any_length(model: Any) -> bool:
+    """Whether every sequence input of `model` takes any length (`[batch, None]`)."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return False
+    return all(len(x.shape) != 2 or x.shape[1] is None for x in tf.nest.flatten(inputs))
 
 
 def trim_to_longest(features: Any, multiple: int = 1) -> Any:
