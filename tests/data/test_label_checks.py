@@ -74,3 +74,16 @@ def test_many_classes_with_several_examples_each_are_accepted(tmp_path):
     labels = [f"c{i % 60}" for i in range(180)]   # 60 classes, 3 rows each
     data = td.load(_csv(tmp_path, labels))
     assert data.num_classes == 60 and np.bincount(data.y).tolist() == [3] * 60
+
+
+def test_a_stray_huge_class_id_is_refused_before_any_class_is_named(tmp_path):
+    # Found by tests/reliability/test_fuzz.py::test_csv_sources: the names of
+    # 10^8 classes were made before the count was checked, and the test worker
+    # was killed for memory (19 GB).
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"100,000,000 classes for 2 rows"):
+        td.load(_csv(tmp_path, [99999999, 0]))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, grown_mb

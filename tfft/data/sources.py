@@ -213,8 +213,11 @@ def _encode_labels(values, class_names, where, on_error):
                 f"{negative[0]} of {where}."
             )
         if class_names is None:
-            class_names = [str(i) for i in range(max(int(v) for v in present) + 1)]
-            check_class_count(len(class_names), len(present), where)
+            # Checked before the names are made: a stray id such as 99999999 would
+            # otherwise build a list of 10^8 names (gigabytes) first.
+            count = max(int(v) for v in present) + 1
+            check_class_count(count, len(present), where)
+            class_names = [str(i) for i in range(count)]
         # Integer ids against the class names: check the range, keep the ids.
         ids = np.array([-1 if _missing(v) else int(v) for v in values], dtype=np.int64)
         bad, problem = [], None
