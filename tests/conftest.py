@@ -120,13 +120,13 @@ def tiny_text_preprocessor(tiny_tokenizer):
     return keras_hub.models.BertTextClassifierPreprocessor(tiny_tokenizer, sequence_length=16)
 
 
-def make_tiny_bert(num_layers=3, seed=0):
+def make_tiny_bert(num_layers=3, seed=0, max_sequence_length=16, dropout=0.1):
     import keras_hub
 
     keras.utils.set_random_seed(seed)
     return keras_hub.models.BertBackbone(
         vocabulary_size=len(VOCAB), num_layers=num_layers, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=16,
+        intermediate_dim=16, max_sequence_length=max_sequence_length, dropout=dropout,
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import tfft
 
-from ..conftest import VOCAB
+from ..conftest import VOCAB, make_tiny_bert
 
 WORDS = VOCAB[5:]
 CLASSES = 3
@@ -75,20 +75,12 @@ def test_text_batches_are_cut_to_their_longest_and_give_the_padded_outputs(tiny_
     assert set(_widths(task, texts)[0]) == {16}
 
 
-def _tiny_bert(sequence_length=16, dropout=0.1):
-    keras.utils.set_random_seed(0)
-    return keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB), num_layers=2, num_heads=2, hidden_dim=8,
-        intermediate_dim=16, max_sequence_length=sequence_length, dropout=dropout,
-    )
-
-
 def test_training_on_cut_batches_moves_the_weights_as_on_padded_ones(tiny_text_preprocessor):
     texts = _texts(seed=1)
 
     def train(trim):
         # Without dropout: its random masks are drawn per shape.
-        backbone = tfft.load_backbone(_tiny_bert(dropout=0.0))
+        backbone = tfft.load_backbone(make_tiny_bert(num_layers=2, dropout=0.0))
         backbone.preprocessor = tiny_text_preprocessor
         task = tfft.build_model(backbone, num_classes=CLASSES, freeze="full", dropout=0.0,
                                 compile=False)
@@ -111,7 +103,7 @@ def test_training_on_cut_batches_moves_the_weights_as_on_padded_ones(tiny_text_p
 
 
 def test_under_xla_widths_round_up_to_multiples_of_16(tiny_tokenizer):
-    backbone = tfft.load_backbone(_tiny_bert(sequence_length=64))
+    backbone = tfft.load_backbone(make_tiny_bert(num_layers=2, max_sequence_length=64))
     backbone.preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
         tiny_tokenizer, sequence_length=64)
     task = tfft.build_model(backbone, num_classes=CLASSES, freeze="full", compile=False)
