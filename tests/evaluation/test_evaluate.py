@@ -129,6 +129,10 @@ def test_class_names_must_match_model_outputs(digits_model):
     model, x, y, _ = digits_model
     with pytest.raises(ValueError, match="class_names has 3 names but the model outputs 10"):
         evaluate(model, (x, y), class_names=["a", "b", "c"])
+    # A long list is cut in the message (10^6 names once made a 13 MB message).
+    with pytest.raises(ValueError) as raised:
+        evaluate(model, (x, y), class_names=[str(i) for i in range(10**6)])
+    assert len(str(raised.value)) < 400 and str(raised.value).endswith("'19'] ...")
 
 
 def test_empty_and_mismatched_data(digits_model):

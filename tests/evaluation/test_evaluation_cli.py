@@ -316,3 +316,49 @@ def test_csv_labels_as_float_ids_empty_cells_and_fractions(topic_model, topic_cs
     code, captured = evaluate("fraction", [0.5 + i for i in labels])
     assert code == 2 and "regression" in captured.err
     assert not (tmp_path / "gap").exists() and not (tmp_path / "fraction").exists()
+
+
+@pytest.mark.parametrize("metadata", [None, {"class_names": [], "task": "multiclass"}],
+                         ids=["no-metadata", "export-without-names"])
+def test_an_export_without_class_names_scores_ids_up_to_its_output_width(
+        tmp_path, metadata, capsys):
+    # Its classes are its 3 outputs: ids 0 and 2 alone (no 1 in the file) still
+    # score as 3 classes, and a stray huge id is refused before any class is
+    # named (it once named 10^8 classes: ~7 GB).
+    import resource
+
+    model = _keyword_model(str(tmp_path / "m" / "1"), TOPICS, metadata)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("text,label\nthe cat,0\nmy dog,0\nhot soup,2\nteam,2\ngoal,0\n")
+    assert _run(["--model", model, "--data", str(ids), "--split", "all",
+                 "--out", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    with open(tmp_path / "o" / "report.json") as f:
+        report = json.load(f)
+    assert report["class_names"] == ["0", "1", "2"]
+    # the cat, my dog -> 0 and team -> 2 (right); hot soup -> 1, goal -> 2 (wrong).
+    assert report["metrics"]["accuracy"] == pytest.approx(3 / 5)
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for bad, valid in (("99999999", r"class ids must be 0\.\.2 \(the model's 3 outputs\)"),
+                       ("-1", r"class ids must be 0\.\.2")):
+        (tmp_path / "bad.csv").write_text(f"text,label\nthe cat,{bad}\nsoup,1\n")
+        assert _run(["--model", model, "--data", str(tmp_path / "bad.csv"), "--split", "all",
+                     "--out", str(tmp_path / "o2")]) == 2
+        err = capsys.readouterr().err
+        assert __import__("re").search(valid, err), err
+        assert f"Received ids [{min(int(bad), 1)}, {max(int(bad), 1)}]" in err
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200
+
+
+def test_load_eval_data_refuses_an_implausible_id_count_before_naming_classes(tmp_path):
+    import resource
+
+    path = tmp_path / "ids.csv"
+    path.write_text("text,label\na,99999999\nb,0\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"100,000,000 classes for 2 rows"):
+        cli.load_eval_data(str(path))
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200
+    path.write_text("text,label\na,-1\nb,0\n")
+    with pytest.raises(ValueError, match=r"class ids must be 0 or more\. Received ids \[-1, 0\]"):
+        cli.load_eval_data(str(path))

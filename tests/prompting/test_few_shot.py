@@ -62,6 +62,9 @@ def _pair_margin(task):
     (["a", "  ", "c", "d"], [0, 0, 1, 1], None, "texts[1] is empty (label 0)"),
     (["a", "b"], [0], None, "2 texts and 1 labels"),
     (["a", "b", "c", "d"], [0, 0, 1, 5], ["x", "y"], "Received: [5]"),
+    # Refused before classes 0..99999998 are named (that took minutes and GBs).
+    (["a", "b", "c", "d"], [0, 0, 1, 99999999], None,
+     "Label ids go up to 99999999 for 4 examples"),
 ])
 def test_bad_data_is_named(texts, labels, names, message):
     with pytest.raises(ValueError) as error:

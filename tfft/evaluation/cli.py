@@ -29,7 +29,7 @@ import sys
 
 from tfft.backbones.keras_hub import missing_text_ops_hint, register_text_ops
 from tfft.data import IMAGE_DATASETS, TEXT_DATASETS, LabeledData
-from tfft.data.labels import class_labels
+from tfft.data.labels import check_class_count, class_labels
 from tfft.data.sources import DatasetUnavailableError
 from tfft.data.user_data import (
     DATA_TASKS,
@@ -142,11 +142,15 @@ def _is_bundled(name):
 
 
 def load_eval_data(data, class_names=None, text_column="text", label_column="label",
-                   encoding="utf-8"):
+                   encoding="utf-8", num_classes=None):
     """Loads a named dataset or a CSV file as a `LabeledData`.
 
     CSV labels may be class names (mapped through `class_names`, or sorted
     when none are known) or integer ids. `encoding` is the CSV's text encoding.
+    `num_classes` (the model's output width, for a model without class names)
+    bounds integer ids and names them `"0"` .. `"num_classes - 1"`; without it
+    an implausible id count is refused (`check_class_count`) before any class
+    is named.
     """
     named = {**TEXT_DATASETS, **IMAGE_DATASETS}
     if data in named:
@@ -158,7 +162,7 @@ def load_eval_data(data, class_names=None, text_column="text", label_column="lab
         )
     if not os.path.isfile(data):
         raise FileNotFoundError(f"No such CSV file: {data}")
-    return _load_csv(data, class_names, text_column, label_column, encoding)
+    return _load_csv(data, class_names, text_column, label_column, encoding, num_classes)
 
 
 def _read_csv_text(path, encoding):
@@ -189,7 +193,7 @@ def _read_csv_text(path, encoding):
         ) from None
 
 
-def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
+def _load_csv(path, class_names, text_column, label_column, encoding="utf-8", num_classes=None):
     import io
 
     import numpy as np
@@ -217,7 +221,17 @@ def _load_csv(path, class_names, text_column, label_column, encoding="utf-8"):
     if all(isinstance(v, int) for v in raw):
         labels = np.asarray(raw, np.int64)
         if class_names is None:
-            class_names = [str(i) for i in range(int(labels.max()) + 1)]
+            # Ids name their classes; checked before naming them, since a stray id
+            # (99999999) would otherwise name 10^8 classes.
+            if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
+                valid = f"0..{num_classes - 1} (the model's {num_classes} outputs)" \
+                    if num_classes is not None else "0 or more"
+                raise ValueError(
+                    f"{path}: class ids must be {valid}. Received ids {sorted(set(raw))[:10]}."
+                )
+            if num_classes is None:
+                check_class_count(int(labels.max()) + 1, len(labels), where=path)
+            class_names = [str(i) for i in range(num_classes or int(labels.max()) + 1)]
         elif labels.min() < 0 or labels.max() >= len(class_names):
             raise ValueError(
                 f"{path}: class ids must be 0..{len(class_names) - 1} for the model's "
@@ -250,8 +264,11 @@ def _is_csv(source):
     return os.path.isfile(source) and source.lower().endswith(STRICT_CSV_EXTENSIONS)
 
 
-def load_user_data(spec, class_names=None):
+def load_user_data(spec, class_names=None, num_classes=None):
     """Loads `spec` into named splits whose classes are the model's `class_names`.
+
+    `num_classes` (a model without class names: its output width) bounds the
+    strict CSV reader's integer ids (`load_eval_data`).
 
     Returns:
         dict. `{"all": data}`, or the given splits (`train`, `val`, `test`).
@@ -262,7 +279,8 @@ def load_user_data(spec, class_names=None):
     )
     if strict_csv:
         return {"all": load_eval_data(spec.source, class_names or spec.class_names,
-                                      spec.text_column, spec.label_column, spec.encoding)}
+                                      spec.text_column, spec.label_column, spec.encoding,
+                                      num_classes)}
     if class_names is not None and spec.task == "multilabel" and spec.class_names is None:
         # Multi-hot columns in the model's order; another label is an error naming its row.
         spec = dataclasses.replace(spec, class_names=tuple(class_names))
@@ -369,6 +387,24 @@ def load_export(model_dir):
         raise ValueError(f"Could not load the SavedModel in {model_dir}: {detail}") from None
 
 
+def served_classes(model):
+    """The classes an export scores: its `probabilities` width (1 means 2), or None.
+
+    None when `serving_default` has no rank-2 output of known width.
+    """
+    try:
+        outputs = model.signatures["serving_default"].structured_outputs
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not isinstance(outputs, dict) or not outputs:
+        return None
+    output = outputs.get("probabilities", next(iter(outputs.values())))
+    shape = getattr(output, "shape", None)
+    if shape is None or shape.rank != 2 or shape[-1] is None:
+        return None
+    return max(int(shape[-1]), 2)
+
+
 def _split_settings(args, metadata):
     split = dict(DEFAULT_SPLIT)
     meta_split = metadata.get("split") or {}
@@ -403,7 +439,7 @@ def _run(args):
         raise ValueError(f"--limit must be >= 1. Received: {args.limit}")
     interpretation.check_arguments(args)
     metadata = read_metadata(model_dir)
-    class_names = metadata.get("class_names")
+    class_names = metadata.get("class_names") or None  # [] from an export without names
     task = args.task or metadata.get("task")
     spec = _data_spec(args, metadata)
     meta_data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
@@ -413,12 +449,18 @@ def _run(args):
         raise ValueError(
             f"No data to evaluate on: pass --data, or export with 'dataset' in {METADATA_FILE}."
         )
+    if spec is not None and (args.task or spec.task != "multiclass"):
+        task = spec.task
+    model, num_classes = None, None
+    if class_names is None and task != "regression":
+        # Without class names the model's classes are its output ids: its output
+        # width bounds the labels' ids.
+        model = load_export(model_dir)
+        num_classes = served_classes(model)
     if spec is None:
-        splits = {"all": load_eval_data(data_name, class_names)}
+        splits = {"all": load_eval_data(data_name, class_names, num_classes=num_classes)}
     else:
-        if args.task or spec.task != "multiclass":
-            task = spec.task
-        splits = load_user_data(spec, class_names)
+        splits = load_user_data(spec, class_names, num_classes)
     given = "all" not in splits
     if given and args.split == "all":
         raise ValueError(
@@ -465,7 +507,8 @@ def _run(args):
     if len(data) == 0:
         raise ValueError(f"No examples to evaluate in {data_name!r} ({args.split} split).")
 
-    model = load_export(model_dir)
+    if model is None:
+        model = load_export(model_dir)
     report = evaluate(model, data, task=task, class_names=class_names,
                       batch_size=args.batch_size)
 

@@ -121,7 +121,8 @@ def _report(y_score, y_true, task, class_names, threshold):
             and len(class_names) != y_score.shape[1]):
         raise ValueError(
             f"class_names has {len(class_names)} names but the model outputs "
-            f"{y_score.shape[1]} classes. Received: class_names={list(class_names)}"
+            f"{y_score.shape[1]} classes. Received: class_names={list(class_names)[:20]}"
+            f"{' ...' if len(class_names) > 20 else ''}"
         )
     if y_score.dtype.kind == "f" and y_score.dtype != np.float64:
         y_score = y_score.astype(np.float64)

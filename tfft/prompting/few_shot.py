@@ -104,6 +104,14 @@ def check_few_shot_data(
              for label in labels):
         ids = np.asarray(labels, dtype=np.int64)
         top = int(ids.max()) + 1
+        if class_names is None and top > len(ids):
+            # Ids name classes 0..max, each needing 2 examples: refused before a
+            # stray id (99999999) names 10^8 classes.
+            raise ValueError(
+                f"Label ids go up to {top - 1} for {len(ids)} examples, so most of the classes "
+                f"0..{top - 1} would have no example; few-shot fitting needs at least 2 per "
+                "class. Use ids 0..k-1 for k classes, or pass class_names."
+            )
         names = ([str(i) for i in range(max(top, 2))] if class_names is None
                  else [str(name) for name in class_names])
         bad = sorted({int(i) for i in ids if not 0 <= i < len(names)})
