@@ -143,3 +143,47 @@ def test_tfft_evaluate_scores_raw_texts_through_the_tasks_own_predict(tiny_text_
     padded = evaluate(task, (texts, LABELS), batch_size=4)
     np.testing.assert_allclose(report.y_score, padded.y_score, atol=1e-6)
     assert report.metrics["confusion_matrix"] == padded.metrics["confusion_matrix"]
+
+
+def test_pad_to_multiple_rounds_widths_up_within_the_limit():
+    from tfft.utils.tfdata import pad_to_multiple
+
+    batch = {"token_ids": np.array([[7, 8, 9, 0, 0]]), "segment_ids": np.zeros((1, 5), int),
+             "padding_mask": np.array([[True, True, True, False, False]]),
+             "label_ids": np.array([3])}
+    padded = pad_to_multiple(batch, 16, pad_token_id=1)
+    assert padded["token_ids"].shape == (1, 16)
+    np.testing.assert_array_equal(padded["token_ids"][0], [7, 8, 9, 0, 0] + [1] * 11)
+    np.testing.assert_array_equal(padded["padding_mask"][0], [True] * 3 + [False] * 13)
+    np.testing.assert_array_equal(padded["segment_ids"], np.zeros((1, 16)))
+    np.testing.assert_array_equal(padded["label_ids"], [3])  # not a sequence feature
+    assert pad_to_multiple(batch, 16, limit=12)["token_ids"].shape == (1, 12)
+    assert pad_to_multiple(batch, 16, limit=4)["token_ids"].shape == (1, 5)  # never cut
+    assert pad_to_multiple(batch, 5)["token_ids"].shape == (1, 5)
+    assert pad_to_multiple({"x": np.ones((1, 5))}, 16)["x"].shape == (1, 5)  # no mask
+
+
+def test_under_xla_length_bucketed_batches_pad_up_to_multiples_of_16(tiny_tokenizer):
+    # make_text_dataset(bucketing=True) cuts each batch to its longest: up to
+    # 64 widths here, each an XLA compilation; a jit-compiled Task rounds them up.
+    backbone = tfft.load_backbone(make_tiny_bert(num_layers=2, max_sequence_length=64))
+    backbone.preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tiny_tokenizer, sequence_length=64)
+    task = tfft.build_model(backbone, num_classes=CLASSES, freeze="full", compile=False)
+    task.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+    texts = _texts(longest=30)
+    bucketed = tfft.data.make_text_dataset((texts, LABELS), preprocessor=backbone.preprocessor,
+                                           batch_size=8, bucketing=True)
+    pad_id = tiny_tokenizer.pad_token_id
+    widths = []
+    for (x, y), (raw, raw_y) in zip(task.make_dataset(bucketed), bucketed, strict=True):
+        cut, width = raw["token_ids"].shape[1], x["token_ids"].shape[1]
+        widths.append(cut)
+        assert width % 16 == 0 and width - 16 < cut <= width <= 64, (cut, width)
+        for key in ("token_ids", "segment_ids", "padding_mask"):
+            np.testing.assert_array_equal(x[key][:, :cut], raw[key])
+        assert np.all(x["token_ids"][:, cut:] == pad_id) and not np.any(x["padding_mask"][:, cut:])
+        np.testing.assert_array_equal(y, raw_y)
+    assert any(w % 16 for w in widths)  # the dataset's own widths were not multiples
+    rounded, as_cut = _cut_and_padded(task, lambda t: t.predict(bucketed, verbose=0))
+    np.testing.assert_allclose(rounded, as_cut, atol=1e-5)  # the padding is masked out

@@ -381,6 +381,11 @@ def make_text_dataset(
       batches are padded to their longest. One extra tokenising pass counts
       the batches.
 
+    Either way batches come in many widths. A `Task` compiled with XLA
+    (`jit_compile=True`) or on TPUs pads them up to multiples of 16 as it
+    reads them (`Task.make_dataset`), so XLA compiles a few programs rather
+    than one per width.
+
     Args:
         data: LabeledData or `(texts, labels)`.
         backbone: tfft.Backbone or spec. Supplies the preprocessor.

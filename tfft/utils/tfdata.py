@@ -134,3 +134,46 @@ def trim_to_longest(features: Any, multiple: int = 1) -> Any:
                        lambda: value[:, :longest], lambda: value)
 
     return {key: cut(value) for key, value in features.items()}
+
+
+def pad_to_multiple(features: Any, multiple: int, limit: int | None = None,
+                    pad_token_id: int = 0) -> Any:
+    """Pads a text batch's width up to a multiple of `multiple` (never past `limit`).
+
+    The other half of `trim_to_longest` for batches that arrive cut already
+    (`tfft.data.make_text_dataset(bucketing=True)` cuts each to its longest
+    sequence, up to 128 widths): XLA compiles a program per input shape, so
+    under `jit_compile` or on TPUs a `Task` rounds such widths up to
+    `XLA_WIDTH_MULTIPLE` and compiles at most `limit / multiple` programs.
+    Right padding that the model masks out changes no output.
+
+    Args:
+        features: dict of `[batch, width]` tensors with a `padding_mask`.
+            Features without one, or not of the mask's width, pass through.
+        multiple: int. Round the width up to a multiple of this.
+        limit: int or None. The widest a batch may become (the
+            preprocessor's `sequence_length`); a width already past it stays.
+        pad_token_id: int. What `token_ids` are padded with; every other
+            sequence feature (the mask, segment ids) is padded with zeros.
+
+    Returns:
+        The same dict, sequence features padded on the right.
+    """
+    if not isinstance(features, dict) or "padding_mask" not in features or multiple <= 1:
+        return features
+    width = tf.shape(features["padding_mask"])[1]
+    target = (width + multiple - 1) // multiple * multiple
+    if limit is not None:
+        target = tf.maximum(tf.minimum(target, limit), width)
+
+    def pad(key, value):
+        if len(value.shape) != 2:
+            return value
+        fill = tf.cast(pad_token_id if key == "token_ids" else 0, value.dtype)
+        return tf.cond(
+            tf.equal(tf.shape(value)[1], width),
+            lambda: tf.pad(value, [[0, 0], [0, target - width]], constant_values=fill),
+            lambda: value,
+        )
+
+    return {key: pad(key, value) for key, value in features.items()}
