@@ -376,8 +376,10 @@ def fused_training_ops(model: Any, enabled: bool = True,
     fused ops, and every layer is restored when the block ends (its config,
     saving and later traces see the original). `share_blocks` (default: as
     `enabled`) also traces each group of `model`'s repeated identical blocks
-    once (`tfft.layers.repeated_blocks`). Yields how many layers are swapped
-    inside the block (0 when both are off).
+    once (`tfft.layers.repeated_blocks`); leave it off for a step XLA
+    compiles (`jit_compile=True`), which XLA then compiled again at every
+    step (`Task` does). Yields how many layers are swapped inside the block
+    (0 when both are off).
 
     Example:
 
