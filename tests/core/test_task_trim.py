@@ -102,12 +102,18 @@ def test_training_on_cut_batches_moves_the_weights_as_on_padded_ones(tiny_text_p
     assert moved > len(before) // 2  # the comparison is of trained weights
 
 
-def test_under_xla_widths_round_up_to_multiples_of_16(tiny_tokenizer):
+def _xla_task(tokenizer):
+    """A tiny BERT task at 64 tokens, compiled with `jit_compile=True`."""
     backbone = tfft.load_backbone(make_tiny_bert(num_layers=2, max_sequence_length=64))
     backbone.preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tiny_tokenizer, sequence_length=64)
+        tokenizer, sequence_length=64)
     task = tfft.build_model(backbone, num_classes=CLASSES, freeze="full", compile=False)
     task.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+    return task
+
+
+def test_under_xla_widths_round_up_to_multiples_of_16(tiny_tokenizer):
+    task = _xla_task(tiny_tokenizer)
     texts = _texts(longest=30)
     widths, longest = _widths(task, texts, batch_size=8)
     pairs = zip(widths, longest, strict=True)
@@ -166,13 +172,9 @@ def test_pad_to_multiple_rounds_widths_up_within_the_limit():
 def test_under_xla_length_bucketed_batches_pad_up_to_multiples_of_16(tiny_tokenizer):
     # make_text_dataset(bucketing=True) cuts each batch to its longest: up to
     # 64 widths here, each an XLA compilation; a jit-compiled Task rounds them up.
-    backbone = tfft.load_backbone(make_tiny_bert(num_layers=2, max_sequence_length=64))
-    backbone.preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tiny_tokenizer, sequence_length=64)
-    task = tfft.build_model(backbone, num_classes=CLASSES, freeze="full", compile=False)
-    task.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", jit_compile=True)
+    task = _xla_task(tiny_tokenizer)
     texts = _texts(longest=30)
-    bucketed = tfft.data.make_text_dataset((texts, LABELS), preprocessor=backbone.preprocessor,
+    bucketed = tfft.data.make_text_dataset((texts, LABELS), preprocessor=task.preprocessor,
                                            batch_size=8, bucketing=True)
     pad_id = tiny_tokenizer.pad_token_id
     widths = []
