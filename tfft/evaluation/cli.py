@@ -41,6 +41,7 @@ from tfft.data.user_data import (
     split_indices,
 )
 from tfft.evaluation import interpretation
+from tfft.evaluation.signatures import scored_output
 from tfft.utils.files import write_json_atomic
 
 METADATA_FILE = "tfft_metadata.json"
@@ -388,17 +389,16 @@ def load_export(model_dir):
 
 
 def served_classes(model):
-    """The classes an export scores: its `probabilities` width (1 means 2), or None.
+    """The classes an export scores: the width of the output `evaluate` scores (1 means 2).
 
-    None when `serving_default` has no rank-2 output of known width.
+    None when `serving_default` has no such output (`scored_output`) of rank 2
+    and known width; `evaluate` then says what is wrong.
     """
     try:
-        outputs = model.signatures["serving_default"].structured_outputs
-    except (AttributeError, KeyError, TypeError):
+        signature = model.signatures["serving_default"]
+        output = signature.structured_outputs[scored_output(signature)]
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
-    if not isinstance(outputs, dict) or not outputs:
-        return None
-    output = outputs.get("probabilities", next(iter(outputs.values())))
     shape = getattr(output, "shape", None)
     if shape is None or shape.rank != 2 or shape[-1] is None:
         return None

@@ -31,16 +31,7 @@ def predict_fn(model) -> Callable[[Any], np.ndarray]:
             )
         signature = signatures["serving_default"]
         _, input_specs = signature.structured_input_signature
-        output_keys = sorted(signature.structured_outputs.keys())
-        if "probabilities" in output_keys:
-            output_key = "probabilities"
-        elif len(output_keys) == 1:
-            output_key = output_keys[0]
-        else:
-            raise ValueError(
-                "The serving signature returns several outputs and none is named "
-                f"'probabilities'. Outputs: {output_keys}"
-            )
+        output_key = scored_output(signature)
 
         def predict(x):
             if isinstance(x, dict):
@@ -90,6 +81,25 @@ def predict_fn(model) -> Callable[[Any], np.ndarray]:
         return tf.convert_to_tensor(out).numpy()
 
     return predict
+
+
+def scored_output(signature) -> str:
+    """The output of a serving `signature` that holds the scores.
+
+    `probabilities`, or the signature's only output.
+
+    Raises:
+        ValueError: several outputs, none named `probabilities`.
+    """
+    output_keys = sorted(signature.structured_outputs.keys())
+    if "probabilities" in output_keys:
+        return "probabilities"
+    if len(output_keys) == 1:
+        return output_keys[0]
+    raise ValueError(
+        "The serving signature returns several outputs and none is named "
+        f"'probabilities'. Outputs: {output_keys}"
+    )
 
 
 def fit_spec(x, spec: tf.TensorSpec) -> tf.Tensor:
