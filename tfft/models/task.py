@@ -327,14 +327,22 @@ class Task(SingleTrainFunction, keras.Model):
     def _trim_multiple(self) -> int:
         """What `make_dataset` rounds a cut text batch's width up to; 0: no cut."""
         if self.trim_batches is None:
-            info = self.backbone_info
-            if (info is None or info.mask_key != "padding_mask"
-                    or self.pooling.mode == "none" or not takes_any_length(self)
+            if (not self._padding_changes_nothing() or not takes_any_length(self)
                     or _on_tpu_strategy(self.distribute_strategy)):
                 return 0
         elif not self.trim_batches:
             return 0
         return XLA_WIDTH_MULTIPLE if self.jit_compile is True else 1
+
+    def _padding_changes_nothing(self) -> bool:
+        """Whether right padding leaves every output as it is.
+
+        The backbone masks it out (`padding_mask`) and the task predicts one
+        output per example (not per token).
+        """
+        info = self.backbone_info
+        return (info is not None and info.mask_key == "padding_mask"
+                and self.pooling.mode != "none")
 
     def _compiled_width_multiple(self, x_spec: Any) -> int:
         """What `make_dataset` pads a tokenised dataset's varying widths up to; 0: nothing.
@@ -351,8 +359,7 @@ class Task(SingleTrainFunction, keras.Model):
             return 0
         if not (self.jit_compile is True or _on_tpu_strategy(self.distribute_strategy)):
             return 0
-        info = self.backbone_info
-        if info is None or info.mask_key != "padding_mask" or self.pooling.mode == "none":
+        if not self._padding_changes_nothing():
             return 0
         mask = x_spec.get("padding_mask") if isinstance(x_spec, Mapping) else None
         if mask is None or len(mask.shape) != 2 or mask.shape[1] is not None:
